@@ -1,0 +1,1 @@
+"""One module per `twinnode` subcommand; each defines `register(subparsers)`."""

@@ -1,0 +1,373 @@
+"""The shared public schema: column types, a stable hash, and row validation.
+
+Every party holds the same schema file. Levels and bounds come from it, never from private
+data: anything learned from the data outside the accountant (its levels, its mean) leaks.
+Columns are kept in canonical order (sorted by name) so the same schema text in any column
+order gives the same hash and the same array layout.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from .errors import DataError, SchemaError
+
+COLUMN_TYPES = ("binary", "categorical", "count", "continuous")
+SCHEMA_FORMAT = "twinnode-schema/1"
+MAX_LEVELS = 1000
+MAX_COUNT_BOUND = 2**31 - 1
+MAX_COLUMNS = 1000
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$")
+_TRUE = {"1", "1.0", "true"}
+_FALSE = {"0", "0.0", "false"}
+_ERRORS_SHOWN = 5
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column: its name, type and the public facts the type needs."""
+
+    name: str
+    type: str
+    levels: tuple[str, ...] = ()
+    lower: float | None = None
+    upper: float | None = None
+    description: str = field(default="", compare=False)
+
+    @property
+    def cardinality(self) -> int:
+        """Number of distinct values for discrete columns (count: 0..upper)."""
+        if self.type == "binary":
+            return 2
+        if self.type == "categorical":
+            return len(self.levels)
+        if self.type == "count":
+            return int(self.upper) + 1
+        raise ValueError(f"column {self.name!r} is continuous")
+
+    def canonical(self) -> dict[str, Any]:
+        """The hashed description: every fact that changes what a value means."""
+        out: dict[str, Any] = {"name": self.name, "type": self.type}
+        if self.type == "categorical":
+            out["levels"] = list(self.levels)
+        elif self.type == "count":
+            out["upper"] = int(self.upper)
+        elif self.type == "continuous":
+            out["lower"] = repr(float(self.lower))
+            out["upper"] = repr(float(self.upper))
+        return out
+
+
+@dataclass(frozen=True)
+class Schema:
+    """A validated schema; `columns` are in canonical (name-sorted) order."""
+
+    columns: tuple[Column, ...]
+    outcome: str | None = None
+    name: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        names = [c.name for c in self.columns]
+        if names != sorted(names):
+            object.__setattr__(self, "columns", tuple(sorted(self.columns, key=lambda c: c.name)))
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    @property
+    def covariates(self) -> tuple[Column, ...]:
+        """Every column except the outcome, in canonical order."""
+        return tuple(c for c in self.columns if c.name != self.outcome)
+
+    def column(self, name: str) -> Column:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        raise SchemaError(f"schema has no column {name!r}")
+
+    def outcome_column(self) -> Column:
+        if self.outcome is None:
+            raise SchemaError("schema declares no outcome (add: outcome = \"<column>\")")
+        return self.column(self.outcome)
+
+    def canonical_json(self) -> str:
+        doc = {
+            "format": SCHEMA_FORMAT,
+            "outcome": self.outcome,
+            "columns": [c.canonical() for c in self.columns],
+        }
+        return json.dumps(doc, sort_keys=True, separators=(",", ":"))
+
+    @property
+    def hash(self) -> str:
+        """Hex SHA-256 of the canonical form; travels with every twin."""
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+    @property
+    def short_hash(self) -> str:
+        return self.hash[:12]
+
+    # ------------------------------------------------------------------ files
+    @classmethod
+    def load(cls, path: str | Path) -> "Schema":
+        """Read and validate a schema TOML file."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise SchemaError(f"{path}: schema file not found") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SchemaError(f"{path}: cannot read schema file: {exc}") from None
+        return cls.from_toml(text, source=str(path))
+
+    @classmethod
+    def from_toml(cls, text: str, source: str = "<schema>") -> "Schema":
+        try:
+            doc = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise SchemaError(f"{source}: not valid TOML: {exc}") from None
+        return cls.from_dict(doc, source)
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any], source: str = "<schema>") -> "Schema":
+        unknown = set(doc) - {"name", "outcome", "columns", "description"}
+        if unknown:
+            raise SchemaError(f"{source}: unknown top-level key(s): {', '.join(sorted(unknown))}")
+        cols = doc.get("columns")
+        if not isinstance(cols, Mapping) or not cols:
+            raise SchemaError(f"{source}: needs a [columns.<name>] table for each column")
+        if len(cols) > MAX_COLUMNS:
+            raise SchemaError(f"{source}: {len(cols)} columns; at most {MAX_COLUMNS} are supported")
+        columns = tuple(_parse_column(name, spec, source) for name, spec in cols.items())
+        outcome = doc.get("outcome")
+        if outcome is not None:
+            if not isinstance(outcome, str) or outcome not in cols:
+                raise SchemaError(f"{source}: outcome {outcome!r} is not one of the columns")
+            if columns[[c.name for c in columns].index(outcome)].type != "count":
+                raise SchemaError(f"{source}: outcome {outcome!r} must be a count column "
+                                  "(the analysis is a Poisson regression)")
+        name = doc.get("name", "")
+        if not isinstance(name, str):
+            raise SchemaError(f"{source}: name must be a string")
+        return cls(columns=columns, outcome=outcome, name=name)
+
+    def to_toml(self) -> str:
+        """Serialise back to the TOML form `load` reads."""
+        lines = []
+        if self.name:
+            lines.append(f"name = {json.dumps(self.name)}")
+        if self.outcome:
+            lines.append(f"outcome = {json.dumps(self.outcome)}")
+        for c in self.columns:
+            lines += ["", f"[columns.{c.name}]", f"type = \"{c.type}\""]
+            if c.type == "categorical":
+                lines.append("levels = [" + ", ".join(json.dumps(v) for v in c.levels) + "]")
+            if c.type == "continuous":
+                lines.append(f"lower = {float(c.lower)!r}")
+            if c.type in ("count",):
+                lines.append(f"upper = {int(c.upper)}")
+            if c.type == "continuous":
+                lines.append(f"upper = {float(c.upper)!r}")
+            if c.description:
+                lines.append(f"description = {json.dumps(c.description)}")
+        return "\n".join(lines) + "\n"
+
+    # ----------------------------------------------------------- validation
+    def validate_frame(self, raw: pd.DataFrame, source: str = "<data>",
+                       first_line: int = 2) -> pd.DataFrame:
+        """Check every cell of a frame of raw strings; return the typed frame.
+
+        `first_line` is the file line of the first data row (2 for a CSV with a header),
+        so errors name the line a user sees in an editor.
+        """
+        header = [str(c) for c in raw.columns]
+        missing = [n for n in self.names if n not in header]
+        extra = [n for n in header if n not in self.names]
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append("missing column(s): " + ", ".join(missing))
+            if extra:
+                parts.append("column(s) not in the schema: " + ", ".join(extra))
+            raise DataError(f"{source}: " + "; ".join(parts))
+        dupes = sorted({n for n in header if header.count(n) > 1})
+        if dupes:
+            raise DataError(f"{source}: duplicated column(s): {', '.join(dupes)}")
+        if len(raw) == 0:
+            raise DataError(f"{source}: no data rows")
+        typed: dict[str, Any] = {}
+        problems: list[tuple[int, str]] = []
+        for col in self.columns:
+            values = raw[col.name].astype(str).str.strip()
+            parsed, bad, rule = _parse_values(col, values)
+            if bad.any():
+                idx = np.flatnonzero(bad)
+                for i in idx[:_ERRORS_SHOWN]:
+                    problems.append((int(i), f"line {int(i) + first_line}, column '{col.name}': "
+                                             f"value {values.iloc[i]!r} {rule}"))
+                if len(idx) > _ERRORS_SHOWN:
+                    problems.append((int(idx[_ERRORS_SHOWN]),
+                                     f"... and {len(idx) - _ERRORS_SHOWN} more bad value(s) "
+                                     f"in column '{col.name}'"))
+            typed[col.name] = parsed
+        if problems:
+            problems.sort(key=lambda p: p[0])
+            shown = [msg for _, msg in problems[: 2 * _ERRORS_SHOWN]]
+            raise DataError(f"{source}: " + "\n  ".join(shown))
+        return self._frame(typed)
+
+    def _frame(self, typed: Mapping[str, np.ndarray]) -> pd.DataFrame:
+        out = {}
+        for col in self.columns:
+            v = typed[col.name]
+            if col.type == "categorical":
+                out[col.name] = pd.Categorical.from_codes(np.asarray(v, dtype=np.int64),
+                                                          categories=list(col.levels))
+            elif col.type == "binary":
+                out[col.name] = np.asarray(v, dtype=np.int8)
+            elif col.type == "count":
+                out[col.name] = np.asarray(v, dtype=np.int64)
+            else:
+                out[col.name] = np.asarray(v, dtype=np.float64)
+        return pd.DataFrame(out, columns=self.names)
+
+    def to_arrays(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Typed frame -> numeric arrays (categorical as int codes), canonical order."""
+        out = {}
+        for col in self.columns:
+            s = frame[col.name]
+            if col.type == "categorical":
+                out[col.name] = np.asarray(pd.Categorical(s, categories=list(col.levels)).codes,
+                                           dtype=np.int64)
+            elif col.type == "continuous":
+                out[col.name] = np.asarray(s, dtype=np.float64)
+            else:
+                out[col.name] = np.asarray(s, dtype=np.int64)
+        return out
+
+    def check_arrays(self, arrays: Mapping[str, np.ndarray], source: str = "<arrays>") -> int:
+        """Check numeric arrays against the schema; return the row count."""
+        if set(arrays) != set(self.names):
+            raise DataError(f"{source}: columns {sorted(arrays)} do not match schema {self.names}")
+        lengths = {len(np.asarray(a)) for a in arrays.values()}
+        if len(lengths) != 1:
+            raise DataError(f"{source}: columns have different lengths {sorted(lengths)}")
+        for col in self.columns:
+            a = np.asarray(arrays[col.name])
+            if col.type == "continuous":
+                ok = np.isfinite(a) & (a >= col.lower) & (a <= col.upper)
+            else:
+                if not np.issubdtype(a.dtype, np.integer):
+                    raise DataError(f"{source}: column '{col.name}' must hold integers")
+                ok = (a >= 0) & (a < col.cardinality)
+            if not ok.all():
+                i = int(np.flatnonzero(~ok)[0])
+                raise DataError(f"{source}: column '{col.name}' row {i}: value {a[i]!r} "
+                                "outside the schema")
+        return lengths.pop()
+
+    def from_arrays(self, arrays: Mapping[str, np.ndarray]) -> pd.DataFrame:
+        """Numeric arrays (as `to_arrays` gives) -> typed frame, after checking them."""
+        self.check_arrays(arrays)
+        return self._frame(arrays)
+
+    def to_csv_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """A typed frame as it is written to CSV (levels as strings)."""
+        out = frame[self.names].copy()
+        for col in self.columns:
+            if col.type == "categorical":
+                out[col.name] = out[col.name].astype(str)
+        return out
+
+
+def _parse_column(name: Any, spec: Any, source: str) -> Column:
+    where = f"{source}: column {name!r}"
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise SchemaError(f"{where}: a name is 1-64 letters, digits, '_', '.', '-', "
+                          "starting with a letter or '_'")
+    if not isinstance(spec, Mapping):
+        raise SchemaError(f"{where}: must be a table with at least 'type'")
+    ctype = spec.get("type")
+    if ctype not in COLUMN_TYPES:
+        raise SchemaError(f"{where}: unknown type {ctype!r}; expected one of "
+                          + ", ".join(COLUMN_TYPES))
+    allowed = {"type", "description"} | {
+        "binary": set(), "categorical": {"levels"}, "count": {"upper"},
+        "continuous": {"lower", "upper"}}[ctype]
+    unknown = set(spec) - allowed
+    if unknown:
+        raise SchemaError(f"{where}: key(s) {', '.join(sorted(unknown))} not allowed for "
+                          f"type {ctype!r} (allowed: {', '.join(sorted(allowed))})")
+    desc = spec.get("description", "")
+    if not isinstance(desc, str):
+        raise SchemaError(f"{where}: description must be a string")
+    if ctype == "binary":
+        return Column(name, ctype, description=desc)
+    if ctype == "categorical":
+        levels = spec.get("levels")
+        if (not isinstance(levels, list) or len(levels) < 2
+                or not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in levels)):
+            raise SchemaError(f"{where}: 'levels' must list at least two strings")
+        levels_s = tuple(str(v).strip() for v in levels)
+        if len(set(levels_s)) != len(levels_s) or "" in levels_s:
+            raise SchemaError(f"{where}: levels must be distinct and non-empty")
+        if len(levels_s) > MAX_LEVELS:
+            raise SchemaError(f"{where}: at most {MAX_LEVELS} levels")
+        return Column(name, ctype, levels=levels_s, description=desc)
+    if ctype == "count":
+        upper = spec.get("upper")
+        if not isinstance(upper, int) or isinstance(upper, bool) or not 1 <= upper <= MAX_COUNT_BOUND:
+            raise SchemaError(f"{where}: count needs an integer 'upper' bound in "
+                              f"1..{MAX_COUNT_BOUND}")
+        return Column(name, ctype, upper=upper, description=desc)
+    lower, upper = spec.get("lower"), spec.get("upper")
+    for key, v in (("lower", lower), ("upper", upper)):
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+            raise SchemaError(f"{where}: continuous needs a finite number '{key}' "
+                              "(a public bound, not one read off the data)")
+    if not lower < upper:
+        raise SchemaError(f"{where}: lower ({lower}) must be below upper ({upper})")
+    return Column(name, ctype, lower=float(lower), upper=float(upper), description=desc)
+
+
+def _parse_values(col: Column, values: pd.Series) -> tuple[np.ndarray, np.ndarray, str]:
+    """Parse one column of raw strings: (parsed values, bad-mask, the rule broken)."""
+    missing = values.isin(["", "nan", "NaN", "NA", "None", "null"])
+    if col.type == "categorical":
+        lookup = {lvl: i for i, lvl in enumerate(col.levels)}
+        codes = values.map(lookup)
+        bad = codes.isna().to_numpy()
+        shown = ", ".join(col.levels[:10]) + (", ..." if len(col.levels) > 10 else "")
+        return (codes.fillna(0).to_numpy(np.int64), bad,
+                f"is not a level of this categorical column (levels: {shown})")
+    if col.type == "binary":
+        low = values.str.lower()
+        is_true, is_false = low.isin(_TRUE).to_numpy(), low.isin(_FALSE).to_numpy()
+        return is_true.astype(np.int8), ~(is_true | is_false), "is not binary (0 or 1)"
+    num = pd.to_numeric(values.where(~missing, None), errors="coerce").to_numpy(np.float64)
+    nonnum = ~np.isfinite(num)
+    if col.type == "count":
+        with np.errstate(invalid="ignore"):
+            bad = nonnum | (num != np.round(num)) | (num < 0) | (num > col.upper)
+        return (np.where(bad, 0, num).astype(np.int64), bad,
+                f"is not a whole number in 0..{int(col.upper)} (count column)")
+    with np.errstate(invalid="ignore"):
+        bad = nonnum | (num < col.lower) | (num > col.upper)
+    return (np.where(bad, col.lower, num), bad,
+            f"is not a finite number in [{col.lower!r}, {col.upper!r}] (continuous column)")
+
+
+def load_schema(path: str | Path) -> Schema:
+    """Read a schema file (a convenience alias for `Schema.load`)."""
+    return Schema.load(path)
+
