@@ -1,0 +1,403 @@
+"""The durable store: acknowledged envelopes survive SIGKILL, damaged files are never read."""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import os
+import random
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from twinnode.errors import MalformedMessage, StoreError
+from twinnode.store import Store, seqs_missing, summarize_seqs
+from twinnode.storefile import pack_envelope, unpack_envelope
+
+
+def frames_for(sender: str, seq: int) -> list[bytes]:
+    """Deterministic envelope frames for (sender, seq), of varied size (also run in the child)."""
+    seed = hashlib.sha256(f"{sender}/{seq}".encode()).digest()
+    size = (16, 1500, 20_000, 150_000)[seed[0] % 4]
+    payload = (seed * (size // 32 + 1))[:size]
+    return [b"twin", f"{sender}:{seq}".encode(), payload, seed]
+
+
+def digest_of(frames: list[bytes]) -> bytes:
+    return hashlib.sha256(b"".join(frames)).digest()
+
+
+def put(store: Store, sender: str, seq: int, **kw) -> bool:
+    frames = frames_for(sender, seq)
+    return store.put(sender, seq, digest_of(frames), frames, **kw)
+
+
+def env_path(state: Path, sender: str, seq: int) -> Path:
+    return state / "store" / "envelopes" / sender / f"{seq:010d}.env"
+
+
+# ---- basic contract -------------------------------------------------------------------------
+
+def test_put_then_reopen_returns_identical_frames_and_metadata(tmp_path):
+    # Prepare
+    with Store.open(tmp_path) as store:
+        # Execute
+        assert put(store, "alice", 1, k=3, release="r1")
+        assert put(store, "bob", 1, kind="heartbeat", status="own")
+    # Assert
+    with Store.open(tmp_path) as store:
+        assert store.frames("alice", 1) == frames_for("alice", 1)
+        entry = store.get("alice", 1)
+        assert (entry.k, entry.release, entry.kind, entry.status) == (3, "r1", "twin", "accepted")
+        assert entry.digest == digest_of(frames_for("alice", 1)).hex()
+        assert store.get("bob", 1).kind == "heartbeat"
+        assert store.counts() == {"alice": 1, "bob": 1}
+        assert store.has("alice", 1) and not store.has("alice", 2)
+        assert store.has_digest(digest_of(frames_for("bob", 1)).hex().upper())
+
+
+def test_put_is_idempotent_by_sender_seq_and_by_digest(tmp_path):
+    with Store.open(tmp_path) as store:
+        frames = frames_for("alice", 1)
+        assert store.put("alice", 1, digest_of(frames), frames)
+
+        again = store.put("alice", 1, digest_of(frames), frames)
+        same_seq_other_content = store.put("alice", 1, b"other", [b"x"])
+        same_content_other_seq = store.put("alice", 2, digest_of(frames), frames)
+
+        assert (again, same_seq_other_content, same_content_other_seq) == (False, False, False)
+        assert store.frames("alice", 1) == frames
+        assert [e.seq for e in store.list()] == [1]
+        assert not env_path(tmp_path, "alice", 2).exists()
+
+
+@pytest.mark.parametrize("sender,seq", [("../etc", 1), (".hidden", 1), ("", 1), ("a/b", 1),
+                                        ("alice", 0), ("alice", True), ("alice", 10**10)])
+def test_unsafe_sender_names_and_out_of_range_seqs_are_refused(tmp_path, sender, seq):
+    with Store.open(tmp_path) as store:
+        with pytest.raises(StoreError):
+            store.put(sender, seq, b"d", [b"x"])
+        assert store.list() == []
+
+
+def test_list_filters_and_set_status_marks_without_deleting(tmp_path):
+    with Store.open(tmp_path) as store:
+        for seq in (1, 2, 3):
+            put(store, "alice", seq)
+        put(store, "bob", 1)
+
+        store.set_status("alice", 2, "excluded")
+        with pytest.raises(StoreError, match="no envelope alice#9"):
+            store.set_status("alice", 9, "flagged")
+
+    with Store.open(tmp_path) as store:
+        assert [e.seq for e in store.list(sender="alice")] == [1, 2, 3]
+        assert [(e.sender, e.seq) for e in store.list(status="excluded")] == [("alice", 2)]
+        assert store.counts(status="accepted") == {"alice": 2, "bob": 1}
+        assert store.frames("alice", 2) == frames_for("alice", 2)
+
+
+def test_holdings_and_missing_describe_gaps_for_catch_up(tmp_path):
+    with Store.open(tmp_path) as store:
+        for seq in (1, 2, 3, 5, 8):
+            put(store, "alice", seq)
+        put(store, "bob", 2)
+
+        holdings = store.holdings()
+        lacks = store.missing("alice", {"watermark": 2, "extra": [5, 6]})
+        lacks_limited = store.missing("alice", {"watermark": 0, "extra": []}, limit=2)
+
+        assert holdings == {"alice": {"watermark": 3, "extra": [5, 8]},
+                            "bob": {"watermark": 0, "extra": [2]}}
+        assert lacks == [3, 8]
+        assert lacks_limited == [1, 2]
+        assert store.missing("carol", None) == []
+        assert store.last_seq("alice") == 8 and store.last_seq("carol") == 0
+
+
+@pytest.mark.parametrize("have", ["x", {"watermark": -1}, {"watermark": "3"},
+                                  {"extra": [0]}, {"extra": "1,2"}, {"extra": [True]}])
+def test_malformed_catch_up_summary_from_a_peer_is_a_wire_error(have):
+    with pytest.raises(MalformedMessage):
+        seqs_missing([1, 2], have)
+
+
+@given(st.sets(st.integers(1, 60), max_size=40))
+@settings(max_examples=200, deadline=None)
+def test_summary_round_trips_through_missing(held):
+    summary = summarize_seqs(held)
+
+    lacked_by_empty = seqs_missing(held, None)
+    lacked_by_self = seqs_missing(held, summary)
+
+    assert lacked_by_empty == sorted(held)
+    assert lacked_by_self == []
+    assert all(s in held for s in range(1, summary["watermark"] + 1))
+    assert summary["watermark"] + 1 not in held
+
+
+def test_reserved_seqs_never_repeat_across_reopen(tmp_path):
+    with Store.open(tmp_path) as store:
+        first = store.reserve_seq(3)
+        second = store.reserve_seq()
+    with Store.open(tmp_path) as store:
+        third = store.reserve_seq(2)
+        own = store.own_seq()
+
+    assert (list(first), list(second), list(third)) == ([1, 2, 3], [4], [5, 6])
+    assert own == 6
+
+
+def test_state_round_trips_across_reopen_and_non_json_is_refused(tmp_path):
+    guard = {"alice": {"watermark": 4, "extra": [7]}, "digests": ["ab", "cd"]}
+    with Store.open(tmp_path) as store:
+        store.save_state("replay", guard)
+        store.save_state("replay", guard | {"bob": 1})
+        with pytest.raises(StoreError, match="not JSON"):
+            store.save_state("bad", {"x": float("nan")})
+    with Store.open(tmp_path) as store:
+        assert store.load_state("replay") == guard | {"bob": 1}
+        assert store.load_state("absent", default={}) == {}
+
+
+def test_second_open_of_a_state_dir_in_use_names_the_owner_pid(tmp_path):
+    store = Store.open(tmp_path)
+    with pytest.raises(StoreError, match=f"in use by pid {os.getpid()}"):
+        Store.open(tmp_path)
+    store.close()
+    store.close()  # safe twice
+    with Store.open(tmp_path) as again:
+        assert again.list() == []
+    with pytest.raises(StoreError, match="closed"):
+        store.list()
+
+
+def test_index_is_in_wal_mode(tmp_path):
+    with Store.open(tmp_path) as store:
+        put(store, "alice", 1)
+        db = sqlite3.connect(tmp_path / "store" / "index.sqlite3")
+        try:
+            mode = db.execute("PRAGMA journal_mode").fetchone()[0]
+        finally:
+            db.close()
+    assert mode == "wal"
+
+
+def test_unreadable_index_is_a_clear_store_error(tmp_path):
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "index.sqlite3").write_bytes(b"not a database" * 100)
+    with pytest.raises(StoreError, match="index.*unreadable"):
+        Store.open(tmp_path)
+    # the failed open released its lock
+    (tmp_path / "store" / "index.sqlite3").unlink()
+    Store.open(tmp_path).close()
+
+
+# ---- recovery -------------------------------------------------------------------------------
+
+def test_stray_temp_file_is_deleted_on_open_and_never_listed(tmp_path):
+    with Store.open(tmp_path) as store:
+        put(store, "alice", 1)
+    stray = env_path(tmp_path, "alice", 2).with_name(".0000000002.env.k3j2.tmp")
+    stray.write_bytes(pack_envelope({"sender": "alice", "seq": 2}, [b"half"])[:20])
+
+    with Store.open(tmp_path) as store:
+        assert not stray.exists()
+        assert store.recovery["temp_removed"] == 1
+        assert [e.seq for e in store.list()] == [1]
+
+
+def test_complete_file_without_index_row_is_reindexed_on_open(tmp_path):
+    # a crash between rename and commit leaves exactly this: a complete file, no row
+    frames = frames_for("alice", 2)
+    meta = {"sender": "alice", "seq": 2, "digest": digest_of(frames).hex(), "kind": "twin",
+            "k": 4, "release": "r9", "status": "accepted", "received": 1.0}
+    with Store.open(tmp_path) as store:
+        put(store, "alice", 1)
+    env_path(tmp_path, "alice", 2).write_bytes(pack_envelope(meta, frames))
+
+    with Store.open(tmp_path) as store:
+        assert store.recovery["reindexed"] == 1
+        assert store.frames("alice", 2) == frames
+        assert (store.get("alice", 2).k, store.get("alice", 2).release) == (4, "r9")
+        assert store.holdings() == {"alice": {"watermark": 2, "extra": []}}
+
+
+def test_unindexed_file_that_fails_its_checksum_is_quarantined_not_indexed(tmp_path):
+    frames = frames_for("alice", 1)
+    meta = {"sender": "alice", "seq": 1, "digest": "ab", "kind": "twin", "k": None,
+            "release": None, "status": "accepted", "received": 1.0}
+    blob = bytearray(pack_envelope(meta, frames))
+    blob[60] ^= 0x01
+    Store.open(tmp_path).close()
+    env_path(tmp_path, "alice", 1).parent.mkdir()
+    env_path(tmp_path, "alice", 1).write_bytes(bytes(blob))
+
+    with Store.open(tmp_path) as store:
+        assert store.list() == [] and not store.has("alice", 1)
+        [record] = store.quarantined()
+        assert "checksum" in record["reason"]
+        assert Path(record["file"]).read_bytes() == bytes(blob)
+        assert not env_path(tmp_path, "alice", 1).exists()
+
+
+def test_index_row_whose_file_vanished_is_quarantined_on_open(tmp_path):
+    with Store.open(tmp_path) as store:
+        put(store, "alice", 1)
+        put(store, "alice", 2)
+    env_path(tmp_path, "alice", 1).unlink()
+
+    with Store.open(tmp_path) as store:
+        assert not store.has("alice", 1)
+        assert store.holdings() == {"alice": {"watermark": 0, "extra": [2]}}
+        assert [(q["sender"], q["seq"], q["reason"]) for q in store.quarantined()] == [
+            ("alice", 1, "file missing")]
+        # catch-up may now store it again
+        assert put(store, "alice", 1)
+
+
+def test_flipped_byte_is_caught_on_read_and_the_file_quarantined(tmp_path):
+    with Store.open(tmp_path) as store:
+        put(store, "alice", 1)
+        path = env_path(tmp_path, "alice", 1)
+        blob = bytearray(path.read_bytes())
+        blob[len(blob) // 2] ^= 0xFF
+        path.write_bytes(bytes(blob))
+
+        with pytest.raises(StoreError, match="alice#1 is unreadable and was quarantined"):
+            store.frames("alice", 1)
+
+        assert not store.has("alice", 1)
+        assert store.quarantined()[0]["seq"] == 1
+
+
+# ---- container format -----------------------------------------------------------------------
+
+@given(st.lists(st.binary(max_size=300), min_size=1, max_size=6),
+       st.dictionaries(st.text(max_size=8), st.integers() | st.text(max_size=8), max_size=4))
+@settings(max_examples=100, deadline=None)
+def test_container_round_trips_frames_byte_for_byte(frames, meta):
+    assert unpack_envelope(pack_envelope(meta, frames)) == (meta, frames)
+
+
+def test_every_truncation_and_bad_header_of_a_container_is_refused():
+    blob = pack_envelope({"sender": "alice"}, [b"abc", b"", b"defg"])
+    for cut in range(len(blob)):
+        with pytest.raises(StoreError):
+            unpack_envelope(blob[:cut])
+    with pytest.raises(StoreError, match="magic"):
+        unpack_envelope(b"XXXX" + blob[4:])
+    with pytest.raises(StoreError, match="format 2"):
+        unpack_envelope(blob[:4] + b"\x00\x02" + blob[6:])
+    with pytest.raises(StoreError, match="1..65536 frames"):
+        pack_envelope({}, [])
+
+
+# ---- crash safety with real processes --------------------------------------------------------
+
+CHILD = """
+import hashlib, os, random, sys
+from twinnode.store import Store
+{frames_src}
+state, log, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
+rng = random.Random(seed)
+out = open(log, "a", buffering=1)
+def note(*words):
+    out.write(" ".join(map(str, words)) + "\\n")  # line buffered: one write() per line
+store = Store.open(state)
+note("open", os.getpid())
+senders = ["alice", "bob", "carol"]
+while True:
+    r = rng.random()
+    if r < 0.1:
+        got = store.reserve_seq(rng.randint(1, 3))
+        note("reserved", got.start, got[-1])
+    elif r < 0.2 and store.last_seq("alice"):
+        seq = rng.randint(1, store.last_seq("alice"))
+        if store.has("alice", seq):
+            f = frames_for("alice", seq)
+            if store.put("alice", seq + 10**6, hashlib.sha256(b"".join(f)).digest(), f):
+                note("BUG duplicate digest accepted", seq)
+            store.set_status("alice", seq, "flagged")
+            note("flagged alice", seq)
+    else:
+        sender = rng.choice(senders)
+        seq = store.last_seq(sender) + rng.choice([1, 1, 1, 2])
+        f = frames_for(sender, seq)
+        if store.put(sender, seq, hashlib.sha256(b"".join(f)).digest(), f, k=seq % 10):
+            note("ack", sender, seq)
+        else:
+            note("BUG fresh put refused", sender, seq)
+"""
+
+
+def read_log(path: Path) -> list[list[str]]:
+    if not path.exists():
+        return []
+    text = path.read_text()
+    lines = text.split("\n")[:-1]  # a line cut by the kill has no newline: not acknowledged
+    return [line.split() for line in lines]
+
+
+def check_store_against_log(state: Path, log: list[list[str]]) -> dict[str, int]:
+    """Reopen (recover) and check every acknowledged write; returns the recovery counts."""
+    acked = {(w[1], int(w[2])) for w in log if w[0] == "ack"}
+    flagged = {("alice", int(w[2])) for w in log if w[0] == "flagged"}
+    reserved = [(int(w[1]), int(w[2])) for w in log if w[0] == "reserved"]
+    assert not [w for w in log if w[0] == "BUG"]
+    with Store.open(state) as store:
+        entries = store.list()
+        keys = {(e.sender, e.seq) for e in entries}
+        assert acked <= keys, f"acknowledged but lost: {sorted(acked - keys)}"
+        for e in entries:  # acknowledged or re-indexed: either way complete and exact
+            assert store.frames(e.sender, e.seq) == frames_for(e.sender, e.seq)
+            assert e.digest == digest_of(frames_for(e.sender, e.seq)).hex()
+        assert len({e.digest for e in entries}) == len(entries)
+        assert all(store.get(*key).status == "flagged" for key in flagged)
+        on_disk = {(p.parent.name, int(p.stem))
+                   for p in (state / "store" / "envelopes").glob("*/*")}
+        assert on_disk == keys, "index and files disagree (or a temp file survived)"
+        assert store.quarantined() == []
+        for (start, _), (_, prev_end) in zip(reserved[1:], reserved):
+            assert start > prev_end, "reserve_seq went backwards"
+        assert store.own_seq() >= max((end for _, end in reserved), default=0)
+        return dict(store.recovery)
+
+
+def test_sigkill_at_random_moments_loses_no_acknowledged_envelope(tmp_path):
+    # Prepare
+    rng = random.Random(7)
+    state, log = tmp_path / "state", tmp_path / "acks.log"
+    script = CHILD.format(frames_src=textwrap.dedent(inspect.getsource(frames_for)))
+    recovered = {"temp_removed": 0, "reindexed": 0, "duplicates_removed": 0}
+    started = time.monotonic()
+    for round_ in range(30):
+        # Execute: start a writer, kill it mid-flight
+        child = subprocess.Popen([sys.executable, "-c", script, str(state), str(log),
+                                  str(round_)], stderr=subprocess.PIPE)
+        if round_ % 3 == 0:
+            time.sleep(rng.uniform(0.0, 0.25))  # often during start-up and recovery
+        else:
+            deadline = time.monotonic() + 20
+            while ["open", str(child.pid)] not in read_log(log):
+                assert child.poll() is None, child.stderr.read().decode()
+                assert time.monotonic() < deadline, "writer did not start"
+                time.sleep(0.005)
+            time.sleep(rng.uniform(0.0, 0.12))
+        child.kill()
+        child.wait(timeout=10)
+        child.stderr.close()
+        # Assert
+        counts = check_store_against_log(state, read_log(log))
+        for key in recovered:
+            recovered[key] += counts[key]
+    acked = sum(1 for w in read_log(log) if w[0] == "ack")
+    print(f"30 kills in {time.monotonic() - started:.1f} s, {acked} acknowledged puts, "
+          f"recovery: {recovered}")
+    assert acked > 30
