@@ -14,7 +14,7 @@ from typing import Sequence
 from . import __version__
 from .errors import EXIT_CODES, TwinnodeError
 
-COMMANDS = ("example", "train", "sample", "keygen", "analyze", "run", "ctl", "demo")
+COMMANDS = ("example", "train", "keygen", "analyze", "run", "ctl", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,530 @@
+"""Envelope v1: round trips, dtypes, tampering, replays, forged senders, schema checks."""
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+
+from conftest import make_small_frame
+from twinnode.columnar import column_dtype, float32_bounds
+from twinnode.data import randhie
+from twinnode.errors import (DataError, DigestMismatch, DuplicateMessage, InvalidSignature,
+                             MalformedMessage, ReplayedMessage, SchemaMismatch, StoreError,
+                             UnknownSender, UnsupportedVersion, WireError)
+from twinnode.identity import Identity, TrustStore
+from twinnode.schema import Schema
+from twinnode.twins import Provenance, Twin
+from twinnode.wire import (CatchupEnd, CatchupRequest, Heartbeat, Holding, ReplayGuard, Signer,
+                           Verifier, WireLimits, decode_catchup_end, decode_catchup_request,
+                           decode_heartbeat, decode_twin, encode_catchup_end,
+                           encode_catchup_request, encode_heartbeat, encode_twin, rejection_line,
+                           seal)
+
+NOW = 1_700_000_000.0
+PRE_SIGNATURE = (MalformedMessage, UnsupportedVersion, UnknownSender, InvalidSignature)
+
+
+# ------------------------------------------------------------------ makers
+@pytest.fixture(scope="module")
+def alice() -> Identity:
+    return Identity.generate("alice")
+
+
+@pytest.fixture(scope="module")
+def bob() -> Identity:
+    return Identity.generate("bob")
+
+
+@pytest.fixture(scope="module")
+def trust(alice: Identity, bob: Identity) -> TrustStore:
+    return TrustStore([alice.peer(), bob.peer()])
+
+
+def make_twin(schema: Schema, sender: str = "alice", rows: int = 20, seed: int = 0,
+              index: int = 0) -> Twin:
+    arrays = schema.to_arrays(make_small_frame(schema, n=rows, seed=seed))
+    prov = Provenance(sender=sender, schema_hash=schema.hash, epsilon=1.0, delta=1e-3, n=rows,
+                      k=5, index=index, relation="add-remove", release="run-1",
+                      created=NOW - 3600, generator={"components": 16, "epochs": [4, 8]})
+    return Twin(prov, arrays)
+
+
+def make_verifier(trust: TrustStore, schema: Schema, **kwargs: Any) -> Verifier:
+    return Verifier(trust, schema, ReplayGuard(), local="bob", clock=lambda: NOW, **kwargs)
+
+
+def twin_header(frames: list[bytes]) -> dict[str, Any]:
+    return msgpack.unpackb(frames[1])
+
+
+def reseal(frames: list[bytes], signer: Signer, payload: bytes | None = None,
+           **changes: Any) -> list[bytes]:
+    """The same message with header fields changed (and the digest refreshed), signed again."""
+    header = twin_header(frames) | changes
+    if payload is not None:
+        header["payload_len"] = len(payload)
+        header["payload_digest"] = hashlib.sha256(payload).digest()
+    return seal(header, frames[2] if payload is None else payload, signer)
+
+
+def flipped(frames: list[bytes], which: int, pos: int, mask: int) -> list[bytes]:
+    out = list(frames)
+    b = bytearray(out[which])
+    b[pos] ^= mask
+    out[which] = bytes(b)
+    return out
+
+
+# ------------------------------------------------------------------ round trips
+def test_twin_round_trip_restores_provenance_and_columns(small_schema, alice, trust):
+    # Prepare
+    twin = make_twin(small_schema)
+    verifier = make_verifier(trust, small_schema)
+    # Execute
+    frames = encode_twin(twin, small_schema, 1, Signer(alice))
+    env = decode_twin(frames, verifier)
+    # Assert
+    assert env.family == "twin" and env.sender == "alice" and env.seq == 1
+    assert env.frames == tuple(frames)
+    assert env.twin.provenance == twin.provenance
+    for col in small_schema.columns:
+        got, sent = env.twin.arrays[col.name], twin.arrays[col.name]
+        if col.type == "continuous":
+            assert got.dtype == np.float64
+            np.testing.assert_array_equal(got, sent.astype(np.float32).astype(np.float64))
+        else:
+            assert got.dtype == np.int64
+            np.testing.assert_array_equal(got, sent)
+    small_schema.check_arrays(env.twin.arrays)
+
+
+def test_heartbeat_round_trip(small_schema, alice, trust):
+    hb = Heartbeat("alice", latest=7, holdings={"alice": 7, "bob": 3}, created=NOW - 5)
+    env = decode_heartbeat(encode_heartbeat(hb, Signer(alice)), make_verifier(trust, small_schema))
+    assert env.family == "hb" and env.message == hb and env.seq is None
+
+
+def test_catchup_request_round_trip(small_schema, alice, trust):
+    req = CatchupRequest("alice", to="bob", have={"alice": Holding(4, (6, 9)), "bob": Holding(0)},
+                         created=NOW + 2)
+    env = decode_catchup_request(encode_catchup_request(req, Signer(alice)),
+                                 make_verifier(trust, small_schema))
+    assert env.family == "req" and env.message == req
+
+
+def test_catchup_end_round_trip(small_schema, alice, trust):
+    end = CatchupEnd("alice", to="bob", request_id=b"r" * 16, count=12, created=NOW)
+    env = decode_catchup_end(encode_catchup_end(end, Signer(alice)),
+                             make_verifier(trust, small_schema))
+    assert env.family == "end" and env.message == end
+
+
+def test_topics_name_family_and_sender_for_prefix_filtering(small_schema, alice):
+    signer = Signer(alice)
+    topics = [encode_twin(make_twin(small_schema), small_schema, 1, signer)[0],
+              encode_heartbeat(Heartbeat("alice", 0, {}), signer)[0],
+              encode_catchup_request(CatchupRequest("alice", "bob", {}), signer)[0],
+              encode_catchup_end(CatchupEnd("alice", "bob", b"r" * 16, 0), signer)[0]]
+    assert topics == [b"twin:alice", b"hb:alice", b"req:alice", b"end:alice"]
+
+
+def test_decode_of_the_wrong_family_is_refused(small_schema, alice, trust):
+    frames = encode_heartbeat(Heartbeat("alice", 0, {}, created=NOW), Signer(alice))
+    with pytest.raises(MalformedMessage):
+        decode_twin(frames, make_verifier(trust, small_schema))
+
+
+def test_encoding_refuses_a_twin_that_peers_would_refuse(small_schema, alice, bob):
+    twin = make_twin(small_schema)
+    with pytest.raises(DataError, match="signer"):
+        encode_twin(twin, small_schema, 1, Signer(bob))
+    with pytest.raises(DataError, match="start at 1"):
+        encode_twin(twin, small_schema, 0, Signer(alice))
+    other = Schema.from_toml(small_schema.to_toml().replace("upper = 50", "upper = 60"))
+    with pytest.raises(DataError, match="schema"):
+        encode_twin(twin, other, 1, Signer(alice))
+
+
+# ------------------------------------------------------------------ dtypes and size
+def test_each_column_travels_in_its_smallest_faithful_dtype(small_schema, alice):
+    frames = encode_twin(make_twin(small_schema, rows=21), small_schema, 1, Signer(alice))
+    cols = {name: (dtype, len(data)) for name, dtype, data in msgpack.unpackb(frames[2])}
+    assert cols == {"age": ("f4", 84), "region": ("u1", 21), "smoker": ("bits", 3),
+                    "visits": ("u1", 21)}
+
+
+@pytest.mark.parametrize("spec, dtype", [
+    ('type = "count"\nupper = 255', "u1"), ('type = "count"\nupper = 256', "u2"),
+    ('type = "count"\nupper = 65535', "u2"), ('type = "count"\nupper = 65536', "u4"),
+    ('type = "categorical"\nlevels = [' + ", ".join(f'"l{i}"' for i in range(256)) + "]", "u1"),
+    ('type = "categorical"\nlevels = [' + ", ".join(f'"l{i}"' for i in range(257)) + "]", "u2"),
+    ('type = "binary"', "bits"), ('type = "continuous"\nlower = 0\nupper = 1', "f4")])
+def test_dtype_is_the_smallest_that_holds_the_schema_bound(spec, dtype):
+    schema = Schema.from_toml(f"[columns.x]\n{spec}\n")
+    assert column_dtype(schema.columns[0]) == dtype
+
+
+def test_wide_count_column_round_trips_at_its_bound(alice):
+    # Prepare: a count bound that needs u4, values at 0 and at the bound
+    schema = Schema.from_toml('[columns.c]\ntype = "count"\nupper = 100000\n')
+    arrays = {"c": np.array([0, 1, 65536, 100000], dtype=np.int64)}
+    prov = Provenance("alice", schema.hash, 1.0, 0.0, 4, 1, 0, "substitute", "r", NOW, {})
+    verifier = Verifier(TrustStore([alice.peer()]), schema, ReplayGuard(), clock=lambda: NOW)
+    # Execute
+    env = verifier.open(encode_twin(Twin(prov, arrays), schema, 1, Signer(alice)))
+    # Assert
+    np.testing.assert_array_equal(env.twin.arrays["c"], arrays["c"])
+
+
+def test_continuous_values_at_a_bound_float32_rounds_past_stay_inside(alice):
+    # Prepare: float32(0.1) > 0.1, so a naive cast would leave the schema's bounds
+    schema = Schema.from_toml('[columns.x]\ntype = "continuous"\nlower = -0.1\nupper = 0.1\n')
+    assert float(np.float32(0.1)) > 0.1
+    arrays = {"x": np.array([-0.1, 0.0, 0.1, 0.0999999999])}
+    prov = Provenance("alice", schema.hash, 1.0, 0.0, 4, 1, 0, "substitute", "r", NOW, {})
+    verifier = Verifier(TrustStore([alice.peer()]), schema, ReplayGuard(), clock=lambda: NOW)
+    # Execute
+    env = verifier.open(encode_twin(Twin(prov, arrays), schema, 1, Signer(alice)))
+    # Assert
+    got = env.twin.arrays["x"]
+    assert got.min() >= -0.1 and got.max() <= 0.1
+    np.testing.assert_allclose(got, arrays["x"], rtol=0, atol=1e-8)
+    lo, hi = float32_bounds(schema.columns[0])
+    assert float(hi) <= 0.1 < float(np.nextafter(hi, np.float32(1)))
+
+
+def test_randhie_twin_payload_is_a_quarter_of_float64_msgpack(alice):
+    # Prepare
+    schema, frame = randhie()
+    arrays = {k: v[:2000] for k, v in schema.to_arrays(frame).items()}
+    prov = Provenance("alice", schema.hash, 1.0, 1e-4, 2000, 1, 0, "add-remove", "r", NOW, {})
+    # Execute
+    frames = encode_twin(Twin(prov, arrays), schema, 1, Signer(alice))
+    baseline = msgpack.packb({k: v.astype(np.float64).tolist() for k, v in arrays.items()})
+    # Assert: 1 (mdvis u1) + 5 x 4 (float32) + 4 / 8 (bits) = 21.5 bytes per row, plus framing
+    assert 2000 * 21.5 <= len(frames[2]) <= 2000 * 21.5 + 200
+    assert sum(map(len, frames)) < len(baseline) / 4
+
+
+# ------------------------------------------------------------------ tampering
+def _expect_flip(verifier: Verifier, frames: list[bytes], which: int, pos: int, mask: int) -> None:
+    bad = flipped(frames, which, pos, mask)
+    with pytest.raises(WireError) as info:
+        verifier.open(bad)
+    expected = {0: (MalformedMessage,), 1: PRE_SIGNATURE, 2: (DigestMismatch,),
+                3: (InvalidSignature,)}[which]
+    assert type(info.value) in expected, (which, pos, mask, info.value)
+
+
+def test_every_single_byte_flip_of_a_small_twin_is_rejected(small_schema, alice, trust):
+    # Prepare
+    verifier = make_verifier(trust, small_schema)
+    frames = encode_twin(make_twin(small_schema, rows=20), small_schema, 1, Signer(alice))
+    verifier.open(frames)  # the untouched message is fine (and not burnt: nothing accepted)
+    # Execute / Assert: every position of every frame, one bit and the whole byte
+    tried = 0
+    for which, frame in enumerate(frames):
+        for pos in range(len(frame)):
+            for mask in (0x01, 0xFF):
+                _expect_flip(verifier, frames, which, pos, mask)
+                tried += 1
+    assert tried == 2 * sum(map(len, frames)) > 1000
+    assert verifier.guard.latest("alice") == 0
+
+
+def test_header_flips_hit_the_expected_checks(small_schema, alice, trust):
+    # Prepare
+    verifier = make_verifier(trust, small_schema)
+    frames = encode_twin(make_twin(small_schema), small_schema, 1, Signer(alice))
+    header = frames[1]
+    version_pos = header.index(b"\xa7version") + 8
+    sender_pos = header.index(b"\xa5alice") + 2  # "alice" -> "amice"
+    created_pos = header.index(b"\xa7created") + 8 + 3
+    # Execute / Assert
+    with pytest.raises(UnsupportedVersion):
+        verifier.open(flipped(frames, 1, version_pos, 0x02))
+    with pytest.raises(MalformedMessage, match="topic"):
+        verifier.open(flipped(frames, 1, sender_pos, 0x01))
+    with pytest.raises(InvalidSignature):
+        verifier.open(flipped(frames, 1, created_pos, 0x01))
+
+
+def test_sampled_byte_flips_of_a_large_twin_are_rejected(small_schema, alice, trust):
+    # Prepare
+    rng = random.Random(7)
+    verifier = make_verifier(trust, small_schema)
+    frames = encode_twin(make_twin(small_schema, rows=20_000), small_schema, 1, Signer(alice))
+    assert len(frames[2]) > 100_000
+    # Execute / Assert: all of topic, header and signature; 300 payload positions
+    for which in (0, 1, 3):
+        for pos in range(len(frames[which])):
+            _expect_flip(verifier, frames, which, pos, 0xFF)
+    for pos in rng.sample(range(len(frames[2])), 300):
+        _expect_flip(verifier, frames, 2, pos, rng.randrange(1, 256))
+
+
+def test_truncated_or_extended_frames_are_rejected(small_schema, alice, trust):
+    verifier = make_verifier(trust, small_schema)
+    frames = encode_twin(make_twin(small_schema), small_schema, 1, Signer(alice))
+    with pytest.raises(DigestMismatch, match="bytes"):
+        verifier.open([frames[0], frames[1], frames[2][:-1], frames[3]])
+    with pytest.raises(MalformedMessage):
+        verifier.open([frames[0], frames[1][:-1], frames[2], frames[3]])
+    with pytest.raises(MalformedMessage, match="4 frames"):
+        verifier.open(frames[:3])
+    with pytest.raises(MalformedMessage, match="4 frames"):
+        verifier.open(frames + [b""])
+
+
+# ------------------------------------------------------------------ forged senders
+def test_signature_by_an_unpinned_key_is_rejected(small_schema, trust):
+    mallory = Identity.generate("mallory")
+    frames = encode_twin(make_twin(small_schema, sender="mallory"), small_schema, 1,
+                         Signer(mallory))
+    with pytest.raises(UnknownSender):
+        make_verifier(trust, small_schema).open(frames)
+
+
+def test_unpinned_key_claiming_a_pinned_name_is_rejected(small_schema, trust):
+    impostor = Identity.generate("alice")  # same name, different key
+    frames = encode_twin(make_twin(small_schema), small_schema, 1, Signer(impostor))
+    with pytest.raises(InvalidSignature):
+        make_verifier(trust, small_schema).open(frames)
+
+
+def test_pinned_key_under_another_senders_name_is_rejected(small_schema, alice, bob, trust):
+    # Prepare: bob (pinned) signs a twin that says it is from alice
+    good = encode_twin(make_twin(small_schema), small_schema, 1, Signer(alice))
+    forged = seal(twin_header(good), good[2], _SignerAs(bob, "alice"))
+    # Execute / Assert
+    with pytest.raises(InvalidSignature):
+        make_verifier(trust, small_schema).open(forged)
+
+
+class _SignerAs(Signer):
+    def __init__(self, identity: Identity, name: str) -> None:
+        super().__init__(identity)
+        self.name = name
+
+
+@pytest.mark.parametrize("cut", [0, 1, 32, 63])
+def test_truncated_signature_is_rejected(small_schema, alice, trust, cut):
+    frames = encode_twin(make_twin(small_schema), small_schema, 1, Signer(alice))
+    with pytest.raises(InvalidSignature):
+        make_verifier(trust, small_schema).open(frames[:3] + [frames[3][:cut]])
+
+
+def test_signature_with_extra_bytes_is_rejected(small_schema, alice, trust):
+    frames = encode_twin(make_twin(small_schema), small_schema, 1, Signer(alice))
+    with pytest.raises(InvalidSignature):
+        make_verifier(trust, small_schema).open(frames[:3] + [frames[3] + b"\x00"])
+
+
+def test_forwarded_envelope_verifies_at_any_node(small_schema, alice, bob, trust):
+    # Prepare: bob stored alice's frames; carol receives them from bob verbatim
+    frames = encode_twin(make_twin(small_schema), small_schema, 1, Signer(alice))
+    stored = bob_store = make_verifier(trust, small_schema).open(frames).frames
+    carol = Verifier(trust, small_schema, ReplayGuard(), local="carol", clock=lambda: NOW)
+    # Execute
+    env = carol.open(list(bob_store))
+    # Assert
+    assert env.sender == "alice" and env.frames == stored
+
+
+# ------------------------------------------------------------------ replay and duplicates
+def test_resent_twin_is_rejected_as_a_replay_once_accepted(small_schema, alice, trust):
+    # Prepare
+    verifier = make_verifier(trust, small_schema)
+    frames = encode_twin(make_twin(small_schema), small_schema, 1, Signer(alice))
+    env = verifier.open(frames)
+    verifier.open(frames)  # not yet stored: opening again is allowed
+    # Execute
+    verifier.accept(env)
+    # Assert
+    with pytest.raises(ReplayedMessage) as info:
+        verifier.open(frames)
+    assert rejection_line(info.value).startswith("REJECTED (replay) peer=alice seq=1: ")
+
+
+def test_same_content_under_a_new_seq_is_a_duplicate(small_schema, alice, trust):
+    verifier = make_verifier(trust, small_schema)
+    twin = make_twin(small_schema)
+    verifier.accept(verifier.open(encode_twin(twin, small_schema, 1, Signer(alice))))
+    with pytest.raises(DuplicateMessage):
+        verifier.open(encode_twin(twin, small_schema, 2, Signer(alice)))
+
+
+def test_out_of_order_twins_are_accepted_once_each(small_schema, alice, trust):
+    # Prepare: seq 3 arrives live before 1 and 2 come through catch-up
+    verifier = make_verifier(trust, small_schema)
+    frames = {s: encode_twin(make_twin(small_schema, seed=s), small_schema, s, Signer(alice))
+              for s in (1, 2, 3)}
+    # Execute
+    verifier.accept(verifier.open(frames[3]))
+    watermark_after_3 = verifier.guard.latest("alice")
+    verifier.accept(verifier.open(frames[1]))
+    verifier.accept(verifier.open(frames[2]))
+    # Assert
+    assert watermark_after_3 == 0 and verifier.guard.latest("alice") == 3
+    for s in (1, 2, 3):
+        with pytest.raises(ReplayedMessage):
+            verifier.open(frames[s])
+
+
+def test_twin_refused_by_the_schema_check_is_not_burnt(small_schema, alice, trust):
+    # Prepare: a valid signed twin whose column is out of the schema
+    verifier = make_verifier(trust, small_schema)
+    good = encode_twin(make_twin(small_schema), small_schema, 1, Signer(alice))
+    cols = msgpack.unpackb(good[2])
+    cols[3][2] = bytes([99]) + cols[3][2][1:]  # visits: 99 > upper 50
+    bad = reseal(good, Signer(alice), payload=msgpack.packb(cols))
+    # Execute
+    with pytest.raises(SchemaMismatch):
+        verifier.open(bad)
+    # Assert: the good twin with the same seq is still accepted
+    assert not verifier.guard.accepted("alice", 1)
+    verifier.accept(verifier.open(good))
+    assert verifier.guard.latest("alice") == 1
+
+
+def test_heartbeat_is_refused_when_stale_from_the_future_or_repeated(small_schema, alice, trust):
+    verifier = make_verifier(trust, small_schema)
+    signer = Signer(alice)
+    with pytest.raises(ReplayedMessage, match="stale"):
+        verifier.open(encode_heartbeat(Heartbeat("alice", 1, {}, created=NOW - 301), signer))
+    with pytest.raises(ReplayedMessage, match="stale"):
+        verifier.open(encode_heartbeat(Heartbeat("alice", 1, {}, created=NOW + 301), signer))
+    frames = encode_heartbeat(Heartbeat("alice", 1, {}, created=NOW - 10), signer)
+    verifier.open(frames)
+    with pytest.raises(ReplayedMessage, match="nonce"):
+        verifier.open(frames)
+
+
+def test_catchup_request_addressed_to_another_node_is_refused(small_schema, alice, trust):
+    frames = encode_catchup_request(CatchupRequest("alice", "carol", {}, created=NOW),
+                                    Signer(alice))
+    with pytest.raises(ReplayedMessage, match="addressed"):
+        make_verifier(trust, small_schema).open(frames)
+
+
+def test_non_twin_message_with_a_payload_is_malformed(small_schema, alice, trust):
+    frames = encode_heartbeat(Heartbeat("alice", 1, {}, created=NOW), Signer(alice))
+    bad = reseal(frames, Signer(alice), payload=b"x")
+    with pytest.raises(MalformedMessage, match="no payload"):
+        make_verifier(trust, small_schema).open(bad)
+
+
+def test_replay_guard_state_survives_serialisation():
+    # Prepare
+    guard = ReplayGuard()
+    for seq in (1, 2, 5, 9):
+        guard.accept("alice", seq, hashlib.sha256(b"%d" % seq).digest())
+    # Execute
+    back = ReplayGuard.from_dict(guard.to_dict())
+    # Assert
+    assert back.latest("alice") == 2 and back.accepted("alice", 5) and not back.accepted("alice", 3)
+    assert back.have() == {"alice": Holding(2, (5, 9))} and back.holdings() == {"alice": 2}
+    assert back.missing("alice", 10) == [3, 4, 6, 7, 8, 10]
+    with pytest.raises(DuplicateMessage):
+        back.check("bob", 1, hashlib.sha256(b"9").digest())
+
+
+@pytest.mark.parametrize("doc", [{}, {"format": "x"}, {"format": "twinnode-replay/1"},
+                                 {"format": "twinnode-replay/1", "senders": {"a": {
+                                     "watermark": 3, "extra": [2]}}, "digests": []},
+                                 {"format": "twinnode-replay/1", "senders": {},
+                                  "digests": ["zz"]}])
+def test_replay_guard_refuses_corrupt_state(doc):
+    with pytest.raises(StoreError):
+        ReplayGuard.from_dict(doc)
+
+
+def test_replay_guard_remembers_a_bounded_number_of_digests():
+    guard = ReplayGuard(max_digests=3)
+    digests = [bytes([i]) * 32 for i in range(5)]
+    for seq, d in enumerate(digests, 1):
+        guard.accept("alice", seq, d)
+    guard.check("bob", 1, digests[0])  # evicted: no longer detected
+    with pytest.raises(DuplicateMessage):
+        guard.check("bob", 1, digests[4])
+    assert len(guard.to_dict()["digests"]) == 3
+
+
+def test_seq_far_beyond_the_watermark_is_refused():
+    guard = ReplayGuard(max_ahead=10)
+    guard.check("alice", 10, b"a" * 32)
+    with pytest.raises(MalformedMessage, match="ahead"):
+        guard.check("alice", 11, b"a" * 32)
+
+
+# ------------------------------------------------------------------ schema checks
+def _payload_with(small_schema, alice, edit) -> list[bytes]:
+    good = encode_twin(make_twin(small_schema, rows=20), small_schema, 1, Signer(alice))
+    cols = msgpack.unpackb(good[2])
+    edit(cols)
+    return reseal(good, Signer(alice), payload=msgpack.packb(cols))
+
+
+def _set(i: int, j: int, value: Any):
+    def edit(cols: list) -> None:
+        cols[i][j] = value
+    return edit
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda c: c.reverse(), "columns"),
+    (lambda c: c.pop(), "columns"),
+    (_set(0, 0, "Age"), "columns"),
+    (_set(0, 1, "f8"), "dtype"),
+    (_set(2, 1, "u1"), "dtype"),
+    (_set(0, 2, b"\x00" * 79), "bytes"),
+    (_set(1, 2, b"\x03" * 20), "code 3"),
+    (_set(3, 2, b"\x33" * 20), "count 51"),
+    (_set(0, 2, np.full(20, np.nan, "<f4").tobytes()), "finite"),
+    (_set(0, 2, np.full(20, np.inf, "<f4").tobytes()), "finite"),
+    (_set(0, 2, np.full(20, 17.0, "<f4").tobytes()), "finite"),
+    (_set(2, 2, b"\x00\x00\xf0"), "padding"),
+])
+def test_columns_that_do_not_fit_the_schema_are_refused(small_schema, alice, trust, edit, match):
+    frames = _payload_with(small_schema, alice, edit)
+    with pytest.raises(SchemaMismatch, match=match):
+        make_verifier(trust, small_schema).open(frames)
+
+
+def test_twin_under_another_schema_hash_is_refused(small_schema, alice, trust):
+    good = encode_twin(make_twin(small_schema), small_schema, 1, Signer(alice))
+    with pytest.raises(SchemaMismatch, match="schema"):
+        make_verifier(trust, small_schema).open(reseal(good, Signer(alice), schema_hash="0" * 64))
+
+
+def test_unsupported_version_is_named(small_schema, alice, trust):
+    good = encode_twin(make_twin(small_schema), small_schema, 1, Signer(alice))
+    with pytest.raises(UnsupportedVersion, match="version 2"):
+        make_verifier(trust, small_schema).open(reseal(good, Signer(alice), version=2))
+
+
+def test_frames_over_the_size_limits_are_refused_before_parsing(small_schema, alice, trust):
+    frames = encode_twin(make_twin(small_schema, rows=200), small_schema, 1, Signer(alice))
+    limits = WireLimits(max_payload_bytes=len(frames[2]) - 1)
+    with pytest.raises(MalformedMessage, match="payload frame"):
+        make_verifier(trust, small_schema, limits=limits).open(frames)
+    limits = WireLimits(max_header_bytes=len(frames[1]) - 1)
+    with pytest.raises(MalformedMessage, match="header frame"):
+        make_verifier(trust, small_schema, limits=limits).open(frames)
+
+
+def test_rejection_line_without_a_parsed_header():
+    exc = MalformedMessage("expected 4 frames")
+    assert rejection_line(exc) == "REJECTED (malformed) peer=? seq=-: expected 4 frames"
+
+
+def test_created_time_is_not_judged_for_twins(small_schema, alice, trust):
+    # Twins are stored and forwarded for as long as the study runs: no freshness window.
+    verifier = Verifier(trust, small_schema, ReplayGuard(), clock=lambda: time.time() + 10**7)
+    frames = encode_twin(make_twin(small_schema), small_schema, 1, Signer(alice))
+    assert verifier.open(frames).twin.provenance.created == NOW - 3600

@@ -1,0 +1,183 @@
+"""`twinnode analyze`: combined Poisson analysis of local rows and peers' twin releases."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from ..errors import AnalysisError, ConfigError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "analyze", help="pool a Poisson GLM over local rows + peers' twins",
+        description="For k = 1..K fit the schema's outcome on the covariates over the local "
+                    "rows plus twin k of every peer, pool the K fits (Raghunathan-Reiter by "
+                    "default), screen peers against each other, and compare with the "
+                    "local-only fit (and, with --test, the mean test log-likelihood).")
+    p.add_argument("--schema", required=True, type=Path, help="schema TOML file")
+    p.add_argument("--local", required=True, type=Path, help="local data (CSV or Parquet)")
+    p.add_argument("--twins", required=True, type=Path, nargs="+", metavar="DIR",
+                   help="release directories (receipt.json + twin-NNN.csv), one per peer")
+    p.add_argument("--test", type=Path, help="held-out data for the test log-likelihood")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead")
+    p.add_argument("--covariates", help="comma list of covariates (default: all columns)")
+    p.add_argument("--reference", action="append", default=[], metavar="COL=LEVEL",
+                   help="reference level of a categorical covariate (default: its first)")
+    p.add_argument("--rule", choices=("reiter", "rubin", "mixed"), default="reiter",
+                   help="pooling rule: reiter (fully synthetic, the paper's; default), "
+                        "rubin (multiple imputation), mixed (reiter on the twins' part + "
+                        "the local rows' own variance)")
+    p.add_argument("--fallback", choices=("rubin", "within"), default="rubin",
+                   help="total variance used where the rule's is not positive (rubin)")
+    p.add_argument("--interval", choices=("t", "normal"), default="t",
+                   help="reference distribution of the intervals (t with the rule's df)")
+    p.add_argument("--level", type=float, default=0.95, help="interval level (0.95)")
+    p.add_argument("--weight", type=float, default=1.0,
+                   help="weight of the peers' twin rows in [0, 1] (1: plain concatenation)")
+    p.add_argument("--screen", choices=("off", "flag", "exclude"), default="flag",
+                   help="screening policy (flag: report only; exclude: drop flagged peers)")
+    p.add_argument("--threshold", type=float, default=0.01,
+                   help="flag a peer whose screening p-value is below this (0.01)")
+    p.add_argument("--draws", type=int, default=100, help="Monte Carlo draws (100)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the Monte Carlo draws")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..analysis import AnalysisOptions, evaluate, json_ready, local_fit
+    from ..data import read_table
+    from ..schema import Schema
+    from ..screening import screen
+    from ..twins import load_release
+
+    schema = Schema.load(args.schema)
+    options = AnalysisOptions(covariates=_covariates(args.covariates),
+                              reference=_references(args.reference), rule=args.rule,
+                              fallback=args.fallback, level=args.level,
+                              interval=args.interval)
+    local = read_table(args.local, schema)
+    peers: dict[str, Any] = {}
+    for directory in args.twins:
+        release = load_release(directory, schema)
+        name = release.sender or directory.name
+        if name in peers:
+            raise AnalysisError(f"{directory}: a second release from peer {name!r}; give one "
+                                "release per peer")
+        peers[name] = release.twins
+    report = screen(schema, peers, args.screen, args.threshold, local_frame=local,
+                    options=options, weight=args.weight)
+    combined = report.chosen
+    alone = local_fit(schema, local, options)
+    out: dict[str, Any] = {"schema": schema.hash, "design": combined.design.to_dict(),
+                           "coefficients": _coefficients(combined, alone),
+                           "pooling": combined.pooling_dict(),
+                           "local_pooling": alone.pooling_dict(),
+                           "screening": report.to_dict()}
+    if args.test is not None:
+        test = read_table(args.test, schema)
+        ev_local = evaluate(alone, schema, test, args.draws, args.seed)
+        ev_comb = evaluate(combined, schema, test, args.draws, args.seed)
+        out |= json_ready({"ll_local": ev_local.mean, "ll_combined": ev_comb.mean,
+                           "ll_local_samples": ev_local.samples,
+                           "ll_combined_samples": ev_comb.samples,
+                           "ll_local_plugin": ev_local.plugin,
+                           "ll_combined_plugin": ev_comb.plugin})
+        out["evaluation"] = {"local": ev_local.to_dict(), "combined": ev_comb.to_dict()}
+    if args.json:
+        print(json.dumps(out, indent=2, allow_nan=False))
+    else:
+        print(render(out))
+    return 0
+
+
+def _covariates(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    names = tuple(x.strip() for x in text.split(",") if x.strip())
+    if not names:
+        raise ConfigError("--covariates needs at least one column name")
+    return names
+
+
+def _references(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        col, sep, level = item.partition("=")
+        if not sep or not col.strip() or not level.strip():
+            raise ConfigError(f"--reference takes COL=LEVEL, got {item!r}")
+        out[col.strip()] = level.strip()
+    return out
+
+
+def _coefficients(combined, alone) -> dict[str, dict[str, Any]]:
+    """Per term: the combined pooled values and the local-only ones beside them."""
+    out = {}
+    for term in combined.terms:
+        row = combined.coefficient(term)
+        loc = alone.coefficient(term)
+        row |= {"local_estimate": loc["estimate"], "local_se": loc["se"],
+                "local_lower": loc["lower"], "local_upper": loc["upper"]}
+        out[term] = row
+    return out
+
+
+def render(out: dict[str, Any]) -> str:
+    """The human-readable report: coefficient table, pooling, screening, log-likelihoods."""
+    pooling, design = out["pooling"], out["design"]
+    peers = pooling["peers"]
+    level = round(100 * pooling["level"])
+    lines = [f"Poisson GLM of {design['outcome']} on {len(design['covariates'])} covariate(s), "
+             f"robust {pooling['cov_type']} errors; K = {pooling['k']} from {len(peers)} "
+             f"peer(s): {', '.join(peers) or '-'}",
+             f"rows per fit: " + ", ".join(f"{k} {v}" for k, v in pooling["rows"].items()),
+             "",
+             f"{'term':<22}{'estimate':>10}{'SE':>9}  {f'{level}% interval':<22}"
+             f"{'local est':>10}{'local SE':>9}"]
+    for term, c in out["coefficients"].items():
+        interval = f"[{_num(c['lower'])}, {_num(c['upper'])}]"
+        mark = " *" if c["fallback"] else ""
+        lines.append(f"{term[:21]:<22}{_num(c['estimate']):>10}{_num(c['se']):>9}  "
+                     f"{interval:<22}{_num(c['local_estimate']):>10}"
+                     f"{_num(c['local_se']):>9}{mark}")
+    lines += ["", f"pooling: {pooling['rule']} rule, {pooling['interval']} intervals; "
+                  f"fallback ({pooling['fallback_rule']}) for {pooling['fallback_count']} "
+                  f"term(s){' (marked *)' if pooling['fallback_count'] else ''}; "
+                  f"{pooling['failed_replicates']} failed replicate(s) excluded"]
+    lines += [f"warning: {w}" for w in pooling["warnings"]]
+    lines += ["", _render_screening(out["screening"])]
+    if "ll_local" in out:
+        ev = out["evaluation"]
+        lines += ["", f"test log-likelihood per record ({ev['local']['n_test']} rows, "
+                      f"{ev['local']['draws']} draws of w ~ N(q, T), seed {ev['local']['seed']}):"]
+        for label, key in (("local only", "local"), ("combined", "combined")):
+            e = ev[key]
+            lines.append(f"  {label:<11} mean {_num(e['mean'], 5)}  plug-in "
+                         f"{_num(e['plugin'], 5)}  90% of draws in [{_num(e['q05'], 5)}, "
+                         f"{_num(e['q95'], 5)}]")
+    return "\n".join(lines)
+
+
+def _render_screening(s: dict[str, Any]) -> str:
+    lines = [f"screening ({s['policy']}, flag at p < {s['threshold']:g}): {s['message']}"]
+    if s["peers"]:
+        lines.append(f"  {'peer':<16}{'n':>7}{'eps':>7}{'score':>8}{'p':>10}  verdict")
+        for p in s["peers"]:
+            verdict = "FLAGGED: " + p["reason"] if p["flagged"] else "ok"
+            lines.append(f"  {p['peer'][:15]:<16}{p['n']:>7}{_num(p['epsilon'], 3):>7}"
+                         f"{_num(p['score'], 2):>8}{_num(p['p_value'], 3, 'g'):>10}  {verdict}")
+    if s["flagged"] and s.get("without_flagged"):
+        w, wo = s["with_flagged"]["coefficients"], s["without_flagged"]["coefficients"]
+        lines.append(f"  estimates with / without {', '.join(s['flagged'])}:")
+        for term in w:
+            lines.append(f"    {term[:21]:<22}{_num(w[term]['estimate']):>10}"
+                         f"{_num(wo[term]['estimate']):>10}")
+    return "\n".join(lines)
+
+
+def _num(x: Any, digits: int = 4, fmt: str = "f") -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "NA"
+    return f"{x:.{digits}{fmt}}"

@@ -1,0 +1,32 @@
+"""A terminal progress bar for training that shows the current ELBO; silent when not a tty."""
+from __future__ import annotations
+
+import sys
+from types import TracebackType
+
+
+class TrainProgress:
+    """Context manager whose `update(done, total, elbo)` drives a tqdm bar on a terminal."""
+
+    def __init__(self, desc: str = "DP training") -> None:
+        self.desc = desc
+        self.bar = None
+
+    def __enter__(self) -> "TrainProgress":
+        return self
+
+    def update(self, done: int, total: int, elbo: float) -> None:
+        if not sys.stderr.isatty():
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=self.desc, unit="step", file=sys.stderr)
+        self.bar.n = done
+        self.bar.set_postfix_str(f"ELBO/row {elbo:.3f}", refresh=False)
+        self.bar.refresh()
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self.bar is not None:
+            self.bar.close()

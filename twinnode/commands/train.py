@@ -1,0 +1,130 @@
+"""`twinnode train` and `twinnode sample`: a private CSV -> DP posterior -> K twins + receipt."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..errors import ConfigError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train", help="train the DP generator on a CSV and write K synthetic twins",
+        description="Validate DATA against SCHEMA, train the DP generative model at "
+                    "(epsilon, delta), charge the privacy ledger first, then write "
+                    "twin-000.csv..., posterior.npz and receipt.json to OUT.")
+    p.add_argument("--data", required=True, type=Path, help="private CSV (or Parquet) file")
+    p.add_argument("--schema", required=True, type=Path, help="schema TOML file")
+    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument("--epsilon", type=float, default=1.0, help="privacy epsilon (default 1)")
+    p.add_argument("--delta", type=float, default=None, help="privacy delta (default 1/N)")
+    p.add_argument("--epochs", type=float, default=None,
+                   help="passes over the data (default 200; the paper used 4000)")
+    p.add_argument("--q", type=float, default=0.01, help="sampling rate per step (0.01)")
+    p.add_argument("--batching", choices=["poisson", "fixed"], default="poisson",
+                   help="poisson: add/remove relation (default); fixed: substitute relation")
+    p.add_argument("--clip", type=float, default=2.0, help="per-example clipping norm C (2)")
+    p.add_argument("--learning-rate", type=float, default=1e-3, help="Adam step size (1e-3)")
+    p.add_argument("--components", type=int, default=16, help="mixture components (16)")
+    p.add_argument("--outcome-likelihood", choices=["poisson", "negbinomial"],
+                   default="poisson", help="outcome head likelihood (poisson)")
+    add_sampling_args(p)
+    p.add_argument("--budget", type=float, default=None,
+                   help="cap on total epsilon in the ledger; refused past it")
+    p.add_argument("--cpus", default=None, help="pin training to these CPUs, e.g. 0 or 0,1")
+    p.set_defaults(func=run_train)
+
+    s = sub.add_parser("sample", help="draw more twins from a saved posterior (no privacy cost)",
+                       description="Sample K more twins from posterior.npz; costs no privacy "
+                                   "(post-processing), and the ledger records it as free.")
+    s.add_argument("--posterior", required=True, type=Path, help="posterior.npz from train")
+    s.add_argument("--schema", required=True, type=Path, help="schema TOML file")
+    s.add_argument("--out", required=True, type=Path, help="output directory")
+    add_sampling_args(s)
+    s.set_defaults(func=run_sample)
+
+
+def add_sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--twins", type=int, default=100, help="number of twins K (default 100)")
+    p.add_argument("--sender", default=None, help="party name in the receipt (default: host)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="fix the random seed (testing only: whoever knows it can undo the noise)")
+    p.add_argument("--state", type=Path, default=None,
+                   help="state directory holding the privacy ledger (default: OUT's parent)")
+
+
+def parse_cpus(text: str | None) -> set[int] | None:
+    if text is None:
+        return None
+    try:
+        cpus = {int(x) for x in text.split(",") if x.strip()}
+    except ValueError:
+        raise ConfigError(f"--cpus must be a comma list of CPU numbers, got {text!r}") from None
+    return cpus or None
+
+
+def _sender(args: argparse.Namespace) -> str:
+    import socket
+
+    return args.sender or socket.gethostname()
+
+
+def _check_out(out: Path) -> None:
+    if (out / "receipt.json").exists():
+        raise ConfigError(f"{out} already holds a release (receipt.json); choose another --out")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ..generator.train import pin_to_cpus
+
+    pinned = pin_to_cpus(parse_cpus(args.cpus))  # before JAX starts its threads
+    from ..data import read_table
+    from ..generator.privacy import Ledger
+    from ..generator.release import TrainPlan, train_posterior
+    from ..generator.train import GeneratorSettings
+    from ..schema import Schema
+    from .progress import TrainProgress
+
+    schema = Schema.load(args.schema)
+    frame = read_table(args.data, schema)
+    _check_out(args.out)
+    plan = TrainPlan(epsilon=args.epsilon, delta=args.delta,
+                     epochs=args.epochs if args.epochs is not None else TrainPlan.epochs,
+                     q=args.q, batching=args.batching)
+    settings = GeneratorSettings(components=args.components, outcome=args.outcome_likelihood,
+                                 clip=args.clip, learning_rate=args.learning_rate)
+    ledger = Ledger(args.state or args.out.resolve().parent, cap_epsilon=args.budget)
+    print(f"training on {len(frame)} rows of {args.data} (schema {schema.short_hash}) at "
+          f"epsilon={plan.epsilon:g}, {plan.epochs:g} epochs, {plan.batching} batching, "
+          f"CPUs {sorted(pinned)}", file=sys.stderr)
+    with TrainProgress() as bar:
+        posterior = train_posterior(schema, frame, plan, ledger, settings, args.seed, bar.update)
+    args.out.mkdir(parents=True, exist_ok=True)
+    posterior.save(args.out / "posterior.npz")
+    return _write_release(args, posterior, schema, ledger)
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    from ..generator.posterior import Posterior
+    from ..generator.privacy import Ledger
+    from ..schema import Schema
+
+    schema = Schema.load(args.schema)
+    posterior = Posterior.load(args.posterior, schema)
+    _check_out(args.out)
+    ledger = Ledger(args.state or args.out.resolve().parent)
+    return _write_release(args, posterior, schema, ledger)
+
+
+def _write_release(args: argparse.Namespace, posterior, schema, ledger) -> int:
+    from ..generator.release import draw_release
+    from ..twins import save_release
+
+    release = draw_release(posterior, schema, args.twins, _sender(args), args.seed, ledger)
+    save_release(release, args.out, schema)
+    r = release.receipt
+    print(f"wrote {args.twins} twins of {r['n']} rows to {args.out}/ "
+          f"(epsilon={r['epsilon']:g}, delta={r['delta']:.3g}, sigma={r['sigma']:.3f}, "
+          f"{r['relation']}, {r['steps']} steps); receipt: {args.out}/receipt.json")
+    return 0

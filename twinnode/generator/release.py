@@ -1,0 +1,120 @@
+"""From a private table to a privacy receipt and K twins: the generator's public entry points.
+
+`train_posterior` calibrates the noise, charges the ledger (before training starts), and
+trains; `draw_release` samples K twins from a posterior, which costs no privacy.
+"""
+from __future__ import annotations
+
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from typing import Any
+
+import pandas as pd
+
+from ..errors import PrivacyError
+from ..schema import Schema
+from ..twins import RECEIPT_FORMAT, Provenance, Release, Twin
+from .layout import Layout
+from .posterior import Posterior
+from .privacy import BATCHINGS, Ledger, calibrate
+from .sample import sample_twins
+from .train import GeneratorSettings, ProgressFn, fit
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """The privacy target and schedule of one training run."""
+
+    epsilon: float = 1.0
+    delta: float | None = None  # None: 1/N, the paper's choice
+    epochs: float = 200.0
+    q: float = 0.01
+    batching: str = "poisson"
+
+    def __post_init__(self) -> None:
+        if self.batching not in BATCHINGS:
+            raise PrivacyError(f"batching must be one of {', '.join(BATCHINGS)}")
+        if not (self.epochs > 0 and math.isfinite(self.epochs)):
+            raise PrivacyError(f"epochs must be positive, got {self.epochs}")
+
+    def steps(self) -> int:
+        return max(1, int(round(self.epochs / self.q)))
+
+
+def train_posterior(schema: Schema, frame: pd.DataFrame, plan: TrainPlan, ledger: Ledger,
+                    settings: GeneratorSettings = GeneratorSettings(), seed: int | None = None,
+                    progress: ProgressFn | None = None) -> Posterior:
+    """Train the generator on a validated frame under `plan`, charging `ledger` first."""
+    layout = Layout.from_schema(schema)
+    n = len(frame)
+    delta = plan.delta if plan.delta is not None else 1.0 / n
+    ledger.check(plan.epsilon)
+    cal = calibrate(plan.epsilon, delta, n, plan.q, plan.steps(), plan.batching)
+    entry = ledger.charge(cal.epsilon, cal.delta, n=n, sigma=cal.sigma, q=cal.q,
+                          steps=cal.steps, clip=settings.clip, relation=cal.relation,
+                          schema_hash=schema.hash)
+    try:
+        result = fit(layout.encode(schema.to_arrays(frame)), layout, cal, settings, seed, progress)
+    except BaseException:
+        ledger.set_status(entry["id"], "failed (still charged)")
+        raise
+    ledger.set_status(entry["id"], "trained")
+    return Posterior(params=result.params, schema_hash=schema.hash, n=n, settings=settings,
+                     calibration=cal, release=entry["id"], created=time.time())
+
+
+def draw_release(posterior: Posterior, schema: Schema, k: int, sender: str,
+                 seed: int | None = None, ledger: Ledger | None = None) -> Release:
+    """K twins of N rows from `posterior`, with provenance and a receipt."""
+    if k < 1:
+        raise PrivacyError(f"need at least one twin, got k={k}")
+    layout = Layout.from_schema(schema)
+    arrays = sample_twins(posterior.params, layout, posterior.n, k, posterior.settings, seed)
+    cal = posterior.calibration
+    generator = generator_summary(posterior)
+    created = time.time()
+    twins = tuple(
+        Twin(Provenance(sender=sender, schema_hash=schema.hash, epsilon=cal.epsilon,
+                        delta=cal.delta, n=posterior.n, k=k, index=i, relation=cal.relation,
+                        release=posterior.release, created=created, generator=generator),
+             arrays=a)
+        for i, a in enumerate(arrays))
+    receipt = {
+        "format": RECEIPT_FORMAT, "sender": sender, "release": posterior.release,
+        "created": created, "trained": posterior.created, "schema_hash": schema.hash,
+        "epsilon": cal.epsilon, "delta": cal.delta, "sigma": cal.sigma,
+        "epsilon_accountant": cal.epsilon_accountant, "delta_accountant": cal.delta_accountant,
+        "delta_overflow": cal.delta_overflow, "relation": cal.relation,
+        "batching": cal.batching, "q": cal.q, "steps": cal.steps,
+        "batch_size": cal.batch_size, "clip": posterior.settings.clip, "n": posterior.n,
+        "k": k, "generator": generator, "versions": versions(),
+        "accountant": "d3p Fourier accountant (fourier-accountant), "
+                      + ("add/remove relation" if cal.relation == "add-remove"
+                         else "substitute relation"),
+        "composition": "basic (epsilons and deltas of runs add up in the ledger)",
+    }
+    if ledger is not None:
+        ledger.record_free("sample", release=posterior.release, k=k)
+    return Release(receipt=receipt, twins=twins)
+
+
+def generator_summary(posterior: Posterior) -> dict[str, Any]:
+    """The settings that travel with every twin (small, JSON-able)."""
+    s, c = asdict(posterior.settings), posterior.calibration
+    return {"model": "mixture+glm", "components": s["components"], "outcome": s["outcome"],
+            "clip": s["clip"], "learning_rate": s["learning_rate"], "q": c.q,
+            "steps": c.steps, "sigma": c.sigma, "batching": c.batching}
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages that determine what a twin means."""
+    out = {"python": platform.python_version()}
+    for pkg in ("twinnode", "d3p", "jax", "jaxlib", "numpyro", "numpy", "fourier-accountant"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "unknown"
+    return out

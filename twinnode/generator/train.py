@@ -1,0 +1,206 @@
+"""DP variational inference of the twin model with d3p (DPSVI).
+
+Per-example gradients are clipped to norm C and the batch's noisy gradient gets Gaussian
+noise of std sigma * C from d3p's secure ChaCha20 PRNG. Poisson batching (add/remove) is
+built here on top of d3p: a batch of fixed maximum size with a validity mask; the clipped
+gradients of the valid rows are summed, noised and divided by the expected batch size q*N,
+a public constant, as in Opacus and TF Privacy. The loop runs as jitted `lax.scan` chunks.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+from numpyro.infer import Trace_ELBO
+from numpyro.infer.autoguide import AutoDiagonalNormal
+from numpyro.infer.initialization import init_to_value
+
+import d3p.random as secure_rng
+from d3p.minibatch import subsample_batchify_data
+from d3p.svi import DPSVI
+from d3p.util import sample_from_array
+
+from ..errors import GeneratorError
+from .layout import Layout, ModelData
+from .models import twin_model
+from .privacy import Calibration
+
+ProgressFn = Callable[[int, int, float], None]  # (steps done, total steps, ELBO per row)
+
+
+@dataclass(frozen=True)
+class GeneratorSettings:
+    """Model and optimiser settings (privacy lives in Calibration)."""
+
+    components: int = 16
+    outcome: str = "poisson"
+    clip: float = 2.0
+    learning_rate: float = 1e-3
+    init_scale: float = 0.1
+    chunk: int = 500
+
+
+class TrainResult(NamedTuple):
+    """What training releases: the guide's parameters, and how it went."""
+
+    params: dict[str, np.ndarray]
+    losses: np.ndarray         # mean negative ELBO per row, one per chunk
+    overflow_steps: int        # Poisson batches that were truncated (almost always 0)
+    seconds: float
+
+
+def make_model(layout: Layout, n: int, settings: GeneratorSettings) -> Callable:
+    return partial(twin_model, layout=layout, num_rows=n, components=settings.components,
+                   outcome=settings.outcome)
+
+
+def make_guide(model: Callable, settings: GeneratorSettings) -> AutoDiagonalNormal:
+    """Diagonal Normal guide; the outcome head starts at zero, the rest at random."""
+    return AutoDiagonalNormal(model, init_scale=settings.init_scale,
+                              init_loc_fn=init_to_value(values={"intercept": jnp.zeros(())}))
+
+
+class PoissonDPSVI(DPSVI):
+    """DPSVI with Poisson subsampling: a masked, padded batch and a fixed divisor.
+
+    `masked_update` sums the clipped per-example gradients of the rows with mask 1, adds
+    N(0, (sigma C)^2) noise and divides by `expected_batch` (= qN). Under add/remove the sum
+    changes by at most C between neighbours, which is what the accountant assumes.
+    """
+
+    def __init__(self, *args: Any, expected_batch: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._expected_batch = float(expected_batch)
+
+    def masked_update(self, svi_state, mask, *batch):
+        svi_state, (grad_key, noise_key) = self._split_rng_key(svi_state, 2)
+        svi_state, px_loss, px_grads, _ = self._compute_per_example_gradients(
+            svi_state, grad_key, *batch)
+        svi_state, px_clipped = self._clip_gradients(svi_state, px_grads)
+        weight = mask.astype(jnp.float32)
+
+        def masked_mean(g):
+            w = weight.reshape((-1,) + (1,) * (g.ndim - 1))
+            return jnp.sum(g * w, axis=0) / self._expected_batch
+
+        grads = jax.tree_util.tree_map(masked_mean, px_clipped)
+        loss = jnp.sum(px_loss * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+        svi_state, noisy = self._perturb_and_reassemble_gradients(
+            svi_state, noise_key, grads, self._expected_batch)
+        return self._apply_gradient(svi_state, noisy), loss
+
+
+def binomial_thresholds(n: int, q: float, max_batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """CDF of Bin(n, q) at 0..max_batch as 64-bit fixed point, split into (hi, lo) words.
+
+    Counting the thresholds a 64-bit uniform reaches gives an exact draw of
+    min(Bin(n, q), max_batch + 1), without the float32 rounding that would distort the tail
+    the overflow accounting relies on; max_batch + 1 means the batch overflowed.
+    """
+    from scipy.stats import binom
+
+    sf = binom.sf(np.arange(max_batch + 1), n, q)  # P[X > k]; accurate in the upper tail
+    words = [(1 << 64) - int(round(float(s) * 2.0**64)) for s in sf]
+    words = [min(max(w, 0), (1 << 64) - 1) for w in words]
+    return (np.array([w >> 32 for w in words], np.uint32),
+            np.array([w & 0xFFFFFFFF for w in words], np.uint32))
+
+
+def draw_batch_count(key, hi: jnp.ndarray, lo: jnp.ndarray) -> jnp.ndarray:
+    """min(Bin(n, q), max_batch + 1) from the secure PRNG, via the thresholds above."""
+    bits = secure_rng.random_bits(key, 32, (2,))
+    at_or_above = (bits[0] > hi) | ((bits[0] == hi) & (bits[1] >= lo))
+    return jnp.sum(at_or_above.astype(jnp.int32))
+
+
+def fit(data: ModelData, layout: Layout, calibration: Calibration,
+        settings: GeneratorSettings = GeneratorSettings(), seed: int | None = None,
+        progress: ProgressFn | None = None) -> TrainResult:
+    """Train the twin model on `data` with DP as calibrated; return the guide parameters.
+
+    `seed=None` (the default for real releases) draws the ChaCha20 key from the OS; a fixed
+    seed makes the run reproducible, and anyone who knows it can remove the noise.
+    """
+    n = int(data.y.shape[0])
+    if n != calibration.n:
+        raise GeneratorError(f"calibrated for {calibration.n} rows but given {n}")
+    t0 = time.perf_counter()
+    model = make_model(layout, n, settings)
+    guide = make_guide(model, settings)
+    optim = numpyro.optim.Adam(settings.learning_rate)
+    root = secure_rng.PRNGKey(seed)
+    init_key, batch_key, run_key = secure_rng.split(root, 3)
+    arrays = tuple(jnp.asarray(a) for a in data)
+    common = dict(model=model, guide=guide, optim=optim, per_example_loss=Trace_ELBO(),
+                  clipping_threshold=settings.clip, dp_scale=calibration.sigma,
+                  rng_suite=secure_rng)
+    first = tuple(a[:1] for a in arrays)
+
+    if calibration.batching == "poisson":
+        svi = PoissonDPSVI(expected_batch=calibration.expected_batch, **common)
+        hi, lo = (jnp.asarray(a) for a in binomial_thresholds(n, calibration.q,
+                                                              calibration.batch_size))
+        rows = jnp.arange(n)
+        slots = jnp.arange(calibration.batch_size)
+
+        def step(state, i):
+            svi_state, overflow = state
+            count_key, pick_key = secure_rng.split(secure_rng.fold_in(batch_key, i), 2)
+            m = draw_batch_count(count_key, hi, lo)  # max_batch + 1: truncate
+            idx = sample_from_array(pick_key, rows, calibration.batch_size, 0, rng_suite=secure_rng)
+            batch = tuple(jnp.take(a, idx, axis=0) for a in arrays)
+            svi_state, loss = svi.masked_update(svi_state, slots < m, *batch)
+            return (svi_state, overflow + (m > calibration.batch_size)), loss
+    else:
+        svi = DPSVI(**common)
+        _, get_batch = subsample_batchify_data(arrays, batch_size=calibration.batch_size,
+                                               rng_suite=secure_rng)
+
+        def step(state, i):
+            svi_state, overflow = state
+            svi_state, loss = svi.update(svi_state, *get_batch(i, batch_key))
+            return (svi_state, overflow), loss
+
+    @partial(jax.jit, static_argnums=2)
+    def run_chunk(svi_state, start, length):
+        (svi_state, over), losses = jax.lax.scan(
+            step, (svi_state, jnp.int32(0)), start + jnp.arange(length))
+        return svi_state, over, jnp.mean(losses)
+
+    svi_state = svi.init(init_key, *first)
+    del run_key
+    total, done, overflow, losses = calibration.steps, 0, 0, []
+    while done < total:
+        length = min(settings.chunk, total - done)
+        svi_state, over, loss = run_chunk(svi_state, jnp.int32(done), length)
+        done += length
+        overflow += int(over)
+        per_row = float(loss) / n
+        if not math.isfinite(per_row):
+            raise GeneratorError(f"training diverged at step {done} (loss {per_row}); "
+                                 "try a smaller learning rate")
+        losses.append(per_row)
+        if progress is not None:
+            progress(done, total, -per_row)
+    params = {k: np.asarray(v) for k, v in svi.get_params(svi_state).items()}
+    return TrainResult(params=params, losses=np.asarray(losses), overflow_steps=overflow,
+                       seconds=time.perf_counter() - t0)
+
+
+def pin_to_cpus(cpus: set[int] | None) -> set[int]:
+    """Restrict this process to `cpus` (call before JAX starts its threads); return the set."""
+    import os
+
+    if cpus:
+        try:
+            os.sched_setaffinity(0, cpus)
+        except (OSError, ValueError) as exc:
+            raise GeneratorError(f"cannot pin to CPUs {sorted(cpus)}: {exc}") from None
+    return set(os.sched_getaffinity(0))

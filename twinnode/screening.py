@@ -1,0 +1,286 @@
+"""Screening peers' twins against the leave-one-out consensus of the other peers.
+
+A peer that publishes twins from a shifted model (a scaled outcome, a flipped coding) can
+pull the combined fit anywhere. For each peer we compute statistics of its twins alone:
+its own pooled Poisson coefficients (`analysis.twins_fit`) and per-column marginal
+summaries (the mean of each continuous or count column, the rate of 1 of each binary
+column, the rate of each level of each categorical column), each averaged over its K twins
+with a variance v. For each statistic, z = (value - median of the others) / scale, where
+
+    scale² = v_p + (π/2) median(v_others) / n_others + τ²,
+    τ² = max(0, (1.4826 MAD(values of the others))² - median(v_others)),
+
+i.e. the peer's own noise, the noise of the consensus (the median of n values has about
+π/2 times the variance of their mean), and the spread between honest parties beyond their
+noise (robustly, from the others). The noise v of a statistic is
+max(v_own, v_expected): v_own = max(T, ū) from the peer's own K twins (Raghunathan–Reiter
+T; ū, the within-twin variance, as its floor), and v_expected transfers the others' v_own
+to this peer's N and ε from the provenance: median over others q of
+v_q · (N_q / N_p) · h(ε_p) / h(ε_q), with h(ε) = 1 + 1/ε² (the variance grows as ε falls;
+an assumed shape, which cancels when all peers use one ε). So a peer cannot make its
+twins look precise by publishing K identical copies, and a small or low-ε peer is judged
+with its larger noise.
+
+Score = max |z|; the p-value-like measure is Bonferroni over the statistics judged under a
+normal reference, min(1, m · 2 (1 - Φ(score))); a peer is flagged when it is below the
+threshold. The reason names the statistics that are off. Policies: ``off`` (nothing is
+computed, every peer is used), ``flag`` (flags are reported, every peer is used), and
+``exclude`` (flagged peers are left out of the combined fit). With a local data set the
+report always carries the combined fit with and without the flagged peers. With fewer than
+`min_peers` (3) peers there is no consensus to judge by: the report says so and flags none.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .analysis import (AnalysisOptions, Peers, PooledFit, align_peers, combined_fit,
+                       json_ready, twins_fit)
+from .errors import AnalysisError
+from .schema import Schema
+from .twins import Twin
+
+POLICIES = ("off", "flag", "exclude")
+MIN_PEERS = 3
+MAD_TO_SD = 1.4826
+
+
+@dataclass(frozen=True)
+class Check:
+    """One statistic of one peer against the consensus of the others."""
+
+    name: str
+    value: float
+    consensus: float
+    scale: float
+    z: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return json_ready({"name": self.name, "value": self.value,
+                           "consensus": self.consensus, "scale": self.scale, "z": self.z})
+
+
+@dataclass(frozen=True)
+class PeerScreen:
+    """The verdict on one peer."""
+
+    peer: str
+    n: int
+    epsilon: float
+    k: int
+    score: float
+    p_value: float
+    flagged: bool
+    reason: str
+    checks: tuple[Check, ...]
+
+    def to_dict(self, all_checks: bool = True) -> dict[str, Any]:
+        out = json_ready({"peer": self.peer, "n": self.n, "epsilon": self.epsilon,
+                          "k": self.k, "score": self.score, "p_value": self.p_value,
+                          "flagged": self.flagged, "reason": self.reason})
+        if all_checks:
+            out["checks"] = [c.to_dict() for c in self.checks]
+        return out
+
+
+@dataclass(frozen=True)
+class ScreeningReport:
+    """Per-peer verdicts, the peers the policy keeps, and fits with and without the flagged."""
+
+    policy: str
+    threshold: float
+    status: str                          # off | insufficient-peers | screened
+    message: str
+    peers: tuple[PeerScreen, ...]
+    flagged: tuple[str, ...]
+    accepted: tuple[str, ...]
+    with_flagged: PooledFit | None = None
+    without_flagged: PooledFit | None = None
+
+    @property
+    def chosen(self) -> PooledFit | None:
+        """The combined fit the policy selects (without the flagged only under exclude)."""
+        return self.without_flagged if self.policy == "exclude" else self.with_flagged
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"policy": self.policy, "threshold": self.threshold,
+                               "status": self.status, "message": self.message,
+                               "flagged": list(self.flagged), "accepted": list(self.accepted),
+                               "peers": [p.to_dict() for p in self.peers]}
+        for key, fit in (("with_flagged", self.with_flagged),
+                         ("without_flagged", self.without_flagged)):
+            out[key] = None if fit is None else {
+                "peers": list(fit.peers),
+                "coefficients": {t: json_ready({"estimate": e, "se": s})
+                                 for t, e, s in zip(fit.terms, fit.estimate, fit.se)}}
+        return out
+
+
+@dataclass(frozen=True)
+class PeerStatistics:
+    """A peer's statistics averaged over its twins, with the noise variance of each."""
+
+    names: tuple[str, ...]
+    values: np.ndarray
+    variances: np.ndarray
+    n: int
+    epsilon: float
+    k: int
+
+
+def screen(schema: Schema, peers: Peers, policy: str = "flag", threshold: float = 0.01, *,
+           local_frame: pd.DataFrame | None = None, options: AnalysisOptions | None = None,
+           weight: float = 1.0, min_peers: int = MIN_PEERS) -> ScreeningReport:
+    """Judge each peer against the others; with `local_frame`, fit with and without flags."""
+    if policy not in POLICIES:
+        raise AnalysisError(f"unknown screening policy {policy!r}; expected one of "
+                            f"{', '.join(POLICIES)}")
+    if not 0 < threshold < 1:
+        raise AnalysisError(f"screening threshold must be in (0, 1), got {threshold}")
+    options = options or AnalysisOptions()
+    twins, _, _ = align_peers(schema, peers)
+    names = tuple(twins)
+    if policy == "off":
+        status, message, verdicts = "off", "screening is off: every peer is used", ()
+    elif len(names) < min_peers:
+        status = "insufficient-peers"
+        message = (f"screening needs at least {min_peers} peers to form a consensus, got "
+                   f"{len(names)}: no peer judged, none flagged")
+        verdicts = ()
+    else:
+        statistics = {name: peer_statistics(schema, twins[name], options) for name in names}
+        verdicts = judge(statistics, threshold)
+        n_flag = sum(v.flagged for v in verdicts)
+        status = "screened"
+        message = f"{len(names)} peers screened, {n_flag} flagged (p < {threshold:g})"
+    flagged = tuple(v.peer for v in verdicts if v.flagged)
+    accepted = tuple(n for n in names if policy != "exclude" or n not in flagged)
+    report = ScreeningReport(policy=policy, threshold=threshold, status=status,
+                             message=message, peers=tuple(verdicts), flagged=flagged,
+                             accepted=accepted)
+    if local_frame is None:
+        return report
+    with_all = combined_fit(schema, local_frame, twins, weight=weight, options=options)
+    without = with_all if not flagged else combined_fit(
+        schema, local_frame, {n: t for n, t in twins.items() if n not in flagged},
+        weight=weight, options=options)
+    return replace(report, with_flagged=with_all, without_flagged=without)
+
+
+def peer_statistics(schema: Schema, twins: Sequence[Twin],
+                    options: AnalysisOptions | None = None) -> PeerStatistics:
+    """One peer's pooled coefficients and marginal summaries, each with its noise variance."""
+    options = options or AnalysisOptions()
+    fit = twins_fit(schema, twins, replace(options, rule="reiter", fallback="within"))
+    names = [f"coef:{t}" for t in fit.terms]
+    values = [fit.estimate]
+    variances = [np.maximum(fit.pooled.total, fit.pooled.u_bar)]
+    n = twins[0].rows
+    per_twin_value, per_twin_var = [], []
+    for twin in twins:
+        v, u, labels = _marginals(schema, twin.arrays)
+        per_twin_value.append(v)
+        per_twin_var.append(u)
+    vals, within = np.array(per_twin_value), np.array(per_twin_var)
+    k = len(twins)
+    u_bar = within.mean(axis=0)
+    b = vals.var(axis=0, ddof=1) if k > 1 else np.zeros_like(u_bar)
+    rr = (1 + 1 / k) * b - u_bar
+    names += labels
+    values.append(vals.mean(axis=0))
+    variances.append(np.maximum(np.where(rr > 0, rr, 0.0), u_bar))
+    prov = twins[0].provenance
+    return PeerStatistics(names=tuple(names), values=np.concatenate(values),
+                          variances=np.concatenate(variances), n=int(prov.n),
+                          epsilon=float(prov.epsilon), k=k)
+
+
+def judge(statistics: Mapping[str, PeerStatistics], threshold: float) -> tuple[PeerScreen, ...]:
+    """Leave-one-out robust z-scores per statistic, Bonferroni p-value, flag per peer."""
+    names = list(statistics)
+    stat_names = statistics[names[0]].names
+    if any(statistics[n].names != stat_names for n in names):
+        raise AnalysisError("peers' statistics do not line up (different designs?)")
+    values = np.array([statistics[n].values for n in names])        # (P, S)
+    own_var = np.array([statistics[n].variances for n in names])    # (P, S)
+    size = np.array([statistics[n].n for n in names], float)
+    h = np.array([1.0 + 1.0 / statistics[n].epsilon ** 2 for n in names])
+    verdicts = []
+    for i, name in enumerate(names):
+        others = np.arange(len(names)) != i
+        transfer = own_var[others] * (size[others] / size[i])[:, None] * (h[i] / h[others])[:, None]
+        v_p = np.fmax(own_var[i], np.nanmedian(transfer, axis=0))
+        checks = []
+        for s, stat in enumerate(stat_names):
+            ov, oq = values[others, s], own_var[others, s]
+            good = np.isfinite(ov) & np.isfinite(oq)
+            if not np.isfinite(values[i, s]) or good.sum() < 2 or not np.isfinite(v_p[s]):
+                continue
+            ov, oq = ov[good], oq[good]
+            center = float(np.median(ov))
+            med_v = float(np.median(oq))
+            mad = MAD_TO_SD * float(np.median(np.abs(ov - center)))
+            tau2 = max(0.0, mad ** 2 - med_v)
+            scale = float(np.sqrt(v_p[s] + np.pi / 2 * med_v / len(ov) + tau2))
+            diff = float(values[i, s] - center)
+            z = diff / scale if scale > 0 else (0.0 if diff == 0 else np.inf * np.sign(diff))
+            checks.append(Check(stat, float(values[i, s]), center, scale, z))
+        verdicts.append(_verdict(name, statistics[name], checks, threshold))
+    return tuple(verdicts)
+
+
+def _verdict(name: str, st: PeerStatistics, checks: list[Check], threshold: float
+             ) -> PeerScreen:
+    if not checks:
+        return PeerScreen(name, st.n, st.epsilon, st.k, float("nan"), 1.0, False,
+                          "no statistic could be compared", ())
+    zs = np.abs([c.z for c in checks])
+    score = float(zs.max())
+    m = len(checks)
+    p_value = float(min(1.0, m * 2 * stats.norm.sf(score)))
+    flagged = p_value < threshold
+    reason = ""
+    if flagged:
+        critical = stats.norm.isf(threshold / (2 * m))
+        off = sorted((c for c in checks if abs(c.z) > critical), key=lambda c: -abs(c.z))
+        reason = "; ".join(f"{c.name} = {c.value:.4g} vs consensus {c.consensus:.4g} "
+                           f"(z = {c.z:+.1f})" for c in off[:3])
+        if len(off) > 3:
+            reason += f"; and {len(off) - 3} more"
+    return PeerScreen(name, st.n, st.epsilon, st.k, score, p_value, flagged, reason,
+                      tuple(checks))
+
+
+def _marginals(schema: Schema, arrays: Mapping[str, np.ndarray]
+               ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Per-column summaries of one twin, the variance of each, and their names."""
+    values, variances, labels = [], [], []
+    for col in schema.columns:
+        a = np.asarray(arrays[col.name])
+        n = len(a)
+        if col.type in ("continuous", "count"):
+            x = a.astype(np.float64)
+            values.append(x.mean())
+            variances.append(max(x.var(ddof=1) if n > 1 else 0.0, _unit_floor(col)) / n)
+            labels.append(f"mean:{col.name}")
+            continue
+        levels = ("1",) if col.type == "binary" else col.levels
+        codes = (1,) if col.type == "binary" else range(len(col.levels))
+        for code, level in zip(codes, levels):
+            count = float(np.sum(a == code))
+            r = (count + 0.5) / (n + 1.0)  # keeps the variance positive at rate 0 or 1
+            values.append(count / n)
+            variances.append(r * (1 - r) / n)
+            labels.append(f"rate:{col.name}={level}")
+    return np.array(values), np.array(variances), labels
+
+
+def _unit_floor(col) -> float:
+    """A tiny variance floor so a constant column cannot give a zero scale."""
+    if col.type == "count":
+        return 0.25
+    return ((col.upper - col.lower) / 1000.0) ** 2
