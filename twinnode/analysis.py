@@ -54,6 +54,15 @@ class AnalysisOptions:
 
 
 @dataclass(frozen=True)
+class Replicates:
+    """The K fits behind a pooled result (NaN where excluded), so they can be re-pooled."""
+
+    coef: np.ndarray        # (K, p)
+    se: np.ndarray          # (K, p)
+    var_part: np.ndarray    # (K, p) the twin rows' part of se**2
+
+
+@dataclass(frozen=True)
 class PooledFit:
     """One analysis result: pooled coefficients plus what was excluded, dropped or odd."""
 
@@ -68,6 +77,7 @@ class PooledFit:
     weight: float
     options: AnalysisOptions
     warnings: tuple[str, ...] = ()
+    replicates: Replicates | None = field(default=None, repr=False)
 
     @property
     def terms(self) -> tuple[str, ...]:
@@ -301,7 +311,8 @@ def _run(design: Design, options: AnalysisOptions, kind: str, k: int,
     coef_a, se_a = np.concatenate(coef), np.concatenate(se)
     converged = np.concatenate(ok)
     dropped_a = np.concatenate(dropped)
-    pooled = pool(coef_a, se_a, rule=options.rule, var_part=np.concatenate(part_var),
+    var_part_a = np.concatenate(part_var)
+    pooled = pool(coef_a, se_a, rule=options.rule, var_part=var_part_a,
                   fallback=options.fallback, level=options.level, interval=options.interval)
     warnings = list(warnings)
     failed = int((~converged).sum())
@@ -315,14 +326,25 @@ def _run(design: Design, options: AnalysisOptions, kind: str, k: int,
         else:
             warnings.append(f"term {term!r} was not estimable in {c} of {k} fit(s) and is "
                             "pooled over the others")
-    if pooled.fallback.any() and k > 1:
-        terms = [t for t, f in zip(design.terms, pooled.fallback) if f]
-        warnings.append(f"total variance not positive under the {options.rule} rule for "
-                        f"{len(terms)} term(s) ({', '.join(terms)}): used the "
-                        f"{options.fallback} fallback")
     return PooledFit(kind=kind, design=design, pooled=pooled, k=k, failed=failed,
                      dropped=counts, peers=peers, rows=dict(rows), weight=weight,
-                     options=options, warnings=tuple(warnings))
+                     options=options, warnings=tuple(warnings),
+                     replicates=Replicates(coef_a, se_a, var_part_a))
+
+
+def repool(fit: PooledFit, **changes: Any) -> PooledFit:
+    """The same K fits pooled with other options (rule, fallback, level, interval)."""
+    unknown = set(changes) - {"rule", "fallback", "level", "interval"}
+    if unknown:
+        raise AnalysisError(f"repool can change rule, fallback, level, interval; not "
+                            f"{', '.join(sorted(unknown))}")
+    if fit.replicates is None:
+        raise AnalysisError("this fit kept no replicates to re-pool")
+    options = replace(fit.options, **changes)
+    r = fit.replicates
+    pooled = pool(r.coef, r.se, rule=options.rule, var_part=r.var_part,
+                  fallback=options.fallback, level=options.level, interval=options.interval)
+    return replace(fit, pooled=pooled, options=options)
 
 
 def json_ready(value: Any) -> Any:

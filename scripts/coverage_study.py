@@ -1,0 +1,133 @@
+"""Coverage of pooled intervals for the true coefficients of a simulated population.
+
+Each repetition draws fresh party data from the known Poisson model of
+`twinnode.simtwins` (`SMALL_TRUE_COEFFICIENTS`), makes K twins of each peer with a twin
+maker (default: `simtwins.posterior_twins`, NOT DP; pass the DP generator's maker once it
+exists), and records whether each pooled interval contains the true value, for:
+
+- twins only: one party's K twins pooled as fully synthetic data (the setting the
+  Raghunathan–Reiter rule is derived for);
+- combined: party 0's real rows ∪ twin k of every peer (the paper's analysis);
+- local only: party 0's rows alone (a check of the HC1 intervals themselves),
+
+under each pooling rule (reiter, rubin, mixed) and both interval references (t, normal).
+
+    .venv/bin/python scripts/coverage_study.py --reps 200 --k 100
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import numpy as np  # noqa: E402
+
+from twinnode.analysis import (AnalysisOptions, PooledFit, combined_fit, local_fit,  # noqa: E402
+                               repool, twins_fit)
+from twinnode.simtwins import (SMALL_TRUE_COEFFICIENTS, TwinMaker, posterior_twins,  # noqa: E402
+                               simulate_small, small_schema)
+
+RULES = ("reiter", "rubin", "mixed")
+INTERVALS = ("t", "normal")
+
+
+def run_study(twin_maker: TwinMaker, reps: int = 200, k: int = 100, peers: int = 4,
+              n_local: int = 300, n_peer: int = 1000, epsilon: float = 1.0, seed: int = 0,
+              progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Coverage per scenario, rule and interval reference, over `reps` repetitions."""
+    schema = small_schema()
+    options = AnalysisOptions()
+    truth = None
+    hits: dict[str, list[np.ndarray]] = {}
+    fallbacks: dict[str, list[int]] = {}
+    widths: dict[str, list[np.ndarray]] = {}
+    for rep in range(reps):
+        base = seed * 1_000_003 + rep * 101
+        local = simulate_small(schema, n_local, base)
+        twins = {f"peer{i}": twin_maker(schema, simulate_small(schema, n_peer, base + 1 + i),
+                                        sender=f"peer{i}", k=k, epsilon=epsilon,
+                                        seed=base + 50 + i)
+                 for i in range(peers)}
+        fits: dict[str, PooledFit] = {
+            "twins-only": twins_fit(schema, twins["peer0"], options),
+            "combined": combined_fit(schema, local, twins, options=options),
+            "local-only": local_fit(schema, local, options)}
+        if truth is None:
+            truth = np.array([SMALL_TRUE_COEFFICIENTS[t] for t in fits["combined"].terms])
+        for scenario, fit in fits.items():
+            rules = ("single",) if scenario == "local-only" else RULES
+            for rule in rules:
+                for interval in INTERVALS:
+                    f = (repool(fit, interval=interval) if rule == "single"
+                         else repool(fit, rule=rule, interval=interval))
+                    key = f"{scenario}/{rule}/{interval}"
+                    p = f.pooled
+                    hits.setdefault(key, []).append((p.lower <= truth) & (truth <= p.upper))
+                    widths.setdefault(key, []).append(p.upper - p.lower)
+                    fallbacks.setdefault(key, []).append(int(p.fallback.sum()))
+        if progress:
+            progress(rep + 1)
+    terms = list(fits["combined"].terms)
+    results = {}
+    for key, h in hits.items():
+        arr = np.array(h, float)
+        cov = arr.mean(axis=0)
+        results[key] = {
+            "coverage_mean": float(cov.mean()),
+            "coverage": dict(zip(terms, map(float, cov))),
+            "mc_se": float(np.sqrt(cov.mean() * (1 - cov.mean()) / reps)),  # per term
+            "median_width": dict(zip(terms, map(float, np.median(np.array(widths[key]),
+                                                                   axis=0)))),
+            "fallback_share": float(np.sum(fallbacks[key]) / arr.size)}
+    return {"reps": reps, "k": k, "peers": peers, "n_local": n_local, "n_peer": n_peer,
+            "epsilon": epsilon, "seed": seed, "truth": dict(zip(terms, map(float, truth))),
+            "results": results}
+
+
+def main(argv: Sequence[str] | None = None,
+         twin_maker: TwinMaker | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=200)
+    ap.add_argument("--k", type=int, default=100)
+    ap.add_argument("--peers", type=int, default=4)
+    ap.add_argument("--n-local", type=int, default=300)
+    ap.add_argument("--n-peer", type=int, default=1000)
+    ap.add_argument("--epsilon", type=float, default=1.0)
+    ap.add_argument("--inflate", type=float, default=1.0,
+                    help="posterior variance factor of the simulated twins (1: no DP)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", help="also write the results to this file")
+    args = ap.parse_args(argv)
+    if twin_maker is None:
+        def twin_maker(schema, frame, *, sender, k, epsilon, seed):
+            return posterior_twins(schema, frame, sender=sender, k=k, epsilon=epsilon,
+                                   seed=seed, inflate=args.inflate)
+    t0 = time.perf_counter()
+    out = run_study(twin_maker, reps=args.reps, k=args.k, peers=args.peers,
+                    n_local=args.n_local, n_peer=args.n_peer, epsilon=args.epsilon,
+                    seed=args.seed,
+                    progress=lambda r: print(f"\r{r}/{args.reps}", end="", file=sys.stderr))
+    print(file=sys.stderr)
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    print(f"coverage of nominal 95% intervals, {out['reps']} repetitions, K = {out['k']}, "
+          f"{out['peers']} peers x {out['n_peer']} rows, local {out['n_local']} rows, "
+          f"inflate {args.inflate} ({out['seconds']} s)")
+    print(f"{'scenario/rule/interval':<28}{'mean':>7}{'±mc':>7}{'fallback':>9}   per term")
+    for key, r in out["results"].items():
+        per = " ".join(f"{v:.3f}" for v in r["coverage"].values())
+        print(f"{key:<28}{r['coverage_mean']:>7.3f}{r['mc_se']:>7.3f}"
+              f"{r['fallback_share']:>9.3f}   {per}")
+    print("terms:", " ".join(out["truth"]))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(out, fh, indent=2)
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""`twinnode analyze` on release directories: the table, --json keys, screening, errors."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import make_small_frame
+from twinnode.cli import main
+from twinnode.data import write_table
+from twinnode.simtwins import as_release, poison_frame, posterior_twins
+from twinnode.twins import save_release
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, small_schema) -> Path:
+    """schema.toml, local.csv, test.csv and four peers' releases (the last one shifted)."""
+    (tmp_path / "schema.toml").write_text(small_schema.to_toml(), encoding="utf-8")
+    write_table(make_small_frame(small_schema, 150, seed=1), tmp_path / "local.csv", small_schema)
+    write_table(make_small_frame(small_schema, 300, seed=2), tmp_path / "test.csv", small_schema)
+    for i in range(4):
+        frame = make_small_frame(small_schema, 400, seed=10 + i)
+        if i == 3:
+            frame = poison_frame(small_schema, frame, "flip:smoker")
+        twins = posterior_twins(small_schema, frame, sender=f"hosp{i}", k=6, seed=i)
+        save_release(as_release(twins), tmp_path / f"release-{i}", small_schema)
+    return tmp_path
+
+
+def _args(d: Path, *extra: str) -> list[str]:
+    return ["analyze", "--schema", str(d / "schema.toml"), "--local", str(d / "local.csv"),
+            "--twins", *(str(d / f"release-{i}") for i in range(4)), *extra]
+
+
+def test_analyze_prints_the_coefficient_table_with_local_alongside(workdir, capsys):
+    # Execute
+    code = main(_args(workdir, "--test", str(workdir / "test.csv")))
+    out = capsys.readouterr().out
+    # Assert
+    assert code == 0
+    assert "local est" in out and "95% interval" in out
+    for term in ("Intercept", "age", "region[south]", "region[east]", "smoker"):
+        assert term in out
+    assert "K = 6 from 4 peer(s)" in out
+    assert "FLAGGED" in out and "hosp3" in out
+    assert "test log-likelihood per record" in out and "combined" in out
+
+
+def test_analyze_json_has_the_documented_keys(workdir, capsys):
+    # Execute
+    code = main(_args(workdir, "--test", str(workdir / "test.csv"), "--json", "--draws", "30"))
+    doc = json.loads(capsys.readouterr().out)
+    # Assert
+    assert code == 0
+    assert {"coefficients", "pooling", "screening", "ll_local", "ll_combined",
+            "ll_local_samples", "ll_combined_samples"} <= set(doc)
+    smoker = doc["coefficients"]["smoker"]
+    assert {"estimate", "se", "local_estimate", "local_se"} <= set(smoker)
+    assert len(doc["ll_local_samples"]) == 30 and isinstance(doc["ll_combined"], float)
+    assert doc["pooling"]["rule"] == "reiter" and doc["pooling"]["k"] == 6
+    assert doc["screening"]["flagged"] == ["hosp3"]
+    assert doc["screening"]["with_flagged"]["peers"] == ["hosp0", "hosp1", "hosp2", "hosp3"]
+
+
+def test_exclude_policy_leaves_the_flagged_peer_out_of_the_estimates(workdir, capsys):
+    # Execute
+    main(_args(workdir, "--json", "--screen", "exclude"))
+    doc = json.loads(capsys.readouterr().out)
+    # Assert
+    assert doc["pooling"]["peers"] == ["hosp0", "hosp1", "hosp2"]
+    excluded = doc["screening"]["without_flagged"]["coefficients"]["smoker"]["estimate"]
+    assert doc["coefficients"]["smoker"]["estimate"] == pytest.approx(excluded)
+    assert "ll_local" not in doc
+
+
+def test_other_rule_and_covariates_are_passed_through(workdir, capsys):
+    # Execute
+    main(_args(workdir, "--json", "--rule", "rubin", "--covariates", "smoker,age",
+               "--screen", "off"))
+    doc = json.loads(capsys.readouterr().out)
+    # Assert
+    assert list(doc["coefficients"]) == ["Intercept", "smoker", "age"]
+    assert doc["pooling"]["rule"] == "rubin" and doc["screening"]["status"] == "off"
+
+
+def test_two_peers_are_too_few_to_screen(workdir, capsys):
+    # Execute
+    main(["analyze", "--schema", str(workdir / "schema.toml"), "--local",
+          str(workdir / "local.csv"), "--twins", str(workdir / "release-0"),
+          str(workdir / "release-3"), "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    # Assert
+    assert doc["screening"]["status"] == "insufficient-peers"
+    assert doc["screening"]["flagged"] == []
+
+
+def test_bad_covariate_exits_with_the_analysis_code(workdir, capsys):
+    # Execute
+    code = main(_args(workdir, "--covariates", "height"))
+    # Assert
+    assert code == 15 and "height" in capsys.readouterr().err
+
+
+def test_a_directory_without_a_receipt_exits_with_the_data_code(workdir, tmp_path, capsys):
+    # Prepare
+    (tmp_path / "empty").mkdir()
+    # Execute
+    code = main(["analyze", "--schema", str(workdir / "schema.toml"), "--local",
+                 str(workdir / "local.csv"), "--twins", str(tmp_path / "empty")])
+    # Assert
+    assert code == 5 and "receipt" in capsys.readouterr().err

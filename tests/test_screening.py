@@ -1,0 +1,110 @@
+"""Screening peers against the leave-one-out consensus of the others."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import make_small_frame
+from twinnode.analysis import combined_fit
+from twinnode.errors import AnalysisError
+from twinnode.screening import peer_statistics, screen
+from twinnode.simtwins import poison_frame, posterior_twins
+
+
+def _population(schema, honest=5, attack=None, n=800, k=15, seed=0, sizes=None):
+    """`honest` peers from the known model, plus one from a shifted model if `attack`."""
+    peers = {}
+    total = honest + (attack is not None)
+    for i in range(total):
+        rows = sizes[i] if sizes else n
+        frame = make_small_frame(schema, rows, seed=1000 * seed + i)
+        name = f"honest{i}" if i < honest else "shifted"
+        if i >= honest:
+            frame = poison_frame(schema, frame, attack)
+        peers[name] = posterior_twins(schema, frame, sender=name, k=k, seed=1000 * seed + 50 + i)
+    return peers
+
+
+@pytest.mark.parametrize("attack, statistic", [("flip:smoker", "coef:smoker"),
+                                               ("outcome*2", "visits")])
+def test_shifted_peer_is_flagged_and_honest_ones_are_not(small_schema, attack, statistic):
+    # Prepare
+    peers = _population(small_schema, attack=attack)
+    # Execute
+    report = screen(small_schema, peers, "flag", threshold=0.01)
+    # Assert
+    assert report.status == "screened" and report.flagged == ("shifted",)
+    verdict = {p.peer: p for p in report.peers}["shifted"]
+    assert statistic in verdict.reason and verdict.p_value < 1e-6
+    assert all(p.p_value > 0.01 for p in report.peers if p.peer != "shifted")
+    assert report.accepted == tuple(peers)  # flag only: everyone is still used
+
+
+def test_exclude_policy_drops_the_flagged_peer_and_matches_the_honest_only_fit(small_schema):
+    # Prepare
+    peers = _population(small_schema, attack="flip:smoker", k=8)
+    local = make_small_frame(small_schema, 200, seed=77)
+    honest = {n: t for n, t in peers.items() if n != "shifted"}
+    # Execute
+    report = screen(small_schema, peers, "exclude", local_frame=local)
+    # Assert: the chosen fit is the honest-only fit; with the shifted peer it is pulled away
+    reference = combined_fit(small_schema, local, honest)
+    assert report.accepted == tuple(honest)
+    assert report.chosen is report.without_flagged
+    np.testing.assert_allclose(report.chosen.estimate, reference.estimate, atol=1e-12)
+    j = reference.terms.index("smoker")
+    assert abs(report.with_flagged.estimate[j] - reference.estimate[j]) > 0.1
+    assert json.dumps(report.to_dict(), allow_nan=False)
+
+
+def test_fewer_than_three_peers_says_insufficient_and_flags_none(small_schema):
+    # Prepare: two peers, one of them shifted
+    peers = _population(small_schema, honest=1, attack="flip:smoker", k=5)
+    # Execute
+    report = screen(small_schema, peers, "exclude")
+    # Assert
+    assert report.status == "insufficient-peers" and report.flagged == ()
+    assert "at least 3 peers" in report.message and report.accepted == tuple(peers)
+
+
+def test_policy_off_judges_nobody(small_schema):
+    # Prepare
+    peers = _population(small_schema, attack="flip:smoker", k=5)
+    # Execute
+    report = screen(small_schema, peers, "off")
+    # Assert
+    assert report.status == "off" and report.peers == () and report.flagged == ()
+
+
+def test_a_small_peer_is_judged_with_its_larger_noise(small_schema):
+    # Prepare: four peers of 1500 rows and one honest peer of 150
+    peers = _population(small_schema, honest=5, sizes=[1500, 1500, 1500, 1500, 150], k=10)
+    # Execute
+    report = screen(small_schema, peers, "flag")
+    # Assert: its scale is wider on every statistic (about sqrt(10) times where its own
+    # noise dominates), and it is not flagged
+    by = {p.peer: {c.name: c.scale for c in p.checks} for p in report.peers}
+    ratios = np.array([by["honest4"][s] / by["honest0"][s] for s in by["honest0"]])
+    assert (ratios > 1.2).all() and np.median(ratios) > 2
+    assert report.flagged == ()
+
+
+def test_peer_statistics_name_coefficients_and_marginals(small_schema):
+    # Prepare
+    twins = _population(small_schema, honest=1, k=4)["honest0"]
+    # Execute
+    st = peer_statistics(small_schema, twins)
+    # Assert
+    assert st.names[:5] == ("coef:Intercept", "coef:age", "coef:region[south]",
+                            "coef:region[east]", "coef:smoker")
+    assert set(st.names[5:]) == {"mean:age", "rate:region=north", "rate:region=south",
+                                 "rate:region=east", "rate:smoker=1", "mean:visits"}
+    assert (st.variances > 0).all() and st.k == 4 and st.n == 800
+
+
+@pytest.mark.parametrize("policy, threshold", [("drop", 0.01), ("flag", 0.0), ("flag", 1.5)])
+def test_bad_policy_or_threshold_is_an_analysis_error(small_schema, policy, threshold):
+    with pytest.raises(AnalysisError):
+        screen(small_schema, {}, policy, threshold)
