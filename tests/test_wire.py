@@ -72,6 +72,14 @@ def reseal(frames: list[bytes], signer: Signer, payload: bytes | None = None,
     return seal(header, frames[2] if payload is None else payload, signer)
 
 
+class _SignerAs(Signer):
+    """Signs with one identity's key while claiming another name (a forger's tool)."""
+
+    def __init__(self, identity: Identity, name: str) -> None:
+        super().__init__(identity)
+        self.name = name
+
+
 def flipped(frames: list[bytes], which: int, pos: int, mask: int) -> list[bytes]:
     out = list(frames)
     b = bytearray(out[which])
@@ -306,12 +314,6 @@ def test_pinned_key_under_another_senders_name_is_rejected(small_schema, alice, 
         make_verifier(trust, small_schema).open(forged)
 
 
-class _SignerAs(Signer):
-    def __init__(self, identity: Identity, name: str) -> None:
-        super().__init__(identity)
-        self.name = name
-
-
 @pytest.mark.parametrize("cut", [0, 1, 32, 63])
 def test_truncated_signature_is_rejected(small_schema, alice, trust, cut):
     frames = encode_twin(make_twin(small_schema), small_schema, 1, Signer(alice))
@@ -328,10 +330,10 @@ def test_signature_with_extra_bytes_is_rejected(small_schema, alice, trust):
 def test_forwarded_envelope_verifies_at_any_node(small_schema, alice, bob, trust):
     # Prepare: bob stored alice's frames; carol receives them from bob verbatim
     frames = encode_twin(make_twin(small_schema), small_schema, 1, Signer(alice))
-    stored = bob_store = make_verifier(trust, small_schema).open(frames).frames
+    stored = make_verifier(trust, small_schema).open(frames).frames
     carol = Verifier(trust, small_schema, ReplayGuard(), local="carol", clock=lambda: NOW)
     # Execute
-    env = carol.open(list(bob_store))
+    env = carol.open(list(stored))
     # Assert
     assert env.sender == "alice" and env.frames == stored
 

@@ -81,7 +81,7 @@ def unpack_columns(payload: bytes, max_columns: int) -> list[tuple[str, str, byt
         doc = msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True,
                               max_str_len=_MAX_NAME * 4, max_bin_len=len(payload),
                               max_array_len=max(max_columns, 3), max_map_len=0, max_ext_len=0)
-    except ValueError as exc:
+    except Exception as exc:  # msgpack raises ValueError, StackError, UnicodeDecodeError, ...
         raise MalformedMessage(f"payload is not valid msgpack: {type(exc).__name__}") from None
     if not isinstance(doc, list):
         raise MalformedMessage(f"payload must be an array of columns, got {type(doc).__name__}")
@@ -96,7 +96,7 @@ def unpack_columns(payload: bytes, max_columns: int) -> list[tuple[str, str, byt
 
 def decode_columns(columns: list[tuple[str, str, bytes]], rows: int,
                    schema: Schema) -> dict[str, np.ndarray]:
-    """Typed column bytes -> arrays in `Schema.to_arrays` layout; SchemaMismatch if they do not fit."""
+    """Typed column bytes -> arrays in `Schema.to_arrays` layout; SchemaMismatch on misfit."""
     names = [c[0] for c in columns]
     if names != schema.names:
         raise SchemaMismatch(f"columns {names[:20]} do not match the schema's {schema.names[:20]}")
@@ -104,7 +104,8 @@ def decode_columns(columns: list[tuple[str, str, bytes]], rows: int,
     for col, (name, dtype, data) in zip(schema.columns, columns):
         want = column_dtype(col)
         if dtype != want:
-            raise SchemaMismatch(f"column '{name}' has dtype {dtype!r:.20}, the schema needs {want!r}")
+            raise SchemaMismatch(f"column '{name}' has dtype {dtype!r:.20}, "
+                                 f"the schema needs {want!r}")
         if len(data) != column_nbytes(dtype, rows):
             raise SchemaMismatch(f"column '{name}' has {len(data)} bytes, {rows} rows of "
                                  f"{dtype} need {column_nbytes(dtype, rows)}")

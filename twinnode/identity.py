@@ -376,7 +376,8 @@ def _render_key_files(identity: Identity) -> list[tuple[str, bool]]:
                    + body)
     sign_secret = (f"#   ****  Generated on {now} by twinnode keygen  ****\n"
                    f'#   twinnode Ed25519 **SECRET** signing key of "{name}"\n'
-                   "#   DO NOT share, copy, commit, or loosen the permissions (0600) of this file.\n"
+                   "#   DO NOT share, copy, commit, or loosen the permissions (0600) of this "
+                   "file.\n"
                    f'#   Whoever holds it can publish twins in the name of "{name}".\n\n'
                    + body + f'secret-key = "{base64.b64encode(seed).decode("ascii")}"\n')
     cert = ("metadata\n"

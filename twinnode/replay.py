@@ -31,7 +31,7 @@ class Holding:
 
 
 class ReplayGuard:
-    """Accepted (sender, seq) pairs and recent payload digests; serialisable for the node's state."""
+    """Accepted (sender, seq) pairs and recent payload digests; serialisable node state."""
 
     def __init__(self, max_digests: int = 65_536, max_ahead: int = 100_000) -> None:
         self.max_digests = max_digests

@@ -179,7 +179,7 @@ def _envelope(family: str, signer: Signer, sender: str, fields: Mapping[str, Any
 
 
 def encode_twin(twin: Twin, schema: Schema, seq: int, signer: Signer) -> list[bytes]:
-    """A twin as signed frames; DataError if it does not fit `schema` (never send what peers refuse)."""
+    """A twin as signed frames; DataError if it does not fit `schema` (peers would refuse it)."""
     p = twin.provenance
     if p.schema_hash != schema.hash:
         raise DataError(f"twin was made under schema {p.schema_hash[:12]}, not {schema.short_hash}")
@@ -233,7 +233,7 @@ class Verifier:
         self._nonces: OrderedDict[tuple[str, bytes], float] = OrderedDict()
 
     def open(self, frames: Sequence[bytes]) -> Envelope:
-        """Check and decode one inbound multipart message (see the module docstring for the order)."""
+        """Check and decode one inbound multipart message, in the module docstring's order."""
         topic_frame, header_bytes, payload, signature = _split_frames(frames, self.limits)
         header = _unpack_header(header_bytes, self.limits)
         sender, seq = header.get("sender"), header.get("seq")
@@ -434,7 +434,8 @@ def _int(lo: int, hi: int | None = None) -> Check:
 
 def _float(lo: float, hi: float, lo_open: bool = False) -> Check:
     def check(v: Any, limits: WireLimits) -> str | None:
-        if type(v) is not float or not math.isfinite(v) or not lo <= v < hi or (lo_open and v == lo):
+        ok = type(v) is float and math.isfinite(v) and lo <= v < hi and not (lo_open and v == lo)
+        if not ok:
             return f"must be a finite float in {'(' if lo_open else '['}{lo}, {hi})"
         return None
     return check
