@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from twinnode.errors import MalformedMessage, StoreError
+from twinnode.replay import Holding
 from twinnode.store import Store, seqs_missing, summarize_seqs
 from twinnode.storefile import pack_envelope, unpack_envelope
 
@@ -86,6 +87,18 @@ def test_unsafe_sender_names_and_out_of_range_seqs_are_refused(tmp_path, sender,
         assert store.list() == []
 
 
+def test_concurrent_puts_from_threads_store_each_envelope_once(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    keys = [("alice", seq) for seq in range(1, 21)] * 3  # every key offered three times
+    with Store.open(tmp_path) as store, ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda key: put(store, *key), keys))
+
+        assert sum(results) == 20
+        assert [e.seq for e in store.list()] == list(range(1, 21))
+        assert all(store.frames("alice", s) == frames_for("alice", s) for s in range(1, 21))
+
+
 def test_list_filters_and_set_status_marks_without_deleting(tmp_path):
     with Store.open(tmp_path) as store:
         for seq in (1, 2, 3):
@@ -118,6 +131,7 @@ def test_holdings_and_missing_describe_gaps_for_catch_up(tmp_path):
         assert lacks == [3, 8]
         assert lacks_limited == [1, 2]
         assert store.missing("carol", None) == []
+        assert store.missing("alice", Holding(2, (5, 6))) == [3, 8]  # wire's summary type
         assert store.last_seq("alice") == 8 and store.last_seq("carol") == 0
 
 

@@ -13,7 +13,8 @@ TwinnodeError a handler raised ("control", "budget", "config", ...), and "intern
 exception: a bug, logged with its traceback). After these the connection stays usable.
 "too-large" (a line over `max_line` bytes), "busy" (over `max_connections`) and "idle"
 (nothing received for `idle_timeout` s) are answered and then the connection is closed.
-What each of the node's commands returns is documented in docs/CONTROL.md.
+Handlers validate their args with `check_args`. What each of the node's commands returns is
+documented in docs/CONTROL.md.
 
 Permissions: the socket is bound inside a fresh 0700 directory (mkdtemp) beside its final
 path, chmod-ed to 0600 and only then hard-linked into place (link never replaces an existing
@@ -54,9 +55,10 @@ Handler = Callable[[dict[str, Any]], Awaitable[Mapping[str, Any]]]
 class _Refused(Exception):
     """A request the server answers with an error (type, message) without calling a handler."""
 
-    def __init__(self, type_: str, message: str) -> None:
+    def __init__(self, type_: str, message: str, rid: Any = None) -> None:
         super().__init__(message)
         self.type = type_
+        self.rid = rid
 
 
 def socket_path(state_dir: str | Path) -> Path:
@@ -90,18 +92,19 @@ def parse_request(line: bytes, commands: Collection[str]) -> tuple[str, dict[str
     unknown = sorted(set(doc) - REQUEST_FIELDS)
     if unknown:
         raise _Refused("bad-request", f"unknown request field(s) {', '.join(map(repr, unknown))}"
-                                      f"; a request has cmd, args and optionally id")
+                                      f"; a request has cmd, args and optionally id", rid)
     cmd, args = doc.get("cmd"), doc.get("args", {})
     if not isinstance(cmd, str) or not cmd:
-        raise _Refused("bad-request", f"request needs \"cmd\" (a command name), e.g. {EXAMPLE}")
+        raise _Refused("bad-request", f"request needs \"cmd\" (a command name), "
+                                      f"e.g. {EXAMPLE}", rid)
     if cmd not in commands:
         raise _Refused("unknown-command", f"unknown command {cmd!r}; commands: "
-                                          f"{', '.join(sorted(commands))}")
+                                          f"{', '.join(sorted(commands))}", rid)
     if args is None:
         args = {}
     if not isinstance(args, dict):
         raise _Refused("bad-request", f"\"args\" must be a JSON object, not "
-                                      f"{type(args).__name__}")
+                                      f"{type(args).__name__}", rid)
     return cmd, args, rid
 
 
@@ -133,6 +136,28 @@ def decode_reply(line: bytes, cmd: str, where: str | Path) -> dict[str, Any]:
         raise exc
     result = doc.get("result", {})
     return result if isinstance(result, dict) else {"value": result}
+
+
+def check_args(cmd: str, args: Mapping[str, Any], spec: Mapping[str, type | tuple[type, ...]],
+               required: Collection[str] = ()) -> dict[str, Any]:
+    """A handler's args checked against {name: type(s)}: ControlError naming what is wrong
+    (an unknown name, a missing one, a wrong type), so bad args get a clear error reply."""
+    unknown = sorted(set(args) - set(spec))
+    if unknown:
+        known = ", ".join(sorted(spec)) or "none"
+        raise ControlError(f"{cmd}: unknown argument(s) {', '.join(unknown)}; arguments: {known}")
+    missing = [name for name in required if name not in args]
+    if missing:
+        raise ControlError(f"{cmd}: missing argument(s) {', '.join(missing)}")
+    for name, value in args.items():
+        types = spec[name] if isinstance(spec[name], tuple) else (spec[name],)
+        if float in types and isinstance(value, int) and not isinstance(value, bool):
+            continue
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            wanted = " or ".join(t.__name__ for t in types)
+            raise ControlError(f"{cmd}: argument {name} must be {wanted}, got "
+                               f"{json.dumps(value)[:60]}")
+    return dict(args)
 
 
 def _plain(x: Any) -> Any:
@@ -265,7 +290,7 @@ class ControlServer:
         try:
             cmd, args, rid = parse_request(line, self.handlers)
         except _Refused as exc:
-            return encode_reply(error_reply(exc.type, str(exc), rid))
+            return encode_reply(error_reply(exc.type, str(exc), exc.rid))
         try:
             result = await self.handlers[cmd](args)
             if not isinstance(result, Mapping):
@@ -380,7 +405,8 @@ async def request(path: str | Path, cmd: str, args: Mapping[str, Any] | None = N
                 raise _not_running(path, exc) from None
             try:
                 writer.write(data)
-                await writer.drain()
+                with contextlib.suppress(ConnectionError):  # a reply may be waiting (busy)
+                    await writer.drain()
                 line = await reader.readline()
             except OSError as exc:
                 raise ControlError(f"connection to the node at {path} failed: {exc}") from None
@@ -408,7 +434,8 @@ def request_sync(path: str | Path, cmd: str, args: Mapping[str, Any] | None = No
             raise _not_running(path, exc) from None
         buf = bytearray()
         try:
-            sock.sendall(data)
+            with contextlib.suppress(ConnectionError):  # a reply may be waiting (busy)
+                sock.sendall(data)
             while b"\n" not in buf and len(buf) <= MAX_REPLY:
                 sock.settimeout(max(deadline - time.monotonic(), 0.001))
                 chunk = sock.recv(1 << 16)

@@ -137,9 +137,12 @@ def summarize_seqs(seqs: Iterable[int]) -> dict[str, Any]:
 
 
 def parse_have(have: Any) -> tuple[int, frozenset[int]]:
-    """A peer's {"watermark", "extra"} summary, validated (MalformedMessage: it is peer input)."""
+    """A peer's {"watermark", "extra"} summary (a map, or an object with those attributes
+    such as wire's Holding), validated: MalformedMessage, since it is peer input."""
     if have is None:
         return 0, frozenset()
+    if hasattr(have, "watermark") and hasattr(have, "extra"):
+        have = {"watermark": have.watermark, "extra": have.extra}
     if not isinstance(have, Mapping):
         raise MalformedMessage("catch-up summary must be a map with watermark and extra")
     watermark, extra = have.get("watermark", 0), have.get("extra", [])
@@ -248,8 +251,11 @@ class Store:
             if self._known(db, sender, seq, meta["digest"]):
                 return False
             path = self._path(sender, seq)
-            self._ensure_dir(path.parent)
-            _write_durable(path, blob)
+            try:
+                self._ensure_dir(path.parent)
+                _write_durable(path, blob)
+            except OSError as exc:
+                raise StoreError(f"could not write envelope {sender}#{seq}: {exc}") from None
             try:
                 with self._tx() as tx:
                     _insert(tx, meta, len(blob), container_checksum(blob))
@@ -290,11 +296,13 @@ class Store:
                 if len(blob) != row[0] or container_checksum(blob) != row[1]:
                     raise StoreError(f"{path}: size or checksum differs from the index")
                 return unpack_envelope(blob, str(path))[1]
-            except (OSError, StoreError) as exc:
+            except (FileNotFoundError, StoreError) as exc:  # the content is gone or damaged
                 why = "file missing" if isinstance(exc, FileNotFoundError) else str(exc)
                 self._quarantine(sender, seq, why, path)
                 raise StoreError(f"envelope {sender}#{seq} is unreadable and was "
                                  f"quarantined: {why}") from None
+            except OSError as exc:  # e.g. out of file descriptors: the file may be fine
+                raise StoreError(f"cannot read envelope {sender}#{seq}: {exc}") from None
 
     def list(self, sender: str | None = None, status: str | None = None) -> list[EntryMeta]:
         """Index entries, by sender then seq, optionally for one sender and/or status."""

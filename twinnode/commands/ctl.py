@@ -162,22 +162,27 @@ def _job(job: Mapping[str, Any] | None) -> str:
 
 
 def _budget(b: Mapping[str, Any]) -> str:
-    text = f"epsilon spent {float(b['spent']):.3g}"
+    text = f"epsilon spent {float(b['spent']):.2f}"
     if b.get("cap") is not None:
-        text += f" of {float(b['cap']):.3g}"
+        text += f" of {float(b['cap']):.2f}"
     if b.get("left") is not None:
-        text += f", {float(b['left']):.3g} left"
+        text += f", {float(b['left']):.2f} left"
     if b.get("delta") is not None:
         text += f" (delta {float(b['delta']):.3g})"
     return text
 
 
-def _peer_rows(peers: Sequence[Mapping[str, Any]]) -> list[str]:
+def _peer_rows(peers: Sequence[Mapping[str, Any]], detail: bool = False) -> list[str]:
     if not peers:
         return ["  (no peers configured)"]
+    header = ["NAME", "CONNECTED", "LAST HEARTBEAT", "LATEST SEQ"]
     rows = [[p["name"], _scalar(p.get("connected")), _age(p.get("last_heartbeat_age")),
              _scalar(p.get("latest_seq"))] for p in peers]
-    return _table(["NAME", "CONNECTED", "LAST HEARTBEAT", "LATEST SEQ"], rows)
+    if detail:
+        header += ["HELD", "ADDRESS"]
+        rows = [r + [_scalar(p.get("held")), _scalar(p.get("address"))]
+                for r, p in zip(rows, peers)]
+    return _table(header, rows)
 
 
 def format_status(r: Mapping[str, Any]) -> str:
@@ -198,7 +203,7 @@ def format_status(r: Mapping[str, Any]) -> str:
 
 
 def format_peers(r: Mapping[str, Any]) -> str:
-    return "\n".join(["peers:", *_peer_rows(r["peers"])])
+    return "\n".join(["peers:", *_peer_rows(r["peers"], detail=True)])
 
 
 def format_twins(r: Mapping[str, Any]) -> str:
@@ -214,7 +219,7 @@ def format_twins(r: Mapping[str, Any]) -> str:
 def format_budget(r: Mapping[str, Any]) -> str:
     lines = [f"budget: {_budget(r)}"]
     for e in r.get("entries", []):
-        lines.append(f"  - epsilon {float(e['epsilon']):.3g}, delta {float(e['delta']):.3g}"
+        lines.append(f"  - epsilon {float(e['epsilon']):.2f}, delta {float(e['delta']):.3g}"
                      + (f": {e['note']}" if e.get("note") else ""))
     return "\n".join(lines)
 
