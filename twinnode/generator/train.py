@@ -171,7 +171,7 @@ def fit(data: ModelData, layout: Layout, calibration: Calibration,
     @partial(jax.jit, static_argnums=2)
     def run_chunk(svi_state, start, length):
         (svi_state, over), losses = jax.lax.scan(
-            step, (svi_state, jnp.int32(0)), start + jnp.arange(length))
+            step, (svi_state, jnp.int32(0)), start + jnp.arange(length, dtype=jnp.uint32))
         return svi_state, over, jnp.mean(losses)
 
     svi_state = svi.init(init_key, *first)
@@ -179,7 +179,7 @@ def fit(data: ModelData, layout: Layout, calibration: Calibration,
     total, done, overflow, losses = calibration.steps, 0, 0, []
     while done < total:
         length = min(settings.chunk, total - done)
-        svi_state, over, loss = run_chunk(svi_state, jnp.int32(done), length)
+        svi_state, over, loss = run_chunk(svi_state, jnp.uint32(done), length)
         done += length
         overflow += int(over)
         per_row = float(loss) / n
