@@ -1,7 +1,7 @@
 """The combined analysis at one party: local real rows + peers' twins -> pooled Poisson GLM.
 
 For k in 1..K, D_k = the local real rows ∪ twin k of every accepted peer; each D_k gets the
-same Poisson GLM (log link, robust HC1 errors, `glm.fit_poisson_batch`) and the K fits are
+same Poisson GLM (log link, robust HC1 errors, `glm.fit_poisson_columns`) and the K fits are
 pooled (`pooling.pool`, Raghunathan–Reiter by default). The local-only fit, the pooled
 real-data fit (an oracle for experiments) and one peer's twins alone go through the same
 code and give the same report type, `PooledFit`. `evaluate` scores a fit on held-out rows.
@@ -19,7 +19,7 @@ from scipy.special import gammaln
 
 from .design import Design, make_design
 from .errors import AnalysisError, SchemaError
-from .glm import fit_poisson_batch
+from .glm import fit_poisson_columns
 from .pooling import Pooled, pool
 from .schema import Schema
 from .twins import Twin
@@ -277,16 +277,16 @@ def _local_block(schema: Schema, design: Design, frame: pd.DataFrame | None) -> 
 
 
 def _stack(blocks: Sequence[Sequence[_Block]]) -> tuple[np.ndarray, ...]:
-    """Replicates of row blocks -> X (K, n, p), y, weights, part; short ones padded with w = 0."""
+    """Replicates of row blocks -> X (K, p, n), y, weights, part; short ones padded, w = 0."""
     sizes = [sum(len(b[1]) for b in row) for row in blocks]
     K, n, p = len(blocks), max(sizes), blocks[0][0][0].shape[1]
-    X, y = np.zeros((K, n, p)), np.zeros((K, n))
+    X, y = np.zeros((K, p, n)), np.zeros((K, n))
     w, part = np.zeros((K, n)), np.zeros((K, n), bool)
     for i, row in enumerate(blocks):
         start = 0
         for bx, by, bw, synthetic in row:
             stop = start + len(by)
-            X[i, start:stop], y[i, start:stop] = bx, by
+            X[i, :, start:stop], y[i, start:stop] = bx.T, by
             w[i, start:stop], part[i, start:stop] = bw, synthetic
             start = stop
     return X, y, w, part
@@ -301,11 +301,11 @@ def _run(design: Design, options: AnalysisOptions, kind: str, k: int,
     coef, se, part_var, dropped, ok = [], [], [], [], []
     warm = None
     if k > 1:  # replicates differ little: one fit is a start from which Newton needs ~3 steps
-        first = fit_poisson_batch(*build([0])[:3], cov_type=options.cov_type)
+        first = fit_poisson_columns(*build([0])[:3], cov_type=options.cov_type)
         warm = first.coef[0] if first.converged[0] else None
     for start in range(0, k, chunk):
         X, y, w, part = build(range(start, min(k, start + chunk)))
-        fit = fit_poisson_batch(X, y, w, part=part, cov_type=options.cov_type, start=warm)
+        fit = fit_poisson_columns(X, y, w, part=part, cov_type=options.cov_type, start=warm)
         coef.append(fit.coef), se.append(fit.se), part_var.append(fit.var_part)
         dropped.append(fit.dropped & fit.converged[:, None]), ok.append(fit.converged)
     coef_a, se_a = np.concatenate(coef), np.concatenate(se)

@@ -86,18 +86,32 @@ def fit_poisson_batch(X: np.ndarray, y: np.ndarray, weights: np.ndarray | None =
     Convergence: a full Newton step whose largest change is below `tol` * (1 + |estimate|);
     Newton converges quadratically, so the estimate is then off by about that squared.
     """
-    if cov_type not in COV_TYPES:
-        raise ValueError(f"cov_type must be one of {COV_TYPES}")
     X = np.asarray(X, dtype=np.float64)
     if X.ndim == 2:
         X = X[None]
-    K, n, p = X.shape
-    Xt = np.ascontiguousarray(np.swapaxes(X, 1, 2))  # (K, p, n): rows contiguous, faster
+    Xt = np.ascontiguousarray(np.swapaxes(X, 1, 2))
+    return fit_poisson_columns(Xt, y, weights, part=part, cov_type=cov_type, start=start,
+                               tol=tol, max_iter=max_iter)
+
+
+def fit_poisson_columns(Xt: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None, *,
+                        part: np.ndarray | None = None, cov_type: str = "HC1",
+                        start: np.ndarray | None = None, tol: float = 1e-8,
+                        max_iter: int = 50) -> BatchFit:
+    """`fit_poisson_batch` with the design given as (K, p, n), the layout the fitter uses.
+
+    Each column's values are contiguous, which makes the batched products about 1.5x
+    faster than (K, n, p); callers that build the stack themselves avoid a transpose.
+    """
+    if cov_type not in COV_TYPES:
+        raise ValueError(f"cov_type must be one of {COV_TYPES}")
+    Xt = np.asarray(Xt, dtype=np.float64)
+    K, p, n = Xt.shape
     y = np.asarray(y, dtype=np.float64).reshape(K, n)
     w = np.ones((K, n)) if weights is None else np.asarray(weights, np.float64).reshape(K, n)
     w = np.where(w > 0, w, 0.0)
     keep = _estimable(Xt, w, RANK_TOL)
-    Xt *= keep[:, :, None]  # dropped columns are zero, so their step stays 0
+    both = keep[:, :, None] & keep[:, None, :]
     beta = _start(y, w, keep, start)
     eta = _eta(Xt, beta)
     mu_all = np.exp(eta)
@@ -112,8 +126,9 @@ def fit_poisson_batch(X: np.ndarray, y: np.ndarray, weights: np.ndarray | None =
             break
         sel = slice(None) if active.size == K else active
         Xa, ya, wa, ka, ea, mu = Xt[sel], y[sel], w[sel], keep[sel], eta[sel], mu_all[sel]
-        grad = np.einsum("kpn,kn->kp", Xa, wa * (ya - mu))
-        hess = _gram(Xa, wa * mu) + eye * (~ka)[:, :, None]
+        grad = np.einsum("kpn,kn->kp", Xa, wa * (ya - mu)) * ka
+        # a dropped column's row and column are replaced by the identity: its step is 0
+        hess = _gram(Xa, wa * mu) * both[sel] + eye * (~ka)[:, :, None]
         step = np.where(ka, _solve(hess, grad), 0.0)
         d_eta = np.einsum("kpn,kp->kn", Xa, np.where(np.isfinite(step), step, 0.0))
         t, new_eta, new_mu, new_ll = _halve_until_better(ya, wa, ea, d_eta, ll[sel])
@@ -249,8 +264,9 @@ def _sandwich(Xt: np.ndarray, y: np.ndarray, w: np.ndarray, beta: np.ndarray, mu
     sel = slice(None) if idx.size == K else idx
     Xc, yc, wc, bc, kc, mu = Xt[sel], y[sel], w[sel], beta[sel], keep[sel], mu[sel]
     eye = np.eye(p)
-    hess = _gram(Xc, wc * mu) + eye * (~kc)[:, :, None]
-    bread = _inverse(hess) * (kc[:, :, None] & kc[:, None, :])
+    both = kc[:, :, None] & kc[:, None, :]
+    hess = _gram(Xc, wc * mu) * both + eye * (~kc)[:, :, None]
+    bread = _inverse(hess) * both  # zero rows/columns for dropped terms: they drop out
     r2 = (wc * (yc - mu)) ** 2
     nobs = (wc > 0).sum(axis=1)
     npar = kc.sum(axis=1)

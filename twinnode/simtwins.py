@@ -4,8 +4,10 @@ Until the DP generator exists (and to check the statistics where theory applies)
 module makes twins the way the fully-synthetic theory assumes: each twin from its own draw
 of an approximate posterior given one party's real rows. Covariate rows come from a Bayesian
 bootstrap (Dirichlet(1, ..., 1) weights over the real rows, then N rows drawn with them);
-the outcome from a Poisson GLM whose coefficients are drawn from N(β̂, inflate · H⁻¹), H
-the Fisher information at β̂. `inflate` > 1 mimics the wider posterior that DP noise gives.
+the outcome from a Poisson GLM whose coefficients are drawn from N(β̂, H⁻¹), H the Fisher
+information at β̂. `inflate` > 1 mimics DP noise while keeping the posterior calibrated:
+the release's centre is moved once by N(0, (inflate - 1) H⁻¹) (the noise) and each twin
+draws its coefficients from N(centre, inflate · H⁻¹) (the wider posterior).
 The provenance's ε is only a label here. Anything with the signature of `TwinMaker` can
 stand in: the scripts take the maker as an argument so real DP twins plug in later.
 """
@@ -91,6 +93,9 @@ def posterior_twins(schema: Schema, frame: pd.DataFrame, *, sender: str, k: int,
     cov = np.zeros((design.p, design.p))
     cov[np.ix_(keep, keep)] = np.linalg.inv(info) * inflate
     chol = np.linalg.cholesky(cov[np.ix_(keep, keep)])
+    if inflate > 1:  # the release's one draw of "DP noise", from the same covariance shape
+        beta[keep] += np.sqrt((inflate - 1) / inflate) * (chol @ rng.standard_normal(
+            int(keep.sum())))
     n, upper = len(y), int(schema.outcome_column().upper)
     release = f"{sender}-sim-{seed}"
     twins = []

@@ -1,0 +1,159 @@
+"""Poisoning: how often screening flags a shifted peer, and how often an honest one.
+
+Per seed: a local party, 5 honest peers and 1 peer that publishes twins of a shifted model
+(its rows are changed before its twins are made: 'outcome*F' scales the outcome, 'flip:COL'
+swaps a binary column's coding). Each peer's twins come from a twin maker (default:
+`simtwins.posterior_twins`, NOT DP; pass the DP generator's maker, with the same
+signature, to run the real study). Screening runs with the exclude policy; we record
+whether the shifted peer is flagged, how many honest peers are flagged, and how far the
+estimates with the shifted peer, and with the flagged peers excluded, are from the
+honest-only estimates (in honest-only standard errors, the largest over terms).
+A 'none' attack (6 honest peers) measures false flags alone.
+
+    .venv/bin/python scripts/screening_study.py --seeds 20 --data small
+    .venv/bin/python scripts/screening_study.py --seeds 10 --data randhie --attacks outcome*2,flip:idp
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from twinnode.analysis import AnalysisOptions, combined_fit  # noqa: E402
+from twinnode.schema import Schema  # noqa: E402
+from twinnode.screening import screen  # noqa: E402
+from twinnode.simtwins import (TwinMaker, poison_frame, posterior_twins,  # noqa: E402
+                               simulate_small, small_schema)
+
+HONEST = 5
+Parties = Callable[[int], tuple[Schema, pd.DataFrame, list[pd.DataFrame]]]
+
+
+def small_parties(n_local: int, n_peer: int) -> Parties:
+    """Local + 6 peer data sets from the known model of `simtwins`."""
+    schema = small_schema()
+
+    def make(seed: int):
+        base = 7919 * seed
+        return (schema, simulate_small(schema, n_local, base),
+                [simulate_small(schema, n_peer, base + 1 + i) for i in range(HONEST + 1)])
+    return make
+
+
+def randhie_parties(n_local: int) -> Parties:
+    """randhie split into 7 parts per seed: a local party (first n_local rows) + 6 peers."""
+    from twinnode.data import randhie, split_parties
+    schema, frame = randhie()
+
+    def make(seed: int):
+        part = split_parties(frame, parties=HONEST + 2, seed=seed)
+        local = part.parties[0].iloc[:n_local].reset_index(drop=True)
+        return schema, local, list(part.parties[1:])
+    return make
+
+
+def run_study(twin_maker: TwinMaker, parties: Parties, attacks: Sequence[str], seeds: int,
+              k: int = 50, epsilon: float = 1.0, threshold: float = 0.01,
+              progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Flag rates and estimate distances per attack over `seeds` seeds."""
+    out: dict[str, Any] = {}
+    for attack in attacks:
+        rows = []
+        for seed in range(seeds):
+            schema, local, frames = parties(seed)
+            peers = {}
+            for i, frame in enumerate(frames):
+                shifted = attack != "none" and i == HONEST
+                name = "shifted" if shifted else f"honest{i}"
+                if shifted:
+                    frame = poison_frame(schema, frame, attack)
+                peers[name] = twin_maker(schema, frame, sender=name, k=k, epsilon=epsilon,
+                                         seed=104729 * seed + i)
+            report = screen(schema, peers, "exclude", threshold, local_frame=local,
+                            options=AnalysisOptions())
+            honest = {n: t for n, t in peers.items() if n.startswith("honest")}
+            reference = combined_fit(schema, local, honest)
+            se = reference.se
+
+            def dist(fit):
+                return float(np.nanmax(np.abs(fit.estimate - reference.estimate) / se))
+            rows.append({"seed": seed,
+                         "shifted_flagged": "shifted" in report.flagged,
+                         "honest_flagged": sum(n.startswith("honest") for n in report.flagged),
+                         "honest_judged": len(honest),
+                         "with_all_se": dist(report.with_flagged),
+                         "excluded_se": dist(report.without_flagged),
+                         "shifted_p": next((p.p_value for p in report.peers
+                                            if p.peer == "shifted"), None),
+                         "reason": next((p.reason for p in report.peers
+                                         if p.peer == "shifted"), "")})
+            if progress:
+                progress(f"{attack} seed {seed}")
+        judged = sum(r["honest_judged"] for r in rows)
+        out[attack] = {
+            "seeds": seeds,
+            "shifted_flag_rate": (None if attack == "none" else
+                                  float(np.mean([r["shifted_flagged"] for r in rows]))),
+            "honest_flag_rate": sum(r["honest_flagged"] for r in rows) / judged,
+            "honest_judged": judged,
+            "median_with_all_se": float(np.median([r["with_all_se"] for r in rows])),
+            "median_excluded_se": float(np.median([r["excluded_se"] for r in rows])),
+            "max_excluded_se": float(np.max([r["excluded_se"] for r in rows])),
+            "rows": rows}
+    return out
+
+
+def main(argv: Sequence[str] | None = None,
+         twin_maker: TwinMaker | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, default=20)
+    ap.add_argument("--k", type=int, default=50)
+    ap.add_argument("--data", choices=("small", "randhie"), default="small")
+    ap.add_argument("--n-local", type=int, default=300)
+    ap.add_argument("--n-peer", type=int, default=1000, help="peer rows (small data only)")
+    ap.add_argument("--attacks", default="none,outcome*1.2,outcome*1.5,outcome*2,flip:smoker",
+                    help="comma list: none, outcome*F, flip:COL")
+    ap.add_argument("--threshold", type=float, default=0.01)
+    ap.add_argument("--epsilon", type=float, default=1.0)
+    ap.add_argument("--inflate", type=float, default=1.0,
+                    help="posterior variance factor of the simulated twins (1: no DP)")
+    ap.add_argument("--json", help="also write the results to this file")
+    args = ap.parse_args(argv)
+    if twin_maker is None:
+        def twin_maker(schema, frame, *, sender, k, epsilon, seed):
+            return posterior_twins(schema, frame, sender=sender, k=k, epsilon=epsilon,
+                                   seed=seed, inflate=args.inflate)
+    parties = (small_parties(args.n_local, args.n_peer) if args.data == "small"
+               else randhie_parties(args.n_local))
+    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
+    t0 = time.perf_counter()
+    out = run_study(twin_maker, parties, attacks, args.seeds, k=args.k, epsilon=args.epsilon,
+                    threshold=args.threshold,
+                    progress=lambda s: print(f"\r{s:<40}", end="", file=sys.stderr))
+    print(file=sys.stderr)
+    print(f"screening study: data {args.data}, {HONEST} honest peers + 1 shifted, K = {args.k}, "
+          f"threshold p < {args.threshold}, inflate {args.inflate}, {args.seeds} seeds "
+          f"({time.perf_counter() - t0:.0f} s)")
+    print(f"{'attack':<14}{'shifted flagged':>16}{'honest flagged':>16}"
+          f"{'|with - honest|':>17}{'|excl - honest|':>17}{'max excl':>10}")
+    for attack, r in out.items():
+        rate = "-" if r["shifted_flag_rate"] is None else f"{r['shifted_flag_rate']:.2f}"
+        print(f"{attack:<14}{rate:>16}{r['honest_flag_rate']:>10.3f} of {r['honest_judged']:<4}"
+              f"{r['median_with_all_se']:>14.2f} SE{r['median_excluded_se']:>14.2f} SE"
+              f"{r['max_excluded_se']:>7.2f} SE")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(out, fh, indent=2)
+    return out
+
+
+if __name__ == "__main__":
+    main()
