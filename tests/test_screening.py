@@ -108,3 +108,19 @@ def test_peer_statistics_name_coefficients_and_marginals(small_schema):
 def test_bad_policy_or_threshold_is_an_analysis_error(small_schema, policy, threshold):
     with pytest.raises(AnalysisError):
         screen(small_schema, {}, policy, threshold)
+
+
+def test_a_peer_with_a_smaller_epsilon_is_judged_with_a_wider_scale(small_schema):
+    # Prepare: six equal peers; one declares ε = 0.25 instead of 1 (h grows 8.5-fold)
+    peers = _population(small_schema, honest=6, k=8)
+    frame = make_small_frame(small_schema, 800, seed=5)
+    peers["honest5"] = posterior_twins(small_schema, frame, sender="honest5", k=8,
+                                       epsilon=0.25, seed=55)
+    # Execute
+    report = screen(small_schema, peers, "flag")
+    # Assert: every statistic's scale is wider than an ε = 1 peer's of the same size
+    # (about sqrt(8.5) where its own noise dominates the between-peer spread)
+    by = {p.peer: {c.name: c.scale for c in p.checks} for p in report.peers}
+    ratios = np.array([by["honest5"][s] / by["honest0"][s] for s in by["honest0"]])
+    assert (ratios > 1.2).all() and np.median(ratios) > 2
+    assert report.flagged == ()

@@ -134,18 +134,21 @@ def render(out: dict[str, Any]) -> str:
              f"peer(s): {', '.join(peers) or '-'}",
              f"rows per fit: " + ", ".join(f"{k} {v}" for k, v in pooling["rows"].items()),
              "",
-             f"{'term':<22}{'estimate':>10}{'SE':>9}  {f'{level}% interval':<22}"
-             f"{'local est':>10}{'local SE':>9}"]
+             f"{'term':<22}{'estimate':>10}{'SE':>9}  {f'{level}% interval':<24}{'df':>7}"
+             f"{'local est':>11}{'local SE':>9}"]
     for term, c in out["coefficients"].items():
         interval = f"[{_num(c['lower'])}, {_num(c['upper'])}]"
         mark = " *" if c["fallback"] else ""
+        df = "inf" if c["df"] is None and c["estimate"] is not None else _num(c["df"], 1)
         lines.append(f"{term[:21]:<22}{_num(c['estimate']):>10}{_num(c['se']):>9}  "
-                     f"{interval:<22}{_num(c['local_estimate']):>10}"
+                     f"{interval:<24}{df:>7}{_num(c['local_estimate']):>11}"
                      f"{_num(c['local_se']):>9}{mark}")
     lines += ["", f"pooling: {pooling['rule']} rule, {pooling['interval']} intervals; "
                   f"fallback ({pooling['fallback_rule']}) for {pooling['fallback_count']} "
                   f"term(s){' (marked *)' if pooling['fallback_count'] else ''}; "
-                  f"{pooling['failed_replicates']} failed replicate(s) excluded"]
+                  f"{pooling['failed_replicates']} failed replicate(s) excluded",
+              "(a small df means T is small against the between-twin variance b: the "
+              "variance estimate is itself uncertain, so the t interval is wide)"]
     lines += [f"warning: {w}" for w in pooling["warnings"]]
     lines += ["", _render_screening(out["screening"])]
     if "ll_local" in out:
