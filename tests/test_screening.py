@@ -124,3 +124,32 @@ def test_a_peer_with_a_smaller_epsilon_is_judged_with_a_wider_scale(small_schema
     ratios = np.array([by["honest5"][s] / by["honest0"][s] for s in by["honest0"]])
     assert (ratios > 1.2).all() and np.median(ratios) > 2
     assert report.flagged == ()
+
+
+def _overdispersed_frame(schema, n, seed):
+    """The known model's rows with a gamma-mixed rate (variance about mu + 2 mu^2)."""
+    frame = make_small_frame(schema, n, seed=seed)
+    arrays = {k: np.array(v) for k, v in schema.to_arrays(frame).items()}
+    rng = np.random.default_rng(seed)
+    rate = np.exp(0.2 + 0.8 * arrays["smoker"] + 0.02 * (arrays["age"] - 50)
+                  + np.array([0.0, 0.3, -0.3])[arrays["region"]])
+    arrays["visits"] = np.minimum(rng.poisson(rate * rng.gamma(0.5, 2.0, n)), 50)
+    return schema.from_arrays(arrays)
+
+
+def test_noise_understated_by_every_peer_is_calibrated_away_but_a_shift_still_shows(
+        small_schema):
+    # Prepare: an overdispersed outcome, while the twins' noise is that of a Poisson model
+    peers = {}
+    for i in range(6):
+        frame = _overdispersed_frame(small_schema, 800, seed=300 + i)
+        if i == 5:
+            frame = poison_frame(small_schema, frame, "flip:smoker")
+        peers[f"p{i}"] = posterior_twins(small_schema, frame, sender=f"p{i}", k=10,
+                                         seed=400 + i)
+    # Execute
+    report = screen(small_schema, peers, "flag")
+    # Assert
+    assert report.dispersion["outcome"] > 1.5 and report.dispersion["covariates"] < 1.5
+    assert report.flagged == ("p5",)
+    assert report.to_dict()["dispersion"] == report.dispersion
