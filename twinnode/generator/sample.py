@@ -25,7 +25,7 @@ def sample_twins(params: Mapping[str, np.ndarray], layout: Layout, n: int, k: in
     """K twins of n rows, as schema arrays (`Schema.to_arrays` layout)."""
     key = jax.random.PRNGKey(np.random.SeedSequence(seed).generate_state(1)[0])
     model = make_model(layout, n, settings)
-    guide = make_guide(model, settings)
+    guide = make_guide(model, layout, settings)
     seed_handler(guide, 0)(*layout.dummy())  # set up the guide's shapes; no data involved
     jparams = {name: jnp.asarray(v) for name, v in params.items()}
     draw_key, rows_key = jax.random.split(key)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -61,10 +61,39 @@ def make_model(layout: Layout, n: int, settings: GeneratorSettings) -> Callable:
                    outcome=settings.outcome)
 
 
-def make_guide(model: Callable, settings: GeneratorSettings) -> AutoDiagonalNormal:
-    """Diagonal Normal guide; the outcome head starts at zero, the rest at random."""
+def public_init(layout: Layout, settings: GeneratorSettings) -> dict[str, np.ndarray]:
+    """Starting values drawn from a fixed public seed (never from the data).
+
+    Components start spread over the public range (continuous means uniform in [0, 1],
+    binary rates in [0.2, 0.8]) with equal weights, and the outcome head at zero, so no
+    component starts where no data can reach it.
+    """
+    k = settings.components
+    rng = np.random.default_rng(20230405)
+    init: dict[str, np.ndarray] = {
+        "weights": np.full(k, 1.0 / k, np.float32),
+        "coef": np.zeros(len(layout.feature_names), np.float32),
+        "intercept": np.zeros((), np.float32),
+    }
+    if layout.binary:
+        init["p_bin"] = rng.uniform(0.2, 0.8, (k, len(layout.binary))).astype(np.float32)
+    for j, (_, levels) in enumerate(layout.categorical):
+        init[f"p_cat_{j}"] = rng.dirichlet(np.full(levels, 5.0), k).astype(np.float32)
+    if layout.count:
+        init["count_log_rate"] = rng.normal(0.0, 1.0, (k, len(layout.count))).astype(np.float32)
+    if layout.continuous:
+        init["cont_loc"] = rng.uniform(0.05, 0.95, (k, len(layout.continuous))).astype(np.float32)
+        init["cont_scale"] = np.full((k, len(layout.continuous)), 0.15, np.float32)
+    if settings.outcome == "negbinomial":
+        init["concentration"] = np.ones((), np.float32)
+    return init
+
+
+def make_guide(model: Callable, layout: Layout, settings: GeneratorSettings) -> AutoDiagonalNormal:
+    """Diagonal Normal guide (init_scale 0.1) around the public starting values."""
+    values = {k: jnp.asarray(v) for k, v in public_init(layout, settings).items()}
     return AutoDiagonalNormal(model, init_scale=settings.init_scale,
-                              init_loc_fn=init_to_value(values={"intercept": jnp.zeros(())}))
+                              init_loc_fn=init_to_value(values=values))
 
 
 class PoissonDPSVI(DPSVI):
@@ -84,14 +113,19 @@ class PoissonDPSVI(DPSVI):
         svi_state, px_loss, px_grads, _ = self._compute_per_example_gradients(
             svi_state, grad_key, *batch)
         svi_state, px_clipped = self._clip_gradients(svi_state, px_grads)
-        weight = mask.astype(jnp.float32)
+        # A row counts if it is in the batch and its gradient is finite; a non-finite one
+        # contributes 0, which keeps the sensitivity at C (and one bad row from poisoning all).
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g.reshape(g.shape[0], -1)), axis=1)
+                                    for g in jax.tree_util.tree_leaves(px_clipped)]), axis=0)
+        keep = mask & finite
 
         def masked_mean(g):
-            w = weight.reshape((-1,) + (1,) * (g.ndim - 1))
-            return jnp.sum(g * w, axis=0) / self._expected_batch
+            k = keep.reshape((-1,) + (1,) * (g.ndim - 1))
+            return jnp.sum(jnp.where(k, g, 0.0), axis=0) / self._expected_batch
 
         grads = jax.tree_util.tree_map(masked_mean, px_clipped)
-        loss = jnp.sum(px_loss * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+        loss = (jnp.sum(jnp.where(keep, px_loss, 0.0))
+                / jnp.maximum(jnp.sum(keep.astype(jnp.float32)), 1.0))
         svi_state, noisy = self._perturb_and_reassemble_gradients(
             svi_state, noise_key, grads, self._expected_batch)
         return self._apply_gradient(svi_state, noisy), loss
@@ -132,55 +166,17 @@ def fit(data: ModelData, layout: Layout, calibration: Calibration,
     if n != calibration.n:
         raise GeneratorError(f"calibrated for {calibration.n} rows but given {n}")
     t0 = time.perf_counter()
-    model = make_model(layout, n, settings)
-    guide = make_guide(model, settings)
-    optim = numpyro.optim.Adam(settings.learning_rate)
-    root = secure_rng.PRNGKey(seed)
-    init_key, batch_key, run_key = secure_rng.split(root, 3)
+    svi, run_chunk = _compiled(layout, n, settings, calibration)
+    init_key, batch_key = secure_rng.split(secure_rng.PRNGKey(seed), 2)
     arrays = tuple(jnp.asarray(a) for a in data)
-    common = dict(model=model, guide=guide, optim=optim, per_example_loss=Trace_ELBO(),
-                  clipping_threshold=settings.clip, dp_scale=calibration.sigma,
-                  rng_suite=secure_rng)
-    first = tuple(a[:1] for a in arrays)
-
-    if calibration.batching == "poisson":
-        svi = PoissonDPSVI(expected_batch=calibration.expected_batch, **common)
-        hi, lo = (jnp.asarray(a) for a in binomial_thresholds(n, calibration.q,
-                                                              calibration.batch_size))
-        rows = jnp.arange(n)
-        slots = jnp.arange(calibration.batch_size)
-
-        def step(state, i):
-            svi_state, overflow = state
-            count_key, pick_key = secure_rng.split(secure_rng.fold_in(batch_key, i), 2)
-            m = draw_batch_count(count_key, hi, lo)  # max_batch + 1: truncate
-            idx = sample_from_array(pick_key, rows, calibration.batch_size, 0, rng_suite=secure_rng)
-            batch = tuple(jnp.take(a, idx, axis=0) for a in arrays)
-            svi_state, loss = svi.masked_update(svi_state, slots < m, *batch)
-            return (svi_state, overflow + (m > calibration.batch_size)), loss
-    else:
-        svi = DPSVI(**common)
-        _, get_batch = subsample_batchify_data(arrays, batch_size=calibration.batch_size,
-                                               rng_suite=secure_rng)
-
-        def step(state, i):
-            svi_state, overflow = state
-            svi_state, loss = svi.update(svi_state, *get_batch(i, batch_key))
-            return (svi_state, overflow), loss
-
-    @partial(jax.jit, static_argnums=2)
-    def run_chunk(svi_state, start, length):
-        (svi_state, over), losses = jax.lax.scan(
-            step, (svi_state, jnp.int32(0)), start + jnp.arange(length, dtype=jnp.uint32))
-        return svi_state, over, jnp.mean(losses)
-
-    svi_state = svi.init(init_key, *first)
-    del run_key
+    thresholds = tuple(jnp.asarray(a) for a in
+                       binomial_thresholds(n, calibration.q, calibration.batch_size))
+    svi_state = svi.init(init_key, *(a[:1] for a in arrays))
     total, done, overflow, losses = calibration.steps, 0, 0, []
     while done < total:
-        length = min(settings.chunk, total - done)
-        svi_state, over, loss = run_chunk(svi_state, jnp.uint32(done), length)
-        done += length
+        svi_state, over, loss = run_chunk(svi_state, batch_key, jnp.uint32(done),
+                                          jnp.uint32(total), arrays, thresholds)
+        done = min(done + settings.chunk, total)
         overflow += int(over)
         per_row = float(loss) / n
         if not math.isfinite(per_row):
@@ -192,6 +188,57 @@ def fit(data: ModelData, layout: Layout, calibration: Calibration,
     params = {k: np.asarray(v) for k, v in svi.get_params(svi_state).items()}
     return TrainResult(params=params, losses=np.asarray(losses), overflow_steps=overflow,
                        seconds=time.perf_counter() - t0)
+
+
+@lru_cache(maxsize=4)
+def _compiled(layout: Layout, n: int, settings: GeneratorSettings, calibration: Calibration):
+    """The DPSVI object and its jitted chunk of steps, reused by runs of the same shape.
+
+    Data, keys and the step counter are arguments, not constants, so a second run with the
+    same settings (a retrain, or a test) skips tracing and compiling.
+    """
+    model = make_model(layout, n, settings)
+    common = dict(model=model, guide=make_guide(model, layout, settings),
+                  optim=numpyro.optim.Adam(settings.learning_rate), per_example_loss=Trace_ELBO(),
+                  clipping_threshold=settings.clip, dp_scale=calibration.sigma,
+                  rng_suite=secure_rng)
+    size = calibration.batch_size
+    if calibration.batching == "poisson":
+        svi = PoissonDPSVI(expected_batch=calibration.expected_batch, **common)
+
+        def update(svi_state, batch_key, i, arrays, thresholds):
+            count_key, pick_key = secure_rng.split(secure_rng.fold_in(batch_key, i), 2)
+            m = draw_batch_count(count_key, *thresholds)  # size + 1 means: truncated
+            idx = sample_from_array(pick_key, jnp.arange(n), size, 0, rng_suite=secure_rng)
+            batch = tuple(jnp.take(a, idx, axis=0) for a in arrays)
+            svi_state, loss = svi.masked_update(svi_state, jnp.arange(size) < m, *batch)
+            return svi_state, loss, (m > size).astype(jnp.int32)
+    else:
+        svi = DPSVI(**common)
+
+        def update(svi_state, batch_key, i, arrays, thresholds):
+            _, get_batch = subsample_batchify_data(arrays, batch_size=size, rng_suite=secure_rng)
+            svi_state, loss = svi.update(svi_state, *get_batch(i, batch_key))
+            return svi_state, loss, jnp.int32(0)
+
+    @jax.jit
+    def run_chunk(svi_state, batch_key, start, total, arrays, thresholds):
+        def step(carry, i):
+            svi_state, overflow, loss_sum = carry
+            new_state, loss, over = update(svi_state, batch_key, i, arrays, thresholds)
+            active = i < total  # the last chunk may run past the step count: no-ops
+            svi_state = jax.tree_util.tree_map(lambda a, b: jnp.where(active, a, b),
+                                               new_state, svi_state)
+            return (svi_state, overflow + jnp.where(active, over, 0),
+                    loss_sum + jnp.where(active, loss, 0.0)), None
+
+        steps = start + jnp.arange(settings.chunk, dtype=jnp.uint32)
+        (svi_state, overflow, loss_sum), _ = jax.lax.scan(
+            step, (svi_state, jnp.int32(0), jnp.float32(0.0)), steps)
+        ran = jnp.maximum(jnp.minimum(total - start, settings.chunk), 1).astype(jnp.float32)
+        return svi_state, overflow, loss_sum / ran
+
+    return svi, run_chunk
 
 
 def pin_to_cpus(cpus: set[int] | None) -> set[int]:

@@ -1,0 +1,146 @@
+"""Training and sampling in a separate process, pinned to a CPU set.
+
+JAX training is CPU-heavy: on the event loop it would stall heartbeats and the control
+socket, and unpinned JAX processes on a small machine slow each other down many times over
+(shared/DESIGN.md has the measurements). So a node runs each job in a fresh spawned process
+pinned to its CPUs and reads progress and the result from a pipe.
+"""
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import GeneratorError, TwinnodeError
+from ..twins import Release
+from .release import TrainPlan
+from .train import GeneratorSettings
+
+Progress = Callable[[int, int, float], None]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One unit of generator work; `kind` is "train" (costs privacy) or "sample" (free)."""
+
+    kind: str
+    schema_text: str
+    state_dir: str
+    posterior_path: str
+    k: int
+    sender: str
+    data_path: str = ""
+    plan: TrainPlan = TrainPlan()
+    settings: GeneratorSettings = GeneratorSettings()
+    cap_epsilon: float | None = None
+    cpus: tuple[int, ...] | None = None
+    seed: int | None = None
+
+
+def run_job(job: Job, progress: Progress | None = None) -> Release:
+    """Do the job in this process (the worker's body; also usable directly)."""
+    from ..data import read_table
+    from ..schema import Schema
+    from .posterior import Posterior
+    from .privacy import Ledger
+    from .release import draw_release, train_posterior
+
+    schema = Schema.from_toml(job.schema_text, "node schema")
+    ledger = Ledger(job.state_dir, cap_epsilon=job.cap_epsilon)
+    if job.kind == "train":
+        frame = read_table(job.data_path, schema)
+        posterior = train_posterior(schema, frame, job.plan, ledger, job.settings, job.seed,
+                                    progress)
+        posterior.save(job.posterior_path)
+    elif job.kind == "sample":
+        posterior = Posterior.load(job.posterior_path, schema)
+    else:
+        raise GeneratorError(f"unknown job kind {job.kind!r}")
+    return draw_release(posterior, schema, job.k, job.sender, job.seed, ledger)
+
+
+def _child(job: Job, conn: Any) -> None:
+    from .train import pin_to_cpus
+
+    try:
+        pin_to_cpus(set(job.cpus) if job.cpus else None)
+        release = run_job(job, lambda d, t, e: conn.send(("progress", d, t, e)))
+        conn.send(("done", release))
+    except TwinnodeError as exc:
+        conn.send(("error", type(exc).__name__, str(exc)))
+    except BaseException:  # report, never hang the parent
+        conn.send(("error", "internal", traceback.format_exc()))
+    finally:
+        conn.close()
+
+
+class Worker:
+    """Runs one job at a time in a spawned, CPU-pinned process; `cancel()` abandons it."""
+
+    def __init__(self) -> None:
+        self._proc: mp.process.BaseProcess | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self._proc is not None and self._proc.is_alive()
+
+    async def run(self, job: Job, progress: Progress | None = None) -> Release:
+        """Start the job and wait for its release; raises the job's error as GeneratorError."""
+        if self.busy:
+            raise GeneratorError("a generator job is already running")
+        ctx = mp.get_context("spawn")
+        parent, child = ctx.Pipe(duplex=False)
+        self._proc = ctx.Process(target=_child, args=(job, child), daemon=True,
+                                 name=f"twinnode-{job.kind}")
+        self._proc.start()
+        child.close()
+        try:
+            while True:
+                try:
+                    msg = await asyncio.to_thread(parent.recv)
+                except EOFError:
+                    raise GeneratorError(f"{job.kind} worker exited without a result "
+                                         f"(exit code {self._proc.exitcode})") from None
+                if msg[0] == "progress":
+                    if progress is not None:
+                        progress(*msg[1:])
+                elif msg[0] == "done":
+                    return msg[1]
+                else:
+                    raise _job_error(msg[1], msg[2])
+        except asyncio.CancelledError:
+            self.cancel()
+            raise
+        finally:
+            parent.close()
+            await asyncio.to_thread(self._reap)
+
+    def cancel(self) -> None:
+        """Abandon the running job (its ledger charge, if any, stays recorded)."""
+        if self._proc is not None and self._proc.is_alive():
+            self._proc.terminate()
+
+    def _reap(self) -> None:
+        if self._proc is not None:
+            self._proc.join(timeout=10)
+            if self._proc.is_alive():
+                self._proc.kill()
+                self._proc.join()
+            self._proc = None
+
+
+def _job_error(kind: str, message: str) -> TwinnodeError:
+    from .. import errors
+
+    cls = getattr(errors, kind, None)
+    if isinstance(cls, type) and issubclass(cls, TwinnodeError):
+        return cls(message)
+    return GeneratorError(f"generator job failed: {message}")
+
+
+def posterior_path(state_dir: str | Path, name: str = "posterior.npz") -> str:
+    """Where a node keeps its latest trained posterior."""
+    return str(Path(state_dir) / name)
