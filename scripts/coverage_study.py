@@ -2,8 +2,8 @@
 
 Each repetition draws fresh party data from the known Poisson model of
 `twinnode.simtwins` (`SMALL_TRUE_COEFFICIENTS`), makes K twins of each peer with a twin
-maker (default: `simtwins.posterior_twins`, NOT DP; pass the DP generator's maker once it
-exists), and records whether each pooled interval contains the true value, for:
+maker (default: `simtwins.posterior_twins`, NOT DP; `--twin-maker dp` trains the DP
+generator per party, or pass any maker to `run_study`/`main`), and records whether each pooled interval contains the true value, for:
 
 - twins only: one party's K twins pooled as fully synthetic data (the setting the
   Raghunathan–Reiter rule is derived for);
@@ -24,12 +24,15 @@ import time
 from typing import Any, Callable, Sequence
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import twin_makers  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 from twinnode.analysis import (AnalysisOptions, PooledFit, combined_fit, local_fit,  # noqa: E402
                                repool, twins_fit)
-from twinnode.simtwins import (SMALL_TRUE_COEFFICIENTS, TwinMaker, posterior_twins,  # noqa: E402
+from twinnode.simtwins import (SMALL_TRUE_COEFFICIENTS, TwinMaker,  # noqa: E402
                                simulate_small, small_schema)
 
 RULES = ("reiter", "rubin", "mixed")
@@ -100,13 +103,16 @@ def main(argv: Sequence[str] | None = None,
     ap.add_argument("--epsilon", type=float, default=1.0)
     ap.add_argument("--inflate", type=float, default=1.0,
                     help="posterior variance factor of the simulated twins (1: no DP)")
+    ap.add_argument("--twin-maker", choices=twin_makers.MAKERS, default="posterior",
+                    help="posterior: simulated, not DP (default); dp: train the DP "
+                         "generator per party (slow)")
+    ap.add_argument("--epochs", type=float, default=200.0, help="DP training epochs")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args(argv)
     if twin_maker is None:
-        def twin_maker(schema, frame, *, sender, k, epsilon, seed):
-            return posterior_twins(schema, frame, sender=sender, k=k, epsilon=epsilon,
-                                   seed=seed, inflate=args.inflate)
+        twin_maker = twin_makers.make(args.twin_maker, inflate=args.inflate,
+                                      epochs=args.epochs)
     t0 = time.perf_counter()
     out = run_study(twin_maker, reps=args.reps, k=args.k, peers=args.peers,
                     n_local=args.n_local, n_peer=args.n_peer, epsilon=args.epsilon,
@@ -116,7 +122,7 @@ def main(argv: Sequence[str] | None = None,
     out["seconds"] = round(time.perf_counter() - t0, 1)
     print(f"coverage of nominal 95% intervals, {out['reps']} repetitions, K = {out['k']}, "
           f"{out['peers']} peers x {out['n_peer']} rows, local {out['n_local']} rows, "
-          f"inflate {args.inflate} ({out['seconds']} s)")
+          f"maker {args.twin_maker}, inflate {args.inflate} ({out['seconds']} s)")
     print(f"{'scenario/rule/interval':<28}{'mean':>7}{'±mc':>7}{'fallback':>9}   per term")
     for key, r in out["results"].items():
         per = " ".join(f"{v:.3f}" for v in r["coverage"].values())

@@ -3,15 +3,16 @@
 Per seed: a local party, 5 honest peers and 1 peer that publishes twins of a shifted model
 (its rows are changed before its twins are made: 'outcome*F' scales the outcome, 'flip:COL'
 swaps a binary column's coding). Each peer's twins come from a twin maker (default:
-`simtwins.posterior_twins`, NOT DP; pass the DP generator's maker, with the same
-signature, to run the real study). Screening runs with the exclude policy; we record
+`simtwins.posterior_twins`, NOT DP; `--twin-maker dp` trains the DP generator per party
+for the real study, or pass any maker to `run_study`/`main`). Screening runs with the exclude policy; we record
 whether the shifted peer is flagged, how many honest peers are flagged, and how far the
 estimates with the shifted peer, and with the flagged peers excluded, are from the
 honest-only estimates (in honest-only standard errors, the largest over terms).
 A 'none' attack (6 honest peers) measures false flags alone.
 
     .venv/bin/python scripts/screening_study.py --seeds 20 --data small
-    .venv/bin/python scripts/screening_study.py --seeds 10 --data randhie --attacks outcome*2,flip:idp
+    .venv/bin/python scripts/screening_study.py --seeds 10 --data randhie \
+        --attacks none,outcome*1.5,flip:idp --twin-maker dp --epochs 200
 """
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ import time
 from typing import Any, Callable, Sequence
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import twin_makers  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -30,8 +34,8 @@ import pandas as pd  # noqa: E402
 from twinnode.analysis import AnalysisOptions, combined_fit  # noqa: E402
 from twinnode.schema import Schema  # noqa: E402
 from twinnode.screening import screen  # noqa: E402
-from twinnode.simtwins import (TwinMaker, poison_frame, posterior_twins,  # noqa: E402
-                               simulate_small, small_schema)
+from twinnode.simtwins import (TwinMaker, poison_frame, simulate_small,  # noqa: E402
+                               small_schema)
 
 HONEST = 5
 Parties = Callable[[int], tuple[Schema, pd.DataFrame, list[pd.DataFrame]]]
@@ -125,12 +129,15 @@ def main(argv: Sequence[str] | None = None,
     ap.add_argument("--epsilon", type=float, default=1.0)
     ap.add_argument("--inflate", type=float, default=1.0,
                     help="posterior variance factor of the simulated twins (1: no DP)")
+    ap.add_argument("--twin-maker", choices=twin_makers.MAKERS, default="posterior",
+                    help="posterior: simulated, not DP (default); dp: train the DP "
+                         "generator per party (slow)")
+    ap.add_argument("--epochs", type=float, default=200.0, help="DP training epochs")
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args(argv)
     if twin_maker is None:
-        def twin_maker(schema, frame, *, sender, k, epsilon, seed):
-            return posterior_twins(schema, frame, sender=sender, k=k, epsilon=epsilon,
-                                   seed=seed, inflate=args.inflate)
+        twin_maker = twin_makers.make(args.twin_maker, inflate=args.inflate,
+                                      epochs=args.epochs)
     parties = (small_parties(args.n_local, args.n_peer) if args.data == "small"
                else randhie_parties(args.n_local))
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
@@ -140,7 +147,8 @@ def main(argv: Sequence[str] | None = None,
                     progress=lambda s: print(f"\r{s:<40}", end="", file=sys.stderr))
     print(file=sys.stderr)
     print(f"screening study: data {args.data}, {HONEST} honest peers + 1 shifted, K = {args.k}, "
-          f"threshold p < {args.threshold}, inflate {args.inflate}, {args.seeds} seeds "
+          f"threshold p < {args.threshold}, maker {args.twin_maker}, inflate {args.inflate}, "
+          f"{args.seeds} seeds "
           f"({time.perf_counter() - t0:.0f} s)")
     print(f"{'attack':<14}{'shifted flagged':>16}{'honest flagged':>16}"
           f"{'|with - honest|':>17}{'|excl - honest|':>17}{'max excl':>10}")

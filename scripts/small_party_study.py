@@ -2,13 +2,14 @@
 
 Per seed: randhie is split into a test set and 5 parties; party 0 keeps only `--local-rows`
 rows (a small hospital). The 4 other parties publish K twins each, made by a twin maker
-(default: `simtwins.posterior_twins`, NOT DP — pass the DP generator's maker with the same
-signature for the real ε = 1 study). We report the mean test log-likelihood per record
+(default: `simtwins.posterior_twins`, NOT DP; `--twin-maker dp --epsilon 1` trains the DP
+generator per party for the real study, or pass any maker to `run_study`/`main`). We report the mean test log-likelihood per record
 (Monte Carlo over w ~ N(q̄, T), 100 draws) of party 0's local-only fit, of its combined fit,
 and of the oracle (all parties' real rows pooled), and the share of the local -> oracle gap
 that the combined fit closes: (combined - local) / (oracle - local).
 
     .venv/bin/python scripts/small_party_study.py --seeds 10 --local-rows 300
+    .venv/bin/python scripts/small_party_study.py --seeds 10 --twin-maker dp --epochs 200
 """
 from __future__ import annotations
 
@@ -20,13 +21,16 @@ import time
 from typing import Any, Sequence
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import twin_makers  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 from twinnode.analysis import (AnalysisOptions, combined_fit, evaluate, local_fit,  # noqa: E402
                                oracle_fit)
 from twinnode.data import randhie, split_parties  # noqa: E402
-from twinnode.simtwins import TwinMaker, posterior_twins  # noqa: E402
+from twinnode.simtwins import TwinMaker  # noqa: E402
 
 
 def run_study(twin_maker: TwinMaker, seeds: int = 10, parties: int = 5, local_rows: int = 300,
@@ -71,17 +75,21 @@ def main(argv: Sequence[str] | None = None,
     ap.add_argument("--rule", choices=("reiter", "rubin", "mixed"), default="reiter")
     ap.add_argument("--inflate", type=float, default=1.0,
                     help="posterior variance factor of the simulated twins (1: no DP)")
+    ap.add_argument("--twin-maker", choices=twin_makers.MAKERS, default="posterior",
+                    help="posterior: simulated, not DP (default); dp: train the DP "
+                         "generator per party (slow)")
+    ap.add_argument("--epochs", type=float, default=200.0, help="DP training epochs")
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args(argv)
     if twin_maker is None:
-        def twin_maker(schema, frame, *, sender, k, epsilon, seed):
-            return posterior_twins(schema, frame, sender=sender, k=k, epsilon=epsilon,
-                                   seed=seed, inflate=args.inflate)
+        twin_maker = twin_makers.make(args.twin_maker, inflate=args.inflate,
+                                      epochs=args.epochs)
     t0 = time.perf_counter()
     out = run_study(twin_maker, seeds=args.seeds, local_rows=args.local_rows, k=args.k,
                     epsilon=args.epsilon, rule=args.rule)
     print(f"randhie, party 0 with {args.local_rows} rows + 4 peers' twins (K = {args.k}, "
-          f"inflate {args.inflate}, rule {args.rule}); mean test log-likelihood per record "
+          f"maker {args.twin_maker}, inflate {args.inflate}, rule {args.rule}); mean test "
+          f"log-likelihood per record "
           f"({time.perf_counter() - t0:.0f} s)")
     print(f"{'seed':>4}{'local':>10}{'combined':>10}{'oracle':>10}{'gain':>9}{'gap closed':>12}")
     for r in out["rows"]:

@@ -24,11 +24,11 @@ with its larger noise.
 The twins' noise reflects the generator's model, and real parties differ more than that
 (e.g. an overdispersed outcome fitted as Poisson). So each family of statistics
 (outcome: the coefficients and the outcome's mean, which the generator's outcome model
-makes; covariates: the covariates' marginals) gets a dispersion factor φ = max(1, median z₀² / 0.455), where
-z₀ uses the noise terms alone (0.455 is the median of χ²₁; "genomic control" over all
-peers and statistics of the family, robust to the few large z of a shifted peer, and never
-below 1); the noise terms are multiplied by φ and τ² becomes the spread beyond φ times
-the noise. Measured on randhie split 7 ways with simulated twins, honest parties were
+makes; covariates: the covariates' marginals) gets a dispersion factor
+φ = max(1, median z₀² / 0.455), where z₀ uses the noise terms alone (0.455 is the median
+of χ²₁; "genomic control" over all peers and statistics of the family, robust to the few
+large z of a shifted peer, and never below 1); the noise terms are multiplied by φ and τ²
+becomes the spread beyond φ times the noise. Measured on randhie split 7 ways with simulated twins, honest parties were
 flagged in 5-8% of cases without φ.
 
 Score = max |z|; the p-value-like measure is Bonferroni over the statistics judged under a

@@ -1,0 +1,43 @@
+"""Twin makers for the study scripts: simulated posterior twins, or the DP generator's.
+
+Each maker has the `simtwins.TwinMaker` signature
+`(schema, frame, *, sender, k, epsilon, seed) -> Sequence[Twin]`.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from twinnode.schema import Schema
+from twinnode.simtwins import TwinMaker, posterior_twins
+from twinnode.twins import Twin
+
+MAKERS = ("posterior", "dp")
+
+
+def make(name: str, inflate: float = 1.0, epochs: float = 200.0,
+         ledger_root: str | None = None) -> TwinMaker:
+    """The named maker: 'posterior' (simulated, not DP) or 'dp' (train + sample, slow)."""
+    if name == "posterior":
+        def posterior(schema: Schema, frame: pd.DataFrame, *, sender: str, k: int,
+                      epsilon: float, seed: int) -> Sequence[Twin]:
+            return posterior_twins(schema, frame, sender=sender, k=k, epsilon=epsilon,
+                                   seed=seed, inflate=inflate)
+        return posterior
+    if name == "dp":
+        root = Path(ledger_root or tempfile.mkdtemp(prefix="twinnode-study-ledgers-"))
+
+        def dp(schema: Schema, frame: pd.DataFrame, *, sender: str, k: int,
+               epsilon: float, seed: int) -> Sequence[Twin]:
+            from twinnode.generator.privacy import Ledger
+            from twinnode.generator.release import TrainPlan, draw_release, train_posterior
+            # a fresh ledger per (party, seed): each study run is its own data release
+            ledger = Ledger(root / f"{sender}-{seed}")
+            post = train_posterior(schema, frame, TrainPlan(epsilon=epsilon, epochs=epochs),
+                                   ledger, seed=seed)
+            return draw_release(post, schema, k, sender, seed=seed).twins
+        return dp
+    raise ValueError(f"unknown twin maker {name!r}; expected one of {MAKERS}")
