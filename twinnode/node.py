@@ -1,0 +1,529 @@
+"""The asyncio node: one long-lived process per party that composes store, wire and transport.
+
+    start()   open the store (lock, crash recovery) and rebuild the replay guard from it;
+              bind PUB + ROUTER behind the ZAP allow-list, subscribe to every peer; serve the
+              control socket; then run the tasks below (and, with [training] auto, a first
+              publish job when nothing of ours was published yet)
+    tasks     SUB loop (twins, heartbeats) - ROUTER loop (catch-up requests) - one DEALER
+              loop and one catch-up worker per peer - heartbeat - periodic catch-up
+    stop()    cancel the job (a training worker is terminated, its ledger charge stays),
+              cancel the tasks, close the control socket, the sockets (linger 0), the store
+
+Every inbound message goes through `handle_frames`: `Verifier.open`, a check that the family
+belongs on the channel it came in on, then for a twin: store (durable) and only then
+`Verifier.accept`. A refusal is a `REJECTED (<reason>)` log line and a counter, never an
+exception out of a loop. The replay guard is rebuilt from the store's index at start, not
+saved beside it: the index is what was acknowledged, so the two cannot disagree after a crash,
+and an envelope the store quarantined can be fetched again.
+
+Catch-up (the ZeroMQ Guide's Clone pattern): a peer's first heartbeat, a heartbeat showing
+seqs we lack, and a periodic timer (one live peer per `catchup_interval`, round robin) wake
+that peer's catch-up worker, which sends a signed request with what we `have` per sender and
+waits for the end marker; the server answers with up to `catchup_batch` stored original
+envelopes (any sender's) and a signed end; the worker asks again while new twins arrive.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Sequence
+
+from .config import NodeConfig
+from .control import ControlServer, socket_path
+from .errors import (ControlError, DuplicateMessage, MalformedMessage, StoreError,
+                     TwinnodeError, WireError)
+from .eventlog import event
+from .generator.privacy import Ledger
+from .identity import Identity, TrustStore, fingerprint, curve_raw
+from .schema import Schema
+from .store import Store
+from .transport import Transport
+from .twins import Release
+from .wire import (END, HEARTBEAT, REQUEST, TWIN, CatchupEnd, CatchupRequest, Envelope,
+                   Heartbeat, ReplayGuard, Signer, Verifier, WireLimits, encode_catchup_end,
+                   encode_catchup_request, encode_heartbeat, encode_twin, rejection_line)
+
+log = logging.getLogger("twinnode.node")
+
+CHANNELS = {"sub": (TWIN, HEARTBEAT), "router": (REQUEST,), "dealer": (TWIN, END),
+            "local": (TWIN,)}
+CATCHUP_GAP = 0.2        # seconds between two requests of ours to one peer
+CATCHUP_TIMEOUT = 15.0   # seconds to wait for a peer's end marker
+SERVE_GAP = 0.05         # a peer asking more often than this gets an empty reply
+QUIET_REASONS = ("replay", "duplicate")  # expected when catch-up overlaps live traffic
+
+Reply = Callable[[Sequence[bytes]], Awaitable[bool]]
+
+
+@dataclass
+class PeerState:
+    """What this node knows of one pinned peer, from its heartbeats and our requests."""
+
+    name: str
+    address: str
+    last_heartbeat: float | None = None    # time.monotonic()
+    latest: int | None = None
+    holdings: dict[str, int] = field(default_factory=dict)
+    asked: Any = None                      # the heartbeat state that last woke catch-up
+    last_served: float = -math.inf
+    wanted: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def alive(self, interval: float) -> bool:
+        return (self.last_heartbeat is not None
+                and time.monotonic() - self.last_heartbeat < 3 * interval + 1.0)
+
+
+@dataclass
+class JobState:
+    """The node's one background job (train, publish, screen, analyze) as `status` shows it."""
+
+    name: str
+    state: str = "running"
+    progress: float | None = None
+    detail: str = ""
+    started: float = field(default_factory=time.time)
+    finished: float | None = None
+    result: dict[str, Any] = field(default_factory=dict)
+    error: TwinnodeError | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"name": self.name, "state": self.state, "progress": self.progress,
+               "detail": self.detail, "started": self.started, "finished": self.finished}
+        if self.error is not None:
+            out["error"] = str(self.error)
+        return out
+
+
+class Node:
+    """One party's node. `start()`/`stop()` are symmetric; `stop()` is safe twice."""
+
+    def __init__(self, config: NodeConfig, limits: WireLimits = WireLimits()) -> None:
+        self.config = config
+        self.name = config.name
+        self.state_dir = config.state_dir
+        self.limits = limits
+        self.schema = Schema.load(config.data.schema)
+        self.identity = Identity.load(config.keys_dir, self.name)
+        me = self.identity.peer(config.network.pub, config.network.router)
+        self.trust = TrustStore([me, *config.peers])  # pinned: our twins come back via peers
+        self.signer = Signer(self.identity)
+        self.ledger = Ledger(self.state_dir, cap_epsilon=config.privacy.cap_epsilon)
+        self.peers = {p.name: PeerState(p.name, p.pub_address or "") for p in config.peers}
+        self.rejected: Counter[str] = Counter()
+        self.counters: Counter[str] = Counter()
+        self.store: Store | None = None
+        self.verifier: Verifier | None = None
+        self.transport: Transport | None = None
+        self.control: ControlServer | None = None
+        self.job: JobState | None = None
+        self._job_task: asyncio.Task | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._pending: dict[bytes, asyncio.Future] = {}
+        self._ingest = asyncio.Lock()
+        self._stop_requested = asyncio.Event()
+        self._started = time.monotonic()
+        self._stopping = False
+        self._denied_logged: dict[bytes, float] = {}
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open the store and rebuild the replay guard from its index (no sockets)."""
+        if self.store is not None:
+            return
+        self.store = await asyncio.to_thread(Store.open, self.state_dir)
+        guard = ReplayGuard()
+        for entry in await asyncio.to_thread(self.store.list):
+            guard.accept(entry.sender, entry.seq, bytes.fromhex(entry.digest))
+        self.verifier = Verifier(self.trust, self.schema, guard, self.limits, local=self.name)
+
+    async def start(self) -> None:
+        """Open the store, bind and connect the sockets, serve control, start the tasks."""
+        from .nodecontrol import handlers  # control handlers read this node's state
+
+        self._started = time.monotonic()
+        try:
+            await self.open()
+            net = self.config.network
+            self.transport = Transport(
+                self.identity.curve_public, self.identity.curve_secret,
+                [p.curve_key for p in self.config.peers], hwm=net.hwm,
+                max_message_bytes=self.limits.max_payload_bytes + 4096,
+                on_denied=self._denied)
+            await self.transport.start(net.pub, net.router)
+            for peer in self.config.peers:
+                self.transport.connect(peer.name, peer.pub_address or "",
+                                       peer.router_address or "", peer.curve_key)
+            self.control = ControlServer(socket_path(self.state_dir), handlers(self))
+            await self.control.start()
+            self._spawn(self._sub_loop(), self._router_loop(), self._heartbeat_loop(),
+                        self._periodic_catchup())
+            for name in self.peers:
+                self._spawn(self._dealer_loop(name), self._catchup_worker(name))
+        except BaseException:
+            await self.stop()
+            raise
+        held = self.store.counts() if self.store else {}
+        event(log, "node.started", node=self.name, pub=self.transport.endpoints.get("pub"),
+              router=self.transport.endpoints.get("router"), peers=",".join(self.peers),
+              held=sum(held.values()), own_seq=self.own_latest(), pid=os.getpid())
+        if self.config.training.auto and held.get(self.name, 0) == 0:
+            from .nodework import publish_job
+            self.start_job("publish", lambda job: publish_job(self, job, {}))
+
+    async def stop(self) -> None:
+        """Abandon the job, cancel the tasks, close control socket, sockets and store."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self._stop_requested.set()
+        event(log, "node.stopping", node=self.name)
+        tasks = [t for t in [self._job_task, *self._tasks] if t is not None and not t.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks = []
+        if self.control is not None:
+            await self.control.stop()
+        if self.transport is not None:
+            self.transport.close()
+        if self.store is not None:
+            await asyncio.to_thread(self.store.close)
+        event(log, "node.stopped", node=self.name, accepted=self.counters["accepted"],
+              rejected=sum(self.rejected.values()))
+
+    def request_stop(self, why: str = "request") -> None:
+        """Ask `run_until_stopped` to stop the node (signal handlers, `shutdown`)."""
+        event(log, "node.stop_requested", why=why)
+        self._stop_requested.set()
+
+    async def run_until_stopped(self) -> None:
+        """Start, wait for a stop request, stop."""
+        try:
+            await self.start()
+            await self._stop_requested.wait()
+        finally:
+            await self.stop()
+
+    def uptime(self) -> float:
+        """Seconds since `start()`."""
+        return time.monotonic() - self._started
+
+    def _spawn(self, *coros: Awaitable[None]) -> None:
+        self._tasks += [asyncio.create_task(c) for c in coros]
+
+    # ---- receiving ---------------------------------------------------------------------
+
+    async def handle_frames(self, frames: Sequence[bytes], channel: str = "sub",
+                            reply: Reply | None = None) -> Envelope | None:
+        """Open one inbound message and act on it; a refusal is logged and counted.
+
+        Returns the verified envelope, or None when it was refused. Twins are stored before
+        the guard records them; a catch-up request is answered through `reply`.
+        """
+        assert self.verifier is not None, "open() the node first"
+        try:
+            async with self._ingest:
+                env = self.verifier.open(frames)
+                if env.family not in CHANNELS.get(channel, ()):
+                    raise _tagged(MalformedMessage(
+                        f"a {env.family} message does not belong on the {channel} channel"), env)
+                if env.family == TWIN:
+                    await self._store(env, channel)
+        except WireError as exc:
+            self._reject(exc, channel)
+            return None
+        except StoreError as exc:
+            self.rejected["store"] += 1
+            event(log, "store.failed", str(exc), level=logging.ERROR, channel=channel)
+            return None
+        if env.family == HEARTBEAT:
+            self._on_heartbeat(env.message)  # type: ignore[arg-type]
+        elif env.family == REQUEST:
+            await self._serve(env.message, reply)  # type: ignore[arg-type]
+        elif env.family == END:
+            future = self._pending.get(env.message.request_id)  # type: ignore[union-attr]
+            if future is not None and not future.done():
+                future.set_result(env.message)
+        return env
+
+    async def _receive(self, frames: Sequence[bytes], channel: str,
+                       reply: Reply | None = None) -> None:
+        """`handle_frames`, with anything unexpected logged and counted as internal."""
+        try:
+            await self.handle_frames(frames, channel, reply)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.rejected["internal"] += 1
+            log.exception("internal error while handling a message on %s", channel,
+                          extra={"event": "internal", "fields": {"channel": channel}})
+
+    async def _store(self, env: Envelope, channel: str) -> None:
+        assert self.store is not None and self.verifier is not None
+        p = env.twin.provenance
+        stored = await asyncio.to_thread(self.store.put, env.sender, env.seq, env.digest,
+                                         env.frames, kind="twin", k=p.index, release=p.release)
+        if not stored:
+            raise _tagged(DuplicateMessage(f"{env.sender} seq {env.seq} (or its content) is "
+                                           "already in the store"), env)
+        self.verifier.accept(env)
+        self.counters["accepted"] += 1
+        event(log, "twin.accepted", peer=env.sender, seq=env.seq, k=p.index,
+              release=p.release, channel=channel, level=logging.DEBUG)
+
+    def _reject(self, exc: WireError, channel: str) -> None:
+        self.rejected[exc.reason] += 1
+        level = logging.INFO if exc.reason in QUIET_REASONS else logging.WARNING
+        event(log, "rejected", rejection_line(exc), level=level, reason=exc.reason,
+              peer=getattr(exc, "sender", None), seq=getattr(exc, "seq", None), channel=channel,
+              count=self.rejected[exc.reason])
+
+    def _denied(self, key: bytes) -> None:
+        """ZAP refused a CURVE client: count it, log it (once a minute per key)."""
+        self.rejected["zap-denied"] += 1
+        now = time.monotonic()
+        if now - self._denied_logged.get(key, -math.inf) >= 60.0:
+            self._denied_logged[key] = now
+            event(log, "zap.denied", "DENIED (unpinned CURVE key)", level=logging.WARNING,
+                  key_fingerprint=fingerprint(curve_raw(key)), count=self.rejected["zap-denied"])
+
+    async def _sub_loop(self) -> None:
+        assert self.transport is not None
+        while True:
+            await self._receive(await self.transport.recv_sub(), "sub")
+
+    async def _router_loop(self) -> None:
+        assert self.transport is not None
+        transport = self.transport
+        while True:
+            routing_id, frames = await transport.recv_request()
+
+            async def reply(out: Sequence[bytes], rid: bytes = routing_id) -> bool:
+                return await transport.reply(rid, out)
+
+            await self._receive(frames, "router", reply)
+
+    async def _dealer_loop(self, peer: str) -> None:
+        assert self.transport is not None
+        while True:
+            await self._receive(await self.transport.recv_reply(peer), "dealer")
+
+    # ---- heartbeats and catch-up -------------------------------------------------------
+
+    def own_latest(self) -> int:
+        """The highest own seq held (our heartbeat's `latest`)."""
+        return self.latest_held(self.name)
+
+    def latest_held(self, sender: str) -> int:
+        assert self.verifier is not None
+        h = self.verifier.guard.holding(sender)
+        return max(h.watermark, *h.extra) if h.extra else h.watermark
+
+    async def _heartbeat_loop(self) -> None:
+        assert self.transport is not None and self.verifier is not None
+        while True:
+            hb = Heartbeat(self.name, self.own_latest(), self.verifier.guard.holdings())
+            await self.transport.publish(encode_heartbeat(hb, self.signer))
+            await asyncio.sleep(self.config.network.heartbeat_interval)
+
+    def _on_heartbeat(self, hb: Heartbeat) -> None:
+        peer = self.peers.get(hb.sender)
+        if peer is None:
+            return  # our own heartbeat, forwarded: nothing to learn
+        self.counters["heartbeats"] += 1
+        first = peer.last_heartbeat is None
+        peer.last_heartbeat, peer.latest, peer.holdings = (time.monotonic(), hb.latest,
+                                                           dict(hb.holdings))
+        state = (hb.latest, tuple(sorted(hb.holdings.items())))
+        if first:
+            event(log, "peer.heartbeat", "first heartbeat", peer=hb.sender, latest=hb.latest)
+        if first or (state != peer.asked and self._lacks(hb)):
+            peer.asked = state
+            peer.wanted.set()
+
+    def _lacks(self, hb: Heartbeat) -> bool:
+        """Whether the heartbeat shows twins its sender holds that we do not."""
+        assert self.verifier is not None
+        guard = self.verifier.guard
+        if hb.latest and guard.missing(hb.sender, hb.latest, limit=1):
+            return True
+        return any(s in self.trust and guard.missing(s, w, limit=1)
+                   for s, w in hb.holdings.items())
+
+    async def _periodic_catchup(self) -> None:
+        turn = 0
+        interval = self.config.network.catchup_interval
+        while True:
+            await asyncio.sleep(interval)
+            alive = [p for p in self.peers.values()
+                     if p.alive(self.config.network.heartbeat_interval)]
+            if alive:
+                alive[turn % len(alive)].wanted.set()
+                turn += 1
+
+    async def _catchup_worker(self, name: str) -> None:
+        peer = self.peers[name]
+        while True:
+            await peer.wanted.wait()
+            peer.wanted.clear()
+            try:
+                await self.catch_up(name)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.rejected["internal"] += 1
+                log.exception("catch-up from %s failed", name)
+            await asyncio.sleep(CATCHUP_GAP)
+
+    async def catch_up(self, peer: str) -> int:
+        """Ask `peer` for every stored envelope we lack, batch after batch; return how many
+        new twins arrived (0 when it is not connected or does not answer)."""
+        assert self.transport is not None and self.verifier is not None
+        total = 0
+        while True:
+            req = CatchupRequest(self.name, peer, self.verifier.guard.have())
+            future = asyncio.get_running_loop().create_future()
+            self._pending[req.request_id] = future
+            before = self.counters["accepted"]
+            try:
+                if not await self.transport.request(peer, encode_catchup_request(req,
+                                                                                 self.signer)):
+                    event(log, "catchup.skipped", "peer not connected", peer=peer,
+                          level=logging.DEBUG)
+                    return total
+                self.counters["catchup_requests"] += 1
+                end: CatchupEnd = await asyncio.wait_for(future, CATCHUP_TIMEOUT)
+            except asyncio.TimeoutError:
+                event(log, "catchup.timeout", f"no end marker within {CATCHUP_TIMEOUT:g} s",
+                      level=logging.WARNING, peer=peer)
+                return total
+            finally:
+                self._pending.pop(req.request_id, None)
+            new = self.counters["accepted"] - before
+            total += new
+            event(log, "catchup.done", peer=peer, sent=end.count, new=new,
+                  level=logging.INFO if end.count else logging.DEBUG)
+            if end.count == 0 or new == 0:
+                return total
+            await asyncio.sleep(CATCHUP_GAP)
+
+    async def _serve(self, req: CatchupRequest, reply: Reply | None) -> None:
+        """Answer a catch-up request: stored envelopes the requester lacks, then the end."""
+        assert self.store is not None
+        if reply is None:
+            return
+        peer = self.peers.get(req.sender)
+        now = time.monotonic()
+        if peer is not None and now - peer.last_served < SERVE_GAP:
+            self.rejected["throttled"] += 1
+            await reply(encode_catchup_end(CatchupEnd(self.name, req.sender, req.request_id, 0),
+                                           self.signer))
+            return
+        if peer is not None:
+            peer.last_served = now
+        wanted = await asyncio.to_thread(self._missing_for, req.have,
+                                         self.config.network.catchup_batch)
+        sent = 0
+        for sender, seq in wanted:
+            try:
+                frames = await asyncio.to_thread(self.store.frames, sender, seq)
+            except StoreError as exc:
+                event(log, "store.unreadable", str(exc), level=logging.ERROR, peer=sender,
+                      seq=seq)
+                continue
+            if not await reply(frames):
+                return
+            sent += 1
+        await reply(encode_catchup_end(CatchupEnd(self.name, req.sender, req.request_id, sent),
+                                       self.signer))
+        self.counters["served"] += sent
+        event(log, "catchup.served", peer=req.sender, sent=sent,
+              level=logging.INFO if sent else logging.DEBUG)
+
+    def _missing_for(self, have: Any, limit: int) -> list[tuple[str, int]]:
+        assert self.store is not None
+        out: list[tuple[str, int]] = []
+        for sender in self.store.counts():
+            if len(out) >= limit:
+                break
+            out += [(sender, seq) for seq in
+                    self.store.missing(sender, have.get(sender), limit - len(out))]
+        return out
+
+    # ---- publishing and jobs -----------------------------------------------------------
+
+    async def publish_release(self, release: Release,
+                              progress: Callable[[int, int], None] | None = None) -> list[int]:
+        """Reserve seqs, then per twin: sign, store (durable), publish. Returns the seqs."""
+        assert self.store is not None and self.transport is not None
+        if release.sender != self.name:
+            raise ControlError(f"this release is from {release.sender!r}, not {self.name!r}; "
+                               f"make it with --sender {self.name}")
+        seqs = await asyncio.to_thread(self.store.reserve_seq, len(release.twins))
+        for i, (twin, seq) in enumerate(zip(release.twins, seqs)):
+            frames = encode_twin(twin, self.schema, seq, self.signer)
+            env = await self.handle_frames(frames, "local")
+            if env is None:
+                raise ControlError(f"own twin {i} (seq {seq}) was refused; see the log")
+            await self.transport.publish(env.frames)
+            self.counters["published"] += 1
+            if progress is not None:
+                progress(i + 1, len(release.twins))
+        event(log, "release.published", release=release.receipt.get("release"),
+              k=len(release.twins), seqs=f"{seqs.start}-{seqs.stop - 1}")
+        return list(seqs)
+
+    def start_job(self, name: str,
+                  body: Callable[[JobState], Awaitable[dict[str, Any]]]) -> JobState:
+        """Run `body` as the node's one background job; ControlError if one is running."""
+        if self._job_task is not None and not self._job_task.done():
+            assert self.job is not None
+            raise ControlError(f"a {self.job.name} job is already running "
+                               f"({self.job.detail or 'started'}); wait for it to finish")
+        if self._stopping:
+            raise ControlError("the node is stopping")
+        job = JobState(name)
+        self.job = job
+        self._job_task = asyncio.create_task(self._run_job(job, body))
+        event(log, "job.started", job=name)
+        return job
+
+    async def wait_job(self) -> JobState:
+        """Wait for the current job to end (without cancelling it if the caller is)."""
+        if self._job_task is not None:
+            await asyncio.shield(self._job_task)
+        assert self.job is not None
+        return self.job
+
+    async def _run_job(self, job: JobState,
+                       body: Callable[[JobState], Awaitable[dict[str, Any]]]) -> None:
+        try:
+            job.result = await body(job)
+            job.state = "done"
+            event(log, "job.done", job=job.name, **{k: v for k, v in job.result.items()
+                                                   if isinstance(v, (str, int, float))})
+        except asyncio.CancelledError:
+            job.state, job.detail = "cancelled", "abandoned: the node stopped"
+            raise
+        except TwinnodeError as exc:
+            job.state, job.error = "failed", exc
+            event(log, "job.failed", str(exc), level=logging.ERROR, job=job.name,
+                  reason=exc.reason)
+        except Exception as exc:
+            job.state = "failed"
+            job.error = TwinnodeError(f"internal error in the {job.name} job: {exc!r}")
+            log.exception("job %s failed", job.name)
+        finally:
+            job.finished = time.time()
+
+
+def _tagged(exc: WireError, env: Envelope) -> WireError:
+    """Attach sender and seq, as Verifier.open does, for `rejection_line`."""
+    exc.sender, exc.seq = env.sender, env.seq  # type: ignore[attr-defined]
+    return exc

@@ -1,0 +1,209 @@
+"""The node's jobs: generator runs in a worker process, publishing, and analyses of stored twins.
+
+Each job body is `async fn(node, job, args) -> result dict` and runs as the node's one
+background job (`Node.start_job`); CPU work happens in the generator's spawned worker or in a
+thread, never on the event loop. The generator modules import JAX, so they are imported on
+first use, in a thread, and only when a job needs them.
+"""
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+from .atomic import write_json_atomic
+from .errors import ControlError, StoreError, WireError
+from .eventlog import event
+from .schema import Schema
+from .store import Store
+from .twins import Release, Twin, load_release
+from .wire import ReplayGuard, Verifier, WireLimits
+from .identity import TrustStore
+
+if TYPE_CHECKING:
+    from .node import JobState, Node
+
+log = logging.getLogger("twinnode.node")
+
+POSTERIOR_FILE = "posterior.npz"
+
+
+def posterior_path(node: "Node") -> Path:
+    """Where the node keeps its latest trained posterior (sampling from it is free)."""
+    return Path(node.state_dir) / POSTERIOR_FILE
+
+
+# ---- generator ------------------------------------------------------------------------------
+
+async def generate(node: "Node", job: "JobState", kind: str, args: Mapping[str, Any]) -> Release:
+    """Train (kind "train", charges the ledger) or sample ("sample", free) K twins in a
+    spawned worker pinned to [training] cpus; progress goes to `job`."""
+    worker = await asyncio.to_thread(importlib.import_module, "twinnode.generator.worker")
+    from .generator.release import TrainPlan
+    from .generator.train import GeneratorSettings
+
+    cfg = node.config
+    plan = TrainPlan(epsilon=float(args.get("epsilon", cfg.privacy.epsilon)),
+                     delta=cfg.privacy.delta, epochs=float(args.get("epochs", cfg.privacy.epochs)),
+                     q=cfg.privacy.q, batching=cfg.privacy.batching)
+    g = cfg.generator
+    settings = GeneratorSettings(components=g.components, outcome=g.outcome, clip=g.clip,
+                                 learning_rate=g.learning_rate)
+    spec = worker.Job(kind=kind, schema_text=node.schema.to_toml(), state_dir=str(node.state_dir),
+                      posterior_path=str(posterior_path(node)), k=int(args.get("k", cfg.k)),
+                      sender=node.name, data_path=str(cfg.data.path), plan=plan,
+                      settings=settings, cap_epsilon=cfg.privacy.cap_epsilon,
+                      cpus=cfg.training.cpus)
+    job.detail = f"{kind}: starting the worker"
+
+    def progress(done: int, total: int, elbo: float) -> None:
+        job.progress = done / total if total else None
+        job.detail = f"{kind}: step {done}/{total}, ELBO/row {elbo:.3f}"
+
+    release = await worker.Worker().run(spec, progress)
+    receipt = Path(node.state_dir) / "releases" / f"{release.receipt.get('release')}.json"
+    await asyncio.to_thread(write_json_atomic, receipt, release.receipt)
+    event(log, f"generator.{kind}", release=release.receipt.get("release"),
+          k=len(release.twins), epsilon=release.receipt.get("epsilon"))
+    return release
+
+
+async def train_job(node: "Node", job: "JobState", args: Mapping[str, Any]) -> dict[str, Any]:
+    """Train, draw K twins, and (unless publish=false) publish them."""
+    release = await generate(node, job, "train", args)
+    if not args.get("publish", True):
+        return {"message": f"trained release {release.receipt.get('release')} "
+                           "(not published; `publish` samples from it for free)",
+                "release": release.receipt.get("release")}
+    return await _publish(node, job, release)
+
+
+async def publish_job(node: "Node", job: "JobState", args: Mapping[str, Any]) -> dict[str, Any]:
+    """Publish `release` (a directory from `twinnode train`), or fresh twins: sampled from
+    the saved posterior when there is one (free), else trained (charges the ledger)."""
+    if "release" in args:
+        directory = Path(args["release"])
+        if not directory.is_absolute():
+            raise ControlError(f"publish: release must be an absolute path (the node does not "
+                               f"know your working directory), got {str(directory)!r}")
+        job.detail = f"loading {directory}"
+        release = await asyncio.to_thread(load_release, directory, node.schema)
+    else:
+        kind = "sample" if posterior_path(node).exists() else "train"
+        release = await generate(node, job, kind, args)
+    return await _publish(node, job, release)
+
+
+async def _publish(node: "Node", job: "JobState", release: Release) -> dict[str, Any]:
+    def progress(done: int, total: int) -> None:
+        job.progress, job.detail = done / total, f"publishing twin {done}/{total}"
+
+    job.progress = 0.0
+    seqs = await node.publish_release(release, progress)
+    return {"message": f"published {len(seqs)} twins (seqs {seqs[0]}-{seqs[-1]})",
+            "release": release.receipt.get("release"), "seqs": [seqs[0], seqs[-1]]}
+
+
+# ---- analyses over stored twins ---------------------------------------------------------------
+
+def stored_peer_twins(store: Store, trust: TrustStore, schema: Schema, own: str,
+                      limits: WireLimits = WireLimits()) -> dict[str, list[Twin]]:
+    """Each peer's latest published release, read back from the store and re-verified
+    (signature, digest, schema): what the analyses use. Runs in a thread."""
+    verifier = Verifier(trust, schema, ReplayGuard(), limits)
+    by_sender: dict[str, list] = {}
+    for entry in store.list():
+        if entry.sender != own and entry.kind == "twin":
+            by_sender.setdefault(entry.sender, []).append(entry)
+    peers: dict[str, list[Twin]] = {}
+    for sender, entries in by_sender.items():
+        latest = entries[-1].release  # entries are in seq order
+        twins = []
+        for entry in entries:
+            if entry.release != latest:
+                continue
+            try:
+                twins.append(verifier.open(store.frames(entry.sender, entry.seq)).twin)
+            except (WireError, StoreError) as exc:
+                event(log, "store.reverify_failed", str(exc), level=logging.WARNING,
+                      peer=entry.sender, seq=entry.seq)
+        if twins:  # one publication: the draw of the highest seq (a release may be re-sampled)
+            created = twins[-1].provenance.created
+            peers[sender] = [t for t in twins if t.provenance.created == created]
+    return peers
+
+
+def screen_report(schema: Schema, peers: Mapping[str, list[Twin]], policy: str,
+                  threshold: float, local: Any = None) -> Any:
+    """screening.screen, imported on use (it pulls in the statistics stack)."""
+    from .screening import screen
+
+    return screen(schema, peers, policy, threshold, local_frame=local)
+
+
+async def _inputs(node: "Node", with_local: bool) -> tuple[dict[str, list[Twin]], Any]:
+    assert node.store is not None
+    peers = await asyncio.to_thread(stored_peer_twins, node.store, node.trust, node.schema,
+                                    node.name, node.limits)
+    local = None
+    if with_local:
+        from .data import read_table
+        local = await asyncio.to_thread(read_table, node.config.data.path, node.schema)
+    return peers, local
+
+
+async def screen_job(node: "Node", job: "JobState", args: Mapping[str, Any]) -> dict[str, Any]:
+    """Screen each peer's twins against the others; mark stored twins flagged/excluded."""
+    policy = args.get("policy", node.config.screening.policy)
+    threshold = float(args.get("threshold", node.config.screening.threshold))
+    job.detail = "loading stored twins"
+    peers, _ = await _inputs(node, with_local=False)
+    job.detail = f"screening {len(peers)} peers"
+    report = await asyncio.to_thread(screen_report, node.schema, peers, policy, threshold)
+    mark = "excluded" if policy == "exclude" else "flagged"
+    statuses = {name: mark if name in report.flagged else "accepted" for name in peers}
+    await asyncio.to_thread(_set_statuses, node.store, statuses)
+    return {"message": report.message, "flagged": list(report.flagged),
+            "screening": report.to_dict()}
+
+
+def _set_statuses(store: Store | None, statuses: Mapping[str, str]) -> None:
+    assert store is not None
+    for entry in store.list():
+        wanted = statuses.get(entry.sender)
+        if wanted is not None and entry.status != wanted:
+            store.set_status(entry.sender, entry.seq, wanted)
+
+
+async def analyze_job(node: "Node", job: "JobState", args: Mapping[str, Any]) -> dict[str, Any]:
+    """Combined analysis (local rows + peers' latest twins, screened under the policy),
+    beside the local-only fit; the full report is written to state/reports/."""
+    policy = args.get("policy", node.config.screening.policy)
+    threshold = float(args.get("threshold", node.config.screening.threshold))
+    job.detail = "loading local data and stored twins"
+    peers, local = await _inputs(node, with_local=True)
+    job.detail = f"fitting over {len(peers)} peers"
+    report = await asyncio.to_thread(_analysis, node.schema, peers, local, policy, threshold)
+    path = Path(node.state_dir) / "reports" / f"analysis-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    await asyncio.to_thread(write_json_atomic, path, report)
+    combined, alone = report["combined"]["coefficients"], report["local"]["coefficients"]
+    summary = {term: {"estimate": c["estimate"], "se": c["se"],
+                      "local_estimate": alone.get(term, {}).get("estimate"),
+                      "local_se": alone.get(term, {}).get("se")}
+               for term, c in combined.items()}
+    pooling = report["combined"]["pooling"]
+    return {"message": f"analysis over {len(pooling['peers'])} peer(s), K = {pooling['k']}; "
+                       f"{report['screening']['message']}",
+            "report": str(path), "peers": pooling["peers"], "coefficients": summary}
+
+
+def _analysis(schema: Schema, peers: Mapping[str, list[Twin]], local: Any, policy: str,
+              threshold: float) -> dict[str, Any]:
+    from .analysis import local_fit
+
+    report = screen_report(schema, peers, policy, threshold, local)
+    return {"schema": schema.hash, "combined": report.chosen.to_dict(),
+            "local": local_fit(schema, local).to_dict(), "screening": report.to_dict()}
