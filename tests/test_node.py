@@ -1,0 +1,317 @@
+"""The node in-process: store-then-accept, refusals by reason, catch-up serving, restarts, control."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Awaitable
+
+import pytest
+
+from conftest import SMALL_SCHEMA, make_small_frame
+from twinnode.config import NodeConfig, load_config
+from twinnode.control import request, socket_path
+from twinnode.errors import ControlError
+from twinnode.harness import free_ports, to_toml
+from twinnode.identity import Identity, save_identity
+from twinnode.node import Node
+from twinnode.schema import Schema
+from twinnode.twins import Provenance, Release, Twin, save_release
+from twinnode.wire import (CatchupEnd, CatchupRequest, Heartbeat, Holding, ReplayGuard, Signer,
+                           Verifier, encode_catchup_request, encode_heartbeat, encode_twin)
+
+WAIT = 10.0
+
+
+@dataclass
+class Party:
+    """alice's node config, plus the keys of her pinned peers bob and mallory, and eve's."""
+
+    config: NodeConfig
+    schema: Schema
+    alice: Identity
+    bob: Identity
+    mallory: Identity
+    eve: Identity  # not pinned
+
+
+@pytest.fixture
+def party(tmp_path: Path, small_csv: Path) -> Party:
+    (tmp_path / "schema.toml").write_text(SMALL_SCHEMA)
+    ids = {n: Identity.generate(n) for n in ("alice", "bob", "mallory", "eve")}
+    save_identity(ids["alice"], tmp_path / "keys")
+    ports = free_ports(6)
+    peers = [ids[n].peer(f"tcp://127.0.0.1:{ports[2 * i + 2]}",
+                         f"tcp://127.0.0.1:{ports[2 * i + 3]}")
+             for i, n in enumerate(("bob", "mallory"))]
+    doc = {"node": {"name": "alice"}, "data": {"path": str(small_csv), "schema": "schema.toml"},
+           "twins": {"k": 3},
+           "network": {"pub": f"tcp://127.0.0.1:{ports[0]}",
+                       "router": f"tcp://127.0.0.1:{ports[1]}", "heartbeat_interval": 0.2}}
+    (tmp_path / "node.toml").write_text(to_toml(doc, peers))
+    config = load_config(tmp_path / "node.toml")
+    return Party(config, Schema.load(tmp_path / "schema.toml"), **ids)
+
+
+def make_twins(schema: Schema, sender: str, k: int = 3, seed: int = 0) -> list[Twin]:
+    prov = dict(sender=sender, schema_hash=schema.hash, epsilon=1.0, delta=1e-3, n=20, k=k,
+                relation="add-remove", release=f"{sender}-r{seed}", created=1000.0 + seed,
+                generator={"components": 2})
+    return [Twin(Provenance(index=i, **prov),
+                 schema.to_arrays(make_small_frame(schema, n=20, seed=100 * seed + i)))
+            for i in range(k)]
+
+
+def signed(twins: list[Twin], schema: Schema, signer: Identity, first_seq: int = 1) -> list:
+    return [encode_twin(t, schema, first_seq + i, Signer(signer)) for i, t in enumerate(twins)]
+
+
+def run(coro: Awaitable[Any]) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, 6 * WAIT))
+
+
+async def opened(party: Party) -> Node:
+    node = Node(party.config)
+    await node.open()
+    return node
+
+
+def test_a_peers_twin_is_stored_then_accepted_and_a_resend_counts_as_replay(party):
+    async def main() -> None:
+        node = await opened(party)
+        frames = signed(make_twins(party.schema, "bob"), party.schema, party.bob)
+        # Execute
+        first = [await node.handle_frames(f) for f in frames]
+        again = await node.handle_frames(frames[0])
+        # Assert
+        assert [e.seq for e in first] == [1, 2, 3] and again is None
+        assert node.store.counts() == {"bob": 3}
+        assert node.store.frames("bob", 2) == frames[1]  # stored byte for byte
+        assert node.verifier.guard.latest("bob") == 3
+        assert dict(node.rejected) == {"replay": 1}
+        await node.stop()
+
+    run(main())
+
+
+def test_forged_garbage_unpinned_misrouted_and_foreign_schema_messages_are_counted_by_reason(
+        party, caplog):
+    async def main() -> None:
+        node = await opened(party)
+        bob_twins = make_twins(party.schema, "bob")
+        as_bob = Identity("bob", party.mallory.sign_secret, party.mallory.curve_public,
+                          party.mallory.curve_secret)  # mallory's key, bob's name
+        forged = signed(bob_twins[:1], party.schema, as_bob)[0]
+        other = Schema.from_toml(SMALL_SCHEMA.replace("upper = 50", "upper = 60"), "other")
+        foreign = make_twins(other, "bob", seed=1)
+        hb = encode_heartbeat(Heartbeat("bob", 0, {}), Signer(party.bob))
+        cases = {
+            "signature": forged,
+            "malformed": [b"twin:bob", b"\xc1garbage", b"", b"\0" * 64],
+            "unknown-sender": signed(make_twins(party.schema, "eve"), party.schema,
+                                     party.eve)[0],
+            "schema": signed(foreign[:1], other, party.bob)[0],
+        }
+        # Execute
+        with caplog.at_level(logging.INFO, logger="twinnode.node"):
+            results = {reason: await node.handle_frames(f) for reason, f in cases.items()}
+            misrouted = await node.handle_frames(hb, channel="router")
+            short = await node.handle_frames([b"twin:bob"])
+        # Assert: each refused under its reason, nothing stored, nothing raised
+        assert all(r is None for r in results.values()) and misrouted is None and short is None
+        assert dict(node.rejected) == {"signature": 1, "malformed": 3, "unknown-sender": 1,
+                                       "schema": 1}
+        assert node.store.counts() == {}
+        lines = [r.getMessage() for r in caplog.records]
+        assert any(m.startswith("REJECTED (signature) peer=bob seq=1") for m in lines)
+        assert any("REJECTED (malformed) peer=bob seq=-: a hb message does not belong on the "
+                   "router channel" in m for m in lines)
+        # an honest twin still goes through afterwards
+        assert (await node.handle_frames(signed(bob_twins, party.schema, party.bob)[0])).seq == 1
+        await node.stop()
+
+    run(main())
+
+
+def test_catchup_request_is_answered_with_missing_stored_envelopes_then_an_end_marker(party):
+    async def main() -> None:
+        # Prepare: alice holds bob's 1..3 and mallory's 1..3
+        node = await opened(party)
+        stored = {name: signed(make_twins(party.schema, name, seed=seed), party.schema,
+                               getattr(party, name))
+                  for seed, name in enumerate(("bob", "mallory"))}
+        for frames in stored.values():
+            for f in frames:
+                assert await node.handle_frames(f) is not None
+        replies: list[list[bytes]] = []
+
+        async def reply(frames) -> bool:
+            replies.append(list(frames))
+            return True
+
+        # Execute: mallory asks, holding her own twins and bob's seq 1 and 3
+        have = {"mallory": Holding(3), "bob": Holding(1, (3,))}
+        req = encode_catchup_request(CatchupRequest("mallory", "alice", have), Signer(party.mallory))
+        env = await node.handle_frames(req, channel="router", reply=reply)
+        # Assert: bob's seq 2 exactly as stored, then a signed end marker counting 1
+        assert env is not None and len(replies) == 2
+        assert replies[0] == stored["bob"][1]
+        end = Verifier(node.trust, node.schema, ReplayGuard(), local="mallory").open(
+            replies[1]).message
+        assert isinstance(end, CatchupEnd) and end.count == 1 and end.sender == "alice"
+        assert node.counters["served"] == 1
+        await node.stop()
+
+    run(main())
+
+
+def test_heartbeat_showing_twins_we_lack_wakes_catchup_for_that_peer_once_per_state(party):
+    async def main() -> None:
+        node = await opened(party)
+        bob = Signer(party.bob)
+        wanted = node.peers["bob"].wanted
+        # Execute / Assert: the first heartbeat always wakes catch-up
+        await node.handle_frames(encode_heartbeat(Heartbeat("bob", 0, {}), bob))
+        assert wanted.is_set() and node.peers["bob"].last_heartbeat is not None
+        wanted.clear()
+        await node.handle_frames(encode_heartbeat(Heartbeat("bob", 0, {}), bob))
+        assert not wanted.is_set()  # nothing new
+        await node.handle_frames(encode_heartbeat(Heartbeat("bob", 2, {"mallory": 4}), bob))
+        assert wanted.is_set() and node.peers["bob"].latest == 2
+        wanted.clear()
+        await node.handle_frames(encode_heartbeat(Heartbeat("bob", 2, {"mallory": 4}), bob))
+        assert not wanted.is_set()  # same state: the periodic catch-up covers a lost reply
+        await node.stop()
+
+    run(main())
+
+
+def test_replay_guard_is_rebuilt_from_the_store_so_replays_stay_refused_after_restart(party):
+    async def main() -> None:
+        frames = signed(make_twins(party.schema, "bob"), party.schema, party.bob)
+        node = await opened(party)
+        for f in frames:
+            await node.handle_frames(f)
+        await node.stop()
+        await node.stop()  # safe twice
+        # Execute: a new process's node on the same state, the first twin again
+        again = await opened(party)
+        replayed = await again.handle_frames(frames[0])
+        # Assert
+        assert replayed is None and dict(again.rejected) == {"replay": 1}
+        # a file the store lost is quarantined at open and can be fetched again
+        lost = again.store.envelopes_dir / "bob" / f"{2:010d}.env"
+        await again.stop()
+        lost.unlink()
+        third = await opened(party)
+        assert third.store.counts() == {"bob": 2}
+        assert (await third.handle_frames(frames[1])).seq == 2
+        await third.stop()
+
+    run(main())
+
+
+def write_release(party: Party, tmp: Path, sender: str = "alice", seed: int = 0) -> Path:
+    twins = make_twins(party.schema, sender, seed=seed)
+    prov = twins[0].provenance
+    receipt = {"format": "twinnode-receipt/1", "sender": sender, "schema_hash": prov.schema_hash,
+               "epsilon": prov.epsilon, "delta": prov.delta, "n": prov.n, "k": prov.k,
+               "relation": prov.relation, "release": prov.release, "created": prov.created,
+               "generator": dict(prov.generator)}
+    return save_release(Release(receipt, tuple(twins)), tmp / f"release-{sender}-{seed}",
+                        party.schema)
+
+
+def test_published_seqs_are_stored_before_sending_and_never_reused_after_restart(party, tmp_path):
+    async def main() -> None:
+        ask = socket_path(party.config.state_dir)
+        node = Node(party.config)
+        await node.start()
+        try:
+            # Execute
+            first = await request(ask, "publish", {"release": str(write_release(party, tmp_path)),
+                                                   "wait": True}, WAIT)
+        finally:
+            await node.stop()
+        node = Node(party.config)
+        await node.start()
+        try:
+            second = await request(ask, "publish", {"release": str(write_release(
+                party, tmp_path, seed=1)), "wait": True}, WAIT)
+            with pytest.raises(ControlError, match="release is from 'bob', not 'alice'"):
+                await request(ask, "publish", {"release": str(write_release(
+                    party, tmp_path, sender="bob")), "wait": True}, WAIT)
+            with pytest.raises(ControlError, match="must be an absolute path"):
+                await request(ask, "publish", {"release": "rel", "wait": True}, WAIT)
+            status = await request(ask, "status", {}, WAIT)
+        finally:
+            await node.stop()
+        # Assert
+        assert first["seqs"] == [1, 3] and second["seqs"] == [4, 6]
+        assert status["own_seq"] == 6 and status["twins"] == {"alice": 6}
+        assert status["counters"]["published"] == 3
+
+    run(main())
+
+
+def test_control_socket_is_0600_and_bad_requests_get_clear_errors_while_it_keeps_serving(party):
+    async def main() -> None:
+        node = Node(party.config)
+        await node.start()
+        path = socket_path(party.config.state_dir)
+        try:
+            assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+            replies = await asyncio.to_thread(raw_exchange, path, [
+                b'{"cmd": "frobnicate"}\n', b'{"cmd": "status"\n', b'{"cmd": "status"}\n',
+                b'{"cmd": "twins", "args": {"detail": "yes"}}\n'])
+            unknown, malformed, status, bad_arg = replies
+            assert unknown["error"]["type"] == "unknown-command"
+            assert "frobnicate" in unknown["error"]["message"]
+            assert "status" in unknown["error"]["message"]
+            assert malformed["error"]["type"] == "malformed"
+            assert status["ok"] and status["result"]["node"] == "alice"
+            assert [p["name"] for p in status["result"]["peers"]] == ["bob", "mallory"]
+            assert bad_arg["error"]["type"] == "control" and "detail" in \
+                bad_arg["error"]["message"]
+            budget = await request(path, "budget", {}, WAIT)
+            assert budget["spent"] == 0 and budget["entries"] == []
+        finally:
+            await node.stop()
+        assert not path.exists()
+
+    run(main())
+
+
+def raw_exchange(path: Path, lines: list[bytes]) -> list[dict]:
+    """Send each line on one connection and read one reply line per request."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(WAIT)
+        sock.connect(str(path))
+        out, buf = [], b""
+        for line in lines:
+            sock.sendall(line)
+            while b"\n" not in buf:
+                buf += sock.recv(65536)
+            reply, buf = buf.split(b"\n", 1)
+            out.append(json.loads(reply))
+        return out
+
+
+def test_shutdown_command_replies_then_stops_the_node(party):
+    async def main() -> None:
+        node = Node(party.config)
+        runner = asyncio.create_task(node.run_until_stopped())
+        path = socket_path(party.config.state_dir)
+        while not path.exists():
+            assert not runner.done(), runner.exception()
+            await asyncio.sleep(0.02)
+        reply = await request(path, "shutdown", {}, WAIT)
+        await asyncio.wait_for(runner, WAIT)
+        assert reply == {"message": "stopping"} and not path.exists()
+
+    run(main())

@@ -1,0 +1,168 @@
+"""Transport: CURVE on every socket, a ZAP allow-list of pinned keys, bounded frames, clean close."""
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Awaitable, Callable
+
+import pytest
+import zmq
+
+from twinnode.errors import TransportError
+from twinnode.transport import Transport
+
+WAIT = 10.0  # every wait in these tests is bounded by this
+ANY = "tcp://127.0.0.1:*"
+
+
+def run(coro: Awaitable[Any]) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, 3 * WAIT))
+
+
+async def started(keys: tuple[bytes, bytes], allowed: list[bytes], **kw: Any) -> Transport:
+    t = Transport(*keys, allowed, **kw)
+    await t.start(ANY, ANY)
+    return t
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + WAIT
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+async def drain(t: Transport, into: list, recv: Callable[[], Awaitable[list[bytes]]]) -> None:
+    while True:
+        into.append(await recv())
+
+
+def test_pinned_subscriber_receives_and_an_unpinned_one_is_denied_and_gets_nothing():
+    async def main() -> None:
+        # Prepare: a server allowing only `friend`; a stranger with a fresh key
+        server_keys, friend_keys, stranger_keys = (zmq.curve_keypair() for _ in range(3))
+        denied: list[bytes] = []
+        server = await started(server_keys, [friend_keys[0]], on_denied=denied.append)
+        friend = await started(friend_keys, [])
+        stranger = await started(stranger_keys, [])
+        for client in (friend, stranger):
+            client.connect("server", server.endpoints["pub"], server.endpoints["router"],
+                           server_keys[0])
+        got_friend: list = []
+        got_stranger: list = []
+        tasks = [asyncio.create_task(drain(friend, got_friend, friend.recv_sub)),
+                 asyncio.create_task(drain(stranger, got_stranger, stranger.recv_sub))]
+        try:
+            # Execute: publish until the friend has heard three messages and ZAP said no
+            n = 0
+            while len(got_friend) < 3 or not denied:
+                await server.publish([b"hb:server", b"%d" % n])
+                n += 1
+                await asyncio.sleep(0.02)
+                assert n < WAIT / 0.02, "friend never received"
+            for _ in range(10):  # more chances for the stranger
+                await server.publish([b"twin:server", b"late"])
+                await asyncio.sleep(0.02)
+            # Assert
+            assert got_stranger == []
+            assert stranger_keys[0] in denied and friend_keys[0] not in denied
+            assert server.allow.denied == len(denied)
+            assert all(m[0] == b"hb:server" for m in got_friend[:3])
+        finally:
+            for task in tasks:
+                task.cancel()
+            for t in (server, friend, stranger):
+                t.close()
+
+    run(main())
+
+
+def test_catchup_round_trip_over_router_and_dealer_only_for_pinned_keys():
+    async def main() -> None:
+        server_keys, friend_keys, stranger_keys = (zmq.curve_keypair() for _ in range(3))
+        server = await started(server_keys, [friend_keys[0]])
+        friend = await started(friend_keys, [])
+        stranger = await started(stranger_keys, [])
+        for client in (friend, stranger):
+            client.connect("server", server.endpoints["pub"], server.endpoints["router"],
+                           server_keys[0])
+        try:
+            # Execute: the friend's request gets through once the handshake is done
+            sent = False
+            while not sent:
+                sent = await friend.request("server", [b"req:friend", b"have"])
+                await asyncio.sleep(0.02)
+            routing_id, frames = await asyncio.wait_for(server.recv_request(), WAIT)
+            assert frames == [b"req:friend", b"have"]
+            assert await server.reply(routing_id, [b"twin:x", b"payload"])
+            assert await asyncio.wait_for(friend.recv_reply("server"), WAIT) == \
+                [b"twin:x", b"payload"]
+            # the stranger never completes a handshake, so its DEALER has nowhere to send
+            await until(lambda: server.allow.denied >= 1, "the stranger's denial")
+            assert await stranger.request("server", [b"req:stranger", b"x"]) is False
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(server.recv_request(), 0.5)
+        finally:
+            for t in (server, friend, stranger):
+                t.close()
+
+    run(main())
+
+
+def test_request_to_a_peer_that_is_down_fails_at_once_instead_of_queueing():
+    async def main() -> None:
+        keys, gone = zmq.curve_keypair(), zmq.curve_keypair()
+        client = await started(keys, [])
+        try:
+            client.connect("gone", "tcp://127.0.0.1:1", "tcp://127.0.0.1:2", gone[0])
+            assert await asyncio.wait_for(client.request("gone", [b"x"]), 1.0) is False
+            with pytest.raises(TransportError, match="no connection to peer 'nobody'"):
+                await client.request("nobody", [b"x"])
+        finally:
+            client.close()
+
+    run(main())
+
+
+def test_a_frame_above_the_size_limit_disconnects_the_sender_and_smaller_ones_flow():
+    async def main() -> None:
+        server_keys, client_keys = zmq.curve_keypair(), zmq.curve_keypair()
+        server = await started(server_keys, [client_keys[0]], max_message_bytes=1000)
+        client = await started(client_keys, [])
+        client.connect("server", server.endpoints["pub"], server.endpoints["router"],
+                       server_keys[0])
+        try:
+            while not await client.request("server", [b"small"]):
+                await asyncio.sleep(0.02)
+            assert (await asyncio.wait_for(server.recv_request(), WAIT))[1] == [b"small"]
+            # Execute: one frame too big, then small ones until one arrives after reconnecting
+            assert await client.request("server", [b"x" * 5000])
+            got = None
+            for i in range(200):
+                await client.request("server", [b"after %d" % i])
+                try:
+                    got = (await asyncio.wait_for(server.recv_request(), 0.05))[1]
+                    break
+                except asyncio.TimeoutError:
+                    pass
+            # Assert: the big frame never arrived; traffic resumed
+            assert got is not None and got[0].startswith(b"after")
+        finally:
+            server.close()
+            client.close()
+
+    run(main())
+
+
+def test_close_is_safe_twice_and_a_busy_port_is_a_transport_error():
+    async def main() -> None:
+        first = await started(zmq.curve_keypair(), [])
+        second = Transport(*zmq.curve_keypair(), [])
+        with pytest.raises(TransportError, match="cannot bind the pub socket"):
+            await second.start(first.endpoints["pub"], ANY)
+        second.close()
+        first.close()
+        first.close()
+        with pytest.raises(TransportError, match="transport is closed"):
+            await first.publish([b"x"])
+
+    run(main())
