@@ -166,7 +166,8 @@ def fit(data: ModelData, layout: Layout, calibration: Calibration,
     if n != calibration.n:
         raise GeneratorError(f"calibrated for {calibration.n} rows but given {n}")
     t0 = time.perf_counter()
-    svi, run_chunk = _compiled(layout, n, settings, calibration)
+    svi, run_chunk = _compiled(layout, n, settings, calibration.batching, calibration.sigma,
+                               calibration.batch_size, calibration.expected_batch)
     init_key, batch_key = secure_rng.split(secure_rng.PRNGKey(seed), 2)
     arrays = tuple(jnp.asarray(a) for a in data)
     thresholds = tuple(jnp.asarray(a) for a in
@@ -191,7 +192,8 @@ def fit(data: ModelData, layout: Layout, calibration: Calibration,
 
 
 @lru_cache(maxsize=4)
-def _compiled(layout: Layout, n: int, settings: GeneratorSettings, calibration: Calibration):
+def _compiled(layout: Layout, n: int, settings: GeneratorSettings, batching: str, sigma: float,
+              size: int, expected_batch: float):
     """The DPSVI object and its jitted chunk of steps, reused by runs of the same shape.
 
     Data, keys and the step counter are arguments, not constants, so a second run with the
@@ -200,11 +202,9 @@ def _compiled(layout: Layout, n: int, settings: GeneratorSettings, calibration: 
     model = make_model(layout, n, settings)
     common = dict(model=model, guide=make_guide(model, layout, settings),
                   optim=numpyro.optim.Adam(settings.learning_rate), per_example_loss=Trace_ELBO(),
-                  clipping_threshold=settings.clip, dp_scale=calibration.sigma,
-                  rng_suite=secure_rng)
-    size = calibration.batch_size
-    if calibration.batching == "poisson":
-        svi = PoissonDPSVI(expected_batch=calibration.expected_batch, **common)
+                  clipping_threshold=settings.clip, dp_scale=sigma, rng_suite=secure_rng)
+    if batching == "poisson":
+        svi = PoissonDPSVI(expected_batch=expected_batch, **common)
 
         def update(svi_state, batch_key, i, arrays, thresholds):
             count_key, pick_key = secure_rng.split(secure_rng.fold_in(batch_key, i), 2)
