@@ -3,8 +3,8 @@
 
 All methods train the twin model on the same randhie rows as jitted `lax.scan` chunks, with
 the same batch selection (d3p's sampler, ChaCha20). Compile time is excluded (a warm-up run
-each; DPSVI times include its init, a second or so); the methods take turns for --rounds rounds and the best round counts, since this
-machine is shared and noisy. DPSVI pays for per-example gradients (vmap), clipping and
+each; DPSVI times include its init, a second or so); the methods take turns for --rounds
+rounds and the best round counts, since this machine is shared and noisy. DPSVI pays for per-example gradients (vmap), clipping and
 noise; Poisson batching adds a padded batch (its maximum size) and the secure count draw.
 
     .venv/bin/python scripts/bench_train.py [--rows 3000] [--q 0.01] [--steps 2000]
