@@ -44,8 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     from twinnode.data import randhie, split_parties
     from twinnode.fidelity import marginal_tvd
     from twinnode.generator.privacy import Ledger
-    from twinnode.generator.release import TrainPlan, draw_release, train_posterior
-    from twinnode.generator.train import GeneratorSettings
+    from twinnode.generator.release import draw_release, train_posterior
+    from twinnode.generator.settings import GeneratorSettings, TrainPlan
 
     schema, frame = randhie()
     real = split_parties(frame, parties=5, seed=args.seed).parties[0].iloc[: args.rows]

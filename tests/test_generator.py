@@ -11,9 +11,10 @@ from twinnode.errors import BudgetExceeded, GeneratorError, SchemaError
 from twinnode.generator.layout import Layout
 from twinnode.generator.posterior import Posterior
 from twinnode.generator.privacy import Calibration, Ledger
-from twinnode.generator.release import TrainPlan, draw_release
+from twinnode.generator.release import draw_release
 from twinnode.generator.sample import sample_twins
-from twinnode.generator.train import (GeneratorSettings, binomial_thresholds, draw_batch_count,
+from twinnode.generator.settings import GeneratorSettings, TrainPlan
+from twinnode.generator.train import (binomial_thresholds, draw_batch_count,
                                       fit)
 from twinnode.generator.worker import Job, Worker
 from twinnode.schema import Schema

@@ -54,16 +54,6 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
                    help="state directory holding the privacy ledger (default: OUT's parent)")
 
 
-def parse_cpus(text: str | None) -> set[int] | None:
-    if text is None:
-        return None
-    try:
-        cpus = {int(x) for x in text.split(",") if x.strip()}
-    except ValueError:
-        raise ConfigError(f"--cpus must be a comma list of CPU numbers, got {text!r}") from None
-    return cpus or None
-
-
 def _sender(args: argparse.Namespace) -> str:
     import socket
 
@@ -76,16 +66,12 @@ def _check_out(out: Path) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from ..generator.train import pin_to_cpus
-
-    pinned = pin_to_cpus(parse_cpus(args.cpus))  # before JAX starts its threads
+    from ..cpus import parse_cpus, pin_to_cpus
     from ..data import read_table
-    from ..generator.privacy import Ledger
-    from ..generator.release import TrainPlan, train_posterior
-    from ..generator.train import GeneratorSettings
+    from ..generator.settings import GeneratorSettings, TrainPlan
     from ..schema import Schema
-    from .progress import TrainProgress
 
+    # everything a user can get wrong is checked before JAX loads
     schema = Schema.load(args.schema)
     frame = read_table(args.data, schema)
     _check_out(args.out)
@@ -94,6 +80,12 @@ def run_train(args: argparse.Namespace) -> int:
                      q=args.q, batching=args.batching)
     settings = GeneratorSettings(components=args.components, outcome=args.outcome_likelihood,
                                  clip=args.clip, learning_rate=args.learning_rate)
+    pinned = pin_to_cpus(parse_cpus(args.cpus))  # before JAX starts its threads
+
+    from ..generator.privacy import Ledger
+    from ..generator.release import train_posterior
+    from .progress import TrainProgress
+
     ledger = Ledger(args.state or args.out.resolve().parent, cap_epsilon=args.budget)
     print(f"training on {len(frame)} rows of {args.data} (schema {schema.short_hash}) at "
           f"epsilon={plan.epsilon:g}, {plan.epochs:g} epochs, {plan.batching} batching, "

@@ -13,7 +13,6 @@ from numpyro.handlers import scale
 
 from .layout import Layout
 
-OUTCOME_LIKELIHOODS = ("poisson", "negbinomial")
 _EPS = 1e-6
 
 

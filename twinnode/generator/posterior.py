@@ -17,7 +17,7 @@ from ..atomic import write_bytes_atomic
 from ..errors import GeneratorError, SchemaError
 from ..schema import Schema
 from .privacy import Calibration
-from .train import GeneratorSettings
+from .settings import GeneratorSettings
 
 POSTERIOR_FORMAT = "twinnode-posterior/1"
 

@@ -26,8 +26,8 @@ from typing import Any, Iterator
 
 from ..atomic import write_json_atomic
 from ..errors import AccountingError, BudgetExceeded, PrivacyError
+from .settings import BATCHINGS
 
-BATCHINGS = {"poisson": "add-remove", "fixed": "substitute"}
 OVERFLOW_SHARE = 0.01  # share of delta allowed for Poisson batch overflow
 LEDGER_FORMAT = "twinnode-ledger/1"
 LEDGER_FILE = "ledger.json"

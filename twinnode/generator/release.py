@@ -5,10 +5,9 @@ trains; `draw_release` samples K twins from a posterior, which costs no privacy.
 """
 from __future__ import annotations
 
-import math
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from importlib import metadata
 from typing import Any
 
@@ -19,29 +18,10 @@ from ..schema import Schema
 from ..twins import RECEIPT_FORMAT, Provenance, Release, Twin
 from .layout import Layout
 from .posterior import Posterior
-from .privacy import BATCHINGS, Ledger, calibrate
+from .privacy import Ledger, calibrate
 from .sample import sample_twins
-from .train import GeneratorSettings, ProgressFn, fit
-
-
-@dataclass(frozen=True)
-class TrainPlan:
-    """The privacy target and schedule of one training run."""
-
-    epsilon: float = 1.0
-    delta: float | None = None  # None: 1/N, the paper's choice
-    epochs: float = 200.0
-    q: float = 0.01
-    batching: str = "poisson"
-
-    def __post_init__(self) -> None:
-        if self.batching not in BATCHINGS:
-            raise PrivacyError(f"batching must be one of {', '.join(BATCHINGS)}")
-        if not (self.epochs > 0 and math.isfinite(self.epochs)):
-            raise PrivacyError(f"epochs must be positive, got {self.epochs}")
-
-    def steps(self) -> int:
-        return max(1, int(round(self.epochs / self.q)))
+from .settings import GeneratorSettings, TrainPlan
+from .train import ProgressFn, fit
 
 
 def train_posterior(schema: Schema, frame: pd.DataFrame, plan: TrainPlan, ledger: Ledger,

@@ -14,7 +14,8 @@ from numpyro.handlers import seed as seed_handler
 from numpyro.infer import Predictive
 
 from .layout import Layout, ModelData
-from .train import GeneratorSettings, make_guide, make_model
+from .settings import GeneratorSettings
+from .train import make_guide, make_model
 
 _ROW_SITES = ("xb", "xn", "xr", "y")
 

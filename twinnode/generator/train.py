@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from functools import lru_cache, partial
 from typing import Any, Callable, NamedTuple
 
@@ -31,20 +30,9 @@ from ..errors import GeneratorError
 from .layout import Layout, ModelData
 from .models import twin_model
 from .privacy import Calibration
+from .settings import GeneratorSettings
 
 ProgressFn = Callable[[int, int, float], None]  # (steps done, total steps, ELBO per row)
-
-
-@dataclass(frozen=True)
-class GeneratorSettings:
-    """Model and optimiser settings (privacy lives in Calibration)."""
-
-    components: int = 16
-    outcome: str = "poisson"
-    clip: float = 2.0
-    learning_rate: float = 1e-3
-    init_scale: float = 0.1
-    chunk: int = 500
 
 
 class TrainResult(NamedTuple):
@@ -239,15 +227,3 @@ def _compiled(layout: Layout, n: int, settings: GeneratorSettings, batching: str
         return svi_state, overflow, loss_sum / ran
 
     return svi, run_chunk
-
-
-def pin_to_cpus(cpus: set[int] | None) -> set[int]:
-    """Restrict this process to `cpus` (call before JAX starts its threads); return the set."""
-    import os
-
-    if cpus:
-        try:
-            os.sched_setaffinity(0, cpus)
-        except (OSError, ValueError) as exc:
-            raise GeneratorError(f"cannot pin to CPUs {sorted(cpus)}: {exc}") from None
-    return set(os.sched_getaffinity(0))

@@ -16,8 +16,7 @@ from typing import Any, Callable
 
 from ..errors import GeneratorError, TwinnodeError
 from ..twins import Release
-from .release import TrainPlan
-from .train import GeneratorSettings
+from .settings import GeneratorSettings, TrainPlan
 
 Progress = Callable[[int, int, float], None]
 
@@ -63,7 +62,7 @@ def run_job(job: Job, progress: Progress | None = None) -> Release:
 
 
 def _child(job: Job, conn: Any) -> None:
-    from .train import pin_to_cpus
+    from ..cpus import pin_to_cpus
 
     try:
         pin_to_cpus(set(job.cpus) if job.cpus else None)

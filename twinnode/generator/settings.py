@@ -1,0 +1,61 @@
+"""Generator settings and training plans: plain data, importable without JAX."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..errors import GeneratorError, PrivacyError
+
+BATCHINGS = {"poisson": "add-remove", "fixed": "substitute"}
+OUTCOME_LIKELIHOODS = ("poisson", "negbinomial")
+
+
+@dataclass(frozen=True)
+class GeneratorSettings:
+    """Model and optimiser settings (privacy lives in the calibration)."""
+
+    components: int = 16
+    outcome: str = "poisson"
+    clip: float = 2.0
+    learning_rate: float = 1e-3
+    init_scale: float = 0.1
+    chunk: int = 500
+
+    def __post_init__(self) -> None:
+        if self.components < 1:
+            raise GeneratorError(f"components must be >= 1, got {self.components}")
+        if self.outcome not in OUTCOME_LIKELIHOODS:
+            raise GeneratorError(f"outcome likelihood must be one of "
+                                 f"{', '.join(OUTCOME_LIKELIHOODS)}, got {self.outcome!r}")
+        for name in ("clip", "learning_rate", "init_scale"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise GeneratorError(f"{name} must be a positive number, got {value}")
+        if self.chunk < 1:
+            raise GeneratorError(f"chunk must be >= 1, got {self.chunk}")
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """The privacy target and schedule of one training run."""
+
+    epsilon: float = 1.0
+    delta: float | None = None  # None: 1/N, the paper's choice
+    epochs: float = 200.0
+    q: float = 0.01
+    batching: str = "poisson"
+
+    def __post_init__(self) -> None:
+        if self.batching not in BATCHINGS:
+            raise PrivacyError(f"batching must be one of {', '.join(BATCHINGS)}")
+        if not (self.epochs > 0 and math.isfinite(self.epochs)):
+            raise PrivacyError(f"epochs must be positive, got {self.epochs}")
+        if not (0 < self.q <= 1):
+            raise PrivacyError(f"q must be in (0, 1], got {self.q}")
+        if not (math.isfinite(self.epsilon) and self.epsilon > 0):
+            raise PrivacyError(f"epsilon must be a positive finite number, got {self.epsilon}")
+        if self.delta is not None and not 0 < self.delta < 1:
+            raise PrivacyError(f"delta must be in (0, 1), got {self.delta}")
+
+    def steps(self) -> int:
+        return max(1, int(round(self.epochs / self.q)))
