@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from twinnode.cli import main as cli_main
 from twinnode.config import load_config, parse_config
 from twinnode.errors import ConfigError
 from twinnode.harness import to_toml
@@ -146,3 +147,16 @@ def test_invalid_toml_is_a_config_error_naming_the_file(files):
     path.write_text("[node\nname = 1")
     with pytest.raises(ConfigError, match=f"{path}: not valid TOML"):
         load_config(path)
+
+
+def test_twinnode_run_with_a_bad_config_exits_3_naming_the_key(files, capsys):
+    path = write(files, minimal(twins={"k": -2}))
+    assert cli_main(["run", "--config", str(path)]) == 3
+    assert f"{path}: [twins] k: must be an integer in 1..100000, got -2" in \
+        capsys.readouterr().err
+
+
+def test_screening_policies_match_the_screening_module():
+    from twinnode import config, screening
+
+    assert config.POLICIES == screening.POLICIES

@@ -170,6 +170,30 @@ def test_catchup_request_is_answered_with_missing_stored_envelopes_then_an_end_m
     run(main())
 
 
+def test_catchup_serves_only_the_senders_the_requester_names(party):
+    async def main() -> None:
+        node = await opened(party)
+        for seed, name in enumerate(("bob", "mallory")):
+            for f in signed(make_twins(party.schema, name, seed=seed), party.schema,
+                            getattr(party, name)):
+                await node.handle_frames(f)
+        replies: list[list[bytes]] = []
+
+        async def reply(frames) -> bool:
+            replies.append(list(frames))
+            return True
+
+        # Execute: mallory names only herself, holding nothing
+        req = encode_catchup_request(CatchupRequest("mallory", "alice", {"mallory": Holding(0)}),
+                                     Signer(party.mallory))
+        await node.handle_frames(req, channel="router", reply=reply)
+        # Assert: her three twins and the end marker; none of bob's
+        assert [f[0] for f in replies] == [b"twin:mallory"] * 3 + [b"end:alice"]
+        await node.stop()
+
+    run(main())
+
+
 def test_heartbeat_showing_twins_we_lack_wakes_catchup_for_that_peer_once_per_state(party):
     async def main() -> None:
         node = await opened(party)

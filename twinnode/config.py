@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import ConfigError, TwinnodeError
+from .generator.settings import BATCHINGS as _BATCHINGS, OUTCOME_LIKELIHOODS
 from .identity import ADDRESS_RE, Peer, check_name, peer_from_entry
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("kv", "json")
-BATCHINGS = ("poisson", "fixed")        # generator.privacy.BATCHINGS (not imported: no JAX)
-OUTCOMES = ("poisson", "negbinomial")
-POLICIES = ("off", "flag", "exclude")   # screening.POLICIES
+BATCHINGS = tuple(_BATCHINGS)
+POLICIES = ("off", "flag", "exclude")   # screening.POLICIES (not imported: scipy at start-up)
 SECTIONS = ("node", "data", "privacy", "generator", "twins", "training", "network", "keys",
             "peers", "screening")
 BIND_RE = ADDRESS_RE  # tcp://HOST:PORT or ipc://PATH
@@ -56,6 +56,7 @@ class GeneratorSection:
     outcome: str = "poisson"
     clip: float = 2.0
     learning_rate: float = 1e-3
+    chunk: int = 500
 
 
 @dataclass(frozen=True)
@@ -161,9 +162,10 @@ def parse_config(text: str, path: str | Path) -> NodeConfig:
     ge = _Section(doc, "generator", path, base)
     generator = GeneratorSection(
         components=ge.integer("components", 16, lo=1, hi=1000),
-        outcome=ge.choice("outcome", OUTCOMES, "poisson"),
+        outcome=ge.choice("outcome", OUTCOME_LIKELIHOODS, "poisson"),
         clip=ge.number("clip", 2.0, lo=0.0, lo_open=True),
-        learning_rate=ge.number("learning_rate", 1e-3, lo=0.0, lo_open=True))
+        learning_rate=ge.number("learning_rate", 1e-3, lo=0.0, lo_open=True),
+        chunk=ge.integer("chunk", 500, lo=1, hi=100_000))
     ge.finish()
 
     tw = _Section(doc, "twins", path, base)
@@ -256,7 +258,7 @@ class _Section:
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value, ok = float(value), True
         if not ok:
-            raise self.error(key, f"must be a {_KIND_NAMES.get(kind, kind.__name__)}, "
+            raise self.error(key, f"must be {_KIND_NAMES.get(kind, kind.__name__)}, "
                                   f"got {value!r:.60}")
         return value
 
@@ -317,5 +319,5 @@ class _Section:
                                                  f"{', '.join(sorted(self.used))})")
 
 
-_KIND_NAMES = {str: "string", float: "number", int: "integer", bool: "boolean (true/false)",
-               list: "list"}
+_KIND_NAMES = {str: "a string", float: "a number", int: "an integer",
+               bool: "a boolean (true or false)", list: "a list"}

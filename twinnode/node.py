@@ -18,9 +18,10 @@ and an envelope the store quarantined can be fetched again.
 
 Catch-up (the ZeroMQ Guide's Clone pattern): a peer's first heartbeat, a heartbeat showing
 seqs we lack, and a periodic timer (one live peer per `catchup_interval`, round robin) wake
-that peer's catch-up worker, which sends a signed request with what we `have` per sender and
-waits for the end marker; the server answers with up to `catchup_batch` stored original
-envelopes (any sender's) and a signed end; the worker asks again while new twins arrive.
+that peer's catch-up worker, which sends a signed request with what we `have` of every sender
+we pin (watermark 0 for none) and waits for the end marker; the server answers with up to
+`catchup_batch` stored original envelopes of the senders named in `have` (any of them, not
+only its own) and a signed end; the worker asks again while new twins arrive.
 """
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ CHANNELS = {"sub": (TWIN, HEARTBEAT), "router": (REQUEST,), "dealer": (TWIN, END
             "local": (TWIN,)}
 CATCHUP_GAP = 0.2        # seconds between two requests of ours to one peer
 CATCHUP_TIMEOUT = 15.0   # seconds to wait for a peer's end marker
-SERVE_GAP = 0.05         # a peer asking more often than this gets an empty reply
+SERVE_GAP = 0.1          # a peer asking more often than this gets an empty reply
 QUIET_REASONS = ("replay", "duplicate")  # expected when catch-up overlaps live traffic
 
 Reply = Callable[[Sequence[bytes]], Awaitable[bool]]
@@ -387,7 +388,9 @@ class Node:
         assert self.transport is not None and self.verifier is not None
         total = 0
         while True:
-            req = CatchupRequest(self.name, peer, self.verifier.guard.have())
+            guard = self.verifier.guard
+            have = {s: guard.holding(s) for s in self.trust.names}
+            req = CatchupRequest(self.name, peer, have)
             future = asyncio.get_running_loop().create_future()
             self._pending[req.request_id] = future
             before = self.counters["accepted"]
@@ -447,13 +450,15 @@ class Node:
               level=logging.INFO if sent else logging.DEBUG)
 
     def _missing_for(self, have: Any, limit: int) -> list[tuple[str, int]]:
+        """Up to `limit` (sender, seq) we hold and the requester lacks, of the senders it
+        names in `have` (it names every sender it pins, so it never gets what it refuses)."""
         assert self.store is not None
         out: list[tuple[str, int]] = []
-        for sender in self.store.counts():
+        for sender in sorted(set(have) & set(self.store.counts())):
             if len(out) >= limit:
                 break
             out += [(sender, seq) for seq in
-                    self.store.missing(sender, have.get(sender), limit - len(out))]
+                    self.store.missing(sender, have[sender], limit - len(out))]
         return out
 
     # ---- publishing and jobs -----------------------------------------------------------

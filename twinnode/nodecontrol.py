@@ -57,7 +57,8 @@ def handlers(node: "Node") -> dict[str, Handler]:
                 row["status"][e.status] = row["status"].get(e.status, 0) + 1
             if args.get("detail"):
                 row["entries"] = [{"seq": e.seq, "digest": e.digest, "k": e.k,
-                                   "release": e.release, "status": e.status} for e in es]
+                                   "release": e.release, "status": e.status,
+                                   "received": e.received} for e in es]
             senders.append(row)
         return {"senders": senders}
 

@@ -2,13 +2,11 @@
 
 Each job body is `async fn(node, job, args) -> result dict` and runs as the node's one
 background job (`Node.start_job`); CPU work happens in the generator's spawned worker or in a
-thread, never on the event loop. The generator modules import JAX, so they are imported on
-first use, in a thread, and only when a job needs them.
+thread, never on the event loop. JAX is imported only inside the worker process.
 """
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import time
 from pathlib import Path
@@ -17,6 +15,8 @@ from typing import TYPE_CHECKING, Any, Mapping
 from .atomic import write_json_atomic
 from .errors import ControlError, StoreError, WireError
 from .eventlog import event
+from .generator.settings import GeneratorSettings, TrainPlan
+from .generator.worker import Job, Worker
 from .schema import Schema
 from .store import Store
 from .twins import Release, Twin, load_release
@@ -41,18 +41,14 @@ def posterior_path(node: "Node") -> Path:
 async def generate(node: "Node", job: "JobState", kind: str, args: Mapping[str, Any]) -> Release:
     """Train (kind "train", charges the ledger) or sample ("sample", free) K twins in a
     spawned worker pinned to [training] cpus; progress goes to `job`."""
-    worker = await asyncio.to_thread(importlib.import_module, "twinnode.generator.worker")
-    from .generator.release import TrainPlan
-    from .generator.train import GeneratorSettings
-
     cfg = node.config
     plan = TrainPlan(epsilon=float(args.get("epsilon", cfg.privacy.epsilon)),
                      delta=cfg.privacy.delta, epochs=float(args.get("epochs", cfg.privacy.epochs)),
                      q=cfg.privacy.q, batching=cfg.privacy.batching)
     g = cfg.generator
     settings = GeneratorSettings(components=g.components, outcome=g.outcome, clip=g.clip,
-                                 learning_rate=g.learning_rate)
-    spec = worker.Job(kind=kind, schema_text=node.schema.to_toml(), state_dir=str(node.state_dir),
+                                 learning_rate=g.learning_rate, chunk=g.chunk)
+    spec = Job(kind=kind, schema_text=node.schema.to_toml(), state_dir=str(node.state_dir),
                       posterior_path=str(posterior_path(node)), k=int(args.get("k", cfg.k)),
                       sender=node.name, data_path=str(cfg.data.path), plan=plan,
                       settings=settings, cap_epsilon=cfg.privacy.cap_epsilon,
@@ -63,7 +59,7 @@ async def generate(node: "Node", job: "JobState", kind: str, args: Mapping[str, 
         job.progress = done / total if total else None
         job.detail = f"{kind}: step {done}/{total}, ELBO/row {elbo:.3f}"
 
-    release = await worker.Worker().run(spec, progress)
+    release = await Worker().run(spec, progress)
     receipt = Path(node.state_dir) / "releases" / f"{release.receipt.get('release')}.json"
     await asyncio.to_thread(write_json_atomic, receipt, release.receipt)
     event(log, f"generator.{kind}", release=release.receipt.get("release"),
