@@ -7,7 +7,7 @@ import logging
 import os
 import socket
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Awaitable
 
@@ -20,7 +20,9 @@ from twinnode.errors import ControlError
 from twinnode.harness import free_ports, to_toml
 from twinnode.identity import Identity, save_identity
 from twinnode.node import Node
+from twinnode.nodework import analyze_job, screen_job
 from twinnode.schema import Schema
+from twinnode.simtwins import poison_frame, posterior_twins
 from twinnode.twins import Provenance, Release, Twin, save_release
 from twinnode.wire import (CatchupEnd, CatchupRequest, Heartbeat, Holding, ReplayGuard, Signer,
                            Verifier, encode_catchup_request, encode_heartbeat, encode_twin)
@@ -30,12 +32,13 @@ WAIT = 10.0
 
 @dataclass
 class Party:
-    """alice's node config, plus the keys of her pinned peers bob and mallory, and eve's."""
+    """alice's node config, plus the keys of her pinned peers bob, carol, mallory, and eve's."""
 
     config: NodeConfig
     schema: Schema
     alice: Identity
     bob: Identity
+    carol: Identity
     mallory: Identity
     eve: Identity  # not pinned
 
@@ -43,12 +46,12 @@ class Party:
 @pytest.fixture
 def party(tmp_path: Path, small_csv: Path) -> Party:
     (tmp_path / "schema.toml").write_text(SMALL_SCHEMA)
-    ids = {n: Identity.generate(n) for n in ("alice", "bob", "mallory", "eve")}
+    ids = {n: Identity.generate(n) for n in ("alice", "bob", "carol", "mallory", "eve")}
     save_identity(ids["alice"], tmp_path / "keys")
-    ports = free_ports(6)
+    ports = free_ports(8)
     peers = [ids[n].peer(f"tcp://127.0.0.1:{ports[2 * i + 2]}",
                          f"tcp://127.0.0.1:{ports[2 * i + 3]}")
-             for i, n in enumerate(("bob", "mallory"))]
+             for i, n in enumerate(("bob", "carol", "mallory"))]
     doc = {"node": {"name": "alice"}, "data": {"path": str(small_csv), "schema": "schema.toml"},
            "twins": {"k": 3},
            "network": {"pub": f"tcp://127.0.0.1:{ports[0]}",
@@ -194,6 +197,58 @@ def test_catchup_serves_only_the_senders_the_requester_names(party):
     run(main())
 
 
+def test_screen_job_flags_a_shifted_peer_and_marks_its_stored_twins(party):
+    async def main() -> None:
+        # Prepare: bob and carol from the known model, mallory with smoker coded backwards
+        node = await opened(party)
+        for seed, name in enumerate(("bob", "carol", "mallory")):
+            frame = make_small_frame(party.schema, n=800, seed=seed)
+            if name == "mallory":
+                frame = poison_frame(party.schema, frame, "flip:smoker")
+            twins = posterior_twins(party.schema, frame, sender=name, k=5, seed=seed)
+            for f in signed(twins, party.schema, getattr(party, name)):
+                assert await node.handle_frames(f) is not None
+        # Execute
+        node.start_job("screen", lambda job: screen_job(node, job, {}))
+        job = await node.wait_job()
+        # Assert
+        assert job.state == "done" and job.result["flagged"] == ["mallory"]
+        statuses = {(e.sender, e.status) for e in node.store.list()}
+        assert statuses == {("bob", "accepted"), ("carol", "accepted"), ("mallory", "flagged")}
+        assert json.loads(Path(job.result["report"]).read_text())["flagged"] == ["mallory"]
+        await node.stop()
+
+    run(main())
+
+
+def test_analyze_job_pools_local_rows_with_each_peers_latest_publication(party):
+    async def main() -> None:
+        # Prepare: bob published twice from one release id (a re-sample); carol once
+        node = await opened(party)
+        bob_old = make_twins(party.schema, "bob", seed=0)
+        bob_new = [Twin(replace(t.provenance, created=2000.0), t.arrays)
+                   for t in make_twins(party.schema, "bob", seed=7)]
+        for twins, name, first in ((bob_old, "bob", 1), (bob_new, "bob", 4),
+                                   (make_twins(party.schema, "carol", seed=1), "carol", 1)):
+            for f in signed(twins, party.schema, getattr(party, name), first_seq=first):
+                assert await node.handle_frames(f) is not None
+        # Execute
+        node.start_job("analyze", lambda job: analyze_job(node, job, {"policy": "off"}))
+        job = await node.wait_job()
+        # Assert: K = 3 from bob's newest draw and carol's; local rows in every fit
+        assert job.state == "done", job.error
+        assert job.result["peers"] == ["bob", "carol"]
+        assert set(job.result["coefficients"]) == {"Intercept", "age", "region[south]",
+                                                   "region[east]", "smoker"}
+        report = json.loads(Path(job.result["report"]).read_text())
+        assert report["combined"]["pooling"]["k"] == 3
+        assert report["combined"]["pooling"]["rows"] == {"local": 200, "bob": 20, "carol": 20}
+        assert report["local"]["pooling"]["kind"] == "local"
+        await node.stop()
+
+    run(main())
+
+
 def test_heartbeat_showing_twins_we_lack_wakes_catchup_for_that_peer_once_per_state(party):
     async def main() -> None:
         node = await opened(party)
@@ -299,7 +354,7 @@ def test_control_socket_is_0600_and_bad_requests_get_clear_errors_while_it_keeps
             assert "status" in unknown["error"]["message"]
             assert malformed["error"]["type"] == "malformed"
             assert status["ok"] and status["result"]["node"] == "alice"
-            assert [p["name"] for p in status["result"]["peers"]] == ["bob", "mallory"]
+            assert [p["name"] for p in status["result"]["peers"]] == ["bob", "carol", "mallory"]
             assert bad_arg["error"]["type"] == "control" and "detail" in \
                 bad_arg["error"]["message"]
             budget = await request(path, "budget", {}, WAIT)

@@ -131,7 +131,9 @@ def decode_reply(line: bytes, cmd: str, where: str | Path) -> dict[str, Any]:
         raise ControlError(f"the node at {where} sent a reply without \"ok\" to {cmd!r}")
     if not doc["ok"]:
         err = doc.get("error") if isinstance(doc.get("error"), dict) else {}
-        exc = ControlError(f"{cmd}: {err.get('message', 'failed (no message)')}")
+        message = str(err.get("message", "failed (no message)"))
+        # handlers' messages often name the command already (check_args does): say it once
+        exc = ControlError(message if message.startswith(f"{cmd}: ") else f"{cmd}: {message}")
         exc.remote_type = str(err.get("type", "error"))  # type: ignore[attr-defined]
         raise exc
     result = doc.get("result", {})

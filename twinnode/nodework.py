@@ -162,8 +162,16 @@ async def screen_job(node: "Node", job: "JobState", args: Mapping[str, Any]) -> 
     mark = "excluded" if policy == "exclude" else "flagged"
     statuses = {name: mark if name in report.flagged else "accepted" for name in peers}
     await asyncio.to_thread(_set_statuses, node.store, statuses)
-    return {"message": report.message, "flagged": list(report.flagged),
-            "screening": report.to_dict()}
+    path = report_path(node, "screening")
+    await asyncio.to_thread(write_json_atomic, path, report.to_dict())
+    return {"message": report.message, "flagged": list(report.flagged), "report": str(path),
+            "peers": [p.to_dict(all_checks=False) for p in report.peers]}
+
+
+def report_path(node: "Node", kind: str) -> Path:
+    """state/reports/<kind>-<UTC time>.json"""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return Path(node.state_dir) / "reports" / f"{kind}-{stamp}.json"
 
 
 def _set_statuses(store: Store | None, statuses: Mapping[str, str]) -> None:
@@ -183,7 +191,7 @@ async def analyze_job(node: "Node", job: "JobState", args: Mapping[str, Any]) ->
     peers, local = await _inputs(node, with_local=True)
     job.detail = f"fitting over {len(peers)} peers"
     report = await asyncio.to_thread(_analysis, node.schema, peers, local, policy, threshold)
-    path = Path(node.state_dir) / "reports" / f"analysis-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    path = report_path(node, "analysis")
     await asyncio.to_thread(write_json_atomic, path, report)
     combined, alone = report["combined"]["coefficients"], report["local"]["coefficients"]
     summary = {term: {"estimate": c["estimate"], "se": c["se"],

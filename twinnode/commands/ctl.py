@@ -234,8 +234,29 @@ def format_job(r: Mapping[str, Any]) -> str:
     return "\n".join(lines) or "ok"
 
 
+def format_screen(r: Mapping[str, Any]) -> str:
+    """A job reply, with the per-peer verdicts as a table."""
+    lines = [format_job({k: v for k, v in r.items() if k != "peers"})]
+    if r.get("peers"):
+        lines += _table(["PEER", "SCORE", "P", "FLAGGED", "REASON"],
+                        [[p["peer"], _scalar(p.get("score")), _scalar(p.get("p_value")),
+                          _scalar(p.get("flagged")), p.get("reason") or ""] for p in r["peers"]])
+    return "\n".join(lines)
+
+
+def format_analyze(r: Mapping[str, Any]) -> str:
+    """A job reply, with the combined and local coefficients as a table."""
+    lines = [format_job({k: v for k, v in r.items() if k != "coefficients"})]
+    if r.get("coefficients"):
+        lines += _table(["TERM", "COMBINED", "SE", "LOCAL", "SE"],
+                        [[term] + [_scalar(c.get(key)) for key in
+                                   ("estimate", "se", "local_estimate", "local_se")]
+                         for term, c in r["coefficients"].items()])
+    return "\n".join(lines)
+
+
 FORMATTERS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "status": format_status, "peers": format_peers, "twins": format_twins,
     "budget": format_budget, "train": format_job, "publish": format_job,
-    "screen": format_job, "analyze": format_job, "shutdown": format_job,
+    "screen": format_screen, "analyze": format_analyze, "shutdown": format_job,
 }
