@@ -1,4 +1,4 @@
-"""The node in-process: store-then-accept, refusals by reason, catch-up serving, restarts, control."""
+"""The node in-process: store then accept, refusals by reason, catch-up, restarts, jobs, control."""
 from __future__ import annotations
 
 import asyncio
@@ -159,7 +159,8 @@ def test_catchup_request_is_answered_with_missing_stored_envelopes_then_an_end_m
 
         # Execute: mallory asks, holding her own twins and bob's seq 1 and 3
         have = {"mallory": Holding(3), "bob": Holding(1, (3,))}
-        req = encode_catchup_request(CatchupRequest("mallory", "alice", have), Signer(party.mallory))
+        req = encode_catchup_request(CatchupRequest("mallory", "alice", have),
+                                     Signer(party.mallory))
         env = await node.handle_frames(req, channel="router", reply=reply)
         # Assert: bob's seq 2 exactly as stored, then a signed end marker counting 1
         assert env is not None and len(replies) == 2
@@ -283,6 +284,7 @@ def test_replay_guard_is_rebuilt_from_the_store_so_replays_stay_refused_after_re
         replayed = await again.handle_frames(frames[0])
         # Assert
         assert replayed is None and dict(again.rejected) == {"replay": 1}
+        assert node.store is None and node.verifier is None  # closed, ready to open again
         # a file the store lost is quarantined at open and can be fetched again
         lost = again.store.envelopes_dir / "bob" / f"{2:010d}.env"
         await again.stop()
@@ -317,8 +319,7 @@ def test_published_seqs_are_stored_before_sending_and_never_reused_after_restart
                                                    "wait": True}, WAIT)
         finally:
             await node.stop()
-        node = Node(party.config)
-        await node.start()
+        await node.start()  # the same node object starts again on the same state
         try:
             second = await request(ask, "publish", {"release": str(write_release(
                 party, tmp_path, seed=1)), "wait": True}, WAIT)
@@ -333,7 +334,7 @@ def test_published_seqs_are_stored_before_sending_and_never_reused_after_restart
         # Assert
         assert first["seqs"] == [1, 3] and second["seqs"] == [4, 6]
         assert status["own_seq"] == 6 and status["twins"] == {"alice": 6}
-        assert status["counters"]["published"] == 3
+        assert status["counters"]["published"] == 6
 
     run(main())
 

@@ -1,4 +1,4 @@
-"""Transport: CURVE on every socket, a ZAP allow-list of pinned keys, bounded frames, clean close."""
+"""Transport: CURVE everywhere, a ZAP allow-list of pinned keys, bounded frames, clean close."""
 from __future__ import annotations
 
 import asyncio

@@ -32,6 +32,7 @@ import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Awaitable, Callable, Sequence
 
 from .config import NodeConfig
@@ -147,7 +148,10 @@ class Node:
         """Open the store, bind and connect the sockets, serve control, start the tasks."""
         from .nodecontrol import handlers  # control handlers read this node's state
 
+        if self.transport is not None:
+            raise ControlError(f"node {self.name} is already started")
         self._started = time.monotonic()
+        self._stop_requested.clear()
         try:
             await self.open()
             net = self.config.network
@@ -162,10 +166,11 @@ class Node:
                                        peer.router_address or "", peer.curve_key)
             self.control = ControlServer(socket_path(self.state_dir), handlers(self))
             await self.control.start()
-            self._spawn(self._sub_loop(), self._router_loop(), self._heartbeat_loop(),
-                        self._periodic_catchup())
+            self._spawn(self._loop("sub", self._from_sub), self._loop("router", self._from_router),
+                        self._heartbeat_loop(), self._periodic_catchup())
             for name in self.peers:
-                self._spawn(self._dealer_loop(name), self._catchup_worker(name))
+                self._spawn(self._loop("dealer", self._from_dealer(name)),
+                            self._catchup_worker(name))
         except BaseException:
             await self.stop()
             raise
@@ -178,23 +183,29 @@ class Node:
             self.start_job("publish", lambda job: publish_job(self, job, {}))
 
     async def stop(self) -> None:
-        """Abandon the job, cancel the tasks, close control socket, sockets and store."""
-        if self._stopping:
+        """Abandon the job, cancel the tasks, close control socket, sockets and store.
+        Safe twice; afterwards `start()` may run again."""
+        self._stop_requested.set()
+        if self._stopping or (self.store is None and self.transport is None):
             return
         self._stopping = True
-        self._stop_requested.set()
         event(log, "node.stopping", node=self.name)
-        tasks = [t for t in [self._job_task, *self._tasks] if t is not None and not t.done()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._tasks = []
-        if self.control is not None:
-            await self.control.stop()
-        if self.transport is not None:
-            self.transport.close()
-        if self.store is not None:
-            await asyncio.to_thread(self.store.close)
+        try:
+            tasks = [t for t in [self._job_task, *self._tasks] if t is not None and not t.done()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._tasks, self._job_task = [], None
+            if self.control is not None:
+                await self.control.stop()
+            if self.transport is not None:
+                self.transport.close()
+            if self.store is not None:
+                await asyncio.to_thread(self.store.close)
+        finally:
+            self.control = self.transport = self.store = self.verifier = None
+            self._pending.clear()
+            self._stopping = False
         event(log, "node.stopped", node=self.name, accepted=self.counters["accepted"],
               rejected=sum(self.rejected.values()))
 
@@ -294,26 +305,35 @@ class Node:
             event(log, "zap.denied", "DENIED (unpinned CURVE key)", level=logging.WARNING,
                   key_fingerprint=fingerprint(curve_raw(key)), count=self.rejected["zap-denied"])
 
-    async def _sub_loop(self) -> None:
-        assert self.transport is not None
+    async def _loop(self, channel: str,
+                    receive: Callable[[], Awaitable[tuple[list[bytes], Reply | None]]]) -> None:
+        """Receive and handle messages on one channel until cancelled; never dies on input."""
         while True:
-            await self._receive(await self.transport.recv_sub(), "sub")
+            try:
+                frames, reply = await receive()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a socket error: log, count, go on (never a hot loop)
+                self.rejected["internal"] += 1
+                log.exception("receiving on %s failed", channel)
+                await asyncio.sleep(0.1)
+                continue
+            await self._receive(frames, channel, reply)
 
-    async def _router_loop(self) -> None:
+    async def _from_sub(self) -> tuple[list[bytes], Reply | None]:
         assert self.transport is not None
-        transport = self.transport
-        while True:
-            routing_id, frames = await transport.recv_request()
+        return await self.transport.recv_sub(), None
 
-            async def reply(out: Sequence[bytes], rid: bytes = routing_id) -> bool:
-                return await transport.reply(rid, out)
-
-            await self._receive(frames, "router", reply)
-
-    async def _dealer_loop(self, peer: str) -> None:
+    async def _from_router(self) -> tuple[list[bytes], Reply | None]:
         assert self.transport is not None
-        while True:
-            await self._receive(await self.transport.recv_reply(peer), "dealer")
+        routing_id, frames = await self.transport.recv_request()
+        return frames, partial(self.transport.reply, routing_id)
+
+    def _from_dealer(self, peer: str) -> Callable[[], Awaitable[tuple[list[bytes], None]]]:
+        async def receive() -> tuple[list[bytes], None]:
+            assert self.transport is not None
+            return await self.transport.recv_reply(peer), None
+        return receive
 
     # ---- heartbeats and catch-up -------------------------------------------------------
 
