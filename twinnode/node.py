@@ -37,11 +37,11 @@ from typing import Any, Awaitable, Callable, Sequence
 
 from .config import NodeConfig
 from .control import ControlServer, socket_path
-from .errors import (ControlError, DuplicateMessage, MalformedMessage, StoreError,
-                     TwinnodeError, WireError)
+from .errors import ControlError, DuplicateMessage, MalformedMessage, StoreError, WireError
 from .eventlog import event
 from .generator.privacy import Ledger
-from .identity import Identity, TrustStore, fingerprint, curve_raw
+from .identity import Identity, TrustStore, curve_raw, fingerprint
+from .jobs import Body, JobSlot, JobState
 from .schema import Schema
 from .store import Store
 from .transport import Transport
@@ -80,27 +80,6 @@ class PeerState:
                 and time.monotonic() - self.last_heartbeat < 3 * interval + 1.0)
 
 
-@dataclass
-class JobState:
-    """The node's one background job (train, publish, screen, analyze) as `status` shows it."""
-
-    name: str
-    state: str = "running"
-    progress: float | None = None
-    detail: str = ""
-    started: float = field(default_factory=time.time)
-    finished: float | None = None
-    result: dict[str, Any] = field(default_factory=dict)
-    error: TwinnodeError | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {"name": self.name, "state": self.state, "progress": self.progress,
-               "detail": self.detail, "started": self.started, "finished": self.finished}
-        if self.error is not None:
-            out["error"] = str(self.error)
-        return out
-
-
 class Node:
     """One party's node. `start()`/`stop()` are symmetric; `stop()` is safe twice."""
 
@@ -122,8 +101,7 @@ class Node:
         self.verifier: Verifier | None = None
         self.transport: Transport | None = None
         self.control: ControlServer | None = None
-        self.job: JobState | None = None
-        self._job_task: asyncio.Task | None = None
+        self.jobs = JobSlot()
         self._tasks: list[asyncio.Task] = []
         self._pending: dict[bytes, asyncio.Future] = {}
         self._ingest = asyncio.Lock()
@@ -191,11 +169,11 @@ class Node:
         self._stopping = True
         event(log, "node.stopping", node=self.name)
         try:
-            tasks = [t for t in [self._job_task, *self._tasks] if t is not None and not t.done()]
-            for task in tasks:
+            await self.jobs.cancel()
+            for task in self._tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            self._tasks, self._job_task = [], None
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            self._tasks = []
             if self.control is not None:
                 await self.control.stop()
             if self.transport is not None:
@@ -504,48 +482,15 @@ class Node:
               k=len(release.twins), seqs=f"{seqs.start}-{seqs.stop - 1}")
         return list(seqs)
 
-    def start_job(self, name: str,
-                  body: Callable[[JobState], Awaitable[dict[str, Any]]]) -> JobState:
+    def start_job(self, name: str, body: Body) -> JobState:
         """Run `body` as the node's one background job; ControlError if one is running."""
-        if self._job_task is not None and not self._job_task.done():
-            assert self.job is not None
-            raise ControlError(f"a {self.job.name} job is already running "
-                               f"({self.job.detail or 'started'}); wait for it to finish")
         if self._stopping:
             raise ControlError("the node is stopping")
-        job = JobState(name)
-        self.job = job
-        self._job_task = asyncio.create_task(self._run_job(job, body))
-        event(log, "job.started", job=name)
-        return job
+        return self.jobs.start(name, body)
 
     async def wait_job(self) -> JobState:
-        """Wait for the current job to end (without cancelling it if the caller is)."""
-        if self._job_task is not None:
-            await asyncio.shield(self._job_task)
-        assert self.job is not None
-        return self.job
-
-    async def _run_job(self, job: JobState,
-                       body: Callable[[JobState], Awaitable[dict[str, Any]]]) -> None:
-        try:
-            job.result = await body(job)
-            job.state = "done"
-            event(log, "job.done", job=job.name, **{k: v for k, v in job.result.items()
-                                                   if isinstance(v, (str, int, float))})
-        except asyncio.CancelledError:
-            job.state, job.detail = "cancelled", "abandoned: the node stopped"
-            raise
-        except TwinnodeError as exc:
-            job.state, job.error = "failed", exc
-            event(log, "job.failed", str(exc), level=logging.ERROR, job=job.name,
-                  reason=exc.reason)
-        except Exception as exc:
-            job.state = "failed"
-            job.error = TwinnodeError(f"internal error in the {job.name} job: {exc!r}")
-            log.exception("job %s failed", job.name)
-        finally:
-            job.finished = time.time()
+        """Wait for the current job to end."""
+        return await self.jobs.wait()
 
 
 def _tagged(exc: WireError, env: Envelope) -> WireError:

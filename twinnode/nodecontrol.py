@@ -18,7 +18,8 @@ from .errors import ControlError, PrivacyError
 from .store import summarize_seqs
 
 if TYPE_CHECKING:
-    from .node import JobState, Node
+    from .jobs import JobState
+    from .node import Node
 
 COMMANDS = ("status", "peers", "twins", "budget", "train", "publish", "screen", "analyze",
             "shutdown")
@@ -35,7 +36,7 @@ def handlers(node: "Node") -> dict[str, Handler]:
                 "peers": _peer_rows(node), "twins": _store(node).counts(),
                 "rejected": dict(sorted(node.rejected.items())),
                 "budget": await _budget(node, entries=False),
-                "job": node.job.to_dict() if node.job else None,
+                "job": node.jobs.current.to_dict() if node.jobs.current else None,
                 "counters": dict(sorted(node.counters.items())),
                 "endpoints": dict(node.transport.endpoints) if node.transport else {}}
 

@@ -24,7 +24,8 @@ from .wire import ReplayGuard, Verifier, WireLimits
 from .identity import TrustStore
 
 if TYPE_CHECKING:
-    from .node import JobState, Node
+    from .jobs import JobState
+    from .node import Node
 
 log = logging.getLogger("twinnode.node")
 
