@@ -339,3 +339,5 @@ def test_three_nodes_train_publish_and_converge(world, tmp_path):
             assert [e["note"] for e in budget["entries"]] == ["train: trained",
                                                              "sample: free (post-processing)"]
             assert c.status(name)["job"]["state"] == "done"
+    for name in NAMES:
+        assert verify_store(c.state_dir(name), world, c, NAMES) == {n: K for n in NAMES}
