@@ -323,6 +323,10 @@ def test_published_seqs_are_stored_before_sending_and_never_reused_after_restart
         try:
             second = await request(ask, "publish", {"release": str(write_release(
                 party, tmp_path, seed=1)), "wait": True}, WAIT)
+            with pytest.raises(ControlError, match=r"own twin 0 \(seq 7\) refused \(duplicate\)"
+                                                   ".*published before"):
+                await request(ask, "publish", {"release": str(write_release(
+                    party, tmp_path, seed=1)), "wait": True}, WAIT)
             with pytest.raises(ControlError, match="release is from 'bob', not 'alice'"):
                 await request(ask, "publish", {"release": str(write_release(
                     party, tmp_path, sender="bob")), "wait": True}, WAIT)
@@ -334,6 +338,7 @@ def test_published_seqs_are_stored_before_sending_and_never_reused_after_restart
         # Assert
         assert first["seqs"] == [1, 3] and second["seqs"] == [4, 6]
         assert status["own_seq"] == 6 and status["twins"] == {"alice": 6}
+        assert status["rejected"] == {}  # our own refusals are errors, not network refusals
         assert status["counters"]["published"] == 6
 
     run(main())

@@ -104,7 +104,7 @@ class Node:
         self.jobs = JobSlot()
         self._tasks: list[asyncio.Task] = []
         self._pending: dict[bytes, asyncio.Future] = {}
-        self._ingest = asyncio.Lock()
+        self._ingest_lock = asyncio.Lock()
         self._stop_requested = asyncio.Event()
         self._started = time.monotonic()
         self._stopping = False
@@ -216,15 +216,8 @@ class Node:
         Returns the verified envelope, or None when it was refused. Twins are stored before
         the guard records them; a catch-up request is answered through `reply`.
         """
-        assert self.verifier is not None, "open() the node first"
         try:
-            async with self._ingest:
-                env = self.verifier.open(frames)
-                if env.family not in CHANNELS.get(channel, ()):
-                    raise _tagged(MalformedMessage(
-                        f"a {env.family} message does not belong on the {channel} channel"), env)
-                if env.family == TWIN:
-                    await self._store(env, channel)
+            env = await self._ingest(frames, channel)
         except WireError as exc:
             self._reject(exc, channel)
             return None
@@ -240,6 +233,19 @@ class Node:
             future = self._pending.get(env.message.request_id)  # type: ignore[union-attr]
             if future is not None and not future.done():
                 future.set_result(env.message)
+        return env
+
+    async def _ingest(self, frames: Sequence[bytes], channel: str) -> Envelope:
+        """Verify, check the channel, and store a twin before recording it as seen; raises
+        the WireError (or StoreError) that refuses the message."""
+        assert self.verifier is not None, "open() the node first"
+        async with self._ingest_lock:
+            env = self.verifier.open(frames)
+            if env.family not in CHANNELS.get(channel, ()):
+                raise _tagged(MalformedMessage(
+                    f"a {env.family} message does not belong on the {channel} channel"), env)
+            if env.family == TWIN:
+                await self._store(env, channel)
         return env
 
     async def _receive(self, frames: Sequence[bytes], channel: str,
@@ -470,10 +476,13 @@ class Node:
                                f"make it with --sender {self.name}")
         seqs = await asyncio.to_thread(self.store.reserve_seq, len(release.twins))
         for i, (twin, seq) in enumerate(zip(release.twins, seqs)):
-            frames = encode_twin(twin, self.schema, seq, self.signer)
-            env = await self.handle_frames(frames, "local")
-            if env is None:
-                raise ControlError(f"own twin {i} (seq {seq}) was refused; see the log")
+            try:
+                env = await self._ingest(encode_twin(twin, self.schema, seq, self.signer),
+                                         "local")
+            except WireError as exc:
+                hint = "; this release was published before" if exc.reason == "duplicate" else ""
+                raise ControlError(f"own twin {i} (seq {seq}) refused ({exc.reason}): "
+                                   f"{exc}{hint}") from None
             await self.transport.publish(env.frames)
             self.counters["published"] += 1
             if progress is not None:
