@@ -323,12 +323,13 @@ def test_three_nodes_train_publish_and_converge(world, tmp_path):
                  privacy={"epsilon": 1.0, "epochs": 2.0, "q": 0.05},
                  generator={"components": 2, "chunk": 20, "learning_rate": 0.01}) as c:
         c.start()
-        # while the workers train, every node keeps answering and hearing its peers
-        c.wait_until(lambda: (c.status("alice")["job"] or {}).get("detail", "").startswith(
-            "train"), WAIT,
-                     "alice's training job", names=["alice"])
+        # once alice's worker has charged the ledger it trains; her node keeps answering
+        # and hearing its peers meanwhile
+        ledger = c.state_dir("alice") / "ledger.json"
+        c.wait_until(ledger.exists, 3 * WAIT, "alice's training run", names=["alice"])
+        c.wait_connected(WAIT)
         during = c.status("alice")
-        assert during["job"]["state"] == "running"
+        assert during["job"]["state"] == "running", during["job"]
         assert all(p["connected"] for p in during["peers"]), during["peers"]
         c.wait_holdings({n: K for n in NAMES}, 6 * WAIT)
         views = {name: held(c, name) for name in NAMES}
