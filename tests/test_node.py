@@ -271,6 +271,35 @@ def test_heartbeat_showing_twins_we_lack_wakes_catchup_for_that_peer_once_per_st
     run(main())
 
 
+def test_a_lack_shown_by_a_heartbeat_waits_while_live_twins_fill_it_and_asks_once_stalled(
+        party):
+    async def main() -> None:
+        # Prepare: we hold bob's seq 1; his heartbeat says he has 3
+        node = await opened(party)
+        frames = signed(make_twins(party.schema, "bob", k=5), party.schema, party.bob)
+        await node.handle_frames(frames[0])
+        bob, peer = Signer(party.bob), node.peers["bob"]
+        await node.handle_frames(encode_heartbeat(Heartbeat("bob", 0, {}), bob))  # first
+        await node.handle_frames(encode_heartbeat(Heartbeat("bob", 3, {"bob": 3}), bob))
+        assert peer.recheck and peer.asked == (3, (("bob", 3),))
+
+        async def live() -> None:  # 2 and 3 arrive live during the grace period
+            await asyncio.sleep(0.1)
+            for f in frames[1:3]:
+                await node.handle_frames(f)
+
+        # Execute / Assert: filled by live traffic, so no request
+        delivery = asyncio.create_task(live())
+        assert await node._still_lacking(peer) is False
+        await delivery
+        # 4 and 5 never come: the lack stalls and a request is due
+        await node.handle_frames(encode_heartbeat(Heartbeat("bob", 5, {"bob": 5}), bob))
+        assert await node._still_lacking(peer) is True
+        await node.stop()
+
+    run(main())
+
+
 def test_replay_guard_is_rebuilt_from_the_store_so_replays_stay_refused_after_restart(party):
     async def main() -> None:
         frames = signed(make_twins(party.schema, "bob"), party.schema, party.bob)

@@ -17,8 +17,9 @@ saved beside it: the index is what was acknowledged, so the two cannot disagree 
 and an envelope the store quarantined can be fetched again.
 
 Catch-up (the ZeroMQ Guide's Clone pattern): a peer's first heartbeat, a heartbeat showing
-seqs we lack, and a periodic timer (one live peer per `catchup_interval`, round robin) wake
-that peer's catch-up worker, which sends a signed request with what we `have` of every sender
+seqs we lack (once live traffic stops filling the lack), and a periodic timer (one live peer
+per `catchup_interval`, round robin, unless twins are arriving live) wake that peer's
+catch-up worker, which sends a signed request with what we `have` of every sender
 we pin (watermark 0 for none) and waits for the end marker; the server answers with up to
 `catchup_batch` stored original envelopes of the senders named in `have` (any of them, not
 only its own) and a signed end; the worker asks again while new twins arrive.
@@ -57,6 +58,7 @@ CHANNELS = {"sub": (TWIN, HEARTBEAT), "router": (REQUEST,), "dealer": (TWIN, END
 CATCHUP_GAP = 0.2        # seconds between two requests of ours to one peer
 CATCHUP_TIMEOUT = 15.0   # seconds to wait for a peer's end marker
 SERVE_GAP = 0.1          # a peer asking more often than this gets an empty reply
+RECHECKS = 20            # grace periods a heartbeat-shown lack may wait on live traffic
 QUIET_REASONS = ("replay", "duplicate")  # expected when catch-up overlaps live traffic
 
 Reply = Callable[[Sequence[bytes]], Awaitable[bool]]
@@ -72,6 +74,7 @@ class PeerState:
     latest: int | None = None
     holdings: dict[str, int] = field(default_factory=dict)
     asked: Any = None                      # the heartbeat state that last woke catch-up
+    recheck: bool = False                  # woken by a lack: check again after a grace
     last_served: float = -math.inf
     wanted: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -109,6 +112,7 @@ class Node:
         self._started = time.monotonic()
         self._stopping = False
         self._denied_logged: dict[bytes, float] = {}
+        self._last_live = -math.inf  # when a twin last arrived live (SUB)
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -270,6 +274,8 @@ class Node:
                                            "already in the store"), env)
         self.verifier.accept(env)
         self.counters["accepted"] += 1
+        if channel == "sub":
+            self._last_live = time.monotonic()
         event(log, "twin.accepted", peer=env.sender, seq=env.seq, k=p.index,
               release=p.release, channel=channel, level=logging.DEBUG)
 
@@ -348,26 +354,33 @@ class Node:
         state = (hb.latest, tuple(sorted(hb.holdings.items())))
         if first:
             event(log, "peer.heartbeat", "first heartbeat", peer=hb.sender, latest=hb.latest)
-        if first or (state != peer.asked and self._lacks(hb)):
             peer.asked = state
             peer.wanted.set()
+        elif state != peer.asked and self._lacks(hb.sender, state):
+            peer.asked, peer.recheck = state, True
+            peer.wanted.set()
 
-    def _lacks(self, hb: Heartbeat) -> bool:
-        """Whether the heartbeat shows twins its sender holds that we do not."""
+    def _lacks(self, sender: str, state: tuple[int, tuple[tuple[str, int], ...]]) -> bool:
+        """Whether a heartbeat state (latest, holdings) of `sender` shows twins we lack."""
         assert self.verifier is not None
         guard = self.verifier.guard
-        if hb.latest and guard.missing(hb.sender, hb.latest, limit=1):
+        latest, holdings = state
+        if latest and guard.missing(sender, latest, limit=1):
             return True
-        return any(s in self.trust and guard.missing(s, w, limit=1)
-                   for s, w in hb.holdings.items())
+        return any(s in self.trust and guard.missing(s, w, limit=1) for s, w in holdings)
 
     async def _periodic_catchup(self) -> None:
+        """Wake one live peer's catch-up per interval, round robin; skipped while twins
+        arrive live (a request then fetches what is already on its way; a real gap shows
+        in the heartbeats)."""
         turn = 0
         interval = self.config.network.catchup_interval
+        beat = self.config.network.heartbeat_interval
         while True:
             await asyncio.sleep(interval)
-            alive = [p for p in self.peers.values()
-                     if p.alive(self.config.network.heartbeat_interval)]
+            if time.monotonic() - self._last_live < 2 * beat:
+                continue
+            alive = [p for p in self.peers.values() if p.alive(beat)]
             if alive:
                 alive[turn % len(alive)].wanted.set()
                 turn += 1
@@ -377,6 +390,10 @@ class Node:
         while True:
             await peer.wanted.wait()
             peer.wanted.clear()
+            if peer.recheck:
+                peer.recheck = False
+                if not await self._still_lacking(peer):
+                    continue
             try:
                 await self.catch_up(name)
             except asyncio.CancelledError:
@@ -385,6 +402,22 @@ class Node:
                 self.rejected["internal"] += 1
                 log.exception("catch-up from %s failed", name)
             await asyncio.sleep(CATCHUP_GAP)
+
+    async def _still_lacking(self, peer: PeerState) -> bool:
+        """After a heartbeat showed a lack: wait while live traffic is still filling it
+        (our holdings grow from one grace period to the next); True once it stalls."""
+        assert self.verifier is not None
+        grace = max(self.config.network.heartbeat_interval, 0.5)
+        before = self.verifier.guard.holdings()
+        for _ in range(RECHECKS):
+            await asyncio.sleep(grace)
+            if not self._lacks(peer.name, peer.asked):
+                return False
+            now = self.verifier.guard.holdings()
+            if now == before:
+                return True
+            before = now
+        return True
 
     async def catch_up(self, peer: str) -> int:
         """Ask `peer` for every stored envelope we lack, batch after batch; return how many
