@@ -229,6 +229,7 @@ def test_unpinned_curve_key_cannot_subscribe_while_a_pinned_one_can(hostile):
     alice = c.peer("alice")
     ctx = zmq.Context()
     subs = {}
+    denied_before = c.status("alice")["rejected"].get("zap-denied", 0)  # before connecting
     try:
         for label, keys in (("stranger", zmq.curve_keypair()),
                             ("pinned", (c.identity("bob").curve_public,
@@ -241,7 +242,6 @@ def test_unpinned_curve_key_cannot_subscribe_while_a_pinned_one_can(hostile):
             sub.setsockopt(zmq.SUBSCRIBE, b"")
             sub.connect(alice.pub_address)
             subs[label] = sub
-        denied_before = c.status("alice")["rejected"].get("zap-denied", 0)
         got = {"stranger": 0, "pinned": 0}
         deadline = time.monotonic() + WAIT
         # Execute: listen until the pinned client heard 3 heartbeats and ZAP denied the stranger
