@@ -189,13 +189,15 @@ def hostile(world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 def test_pinned_peer_sending_forged_replayed_and_garbage_frames_is_counted_and_twins_flow(
         hostile, world):
     c, schema, m = hostile.cluster, hostile.schema, Signer(hostile.mallory)
-    # Prepare: alice hears mallory's heartbeats (so the SUB connection is up)
-    def alice_hears_mallory() -> bool:
-        hostile.pub.send_multipart(encode_heartbeat(Heartbeat("mallory", 0, {}), m))
-        return any(p["name"] == "mallory" and p["last_heartbeat_age"] is not None
-                   for p in c.status("alice")["peers"])
+    # Prepare: alice and bob hear mallory's heartbeats (so their SUB connections are up)
 
-    c.wait_until(alice_hears_mallory, WAIT, "alice to hear mallory", names=["alice"])
+    def both_hear_mallory() -> bool:
+        hostile.pub.send_multipart(encode_heartbeat(Heartbeat("mallory", 0, {}), m))
+        return all(any(p["name"] == "mallory" and p["last_heartbeat_age"] is not None
+                       for p in c.status(name)["peers"]) for name in ("alice", "bob"))
+
+    c.wait_until(both_hear_mallory, WAIT, "alice and bob to hear mallory",
+                 names=["alice", "bob"])
     twins = posterior_twins(schema, simulate_small(schema, 100, seed=5), sender="mallory", k=3,
                             seed=5)
     honest = [encode_twin(t, schema, i + 1, m) for i, t in enumerate(twins)]
