@@ -7,12 +7,19 @@ generator per party, or pass any maker to `run_study`/`main`), and records wheth
 
 - twins only: one party's K twins pooled as fully synthetic data (the setting the
   Raghunathan–Reiter rule is derived for);
-- combined: party 0's real rows ∪ twin k of every peer (the paper's analysis);
+- combined: party 0's real rows ∪ twin k of every peer, twin rows weighted λ, for each λ
+  of `--weights`: ``combined`` is λ = 1 (the paper's analysis), ``combined-auto`` the λ
+  chosen by `weighting.choose_weight` on party 0's rows (seeded per repetition; the
+  distribution of the chosen λ is reported), ``combined@W`` a fixed λ = W;
 - local only: party 0's rows alone (a check of the HC1 intervals themselves),
 
 under each pooling rule (reiter, rubin, mixed) and both interval references (t, normal).
+`--inflate F` > 1 gives DP-like twins (each twin's posterior F times wider, the release's
+centre moved once by the matching noise: calibrated, so the intervals should still cover).
 
     .venv/bin/python scripts/coverage_study.py --reps 200 --k 100
+    .venv/bin/python scripts/coverage_study.py --reps 200 --k 100 --inflate 4
+    .venv/bin/python scripts/coverage_study.py --reps 200 --n-local 2000 --weights 1,auto
 """
 from __future__ import annotations
 
@@ -34,6 +41,7 @@ from twinnode.analysis import (AnalysisOptions, PooledFit, combined_fit, local_f
                                repool, twins_fit)
 from twinnode.simtwins import (SMALL_TRUE_COEFFICIENTS, TwinMaker,  # noqa: E402
                                simulate_small, small_schema)
+from twinnode.weighting import choose_weight  # noqa: E402
 
 RULES = ("reiter", "rubin", "mixed")
 INTERVALS = ("t", "normal")
@@ -41,6 +49,7 @@ INTERVALS = ("t", "normal")
 
 def run_study(twin_maker: TwinMaker, reps: int = 200, k: int = 100, peers: int = 4,
               n_local: int = 300, n_peer: int = 1000, epsilon: float = 1.0, seed: int = 0,
+              weights: Sequence[str | float] = (1.0,),
               progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Coverage per scenario, rule and interval reference, over `reps` repetitions."""
     schema = small_schema()
@@ -49,6 +58,7 @@ def run_study(twin_maker: TwinMaker, reps: int = 200, k: int = 100, peers: int =
     hits: dict[str, list[np.ndarray]] = {}
     fallbacks: dict[str, list[int]] = {}
     widths: dict[str, list[np.ndarray]] = {}
+    chosen: list[float] = []
     for rep in range(reps):
         base = seed * 1_000_003 + rep * 101
         local = simulate_small(schema, n_local, base)
@@ -56,12 +66,19 @@ def run_study(twin_maker: TwinMaker, reps: int = 200, k: int = 100, peers: int =
                                         sender=f"peer{i}", k=k, epsilon=epsilon,
                                         seed=base + 50 + i)
                  for i in range(peers)}
-        fits: dict[str, PooledFit] = {
-            "twins-only": twins_fit(schema, twins["peer0"], options),
-            "combined": combined_fit(schema, local, twins, options=options),
-            "local-only": local_fit(schema, local, options)}
+        fits: dict[str, PooledFit] = {"twins-only": twins_fit(schema, twins["peer0"], options)}
+        for w in weights:
+            if w == "auto":
+                lam = choose_weight(schema, local, twins, seed=base, options=options).chosen
+                chosen.append(lam)
+                name = "combined-auto"
+            else:
+                lam = float(w)
+                name = "combined" if lam == 1.0 else f"combined@{lam:g}"
+            fits[name] = combined_fit(schema, local, twins, weight=lam, options=options)
+        fits["local-only"] = local_fit(schema, local, options)
         if truth is None:
-            truth = np.array([SMALL_TRUE_COEFFICIENTS[t] for t in fits["combined"].terms])
+            truth = np.array([SMALL_TRUE_COEFFICIENTS[t] for t in fits["local-only"].terms])
         for scenario, fit in fits.items():
             rules = ("single",) if scenario == "local-only" else RULES
             for rule in rules:
@@ -75,7 +92,7 @@ def run_study(twin_maker: TwinMaker, reps: int = 200, k: int = 100, peers: int =
                     fallbacks.setdefault(key, []).append(int(p.fallback.sum()))
         if progress:
             progress(rep + 1)
-    terms = list(fits["combined"].terms)
+    terms = list(fits["local-only"].terms)
     results = {}
     for key, h in hits.items():
         arr = np.array(h, float)
@@ -87,9 +104,16 @@ def run_study(twin_maker: TwinMaker, reps: int = 200, k: int = 100, peers: int =
             "median_width": dict(zip(terms, map(float, np.median(np.array(widths[key]),
                                                                    axis=0)))),
             "fallback_share": float(np.sum(fallbacks[key]) / arr.size)}
-    return {"reps": reps, "k": k, "peers": peers, "n_local": n_local, "n_peer": n_peer,
-            "epsilon": epsilon, "seed": seed, "truth": dict(zip(terms, map(float, truth))),
-            "results": results}
+    out = {"reps": reps, "k": k, "peers": peers, "n_local": n_local, "n_peer": n_peer,
+           "epsilon": epsilon, "seed": seed, "weights": [str(w) for w in weights],
+           "truth": dict(zip(terms, map(float, truth))), "results": results}
+    if chosen:
+        lam = np.array(chosen)
+        values, counts = np.unique(lam, return_counts=True)
+        out["chosen_weight"] = {"mean": float(lam.mean()), "median": float(np.median(lam)),
+                                "share_zero": float(np.mean(lam == 0)),
+                                "counts": {f"{v:g}": int(c) for v, c in zip(values, counts)}}
+    return out
 
 
 def main(argv: Sequence[str] | None = None,
@@ -108,6 +132,8 @@ def main(argv: Sequence[str] | None = None,
                          "generator per party (slow)")
     ap.add_argument("--epochs", type=float, default=200.0, help="DP training epochs")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--weights", default="1,auto",
+                    help="comma list of twin weights: numbers in [0, 1] and/or auto (1,auto)")
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args(argv)
     if twin_maker is None:
@@ -116,7 +142,7 @@ def main(argv: Sequence[str] | None = None,
     t0 = time.perf_counter()
     out = run_study(twin_maker, reps=args.reps, k=args.k, peers=args.peers,
                     n_local=args.n_local, n_peer=args.n_peer, epsilon=args.epsilon,
-                    seed=args.seed,
+                    seed=args.seed, weights=_weights(args.weights),
                     progress=lambda r: print(f"\r{r}/{args.reps}", end="", file=sys.stderr))
     print(file=sys.stderr)
     out["seconds"] = round(time.perf_counter() - t0, 1)
@@ -129,9 +155,21 @@ def main(argv: Sequence[str] | None = None,
         print(f"{key:<28}{r['coverage_mean']:>7.3f}{r['mc_se']:>7.3f}"
               f"{r['fallback_share']:>9.3f}   {per}")
     print("terms:", " ".join(out["truth"]))
+    if "chosen_weight" in out:
+        c = out["chosen_weight"]
+        print(f"adaptive λ: mean {c['mean']:.3f}, median {c['median']:g}, "
+              f"λ = 0 in {c['share_zero']:.1%}; counts {c['counts']}")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(out, fh, indent=2)
+    return out
+
+
+def _weights(text: str) -> list[str | float]:
+    out: list[str | float] = []
+    for item in text.split(","):
+        item = item.strip()
+        out.append("auto" if item == "auto" else float(item))
     return out
 
 

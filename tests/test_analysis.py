@@ -86,8 +86,8 @@ def test_reiter_falls_back_when_the_total_variance_is_not_positive():
     coef = np.array([[1.0, 1.0], [1.0, 3.0], [1.0, 5.0]])
     se = np.full((3, 2), 0.5)
     # Execute
-    rubin_fb = pool(coef, se, fallback="rubin")
-    within_fb = pool(coef, se, fallback="within", interval="normal")
+    rubin_fb = pool(coef, se, rule="reiter", fallback="rubin")
+    within_fb = pool(coef, se, rule="reiter", fallback="within", interval="normal")
     # Assert: counted per coefficient, T = u + (1 + 1/K) b = u here (b = 0)
     assert rubin_fb.fallback.tolist() == [True, False]
     assert rubin_fb.total[0] == pytest.approx(0.25) and np.isinf(rubin_fb.df[0])
@@ -119,7 +119,8 @@ def test_combined_fit_pools_the_same_numbers_as_a_statsmodels_loop(small_schema)
     peers = _peers(small_schema, count=2, k=6)
     design = make_design(small_schema)
     # Execute
-    fit = combined_fit(small_schema, local, peers, options=AnalysisOptions(cov_type="HC0"))
+    fit = combined_fit(small_schema, local, peers,
+                       options=AnalysisOptions(rule="reiter", cov_type="HC0"))
     # Assert: each D_k fitted by statsmodels and pooled by hand gives the same numbers
     coefs, ses = [], []
     for k in range(6):

@@ -1,4 +1,4 @@
-"""`twinnode analyze` on release directories: the table, --json keys, screening, errors."""
+"""`twinnode analyze` on release directories: the table, --json keys, weight, screening, errors."""
 from __future__ import annotations
 
 import json
@@ -58,9 +58,77 @@ def test_analyze_json_has_the_documented_keys(workdir, capsys):
     smoker = doc["coefficients"]["smoker"]
     assert {"estimate", "se", "local_estimate", "local_se"} <= set(smoker)
     assert len(doc["ll_local_samples"]) == 30 and isinstance(doc["ll_combined"], float)
-    assert doc["pooling"]["rule"] == "reiter" and doc["pooling"]["k"] == 6
+    assert doc["pooling"]["rule"] == "mixed" and doc["pooling"]["k"] == 6
     assert doc["screening"]["flagged"] == ["hosp3"]
     assert doc["screening"]["with_flagged"]["peers"] == ["hosp0", "hosp1", "hosp2", "hosp3"]
+
+
+def test_analyze_prints_the_validation_curve_the_weight_and_the_verdict(workdir, capsys):
+    # Execute
+    code = main(_args(workdir, "--cv-replicates", "3"))
+    out = capsys.readouterr().out
+    # Assert: one curve line per λ of the default grid, the chosen one marked
+    assert code == 0
+    assert "chosen by cross-validation, guarded rule" in out
+    assert "5-fold cross-validation on 150 local rows, 3 twin(s) per fit" in out
+    curve = [line for line in out.splitlines() if line.strip().split(" ")[0] in
+             {"0", "0.05", "0.1", "0.2", "0.3", "0.5", "0.7", "1"}]
+    assert len(curve) == 8 and sum("<- chosen" in line for line in curve) == 1
+    assert "does joining help? " in out
+
+
+def test_analyze_json_weight_object_by_default_is_the_adaptive_choice(workdir, capsys):
+    # Execute
+    code = main(_args(workdir, "--json", "--cv-replicates", "3", "--folds", "4"))
+    doc = json.loads(capsys.readouterr().out)
+    # Assert
+    w = doc["weight"]
+    assert code == 0 and w["mode"] == "auto" and w["selection"] == "guarded"
+    assert {"chosen", "grid", "curve", "verdict", "folds"} <= set(w)
+    assert w["folds"] == 4 and w["replicates"] == 3 and w["chosen"] in w["grid"]
+    assert [c["weight"] for c in w["curve"]] == w["grid"]
+    assert w["verdict"].split(":")[0] in ("yes", "no")
+    assert doc["pooling"]["weight"] == w["chosen"]
+
+
+@pytest.mark.parametrize("weight", ["1", "0.3"])
+def test_analyze_with_a_fixed_weight_uses_it_and_judges_it(workdir, capsys, weight):
+    # Execute
+    code = main(_args(workdir, "--json", "--weight", weight, "--cv-replicates", "2"))
+    doc = json.loads(capsys.readouterr().out)
+    # Assert
+    w = doc["weight"]
+    assert code == 0 and w["mode"] == "fixed" and w["chosen"] == float(weight)
+    assert w["grid"] == [0.0, float(weight)] and doc["pooling"]["weight"] == float(weight)
+    assert w["verdict"].split(":")[0] in ("yes", "no", "unclear")
+
+
+def test_weight_one_reproduces_the_papers_plain_concatenation(workdir, capsys, small_schema):
+    # Prepare: the paper's analysis by hand, every peer (screening off), λ = 1, reiter
+    from twinnode.analysis import AnalysisOptions, combined_fit
+    from twinnode.data import read_table
+    from twinnode.twins import load_release
+    local = read_table(workdir / "local.csv", small_schema)
+    peers = {f"hosp{i}": load_release(workdir / f"release-{i}", small_schema).twins
+             for i in range(4)}
+    plain = combined_fit(small_schema, local, peers, options=AnalysisOptions(rule="reiter"))
+    # Execute
+    main(_args(workdir, "--json", "--weight", "1", "--rule", "reiter", "--screen", "off",
+               "--cv-replicates", "2"))
+    doc = json.loads(capsys.readouterr().out)
+    # Assert
+    for term, est, se in zip(plain.terms, plain.estimate, plain.se):
+        assert doc["coefficients"][term]["estimate"] == pytest.approx(est, rel=1e-10)
+        assert doc["coefficients"][term]["se"] == pytest.approx(se, rel=1e-10)
+
+
+@pytest.mark.parametrize("bad", ["half", "2"])
+def test_a_weight_that_is_not_auto_or_in_zero_one_exits_with_the_analysis_code(
+        workdir, capsys, bad):
+    # Execute
+    code = main(_args(workdir, "--weight", bad))
+    # Assert
+    assert code == 15 and "weight" in capsys.readouterr().err
 
 
 def test_exclude_policy_leaves_the_flagged_peer_out_of_the_estimates(workdir, capsys):

@@ -2,11 +2,21 @@
 
 For k in 1..K, D_k = the local real rows ∪ twin k of every accepted peer; each D_k gets the
 same Poisson GLM (log link, robust HC1 errors, `glm.fit_poisson_columns`) and the K fits are
-pooled (`pooling.pool`, Raghunathan–Reiter by default). The local-only fit, the pooled
-real-data fit (an oracle for experiments) and one peer's twins alone go through the same
-code and give the same report type, `PooledFit`. `evaluate` scores a fit on held-out rows.
-Peers' twin rows can carry a weight λ in [0, 1] (1, the default, is the paper's plain
-concatenation). Pure functions: no files, no sockets.
+pooled (`pooling.pool`; the ``mixed`` rule by default, ``reiter`` is the paper's). The
+local-only fit, the pooled real-data fit (an oracle for experiments) and one peer's twins
+alone go through the same code and give the same report type, `PooledFit`. `evaluate`
+scores a fit on held-out rows.
+
+Peers' twin rows can carry a weight λ in [0, 1] (here 1, the paper's plain concatenation,
+is the default; `weighting.choose_weight` picks λ, `combine.analyze_party` is the whole
+party analysis that the CLI and the node run). What the standard errors then mean: a
+twin row of weight λ is one synthetic draw whose score counts λ times (an importance
+weight), not λ real observations, so the sandwich's meat has λ² for it (`glm`); the
+per-fit SE is the sampling SE of the λ-weighted estimator given the twins, and the pooled T
+(mixed rule) adds the peers' estimation noise that the between-twin spread b carries. So
+the intervals are for the true coefficients if the twins come from a faithful (calibrated)
+generator, whatever λ; λ does not make the twins count as real data, it trades the
+twins' noise and bias against the local rows' noise. Pure functions: no files, no sockets.
 """
 from __future__ import annotations
 
@@ -20,7 +30,7 @@ from scipy.special import gammaln
 from .design import Design, make_design
 from .errors import AnalysisError, SchemaError
 from .glm import fit_poisson_columns
-from .pooling import Pooled, pool
+from .pooling import DEFAULT_RULE, Pooled, pool
 from .schema import Schema
 from .twins import Twin
 
@@ -37,7 +47,7 @@ class AnalysisOptions:
 
     covariates: tuple[str, ...] | None = None
     reference: Mapping[str, str] = field(default_factory=dict)
-    rule: str = "reiter"
+    rule: str = DEFAULT_RULE
     fallback: str = "rubin"
     level: float = 0.95
     interval: str = "t"
@@ -159,7 +169,7 @@ def combined_fit(schema: Schema, local_frame: pd.DataFrame | None, peers: Peers,
         if local is None:
             raise AnalysisError("nothing to fit: no local rows and no peer twins")
         warnings.append("no peer twins: the combined fit is the local fit")
-        return _run(design, options, "combined", 1, lambda ks: _stack([[local]]), (),
+        return _run(design, options, "combined", 1, lambda ks: stack_blocks([[local]]), (),
                     {"local": len(local[1])}, weight, warnings)
     names = tuple(twins)
 
@@ -169,7 +179,7 @@ def combined_fit(schema: Schema, local_frame: pd.DataFrame | None, peers: Peers,
             row = [] if local is None else [local]
             row += [(*design.matrix(twins[name][i].arrays), weight, True) for name in names]
             blocks.append(row)
-        return _stack(blocks)
+        return stack_blocks(blocks)
 
     rows = {"local": 0 if local is None else len(local[1])}
     rows |= {name: twins[name][0].rows for name in names}
@@ -183,7 +193,7 @@ def local_fit(schema: Schema, local_frame: pd.DataFrame,
     options = options or AnalysisOptions()
     design = options.design(schema)
     local = _local_block(schema, design, local_frame)
-    return _run(design, options, "local", 1, lambda ks: _stack([[local]]), (),
+    return _run(design, options, "local", 1, lambda ks: stack_blocks([[local]]), (),
                 {"local": len(local[1])}, 1.0, [])
 
 
@@ -264,10 +274,10 @@ def align_peers(schema: Schema, peers: Peers) -> tuple[dict[str, list[Twin]], in
     return {n: t[:k] for n, t in out.items()}, k, warnings
 
 
-_Block = tuple[np.ndarray, np.ndarray, float, bool]  # X, y, weight, synthetic?
+Block = tuple[np.ndarray, np.ndarray, float, bool]  # X, y, weight, synthetic?
 
 
-def _local_block(schema: Schema, design: Design, frame: pd.DataFrame | None) -> _Block | None:
+def _local_block(schema: Schema, design: Design, frame: pd.DataFrame | None) -> Block | None:
     if frame is None:
         return None
     if len(frame) == 0:
@@ -276,7 +286,7 @@ def _local_block(schema: Schema, design: Design, frame: pd.DataFrame | None) -> 
     return X, y, 1.0, False
 
 
-def _stack(blocks: Sequence[Sequence[_Block]]) -> tuple[np.ndarray, ...]:
+def stack_blocks(blocks: Sequence[Sequence[Block]]) -> tuple[np.ndarray, ...]:
     """Replicates of row blocks -> X (K, p, n), y, weights, part; short ones padded, w = 0."""
     sizes = [sum(len(b[1]) for b in row) for row in blocks]
     K, n, p = len(blocks), max(sizes), blocks[0][0][0].shape[1]

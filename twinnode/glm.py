@@ -10,10 +10,21 @@ Conventions, checked against statsmodels `GLM(y, X, family=Poisson(), var_weight
 - weights w_i >= 0 multiply each row's log-likelihood; score = X'(w (y - mu)),
   Hessian H = X' diag(w mu) X.
 - HC0 covariance: H^-1 M H^-1 with meat M = X' diag(w^2 (y - mu)^2) X.
-- HC1 (the default): HC0 times n / (n - p), n = rows with positive weight, p = estimated
-  columns: the textbook small-sample factor. statsmodels 0.14/0.15 label plain HC0 as "HC1"
-  for GLM (no `cov_HC1` on GLMResults, so `cov_white_simple(use_correction=False)` is used):
-  its "HC1" equals our "HC0"; `tests/test_glm.py` pins both facts.
+- HC1 (the default): HC0 times n / (n - p), p = estimated columns: the textbook
+  small-sample factor. n is Kish's effective number of rows (sum w)^2 / sum w^2, which is
+  the row count when every weight is 0 or 1 (so unweighted fits get the textbook factor)
+  and moves smoothly from the local rows' count (twin weight λ -> 0) to all rows (λ = 1)
+  instead of jumping as soon as a row's weight is positive. statsmodels 0.14/0.15 label
+  plain HC0 as "HC1" for GLM (no `cov_HC1` on GLMResults, so
+  `cov_white_simple(use_correction=False)` is used): its "HC1" equals our "HC0";
+  `tests/test_glm.py` pins both facts.
+- Weights are importance (sampling) weights, not frequency weights: a row of weight w is
+  one observation whose score counts w times, so its meat term is w^2 (y - mu)^2 x x'
+  (a frequency weight would give w (y - mu)^2 x x', as if the row were w observations).
+  That is the right sandwich for λ-weighted synthetic rows, which are single draws whose
+  influence is scaled down, not λ real observations. statsmodels' `var_weights` agree.
+- `cov_type=None` skips the sandwich (SEs NaN): for fits whose estimates alone are used,
+  e.g. the cross-validation of the twin weight.
 - A column that is all zero on a replicate's rows, or a linear combination of earlier
   columns, is dropped for that replicate (coefficient and SE NaN, `dropped` True): the term
   list is fixed by the schema, not by the data, so this happens for levels absent from a D_k.
@@ -28,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import gammaln
 
-COV_TYPES = ("HC0", "HC1")
+COV_TYPES = ("HC0", "HC1", None)
 RANK_TOL = 1e-9
 """A column whose share of its variance not explained by earlier columns is below this
 (on the rows with positive weight) is dropped as rank deficient."""
@@ -75,7 +86,7 @@ def estimable_columns(X: np.ndarray, weights: np.ndarray, tol: float = RANK_TOL)
 
 
 def fit_poisson_batch(X: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None, *,
-                      part: np.ndarray | None = None, cov_type: str = "HC1",
+                      part: np.ndarray | None = None, cov_type: str | None = "HC1",
                       start: np.ndarray | None = None, tol: float = 1e-8,
                       max_iter: int = 50) -> BatchFit:
     """Fit K Poisson GLMs (log link) at once: X (K, n, p), y (K, n), weights (K, n).
@@ -95,7 +106,7 @@ def fit_poisson_batch(X: np.ndarray, y: np.ndarray, weights: np.ndarray | None =
 
 
 def fit_poisson_columns(Xt: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None, *,
-                        part: np.ndarray | None = None, cov_type: str = "HC1",
+                        part: np.ndarray | None = None, cov_type: str | None = "HC1",
                         start: np.ndarray | None = None, tol: float = 1e-8,
                         max_iter: int = 50) -> BatchFit:
     """`fit_poisson_batch` with the design given as (K, p, n), the layout the fitter uses.
@@ -169,7 +180,10 @@ def _estimable(Xt: np.ndarray, weights: np.ndarray, tol: float) -> np.ndarray:
 
 def _start(y: np.ndarray, w: np.ndarray, keep: np.ndarray, start: np.ndarray | None
            ) -> np.ndarray:
-    """Warm start where given and finite, else intercept = log weighted mean outcome."""
+    """Warm start where given, else intercept = log weighted mean outcome.
+
+    A start row with no finite value (a failed fit's) gets the default; a NaN entry in a
+    usable row (a term dropped where the start came from) starts at 0."""
     K, p = keep.shape
     wsum = w.sum(axis=1)
     ybar = (w * y).sum(axis=1) / np.where(wsum > 0, wsum, 1.0)
@@ -177,8 +191,9 @@ def _start(y: np.ndarray, w: np.ndarray, keep: np.ndarray, start: np.ndarray | N
     beta[:, 0] = np.where(keep[:, 0] & (ybar > 0), np.log(np.maximum(ybar, 1e-300)), 0.0)
     if start is not None:
         s = np.broadcast_to(np.asarray(start, np.float64), (K, p))
-        s = np.where(np.isfinite(s), s, 0.0)
-        beta = np.where(keep, np.where(np.isfinite(s).all(axis=1, keepdims=True), s, beta), 0.0)
+        usable = np.isfinite(s).any(axis=1, keepdims=True)
+        beta = np.where(keep, np.where(usable, np.nan_to_num(s, nan=0.0, posinf=0.0,
+                                                             neginf=0.0), beta), 0.0)
     return beta
 
 
@@ -251,8 +266,8 @@ def _halve_until_better(y: np.ndarray, w: np.ndarray, eta: np.ndarray, d_eta: np
 
 
 def _sandwich(Xt: np.ndarray, y: np.ndarray, w: np.ndarray, beta: np.ndarray, mu: np.ndarray,
-              keep: np.ndarray, converged: np.ndarray, part: np.ndarray | None, cov_type: str
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+              keep: np.ndarray, converged: np.ndarray, part: np.ndarray | None,
+              cov_type: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Robust (HC0/HC1) standard errors at the estimates; NaN for failed or dropped terms."""
     K, p, n = Xt.shape
     coef = np.full((K, p), np.nan)
@@ -263,17 +278,19 @@ def _sandwich(Xt: np.ndarray, y: np.ndarray, w: np.ndarray, beta: np.ndarray, mu
         return coef, se, var_part
     sel = slice(None) if idx.size == K else idx
     Xc, yc, wc, bc, kc, mu = Xt[sel], y[sel], w[sel], beta[sel], keep[sel], mu[sel]
+    coef[idx] = np.where(kc, bc, np.nan)
+    if cov_type is None:
+        var_part[:] = np.nan
+        return coef, se, var_part
     eye = np.eye(p)
     both = kc[:, :, None] & kc[:, None, :]
     hess = _gram(Xc, wc * mu) * both + eye * (~kc)[:, :, None]
     bread = _inverse(hess) * both  # zero rows/columns for dropped terms: they drop out
     r2 = (wc * (yc - mu)) ** 2
-    nobs = (wc > 0).sum(axis=1)
     npar = kc.sum(axis=1)
-    factor = np.ones(len(idx)) if cov_type == "HC0" else nobs / np.maximum(nobs - npar, 1)
+    factor = np.ones(len(idx)) if cov_type == "HC0" else _hc1_factor(wc, npar)
     cov = bread @ _gram(Xc, r2) @ bread * factor[:, None, None]
     v = np.einsum("kpp->kp", cov)
-    coef[idx] = np.where(kc, bc, np.nan)
     se[idx] = np.where(kc, np.sqrt(np.maximum(v, 0.0)), np.nan)
     if part is not None:
         pc = np.asarray(part, bool).reshape(K, n)[sel]
@@ -281,3 +298,9 @@ def _sandwich(Xt: np.ndarray, y: np.ndarray, w: np.ndarray, beta: np.ndarray, mu
         var_part[idx] = np.where(kc, np.einsum("kpp->kp", cov_p), np.nan)
     var_part[~converged] = np.nan
     return coef, se, var_part
+
+
+def _hc1_factor(w: np.ndarray, npar: np.ndarray) -> np.ndarray:
+    """n_eff / (n_eff - p) per replicate, n_eff = (sum w)^2 / sum w^2 (Kish)."""
+    n_eff = w.sum(axis=1) ** 2 / np.maximum((w ** 2).sum(axis=1), 1e-300)
+    return n_eff / np.maximum(n_eff - npar, 1.0)

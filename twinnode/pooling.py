@@ -4,16 +4,25 @@ With q_k the K estimates of one coefficient and u_k their squared standard error
 q̄ = mean q_k, ū = mean u_k, b = sample variance of q_k (ddof = 1), and the total
 variance T by the chosen rule:
 
-- ``reiter`` (default; Raghunathan, Reiter & Rubin 2003, fully synthetic data, the paper's
-  rule): T = (1 + 1/K) b - ū.
+- ``mixed`` (the default; our extension for D_k = local real rows ∪ twins, not in the
+  paper): the replicates differ only in their synthetic rows, so b carries no trace of the
+  local rows' sampling variance, while ū holds both parts. Splitting ū = ū_L + ū_S by the
+  rows' share of the sandwich meat (`var_part` = the synthetic rows' part),
+  T = (1 + 1/K) b - ū_S + ū_L: Raghunathan–Reiter on the synthetic part plus the local part
+  as it is. With no local rows it is reiter's rule; with no twins (or twin weight 0) it is
+  the local fit's own variance. Why, with twin rows of weight λ: linearised,
+  q_k - β ≈ H⁻¹ (S_L + λ S_k), H = H_L + λ H_T, S_L and S_k the local and twin scores. Twin k
+  is drawn at a parameter θ_k around the peers' estimate, so λ S_k ≈ λ H_T (θ_k - β) + its
+  own sampling noise, and b ≈ λ² H⁻¹ (H_T V H_T + M_T) H⁻¹, V the spread of θ_k, M_T the twin
+  rows' meat; ū_S = λ² H⁻¹ M_T H⁻¹ (the weighted sandwich's twin part). So b - ū_S is the
+  peers' estimation noise as it reaches q̄, ū_L = H⁻¹ M_L H⁻¹ the local rows' own, and b/K
+  the Monte Carlo noise of averaging K twins: T = ū_L + (b - ū_S) + b/K, for every λ.
+- ``reiter`` (Raghunathan, Reiter & Rubin 2003, fully synthetic data, the paper's rule):
+  T = (1 + 1/K) b - ū. On D_k it subtracts ū_L where it should add it: it under-covers when
+  the local rows carry a large share of the weight (a large party, or a small λ); at λ = 0
+  T = -ū_L and every term falls back.
 - ``rubin`` (Rubin 1987, multiple imputation; an option, not the paper's rule):
   T = ū + (1 + 1/K) b. Always positive and larger than reiter's, so wider intervals.
-- ``mixed`` (our extension for D_k = local real rows ∪ twins, not in the paper): the
-  replicates differ only in their synthetic rows, so b carries no trace of the local rows'
-  sampling variance, while ū holds both parts. Splitting ū = ū_L + ū_S by the rows' share of
-  the sandwich meat (`var_part` = the synthetic rows' part), T = (1 + 1/K) b - ū_S + ū_L:
-  Raghunathan–Reiter on the synthetic part plus the local part as it is. With no local rows
-  it is reiter's rule; with no twins it is the local fit's own variance.
 
 Degrees of freedom: every rule's T has b as its only random part, so Satterthwaite gives
 ν = (K - 1) (T / ((1 + 1/K) b))^2; for reiter this is Reiter (2002)'s
@@ -39,6 +48,11 @@ from scipy import stats
 from .errors import AnalysisError
 
 RULES = ("reiter", "rubin", "mixed")
+DEFAULT_RULE = "mixed"
+"""The default (see docs/ANALYSIS.md): with D_k = local rows ∪ twins, reiter's T subtracts
+the local rows' variance that b never saw, and with a λ chosen below 1 the local rows carry
+a large share; mixed is reiter on the twins' share and is exact at both ends (no local
+rows; λ = 0)."""
 FALLBACKS = ("rubin", "within")
 INTERVALS = ("t", "normal")
 
@@ -67,7 +81,7 @@ class Pooled:
         return np.sqrt(self.total)
 
 
-def pool(coef: np.ndarray, se: np.ndarray, *, rule: str = "reiter",
+def pool(coef: np.ndarray, se: np.ndarray, *, rule: str = DEFAULT_RULE,
          var_part: np.ndarray | None = None, fallback: str = "rubin", level: float = 0.95,
          interval: str = "t") -> Pooled:
     """Pool K estimates (K, p) with their standard errors (K, p) by `rule`."""
@@ -104,7 +118,9 @@ def pool(coef: np.ndarray, se: np.ndarray, *, rule: str = "reiter",
         rubin_t = infl + u_bar
         total = np.where(fell, rubin_t if fallback == "rubin" else u_bar, total)
         df = (m - 1) * (total / infl) ** 2
-        df = np.where(single | (infl <= 0) | (fell & (fallback == "within")), np.inf, df)
+        # b negligible against T (e.g. twin weight 0: the replicates agree to rounding)
+        flat = infl <= 1e-12 * np.abs(total)
+        df = np.where(single | flat | (fell & (fallback == "within")), np.inf, df)
     empty = m == 0
     for arr in (q_bar, u_bar, u_s, b, total, df):
         arr[empty] = np.nan

@@ -9,14 +9,25 @@ from typing import Any
 
 from ..errors import AnalysisError, ConfigError
 
+# the analysis modules' defaults, repeated so the CLI starts without scipy and pandas
+# (tests/test_weighting.py checks they agree)
+RULES = ("mixed", "reiter", "rubin")
+DEFAULT_RULE = "mixed"
+SELECTIONS = ("guarded", "one-se", "best")
+DEFAULT_FOLDS = 5
+VALIDATION_REPLICATES = 20
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "analyze", help="pool a Poisson GLM over local rows + peers' twins",
-        description="For k = 1..K fit the schema's outcome on the covariates over the local "
-                    "rows plus twin k of every peer, pool the K fits (Raghunathan-Reiter by "
-                    "default), screen peers against each other, and compare with the "
-                    "local-only fit (and, with --test, the mean test log-likelihood).")
+        description="Screen the peers against each other; choose the weight of the peers' "
+                    "twin rows by cross-validation on the local rows (--weight auto, the "
+                    "default; --weight 1 is the paper's plain concatenation); for k = 1..K "
+                    "fit the schema's outcome on the covariates over the local rows plus "
+                    "twin k of every peer, pool the K fits, and compare with the local-only "
+                    "fit (and, with --test, the mean test log-likelihood). See "
+                    "docs/ANALYSIS.md.")
     p.add_argument("--schema", required=True, type=Path, help="schema TOML file")
     p.add_argument("--local", required=True, type=Path, help="local data (CSV or Parquet)")
     p.add_argument("--twins", required=True, type=Path, nargs="+", metavar="DIR",
@@ -26,33 +37,45 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--covariates", help="comma list of covariates (default: all columns)")
     p.add_argument("--reference", action="append", default=[], metavar="COL=LEVEL",
                    help="reference level of a categorical covariate (default: its first)")
-    p.add_argument("--rule", choices=("reiter", "rubin", "mixed"), default="reiter",
-                   help="pooling rule: reiter (fully synthetic, the paper's; default), "
-                        "rubin (multiple imputation), mixed (reiter on the twins' part + "
-                        "the local rows' own variance)")
+    p.add_argument("--rule", choices=RULES, default=DEFAULT_RULE,
+                   help="pooling rule: mixed (Raghunathan-Reiter on the twins' share of the "
+                        "variance + the local rows' own share; default), reiter (fully "
+                        "synthetic, the paper's), rubin (multiple imputation)")
     p.add_argument("--fallback", choices=("rubin", "within"), default="rubin",
                    help="total variance used where the rule's is not positive (rubin)")
     p.add_argument("--interval", choices=("t", "normal"), default="t",
                    help="reference distribution of the intervals (t with the rule's df)")
     p.add_argument("--level", type=float, default=0.95, help="interval level (0.95)")
-    p.add_argument("--weight", type=float, default=1.0,
-                   help="weight of the peers' twin rows in [0, 1] (1: plain concatenation)")
+    p.add_argument("--weight", default="auto", metavar="auto|W",
+                   help="weight of the peers' twin rows: auto (chosen by cross-validation "
+                        "on the local rows; default) or a number in [0, 1] (1: the paper's "
+                        "plain concatenation, 0: local only)")
+    p.add_argument("--folds", type=int, default=DEFAULT_FOLDS,
+                   help=f"cross-validation folds ({DEFAULT_FOLDS})")
+    p.add_argument("--cv-replicates", type=int, default=VALIDATION_REPLICATES, metavar="R",
+                   help=f"twins per validation fit ({VALIDATION_REPLICATES}; at most K)")
+    p.add_argument("--select", choices=SELECTIONS, default="guarded",
+                   help="how --weight auto picks: guarded (the best weight, if it beats "
+                        "local only by one standard error; default), one-se, best")
     p.add_argument("--screen", choices=("off", "flag", "exclude"), default="flag",
                    help="screening policy (flag: report only; exclude: drop flagged peers)")
     p.add_argument("--threshold", type=float, default=0.01,
                    help="flag a peer whose screening p-value is below this (0.01)")
     p.add_argument("--draws", type=int, default=100, help="Monte Carlo draws (100)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the Monte Carlo draws")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the folds and of the Monte Carlo draws")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..analysis import AnalysisOptions, evaluate, json_ready, local_fit
+    from ..analysis import AnalysisOptions
+    from ..combine import analyze_party
     from ..data import read_table
     from ..schema import Schema
-    from ..screening import screen
     from ..twins import load_release
+    from ..weighting import parse_weight
 
+    weight = parse_weight(args.weight)
     schema = Schema.load(args.schema)
     options = AnalysisOptions(covariates=_covariates(args.covariates),
                               reference=_references(args.reference), rule=args.rule,
@@ -67,25 +90,12 @@ def run(args: argparse.Namespace) -> int:
             raise AnalysisError(f"{directory}: a second release from peer {name!r}; give one "
                                 "release per peer")
         peers[name] = release.twins
-    report = screen(schema, peers, args.screen, args.threshold, local_frame=local,
-                    options=options, weight=args.weight)
-    combined = report.chosen
-    alone = local_fit(schema, local, options)
-    out: dict[str, Any] = {"schema": schema.hash, "design": combined.design.to_dict(),
-                           "coefficients": _coefficients(combined, alone),
-                           "pooling": combined.pooling_dict(),
-                           "local_pooling": alone.pooling_dict(),
-                           "screening": report.to_dict()}
-    if args.test is not None:
-        test = read_table(args.test, schema)
-        ev_local = evaluate(alone, schema, test, args.draws, args.seed)
-        ev_comb = evaluate(combined, schema, test, args.draws, args.seed)
-        out |= json_ready({"ll_local": ev_local.mean, "ll_combined": ev_comb.mean,
-                           "ll_local_samples": ev_local.samples,
-                           "ll_combined_samples": ev_comb.samples,
-                           "ll_local_plugin": ev_local.plugin,
-                           "ll_combined_plugin": ev_comb.plugin})
-        out["evaluation"] = {"local": ev_local.to_dict(), "combined": ev_comb.to_dict()}
+    test = read_table(args.test, schema) if args.test is not None else None
+    report = analyze_party(schema, local, peers, weight=weight, test_frame=test,
+                           options=options, policy=args.screen, threshold=args.threshold,
+                           folds=args.folds, replicates=args.cv_replicates,
+                           selection=args.select, seed=args.seed, draws=args.draws)
+    out = report.to_dict()
     if args.json:
         print(json.dumps(out, indent=2, allow_nan=False))
     else:
@@ -112,20 +122,8 @@ def _references(items: list[str]) -> dict[str, str]:
     return out
 
 
-def _coefficients(combined, alone) -> dict[str, dict[str, Any]]:
-    """Per term: the combined pooled values and the local-only ones beside them."""
-    out = {}
-    for term in combined.terms:
-        row = combined.coefficient(term)
-        loc = alone.coefficient(term)
-        row |= {"local_estimate": loc["estimate"], "local_se": loc["se"],
-                "local_lower": loc["lower"], "local_upper": loc["upper"]}
-        out[term] = row
-    return out
-
-
 def render(out: dict[str, Any]) -> str:
-    """The human-readable report: coefficient table, pooling, screening, log-likelihoods."""
+    """The human-readable report: twin weight, coefficients, pooling, screening, scores."""
     pooling, design = out["pooling"], out["design"]
     peers = pooling["peers"]
     level = round(100 * pooling["level"])
@@ -133,13 +131,14 @@ def render(out: dict[str, Any]) -> str:
              f"robust {pooling['cov_type']} errors; K = {pooling['k']} from {len(peers)} "
              f"peer(s): {', '.join(peers) or '-'}",
              f"rows per fit: " + ", ".join(f"{k} {v}" for k, v in pooling["rows"].items()),
-             "",
+             "", _render_weight(out["weight"]), "",
              f"{'term':<22}{'estimate':>10}{'SE':>9}  {f'{level}% interval':<24}{'df':>7}"
              f"{'local est':>11}{'local SE':>9}"]
     for term, c in out["coefficients"].items():
         interval = f"[{_num(c['lower'])}, {_num(c['upper'])}]"
         mark = " *" if c["fallback"] else ""
-        df = "inf" if c["df"] is None and c["estimate"] is not None else _num(c["df"], 1)
+        df = ("inf" if c["df"] is None and c["estimate"] is not None else
+              ">1e5" if c["df"] is not None and c["df"] > 1e5 else _num(c["df"], 1))
         lines.append(f"{term[:21]:<22}{_num(c['estimate']):>10}{_num(c['se']):>9}  "
                      f"{interval:<24}{df:>7}{_num(c['local_estimate']):>11}"
                      f"{_num(c['local_se']):>9}{mark}")
@@ -160,6 +159,27 @@ def render(out: dict[str, Any]) -> str:
             lines.append(f"  {label:<11} mean {_num(e['mean'], 5)}  plug-in "
                          f"{_num(e['plugin'], 5)}  90% of draws in [{_num(e['q05'], 5)}, "
                          f"{_num(e['q95'], 5)}]")
+    return "\n".join(lines)
+
+
+def _render_weight(w: dict[str, Any]) -> str:
+    """The chosen λ, the validation curve, and the verdict."""
+    how = {"auto": f"chosen by cross-validation, {w['selection']} rule",
+           "fixed": "fixed by the user", "no-peers": "no peer twins",
+           "unvalidated": "not validated"}[w["mode"]]
+    lines = [f"twin weight λ = {w['chosen']:g} ({how})"]
+    if w["folds"]:
+        lines.append(f"  {w['folds']}-fold cross-validation on {w['n_local']} local rows, "
+                     f"{w['replicates']} twin(s) per fit; held-out plug-in log-likelihood "
+                     f"per record:")
+        lines.append(f"  {'λ':>6}{'mean':>12}{'SE':>9}{'gain vs local':>15}{'SE':>9}")
+        for c in w["curve"]:
+            mark = "  <- chosen" if c["weight"] == w["chosen"] else ""
+            if c["weight"] == w["best"] and c["weight"] != w["chosen"]:
+                mark = "  (best mean)"
+            lines.append(f"  {c['weight']:>6g}{_num(c['mean'], 5):>12}{_num(c['se'], 5):>9}"
+                         f"{_num(c['gain'], 5):>15}{_num(c['gain_se'], 5):>9}{mark}")
+    lines.append(f"does joining help? {w['verdict']}")
     return "\n".join(lines)
 
 
