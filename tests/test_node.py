@@ -22,8 +22,8 @@ from twinnode.identity import Identity, save_identity
 from twinnode.node import Node
 from twinnode.nodework import analyze_job, screen_job
 from twinnode.schema import Schema
-from twinnode.simtwins import poison_frame, posterior_twins
-from twinnode.twins import Provenance, Release, Twin, save_release
+from twinnode.simtwins import as_release, poison_frame, posterior_twins
+from twinnode.twins import Provenance, Twin, save_release
 from twinnode.wire import (CatchupEnd, CatchupRequest, Heartbeat, Holding, ReplayGuard, Signer,
                            Verifier, encode_catchup_request, encode_heartbeat, encode_twin)
 
@@ -327,14 +327,8 @@ def test_replay_guard_is_rebuilt_from_the_store_so_replays_stay_refused_after_re
 
 
 def write_release(party: Party, tmp: Path, sender: str = "alice", seed: int = 0) -> Path:
-    twins = make_twins(party.schema, sender, seed=seed)
-    prov = twins[0].provenance
-    receipt = {"format": "twinnode-receipt/1", "sender": sender, "schema_hash": prov.schema_hash,
-               "epsilon": prov.epsilon, "delta": prov.delta, "n": prov.n, "k": prov.k,
-               "relation": prov.relation, "release": prov.release, "created": prov.created,
-               "generator": dict(prov.generator)}
-    return save_release(Release(receipt, tuple(twins)), tmp / f"release-{sender}-{seed}",
-                        party.schema)
+    return save_release(as_release(make_twins(party.schema, sender, seed=seed)),
+                        tmp / f"release-{sender}-{seed}", party.schema)
 
 
 def test_published_seqs_are_stored_before_sending_and_never_reused_after_restart(party, tmp_path):
