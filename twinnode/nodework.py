@@ -50,10 +50,9 @@ async def generate(node: "Node", job: "JobState", kind: str, args: Mapping[str, 
     settings = GeneratorSettings(components=g.components, outcome=g.outcome, clip=g.clip,
                                  learning_rate=g.learning_rate, chunk=g.chunk)
     spec = Job(kind=kind, schema_text=node.schema.to_toml(), state_dir=str(node.state_dir),
-                      posterior_path=str(posterior_path(node)), k=int(args.get("k", cfg.k)),
-                      sender=node.name, data_path=str(cfg.data.path), plan=plan,
-                      settings=settings, cap_epsilon=cfg.privacy.cap_epsilon,
-                      cpus=cfg.training.cpus)
+               posterior_path=str(posterior_path(node)), k=int(args.get("k", cfg.k)),
+               sender=node.name, data_path=str(cfg.data.path), plan=plan, settings=settings,
+               cap_epsilon=cfg.privacy.cap_epsilon, cpus=cfg.training.cpus)
     job.detail = f"{kind}: starting the worker"
 
     def progress(done: int, total: int, elbo: float) -> None:
@@ -61,7 +60,8 @@ async def generate(node: "Node", job: "JobState", kind: str, args: Mapping[str, 
         job.detail = f"{kind}: step {done}/{total}, ELBO/row {elbo:.3f}"
 
     release = await Worker().run(spec, progress)
-    receipt = Path(node.state_dir) / "releases" / f"{release.receipt.get('release')}.json"
+    rid, created = release.receipt.get("release"), float(release.receipt.get("created", 0))
+    receipt = Path(node.state_dir) / "releases" / f"{rid}-{created:.0f}.json"  # one per draw
     await asyncio.to_thread(write_json_atomic, receipt, release.receipt)
     event(log, f"generator.{kind}", release=release.receipt.get("release"),
           k=len(release.twins), epsilon=release.receipt.get("epsilon"))
