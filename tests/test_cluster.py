@@ -342,5 +342,12 @@ def test_three_nodes_train_publish_and_converge(world, tmp_path):
             assert [e["note"] for e in budget["entries"]] == ["train: trained",
                                                              "sample: free (post-processing)"]
             assert c.status(name)["job"]["state"] == "done"
+        # publishing again samples the saved posterior: new seqs, no new privacy cost
+        again = c.ctl("alice", "publish", wait=True, timeout=6 * WAIT)
+        assert again["seqs"] == [K + 1, 2 * K]
+        c.wait_holdings({"alice": 2 * K}, WAIT)
+        assert c.ctl("alice", "budget")["spent"] == pytest.approx(1.0)
+        assert len(list((c.state_dir("alice") / "releases").glob("*.json"))) == 2
+    expected = {"alice": 2 * K, "bob": K, "carol": K}
     for name in NAMES:
-        assert verify_store(c.state_dir(name), world, c, NAMES) == {n: K for n in NAMES}
+        assert verify_store(c.state_dir(name), world, c, NAMES) == expected
