@@ -69,8 +69,8 @@ def main() -> int:
             print(f"  {name}: twins {st['twins']}, rejected {st['rejected'] or 'none'}, "
                   f"epsilon spent {st['budget'].get('spent')}")
         report = c.ctl(names[0], "analyze", wait=True, timeout=600)
-        print(f"\n{names[0]}: {report['message']}\n  {'term':<16}{'combined':>10}{'se':>8}"
-              f"{'local':>10}{'se':>8}")
+        print(f"\n{names[0]}: {report['message']}\n  {report['verdict']}\n"
+              f"  {'term':<16}{'combined':>10}{'se':>8}{'local':>10}{'se':>8}")
         for term, v in report["coefficients"].items():
             print(f"  {term:<16}{_f(v['estimate']):>10}{_f(v['se']):>8}"
                   f"{_f(v['local_estimate']):>10}{_f(v['local_se']):>8}")

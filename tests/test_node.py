@@ -242,9 +242,10 @@ def test_analyze_job_pools_local_rows_with_each_peers_latest_publication(party):
         assert set(job.result["coefficients"]) == {"Intercept", "age", "region[south]",
                                                    "region[east]", "smoker"}
         report = json.loads(Path(job.result["report"]).read_text())
-        assert report["combined"]["pooling"]["k"] == 3
-        assert report["combined"]["pooling"]["rows"] == {"local": 200, "bob": 20, "carol": 20}
-        assert report["local"]["pooling"]["kind"] == "local"
+        assert report["pooling"]["k"] == 3
+        assert report["pooling"]["rows"] == {"local": 200, "bob": 20, "carol": 20}
+        assert report["local_pooling"]["kind"] == "local"
+        assert report["weight"]["mode"] == "auto" and "twin weight" in job.result["message"]
         await node.stop()
 
     run(main())

@@ -90,8 +90,13 @@ def handlers(node: "Node") -> dict[str, Handler]:
         return await _job(node, "screen", args, nodework.screen_job)
 
     async def analyze(args: dict[str, Any]) -> Mapping[str, Any]:
-        args = check_args("analyze", args, {"policy": str, "threshold": float, "wait": bool})
+        args = check_args("analyze", args, {"policy": str, "threshold": float,
+                                            "weight": (float, str), "wait": bool})
         _screening_args("analyze", args)
+        if "weight" in args and args["weight"] != "auto" and not (
+                isinstance(args["weight"], float | int) and 0 <= args["weight"] <= 1):
+            raise ControlError(f"analyze: weight must be auto or a number in [0, 1], "
+                               f"got {args['weight']!r}")
         return await _job(node, "analyze", args, nodework.analyze_job)
 
     async def shutdown(args: dict[str, Any]) -> Mapping[str, Any]:

@@ -134,11 +134,11 @@ def stored_peer_twins(store: Store, trust: TrustStore, schema: Schema, own: str,
 
 
 def screen_report(schema: Schema, peers: Mapping[str, list[Twin]], policy: str,
-                  threshold: float, local: Any = None) -> Any:
+                  threshold: float) -> Any:
     """screening.screen, imported on use (it pulls in the statistics stack)."""
     from .screening import screen
 
-    return screen(schema, peers, policy, threshold, local_frame=local)
+    return screen(schema, peers, policy, threshold)
 
 
 async def _inputs(node: "Node", with_local: bool) -> tuple[dict[str, list[Twin]], Any]:
@@ -184,31 +184,26 @@ def _set_statuses(store: Store | None, statuses: Mapping[str, str]) -> None:
 
 
 async def analyze_job(node: "Node", job: "JobState", args: Mapping[str, Any]) -> dict[str, Any]:
-    """Combined analysis (local rows + peers' latest twins, screened under the policy),
-    beside the local-only fit; the full report is written to state/reports/."""
+    """`combine.analyze_party` (what `twinnode analyze` runs) over the local rows and each
+    peer's latest twins; the full report is written to state/reports/."""
+    from .combine import analyze_party
+
     policy = args.get("policy", node.config.screening.policy)
     threshold = float(args.get("threshold", node.config.screening.threshold))
     job.detail = "loading local data and stored twins"
     peers, local = await _inputs(node, with_local=True)
-    job.detail = f"fitting over {len(peers)} peers"
-    report = await asyncio.to_thread(_analysis, node.schema, peers, local, policy, threshold)
+    job.detail = f"screening, choosing the twin weight and fitting over {len(peers)} peers"
+    party = await asyncio.to_thread(analyze_party, node.schema, local, peers,
+                                    weight=args.get("weight", "auto"), policy=policy,
+                                    threshold=threshold)
+    report = party.to_dict()
     path = report_path(node, "analysis")
     await asyncio.to_thread(write_json_atomic, path, report)
-    combined, alone = report["combined"]["coefficients"], report["local"]["coefficients"]
-    summary = {term: {"estimate": c["estimate"], "se": c["se"],
-                      "local_estimate": alone.get(term, {}).get("estimate"),
-                      "local_se": alone.get(term, {}).get("se")}
-               for term, c in combined.items()}
-    pooling = report["combined"]["pooling"]
-    return {"message": f"analysis over {len(pooling['peers'])} peer(s), K = {pooling['k']}; "
+    summary = {term: {key: c[key] for key in ("estimate", "se", "local_estimate", "local_se")}
+               for term, c in report["coefficients"].items()}
+    pooling, weight = report["pooling"], report["weight"]
+    return {"message": f"analysis over {len(pooling['peers'])} peer(s), K = {pooling['k']}, "
+                       f"twin weight {weight['chosen']:g} ({weight['mode']}); "
                        f"{report['screening']['message']}",
-            "report": str(path), "peers": pooling["peers"], "coefficients": summary}
-
-
-def _analysis(schema: Schema, peers: Mapping[str, list[Twin]], local: Any, policy: str,
-              threshold: float) -> dict[str, Any]:
-    from .analysis import local_fit
-
-    report = screen_report(schema, peers, policy, threshold, local)
-    return {"schema": schema.hash, "combined": report.chosen.to_dict(),
-            "local": local_fit(schema, local).to_dict(), "screening": report.to_dict()}
+            "verdict": weight["verdict"], "report": str(path), "peers": pooling["peers"],
+            "coefficients": summary}
