@@ -13,10 +13,11 @@ analyze` and the node both call `analyze_party`, so they give the same report.
   ``terms`` (the coefficients' order).
 - ``options``: covariates, reference, rule, fallback, level, interval, cov_type.
 - ``weight``: ``mode`` (auto | fixed | no-peers | unvalidated), ``chosen`` (λ used),
-  ``best`` (the grid's best mean), ``selection`` (guarded | one-se | best | fixed),
+  ``best`` (the grid's best mean), ``selection`` (best | guarded | one-se | fixed),
   ``grid``, ``curve`` (per λ: ``weight``, ``mean`` held-out log-likelihood per record,
   ``se``, ``gain`` over local only, ``gain_se``), ``verdict`` (one sentence: does joining
-  help?), ``helps`` (true, false, or null when not judged or within the noise), ``folds``,
+  help?, starting "yes:", "no:", "unclear:" or "cannot judge:"), ``helps`` (true, false,
+  or null when not judged or within one standard error), ``folds``,
   ``replicates`` (twins per validation fit), ``n_local``, ``seed``, ``fold_means``
   (per fold, per λ), ``score`` (what the curve measures).
 - ``coefficients``: per term, the combined fit's ``estimate``, ``se``, ``lower``,
@@ -89,7 +90,7 @@ def analyze_party(schema: Schema, local_frame: pd.DataFrame, peers: Peers, *,
                   options: AnalysisOptions | None = None, policy: str = "flag",
                   threshold: float = 0.01, grid: Sequence[float] = DEFAULT_GRID,
                   folds: int = DEFAULT_FOLDS, replicates: int | None = None,
-                  selection: str = "guarded", seed: int = 0, draws: int = 100
+                  selection: str = "best", seed: int = 0, draws: int = 100
                   ) -> PartyReport:
     """Screening, twin weight, combined and local fits (and test scores): one report.
 

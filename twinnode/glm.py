@@ -85,6 +85,12 @@ def estimable_columns(X: np.ndarray, weights: np.ndarray, tol: float = RANK_TOL)
     return _estimable(np.ascontiguousarray(np.swapaxes(X, 1, 2)), weights, tol)
 
 
+def estimable_columns_kpn(Xt: np.ndarray, weights: np.ndarray, tol: float = RANK_TOL
+                          ) -> np.ndarray:
+    """`estimable_columns` for a design in the fitter's (K, p, n) layout."""
+    return _estimable(np.asarray(Xt, np.float64), np.asarray(weights, np.float64), tol)
+
+
 def fit_poisson_batch(X: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None, *,
                       part: np.ndarray | None = None, cov_type: str | None = "HC1",
                       start: np.ndarray | None = None, tol: float = 1e-8,
@@ -108,11 +114,13 @@ def fit_poisson_batch(X: np.ndarray, y: np.ndarray, weights: np.ndarray | None =
 def fit_poisson_columns(Xt: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None, *,
                         part: np.ndarray | None = None, cov_type: str | None = "HC1",
                         start: np.ndarray | None = None, tol: float = 1e-8,
-                        max_iter: int = 50) -> BatchFit:
+                        max_iter: int = 50, keep: np.ndarray | None = None) -> BatchFit:
     """`fit_poisson_batch` with the design given as (K, p, n), the layout the fitter uses.
 
     Each column's values are contiguous, which makes the batched products about 1.5x
     faster than (K, n, p); callers that build the stack themselves avoid a transpose.
+    `keep` (K, p) is `estimable_columns` of the same design and the same rows with positive
+    weight, for callers that refit them with other positive weights (it skips the check).
     """
     if cov_type not in COV_TYPES:
         raise ValueError(f"cov_type must be one of {COV_TYPES}")
@@ -121,7 +129,7 @@ def fit_poisson_columns(Xt: np.ndarray, y: np.ndarray, weights: np.ndarray | Non
     y = np.asarray(y, dtype=np.float64).reshape(K, n)
     w = np.ones((K, n)) if weights is None else np.asarray(weights, np.float64).reshape(K, n)
     w = np.where(w > 0, w, 0.0)
-    keep = _estimable(Xt, w, RANK_TOL)
+    keep = _estimable(Xt, w, RANK_TOL) if keep is None else np.asarray(keep, bool).reshape(K, p)
     both = keep[:, :, None] & keep[:, None, :]
     beta = _start(y, w, keep, start)
     eta = _eta(Xt, beta)

@@ -13,7 +13,7 @@ from ..errors import AnalysisError, ConfigError
 # (tests/test_weighting.py checks they agree)
 RULES = ("mixed", "reiter", "rubin")
 DEFAULT_RULE = "mixed"
-SELECTIONS = ("guarded", "one-se", "best")
+SELECTIONS = ("best", "guarded", "one-se")
 DEFAULT_FOLDS = 5
 VALIDATION_REPLICATES = 20
 
@@ -54,9 +54,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"cross-validation folds ({DEFAULT_FOLDS})")
     p.add_argument("--cv-replicates", type=int, default=VALIDATION_REPLICATES, metavar="R",
                    help=f"twins per validation fit ({VALIDATION_REPLICATES}; at most K)")
-    p.add_argument("--select", choices=SELECTIONS, default="guarded",
-                   help="how --weight auto picks: guarded (the best weight, if it beats "
-                        "local only by one standard error; default), one-se, best")
+    p.add_argument("--select", choices=SELECTIONS, default="best",
+                   help="how --weight auto picks: best (the best held-out mean; default), "
+                        "guarded (the best only if it beats local only by one standard "
+                        "error), one-se (the smallest weight within one standard error "
+                        "of the best)")
     p.add_argument("--screen", choices=("off", "flag", "exclude"), default="flag",
                    help="screening policy (flag: report only; exclude: drop flagged peers)")
     p.add_argument("--threshold", type=float, default=0.01,
