@@ -183,3 +183,68 @@ def test_worker_reports_budget_errors_as_themselves(tmp_path, small_csv, small_s
     with pytest.raises(BudgetExceeded, match="over the cap"):
         asyncio.run(Worker().run(job))
     assert not (tmp_path / "p.npz").exists()
+
+
+def _aligned_svi(layout, settings, sigma=3.0, clip=2.0, expected=10.0, n=200, head_share=0.5):
+    import d3p.random as secure_rng
+    import numpyro
+    from numpyro.infer import Trace_ELBO
+
+    from twinnode.generator.aligned import AlignedDPSVI
+    from twinnode.generator.train import make_guide, make_model
+
+    model = make_model(layout, n, settings)
+    return AlignedDPSVI(model, make_guide(model, layout, settings), numpyro.optim.SGD(1.0),
+                        Trace_ELBO(), clipping_threshold=clip, dp_scale=sigma,
+                        rng_suite=secure_rng, expected_batch=expected, head_share=head_share)
+
+
+def test_aligned_update_releases_only_the_noisy_location_gradient(trained):
+    # Prepare: an all-zero mask, so the released location gradient is the noise alone
+    import d3p.random as secure_rng
+    import jax.numpy as jnp
+
+    schema, frame, layout, data, runs = trained
+    svi = _aligned_svi(layout, SETTINGS)
+    batch = tuple(jnp.asarray(a[:20]) for a in data)
+    state = svi.init(secure_rng.PRNGKey(0), *(a[:1] for a in batch))
+    loc_steps, scale_checks = [], []
+    for _ in range(10):
+        before = svi.get_params(state)
+        # Execute
+        state, _ = svi.masked_update(state, jnp.zeros(20, bool), *batch)
+        after = svi.get_params(state)
+        loc_steps.append(np.asarray(after["auto_loc"] - before["auto_loc"]))
+        scale_checks.append(np.asarray(after["auto_scale"]))
+    step = np.concatenate(loc_steps)
+    # Assert: std sigma * C / (qN) on the data scale N, as the accountant assumes
+    assert step.std() == pytest.approx(3.0 * 2.0 / 10.0 * 200, rel=0.15)
+    # and with no data, two different batches give the same update: nothing else leaks
+    other = tuple(jnp.asarray(a[20:40]) for a in data)
+    s0 = svi.init(secure_rng.PRNGKey(1), *(a[:1] for a in batch))
+    a, _ = svi.masked_update(s0, jnp.zeros(20, bool), *batch)
+    b, _ = svi.masked_update(s0, jnp.zeros(20, bool), *other)
+    for key in ("auto_loc", "auto_scale"):
+        np.testing.assert_array_equal(svi.get_params(a)[key], svi.get_params(b)[key])
+
+
+@pytest.mark.parametrize("head_share", [0.0, 0.5])
+def test_aligned_released_sum_changes_by_at_most_c_when_one_row_leaves(trained, head_share):
+    import d3p.random as secure_rng
+    import jax.numpy as jnp
+
+    schema, frame, layout, data, runs = trained
+    svi = _aligned_svi(layout, SETTINGS, clip=2.0, head_share=head_share)
+    batch = tuple(jnp.asarray(a[:40]) for a in data)
+    state = svi.init(secure_rng.PRNGKey(0), *(a[:1] for a in batch))
+    theta = jnp.asarray(runs[1].params["auto_loc"]) + 0.5  # away from the optimum: big gradients
+    full, _ = svi.released_sum(state, theta, jnp.ones(40, bool), *batch)
+    for i in range(0, 40, 7):
+        without = jnp.ones(40, bool).at[i].set(False)
+        less, _ = svi.released_sum(state, theta, without, *batch)
+        assert float(jnp.linalg.norm(full - less)) <= 2.0 * (1 + 1e-5)
+    if head_share:
+        g = np.asarray(svi.clip_per_group(jnp.ones((3, theta.shape[0])) * 100.0))
+        head = svi._head_mask
+        assert np.linalg.norm(g[0, head]) == pytest.approx(2.0 * np.sqrt(0.5), rel=1e-5)
+        assert np.linalg.norm(g[0, ~head]) == pytest.approx(2.0 * np.sqrt(0.5), rel=1e-5)

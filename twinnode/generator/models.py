@@ -14,20 +14,25 @@ from numpyro.handlers import scale
 from .layout import Layout
 
 _EPS = 1e-6
+MIN_SCALE = 0.01  # floor on a component's sd (share of the column's range): keeps point masses
+                  # (many zeros, a few plan levels) from collapsing a component to infinite density
 
 
 def head_features(xb, xc, xn, xr, layout: Layout):
-    """The outcome head's covariates, each mapped onto [-1, 1] by its public range.
+    """The outcome head's covariates, each mapped onto [0, 1] by its public range.
 
-    Centring and scaling by the schema's bounds (never by data statistics) keeps every
-    coefficient of order one, so N(0, 1) priors fit them.
+    Scaling by the schema's bounds (never by data statistics) keeps every coefficient of
+    order one, so N(0, 1) priors fit them. The lower bound, not the midpoint, is the zero:
+    with the midpoint, a rare binary column (1 in a hundred rows) would sit at -1 in almost
+    every row and its coefficient would be tied to the intercept, which under DP noise
+    trains poorly; at zero, only the rows that have it inform its coefficient.
     """
-    parts = [2.0 * xb - 1.0]
+    parts = [xb]
     for j, (_, levels) in enumerate(layout.categorical):
-        parts.append(2.0 * jax.nn.one_hot(xc[:, j], levels)[:, 1:] - 1.0)
+        parts.append(jax.nn.one_hot(xc[:, j], levels)[:, 1:])
     uppers = jnp.asarray([float(u) for _, u in layout.count], jnp.float32)
-    parts.append(2.0 * xn / jnp.maximum(uppers, 1.0) - 1.0)
-    parts.append(2.0 * xr - 1.0)
+    parts.append(xn / jnp.maximum(uppers, 1.0))
+    parts.append(xr)
     return jnp.concatenate([p.astype(jnp.float32) for p in parts], axis=-1)
 
 
@@ -42,7 +47,7 @@ def twin_model(xb=None, xc=None, xn=None, xr=None, y=None, *, layout: Layout,
         categorical x ~ Categorical(pi),       pi ~ Dirichlet(1, ..., 1)
         count       x ~ Poisson(exp(r)),       r ~ Normal(0, 3)
         continuous  u ~ Normal(m, s) on the value scaled to [0, 1] by the public bounds,
-                    m ~ Normal(0.5, 1), s ~ LogNormal(-2, 1);
+                    m ~ Normal(0.5, 1), s = 0.01 + LogNormal(-2, 1);
       for each row: z ~ Categorical(weights), covariates independent given z;
       outcome y ~ Poisson(exp(b + w . f(x))) (or NegBinomial with concentration phi),
       w ~ Normal(0, 1) per feature f of `head_features`, b ~ Normal(0, 2.5).
@@ -61,7 +66,8 @@ def twin_model(xb=None, xc=None, xn=None, xr=None, y=None, *, layout: Layout,
                 if nn else None)
     if nr:
         loc = numpyro.sample("cont_loc", dist.Normal(0.5, 1.0).expand([k, nr]).to_event(2))
-        sd = numpyro.sample("cont_scale", dist.LogNormal(-2.0, 1.0).expand([k, nr]).to_event(2))
+        sd = MIN_SCALE + numpyro.sample("cont_scale",
+                                        dist.LogNormal(-2.0, 1.0).expand([k, nr]).to_event(2))
     n_features = len(layout.feature_names)
     coef = numpyro.sample("coef", dist.Normal(0.0, 1.0).expand([n_features]).to_event(1))
     intercept = numpyro.sample("intercept", dist.Normal(0.0, 2.5))

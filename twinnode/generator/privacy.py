@@ -95,7 +95,7 @@ def calibrate(epsilon: float, delta: float, n: int, q: float, steps: int,
         d_over, d_acc, q_acc, find = 0.0, delta, max_batch / n, approximate_sigma
     try:
         sigma, eps, _ = find(epsilon, d_acc, q_acc, steps, force_smaller=True, maxeval=30)
-    except (AssertionError, ValueError, FloatingPointError, OverflowError) as exc:
+    except (AssertionError, ValueError, FloatingPointError, OverflowError, RuntimeError) as exc:
         raise AccountingError(f"no noise level found for epsilon={epsilon}, delta={delta}, "
                               f"q={q_acc}, steps={steps}: {exc}") from None
     if not (math.isfinite(sigma) and sigma > 0 and eps <= epsilon):

@@ -8,6 +8,7 @@ from ..errors import GeneratorError, PrivacyError
 
 BATCHINGS = {"poisson": "add-remove", "fixed": "substitute"}
 OUTCOME_LIKELIHOODS = ("poisson", "negbinomial")
+VARIANTS = ("aligned", "dpsvi")
 
 
 @dataclass(frozen=True)
@@ -20,8 +21,13 @@ class GeneratorSettings:
     learning_rate: float = 1e-3
     init_scale: float = 0.1
     chunk: int = 500
+    variant: str = "aligned"  # aligned: DPVIm (privatise locations only); dpsvi: d3p's DPSVI
+    head_share: float = 0.5   # aligned: share of C^2 the outcome head is clipped to (0: joint)
 
     def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise GeneratorError(f"variant must be one of {', '.join(VARIANTS)}, "
+                                 f"got {self.variant!r}")
         if self.components < 1:
             raise GeneratorError(f"components must be >= 1, got {self.components}")
         if self.outcome not in OUTCOME_LIKELIHOODS:
@@ -31,6 +37,8 @@ class GeneratorSettings:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise GeneratorError(f"{name} must be a positive number, got {value}")
+        if not 0 <= self.head_share < 1:
+            raise GeneratorError(f"head_share must be in [0, 1), got {self.head_share}")
         if self.chunk < 1:
             raise GeneratorError(f"chunk must be >= 1, got {self.chunk}")
 

@@ -191,9 +191,17 @@ def _compiled(layout: Layout, n: int, settings: GeneratorSettings, batching: str
     common = dict(model=model, guide=make_guide(model, layout, settings),
                   optim=numpyro.optim.Adam(settings.learning_rate), per_example_loss=Trace_ELBO(),
                   clipping_threshold=settings.clip, dp_scale=sigma, rng_suite=secure_rng)
-    if batching == "poisson":
-        svi = PoissonDPSVI(expected_batch=expected_batch, **common)
+    if settings.variant == "aligned":
+        from .aligned import AlignedDPSVI
 
+        svi = AlignedDPSVI(expected_batch=expected_batch if batching == "poisson" else size,
+                           head_share=settings.head_share, **common)
+    elif batching == "poisson":
+        svi = PoissonDPSVI(expected_batch=expected_batch, **common)
+    else:
+        svi = DPSVI(**common)
+
+    if batching == "poisson":
         def update(svi_state, batch_key, i, arrays, thresholds):
             count_key, pick_key = secure_rng.split(secure_rng.fold_in(batch_key, i), 2)
             m = draw_batch_count(count_key, *thresholds)  # size + 1 means: truncated
@@ -202,11 +210,13 @@ def _compiled(layout: Layout, n: int, settings: GeneratorSettings, batching: str
             svi_state, loss = svi.masked_update(svi_state, jnp.arange(size) < m, *batch)
             return svi_state, loss, (m > size).astype(jnp.int32)
     else:
-        svi = DPSVI(**common)
-
         def update(svi_state, batch_key, i, arrays, thresholds):
             _, get_batch = subsample_batchify_data(arrays, batch_size=size, rng_suite=secure_rng)
-            svi_state, loss = svi.update(svi_state, *get_batch(i, batch_key))
+            batch = get_batch(i, batch_key)
+            if isinstance(svi, PoissonDPSVI):  # the aligned update, every row in the batch
+                svi_state, loss = svi.masked_update(svi_state, jnp.ones(size, bool), *batch)
+            else:
+                svi_state, loss = svi.update(svi_state, *batch)
             return svi_state, loss, jnp.int32(0)
 
     @jax.jit
