@@ -76,7 +76,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     schema, local, peers = setup(args.data, args.k, args.local_rows)
-    options = AnalysisOptions()
+    options = AnalysisOptions(rule="reiter")  # pooled SEs compared without var_part
     design = options.design(schema)
     rows = len(local) + sum(t[0].rows for t in peers.values())
     print(f"data {args.data}: K = {args.k} fits of {rows} rows x {design.p} terms "
@@ -85,7 +85,7 @@ def main() -> None:
                                                              options=options))
     t_sm, (coef, se) = best_of(args.repeat, lambda: statsmodels_loop(schema, local, peers,
                                                                      design, args.k))
-    ref = pool(coef, se)
+    ref = pool(coef, se, rule="reiter")
     r = fit.replicates
     print(f"batched (twinnode.analysis.combined_fit, incl. stacking): {t_batch:8.3f} s  "
           f"{1e3 * t_batch / args.k:6.2f} ms/fit")

@@ -53,9 +53,9 @@ def main() -> None:
         for name, sec in (("auto", t1 - t0), ("fixed", t2 - t1), ("plain", t3 - t2)):
             best[name] = min(best.get(name, float("inf")), sec)
     assert report is not None and fixed is not None
-    print(f"default analyze (weight auto):   {best['auto']:6.2f} s   steps "
+    print(f"default analyze (weight auto):   {best['auto']:6.2f} s   last run's steps "
           f"{dict(report.timing)}")
-    print(f"analyze --weight 1:              {best['fixed']:6.2f} s   steps "
+    print(f"analyze --weight 1:              {best['fixed']:6.2f} s   last run's steps "
           f"{dict(fixed.timing)}")
     print(f"plain combined_fit (paper):      {best['plain']:6.2f} s")
     print(f"ratios: auto / plain {best['auto'] / best['plain']:.1f}, fixed / plain "

@@ -49,7 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weight", default="auto", metavar="auto|W",
                    help="weight of the peers' twin rows: auto (chosen by cross-validation "
                         "on the local rows; default) or a number in [0, 1] (1: the paper's "
-                        "plain concatenation, 0: local only)")
+                        "plain concatenation, 0: local only; --weight 1 --rule reiter is "
+                        "the paper's whole analysis)")
     p.add_argument("--folds", type=int, default=DEFAULT_FOLDS,
                    help=f"cross-validation folds ({DEFAULT_FOLDS})")
     p.add_argument("--cv-replicates", type=int, default=VALIDATION_REPLICATES, metavar="R",
