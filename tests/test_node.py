@@ -16,6 +16,7 @@ import pytest
 from conftest import SMALL_SCHEMA, make_small_frame
 from twinnode.config import NodeConfig, load_config
 from twinnode.control import request, socket_path
+from twinnode.data import write_table
 from twinnode.errors import ControlError
 from twinnode.harness import free_ports, to_toml
 from twinnode.identity import Identity, save_identity
@@ -246,6 +247,36 @@ def test_analyze_job_pools_local_rows_with_each_peers_latest_publication(party):
         assert report["pooling"]["rows"] == {"local": 200, "bob": 20, "carol": 20}
         assert report["local_pooling"]["kind"] == "local"
         assert report["weight"]["mode"] == "auto" and "twin weight" in job.result["message"]
+        await node.stop()
+
+    run(main())
+
+
+def test_analyze_job_scores_a_test_set_and_restricts_to_named_peers(party, tmp_path):
+    async def main() -> None:
+        # Prepare: twins from bob and carol, a held-out test file
+        node = await opened(party)
+        for seed, name in enumerate(("bob", "carol")):
+            for f in signed(make_twins(party.schema, name, seed=seed), party.schema,
+                            getattr(party, name)):
+                assert await node.handle_frames(f) is not None
+        test = tmp_path / "test.csv"
+        write_table(make_small_frame(party.schema, n=150, seed=9), test, party.schema)
+        # Execute
+        args = {"policy": "off", "weight": 1.0, "test": str(test), "peers": ["carol"]}
+        node.start_job("analyze", lambda job: analyze_job(node, job, args))
+        job = await node.wait_job()
+        # Assert: only carol's twins, both test log-likelihoods reported
+        assert job.state == "done", job.error
+        assert job.result["peers"] == ["carol"]
+        assert job.result["ll_local"] < 0 and job.result["ll_combined"] < 0
+        report = json.loads(Path(job.result["report"]).read_text())
+        assert set(report["pooling"]["rows"]) == {"local", "carol"}
+        assert len(report["ll_combined_samples"]) == 100
+        # a peer we hold nothing from is a clear error
+        node.start_job("analyze", lambda job: analyze_job(node, job, {"peers": ["zed"]}))
+        job = await node.wait_job()
+        assert job.state == "failed" and "no twins held from zed" in str(job.error)
         await node.stop()
 
     run(main())

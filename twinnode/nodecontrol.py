@@ -91,8 +91,14 @@ def handlers(node: "Node") -> dict[str, Handler]:
 
     async def analyze(args: dict[str, Any]) -> Mapping[str, Any]:
         args = check_args("analyze", args, {"policy": str, "threshold": float,
-                                            "weight": (float, str), "wait": bool})
+                                            "weight": (float, str), "wait": bool,
+                                            "test": str, "peers": list})
         _screening_args("analyze", args)
+        if "test" in args and not os.path.isabs(args["test"]):
+            raise ControlError(f"analyze: test must be an absolute path to a CSV file, "
+                               f"got {args['test']!r}")
+        if "peers" in args and not all(isinstance(p, str) for p in args["peers"]):
+            raise ControlError("analyze: peers must be a list of peer names")
         if "weight" in args and args["weight"] != "auto" and not (
                 isinstance(args["weight"], float | int) and 0 <= args["weight"] <= 1):
             raise ControlError(f"analyze: weight must be auto or a number in [0, 1], "

@@ -192,10 +192,19 @@ async def analyze_job(node: "Node", job: "JobState", args: Mapping[str, Any]) ->
     threshold = float(args.get("threshold", node.config.screening.threshold))
     job.detail = "loading local data and stored twins"
     peers, local = await _inputs(node, with_local=True)
+    if "peers" in args:  # a subset, e.g. to see what each peer adds
+        unknown = sorted(set(args["peers"]) - set(peers))
+        if unknown:
+            raise ControlError(f"analyze: no twins held from {', '.join(unknown)}")
+        peers = {name: peers[name] for name in args["peers"]}
+    test = None
+    if "test" in args:
+        from .data import read_table
+        test = await asyncio.to_thread(read_table, args["test"], node.schema)
     job.detail = f"screening, choosing the twin weight and fitting over {len(peers)} peers"
     party = await asyncio.to_thread(analyze_party, node.schema, local, peers,
                                     weight=args.get("weight", "auto"), policy=policy,
-                                    threshold=threshold)
+                                    threshold=threshold, test_frame=test)
     report = party.to_dict()
     path = report_path(node, "analysis")
     await asyncio.to_thread(write_json_atomic, path, report)
@@ -206,4 +215,6 @@ async def analyze_job(node: "Node", job: "JobState", args: Mapping[str, Any]) ->
                        f"twin weight {weight['chosen']:g} ({weight['mode']}); "
                        f"{report['screening']['message']}",
             "verdict": weight["verdict"], "report": str(path), "peers": pooling["peers"],
-            "coefficients": summary}
+            "coefficients": summary,
+            **({"ll_local": report["ll_local"], "ll_combined": report["ll_combined"]}
+               if test is not None else {})}
