@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import ConfigError, TwinnodeError
-from .generator.settings import BATCHINGS as _BATCHINGS, OUTCOME_LIKELIHOODS
+from .generator.settings import (BATCHINGS as _BATCHINGS, OUTCOME_LIKELIHOODS, VARIANTS,
+                                 GeneratorSettings, TrainPlan)
 from .identity import ADDRESS_RE, Peer, check_name, peer_from_entry
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -40,23 +41,18 @@ class DataSection:
     schema: Path
 
 
+_PLAN = TrainPlan()          # defaults live with the generator, in one place
+_GEN = GeneratorSettings()
+
+
 @dataclass(frozen=True)
 class PrivacySection:
-    epsilon: float = 1.0
+    epsilon: float = _PLAN.epsilon
     delta: float | None = None          # None: 1/N
     cap_epsilon: float | None = None    # None: no cap
-    batching: str = "poisson"
-    epochs: float = 200.0
-    q: float = 0.01
-
-
-@dataclass(frozen=True)
-class GeneratorSection:
-    components: int = 16
-    outcome: str = "poisson"
-    clip: float = 2.0
-    learning_rate: float = 1e-3
-    chunk: int = 500
+    batching: str = _PLAN.batching
+    epochs: float = _PLAN.epochs
+    q: float = _PLAN.q
 
 
 @dataclass(frozen=True)
@@ -89,7 +85,7 @@ class NodeConfig:
     node: NodeSection
     data: DataSection
     privacy: PrivacySection
-    generator: GeneratorSection
+    generator: GeneratorSettings
     k: int
     training: TrainingSection
     network: NetworkSection
@@ -148,24 +144,26 @@ def parse_config(text: str, path: str | Path) -> NodeConfig:
 
     pr = _Section(doc, "privacy", path, base)
     privacy = PrivacySection(
-        epsilon=pr.number("epsilon", 1.0, lo=0.0, lo_open=True),
+        epsilon=pr.number("epsilon", _PLAN.epsilon, lo=0.0, lo_open=True),
         delta=pr.number("delta", None, lo=0.0, hi=1.0, lo_open=True, hi_open=True),
         cap_epsilon=pr.number("cap_epsilon", None, lo=0.0, lo_open=True),
-        batching=pr.choice("batching", BATCHINGS, "poisson"),
-        epochs=pr.number("epochs", 200.0, lo=0.0, lo_open=True),
-        q=pr.number("q", 0.01, lo=0.0, hi=1.0, lo_open=True))
+        batching=pr.choice("batching", BATCHINGS, _PLAN.batching),
+        epochs=pr.number("epochs", _PLAN.epochs, lo=0.0, lo_open=True),
+        q=pr.number("q", _PLAN.q, lo=0.0, hi=1.0, lo_open=True))
     if privacy.cap_epsilon is not None and privacy.epsilon > privacy.cap_epsilon:
         raise pr.error("epsilon", f"{privacy.epsilon:g} exceeds cap_epsilon "
                                   f"{privacy.cap_epsilon:g}: no run could ever train")
     pr.finish()
 
     ge = _Section(doc, "generator", path, base)
-    generator = GeneratorSection(
-        components=ge.integer("components", 16, lo=1, hi=1000),
-        outcome=ge.choice("outcome", OUTCOME_LIKELIHOODS, "poisson"),
-        clip=ge.number("clip", 2.0, lo=0.0, lo_open=True),
-        learning_rate=ge.number("learning_rate", 1e-3, lo=0.0, lo_open=True),
-        chunk=ge.integer("chunk", 500, lo=1, hi=100_000))
+    generator = GeneratorSettings(
+        components=ge.integer("components", _GEN.components, lo=1, hi=1000),
+        outcome=ge.choice("outcome", OUTCOME_LIKELIHOODS, _GEN.outcome),
+        clip=ge.number("clip", _GEN.clip, lo=0.0, lo_open=True),
+        learning_rate=ge.number("learning_rate", _GEN.learning_rate, lo=0.0, lo_open=True),
+        chunk=ge.integer("chunk", _GEN.chunk, lo=1, hi=100_000),
+        variant=ge.choice("variant", VARIANTS, _GEN.variant),
+        head_share=ge.number("head_share", _GEN.head_share, lo=0.0, hi=1.0, hi_open=True))
     ge.finish()
 
     tw = _Section(doc, "twins", path, base)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 from .atomic import write_json_atomic
 from .errors import ControlError, StoreError, WireError
 from .eventlog import event
-from .generator.settings import GeneratorSettings, TrainPlan
+from .generator.settings import TrainPlan
 from .generator.worker import Job, Worker
 from .schema import Schema
 from .store import Store
@@ -46,12 +46,10 @@ async def generate(node: "Node", job: "JobState", kind: str, args: Mapping[str, 
     plan = TrainPlan(epsilon=float(args.get("epsilon", cfg.privacy.epsilon)),
                      delta=cfg.privacy.delta, epochs=float(args.get("epochs", cfg.privacy.epochs)),
                      q=cfg.privacy.q, batching=cfg.privacy.batching)
-    g = cfg.generator
-    settings = GeneratorSettings(components=g.components, outcome=g.outcome, clip=g.clip,
-                                 learning_rate=g.learning_rate, chunk=g.chunk)
     spec = Job(kind=kind, schema_text=node.schema.to_toml(), state_dir=str(node.state_dir),
                posterior_path=str(posterior_path(node)), k=int(args.get("k", cfg.k)),
-               sender=node.name, data_path=str(cfg.data.path), plan=plan, settings=settings,
+               sender=node.name, data_path=str(cfg.data.path), plan=plan,
+               settings=cfg.generator,
                cap_epsilon=cfg.privacy.cap_epsilon, cpus=cfg.training.cpus)
     job.detail = f"{kind}: starting the worker"
 
