@@ -18,14 +18,15 @@ MIN_SCALE = 0.01  # floor on a component's sd (share of the column's range): kee
                   # (many zeros, a few plan levels) from collapsing a component to infinite density
 
 
-def head_features(xb, xc, xn, xr, layout: Layout):
+def head_features(xb, xc, xn, xr, layout: Layout, origin: str = "lower"):
     """The outcome head's covariates, each mapped onto [0, 1] by its public range.
 
     Scaling by the schema's bounds (never by data statistics) keeps every coefficient of
     order one, so N(0, 1) priors fit them. The lower bound, not the midpoint, is the zero:
     with the midpoint, a rare binary column (1 in a hundred rows) would sit at -1 in almost
     every row and its coefficient would be tied to the intercept, which under DP noise
-    trains poorly; at zero, only the rows that have it inform its coefficient.
+    trains poorly; at zero, only the rows that have it inform its coefficient. (`origin=
+    "midpoint"` maps onto [-1, 1] instead, as the first prototype did; kept for comparisons.)
     """
     parts = [xb]
     for j, (_, levels) in enumerate(layout.categorical):
@@ -33,11 +34,13 @@ def head_features(xb, xc, xn, xr, layout: Layout):
     uppers = jnp.asarray([float(u) for _, u in layout.count], jnp.float32)
     parts.append(xn / jnp.maximum(uppers, 1.0))
     parts.append(xr)
-    return jnp.concatenate([p.astype(jnp.float32) for p in parts], axis=-1)
+    f = jnp.concatenate([p.astype(jnp.float32) for p in parts], axis=-1)
+    return 2.0 * f - 1.0 if origin == "midpoint" else f
 
 
 def twin_model(xb=None, xc=None, xn=None, xr=None, y=None, *, layout: Layout,
-               num_rows: int, components: int = 16, outcome: str = "poisson"):
+               num_rows: int, components: int = 16, outcome: str = "poisson",
+               head_origin: str = "lower"):
     """Mixture over covariates with a GLM outcome head (Prediger et al. 2023).
 
     Generative story:
@@ -99,7 +102,8 @@ def twin_model(xb=None, xc=None, xn=None, xr=None, y=None, *, layout: Layout,
             if nr:
                 ll = ll + dist.Normal(loc, sd).log_prob(xr[:, None, :]).sum(-1)
             numpyro.factor("covariates", jax.nn.logsumexp(ll, axis=-1))
-        eta = jnp.clip(intercept + head_features(xb, xc, xn, xr, layout) @ coef, -30.0, 30.0)
+        eta = jnp.clip(intercept + head_features(xb, xc, xn, xr, layout, head_origin) @ coef,
+                       -30.0, 30.0)
         mean = jnp.exp(eta)
         if outcome == "negbinomial":
             numpyro.sample("y", dist.NegativeBinomial2(mean, phi), obs=y)

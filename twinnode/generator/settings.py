@@ -9,6 +9,7 @@ from ..errors import GeneratorError, PrivacyError
 BATCHINGS = {"poisson": "add-remove", "fixed": "substitute"}
 OUTCOME_LIKELIHOODS = ("poisson", "negbinomial")
 VARIANTS = ("aligned", "dpsvi")
+HEAD_ORIGINS = ("lower", "midpoint")
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class GeneratorSettings:
     chunk: int = 500
     variant: str = "aligned"  # aligned: DPVIm (privatise locations only); dpsvi: d3p's DPSVI
     head_share: float = 0.5   # aligned: share of C^2 the outcome head is clipped to (0: joint)
+    head_origin: str = "lower"  # where the head's features are 0: lower bound or midpoint
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -37,6 +39,9 @@ class GeneratorSettings:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise GeneratorError(f"{name} must be a positive number, got {value}")
+        if self.head_origin not in HEAD_ORIGINS:
+            raise GeneratorError(f"head_origin must be one of {', '.join(HEAD_ORIGINS)}, "
+                                 f"got {self.head_origin!r}")
         if not 0 <= self.head_share < 1:
             raise GeneratorError(f"head_share must be in [0, 1), got {self.head_share}")
         if self.chunk < 1:

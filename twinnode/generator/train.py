@@ -46,7 +46,7 @@ class TrainResult(NamedTuple):
 
 def make_model(layout: Layout, n: int, settings: GeneratorSettings) -> Callable:
     return partial(twin_model, layout=layout, num_rows=n, components=settings.components,
-                   outcome=settings.outcome)
+                   outcome=settings.outcome, head_origin=settings.head_origin)
 
 
 def public_init(layout: Layout, settings: GeneratorSettings) -> dict[str, np.ndarray]:
