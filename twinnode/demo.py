@@ -23,11 +23,13 @@ import numpy as np
 
 from .data import SPLITS, read_table, randhie, split_parties, write_table
 from .errors import ConfigError, TwinnodeError
+from .generator.settings import TrainPlan
 from .harness import LocalCluster, PartySpec
 from .twins import load_release, save_release, Release, Twin
 
 Say = Callable[[str], None]
 DEMO_FRACTIONS = (0.1, 0.25, 0.5, 1.0, 1.0)
+_PLAN = TrainPlan()
 
 
 @dataclass(frozen=True)
@@ -36,8 +38,8 @@ class DemoSettings:
 
     parties: int = 5
     epsilon: float = 1.0
-    epochs: float = 200.0
-    q: float = 0.1
+    epochs: float = _PLAN.epochs
+    q: float = _PLAN.q
     twins: int = 20
     split: str = "iid"
     fractions: tuple[float, ...] = DEMO_FRACTIONS

@@ -9,6 +9,8 @@ from ..errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from ..generator.settings import GeneratorSettings, TrainPlan
+
     p = sub.add_parser(
         "train", help="train the DP generator on a CSV and write K synthetic twins",
         description="Validate DATA against SCHEMA, train the DP generative model at "
@@ -17,18 +19,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, type=Path, help="private CSV (or Parquet) file")
     p.add_argument("--schema", required=True, type=Path, help="schema TOML file")
     p.add_argument("--out", required=True, type=Path, help="output directory")
-    p.add_argument("--epsilon", type=float, default=1.0, help="privacy epsilon (default 1)")
+    plan, gen = TrainPlan(), GeneratorSettings()
+    p.add_argument("--epsilon", type=float, default=plan.epsilon,
+                   help=f"privacy epsilon (default {plan.epsilon:g})")
     p.add_argument("--delta", type=float, default=None, help="privacy delta (default 1/N)")
-    p.add_argument("--epochs", type=float, default=None,
-                   help="passes over the data (default 200; the paper used 4000)")
-    p.add_argument("--q", type=float, default=0.01, help="sampling rate per step (0.01)")
-    p.add_argument("--batching", choices=["poisson", "fixed"], default="poisson",
+    p.add_argument("--epochs", type=float, default=plan.epochs,
+                   help=f"passes over the data (default {plan.epochs:g}; the paper used 4000)")
+    p.add_argument("--q", type=float, default=plan.q,
+                   help=f"sampling rate per step (default {plan.q:g})")
+    p.add_argument("--batching", choices=["poisson", "fixed"], default=plan.batching,
                    help="poisson: add/remove relation (default); fixed: substitute relation")
-    p.add_argument("--clip", type=float, default=2.0, help="per-example clipping norm C (2)")
-    p.add_argument("--learning-rate", type=float, default=1e-3, help="Adam step size (1e-3)")
-    p.add_argument("--components", type=int, default=16, help="mixture components (16)")
+    p.add_argument("--clip", type=float, default=gen.clip,
+                   help=f"per-example clipping norm C (default {gen.clip:g})")
+    p.add_argument("--learning-rate", type=float, default=gen.learning_rate,
+                   help=f"Adam step size (default {gen.learning_rate:g})")
+    p.add_argument("--components", type=int, default=gen.components,
+                   help=f"mixture components (default {gen.components})")
     p.add_argument("--outcome-likelihood", choices=["poisson", "negbinomial"],
-                   default="poisson", help="outcome head likelihood (poisson)")
+                   default=gen.outcome, help=f"outcome head likelihood ({gen.outcome})")
+    p.add_argument("--variant", choices=["aligned", "dpsvi"], default=gen.variant,
+                   help="aligned: DPVIm, privatise location gradients only (default); "
+                        "dpsvi: d3p's DPSVI as is")
     add_sampling_args(p)
     p.add_argument("--budget", type=float, default=None,
                    help="cap on total epsilon in the ledger; refused past it")
@@ -75,11 +86,11 @@ def run_train(args: argparse.Namespace) -> int:
     schema = Schema.load(args.schema)
     frame = read_table(args.data, schema)
     _check_out(args.out)
-    plan = TrainPlan(epsilon=args.epsilon, delta=args.delta,
-                     epochs=args.epochs if args.epochs is not None else TrainPlan.epochs,
-                     q=args.q, batching=args.batching)
+    plan = TrainPlan(epsilon=args.epsilon, delta=args.delta, epochs=args.epochs, q=args.q,
+                     batching=args.batching)
     settings = GeneratorSettings(components=args.components, outcome=args.outcome_likelihood,
-                                 clip=args.clip, learning_rate=args.learning_rate)
+                                 clip=args.clip, learning_rate=args.learning_rate,
+                                 variant=args.variant)
     pinned = pin_to_cpus(parse_cpus(args.cpus))  # before JAX starts its threads
 
     from ..generator.privacy import Ledger

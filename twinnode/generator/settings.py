@@ -18,12 +18,12 @@ class GeneratorSettings:
 
     components: int = 16
     outcome: str = "poisson"
-    clip: float = 2.0
-    learning_rate: float = 1e-3
+    clip: float = 32.0          # study on public data: docs/GENERATOR.md, "Defaults"
+    learning_rate: float = 1e-2
     init_scale: float = 0.1
     chunk: int = 500
     variant: str = "aligned"  # aligned: DPVIm (privatise locations only); dpsvi: d3p's DPSVI
-    head_share: float = 0.5   # aligned: share of C^2 the outcome head is clipped to (0: joint)
+    head_share: float = 0.0   # aligned: share of C^2 the outcome head is clipped to (0: joint)
     head_origin: str = "lower"  # where the head's features are 0: lower bound or midpoint
 
     def __post_init__(self) -> None:
@@ -54,8 +54,8 @@ class TrainPlan:
 
     epsilon: float = 1.0
     delta: float | None = None  # None: 1/N, the paper's choice
-    epochs: float = 200.0
-    q: float = 0.01
+    epochs: float = 400.0       # study on public data: docs/GENERATOR.md, "Defaults"
+    q: float = 0.1
     batching: str = "poisson"
 
     def __post_init__(self) -> None:
