@@ -32,9 +32,9 @@ def poisson_fit(frame: pd.DataFrame, outcome: str) -> tuple[pd.Series, pd.Series
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--epsilon", type=float, default=1.0)
-    ap.add_argument("--epochs", type=float, default=200)
-    ap.add_argument("--q", type=float, default=0.01)
-    ap.add_argument("--learning-rate", type=float, default=1e-3)
+    ap.add_argument("--epochs", type=float, default=None)
+    ap.add_argument("--q", type=float, default=None)
+    ap.add_argument("--learning-rate", type=float, default=None)
     ap.add_argument("--rows", type=int, default=3000)
     ap.add_argument("--twins", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
@@ -42,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variant", default="aligned", choices=["aligned", "dpsvi"])
     ap.add_argument("--components", type=int, default=16)
     ap.add_argument("--outcome", default="poisson", choices=["poisson", "negbinomial"])
-    ap.add_argument("--head-share", type=float, default=0.5)
-    ap.add_argument("--clip", type=float, default=2.0)
+    ap.add_argument("--head-share", type=float, default=None)
+    ap.add_argument("--clip", type=float, default=None)
     args = ap.parse_args(argv)
 
     from twinnode.data import randhie, split_parties
@@ -54,19 +54,23 @@ def main(argv: list[str] | None = None) -> int:
 
     schema, frame = randhie()
     real = split_parties(frame, parties=5, seed=args.seed).parties[0].iloc[: args.rows]
-    plan = TrainPlan(epsilon=args.epsilon, epochs=args.epochs, q=args.q, batching=args.batching)
-    settings = GeneratorSettings(learning_rate=args.learning_rate, variant=args.variant, outcome=args.outcome,
-                                 head_share=args.head_share, clip=args.clip,
-                                 components=args.components)
+    given = lambda **kw: {k: v for k, v in kw.items() if v is not None}  # noqa: E731
+    plan = TrainPlan(epsilon=args.epsilon, batching=args.batching,
+                     **given(epochs=args.epochs, q=args.q))
+    settings = GeneratorSettings(variant=args.variant, outcome=args.outcome,
+                                 components=args.components,
+                                 **given(learning_rate=args.learning_rate, clip=args.clip,
+                                         head_share=args.head_share))
     with tempfile.TemporaryDirectory() as state:
         post = train_posterior(schema, real, plan, Ledger(state), settings, seed=args.seed)
         release = draw_release(post, schema, args.twins, "fidelity", seed=args.seed)
     twins = [t.frame(schema) for t in release.twins]
     tvd = pd.DataFrame([marginal_tvd(schema, real, t) for t in twins]).mean()
     print(f"randhie, {len(real)} rows, epsilon={args.epsilon:g}, sigma={post.calibration.sigma:.3f}, "
-          f"{args.epochs:g} epochs (q={args.q}, {post.calibration.steps} steps), lr={args.learning_rate:g}, "
-          f"K={args.twins}, {args.variant}, {args.outcome}, head share {args.head_share}, "
-          f"C={args.clip}, seed {args.seed}")
+          f"{plan.epochs:g} epochs (q={plan.q}, {post.calibration.steps} steps), "
+          f"lr={settings.learning_rate:g}, "
+          f"K={args.twins}, {settings.variant}, {settings.outcome}, "
+          f"head share {settings.head_share}, C={settings.clip:g}, seed {args.seed}")
     print("\nmarginal total variation distance (mean over twins):")
     for name, v in tvd.items():
         print(f"  {name:8s} {v:.3f}")

@@ -59,6 +59,7 @@ def test_masked_update_adds_noise_of_std_sigma_c_over_expected_batch(trained):
     # Prepare: SGD with step 1, so the parameter change is the released noisy gradient;
     # an all-zero mask leaves the gradient sum at 0, so what remains is the noise alone.
     import d3p.random as secure_rng
+    import jax
     import jax.numpy as jnp
     import numpyro
     from numpyro.infer import Trace_ELBO
@@ -75,9 +76,10 @@ def test_masked_update_adds_noise_of_std_sigma_c_over_expected_batch(trained):
     state = svi.init(secure_rng.PRNGKey(0), *(a[:1] for a in batch))
     before = svi.optim.get_params(state.optim_state)["auto_loc"]
     # Execute: a few steps, each adding fresh noise
+    update = jax.jit(svi.masked_update)
     steps = []
     for _ in range(10):
-        state, _ = svi.masked_update(state, jnp.zeros(20, bool), *batch)
+        state, _ = update(state, jnp.zeros(20, bool), *batch)
         after = svi.optim.get_params(state.optim_state)["auto_loc"]
         steps.append(np.asarray(after - before))
         before = after
@@ -202,17 +204,19 @@ def _aligned_svi(layout, settings, sigma=3.0, clip=2.0, expected=10.0, n=200, he
 def test_aligned_update_releases_only_the_noisy_location_gradient(trained):
     # Prepare: an all-zero mask, so the released location gradient is the noise alone
     import d3p.random as secure_rng
+    import jax
     import jax.numpy as jnp
 
     schema, frame, layout, data, runs = trained
     svi = _aligned_svi(layout, SETTINGS)
     batch = tuple(jnp.asarray(a[:20]) for a in data)
     state = svi.init(secure_rng.PRNGKey(0), *(a[:1] for a in batch))
+    update = jax.jit(svi.masked_update)
     loc_steps, scale_checks = [], []
     for _ in range(10):
         before = svi.get_params(state)
         # Execute
-        state, _ = svi.masked_update(state, jnp.zeros(20, bool), *batch)
+        state, _ = update(state, jnp.zeros(20, bool), *batch)
         after = svi.get_params(state)
         loc_steps.append(np.asarray(after["auto_loc"] - before["auto_loc"]))
         scale_checks.append(np.asarray(after["auto_scale"]))
@@ -222,8 +226,8 @@ def test_aligned_update_releases_only_the_noisy_location_gradient(trained):
     # and with no data, two different batches give the same update: nothing else leaks
     other = tuple(jnp.asarray(a[20:40]) for a in data)
     s0 = svi.init(secure_rng.PRNGKey(1), *(a[:1] for a in batch))
-    a, _ = svi.masked_update(s0, jnp.zeros(20, bool), *batch)
-    b, _ = svi.masked_update(s0, jnp.zeros(20, bool), *other)
+    a, _ = update(s0, jnp.zeros(20, bool), *batch)
+    b, _ = update(s0, jnp.zeros(20, bool), *other)
     for key in ("auto_loc", "auto_scale"):
         np.testing.assert_array_equal(svi.get_params(a)[key], svi.get_params(b)[key])
 
@@ -231,6 +235,7 @@ def test_aligned_update_releases_only_the_noisy_location_gradient(trained):
 @pytest.mark.parametrize("head_share", [0.0, 0.5])
 def test_aligned_released_sum_changes_by_at_most_c_when_one_row_leaves(trained, head_share):
     import d3p.random as secure_rng
+    import jax
     import jax.numpy as jnp
 
     schema, frame, layout, data, runs = trained
@@ -238,10 +243,11 @@ def test_aligned_released_sum_changes_by_at_most_c_when_one_row_leaves(trained, 
     batch = tuple(jnp.asarray(a[:40]) for a in data)
     state = svi.init(secure_rng.PRNGKey(0), *(a[:1] for a in batch))
     theta = jnp.asarray(runs[1].params["auto_loc"]) + 0.5  # away from the optimum: big gradients
-    full, _ = svi.released_sum(state, theta, jnp.ones(40, bool), *batch)
+    released = jax.jit(svi.released_sum)
+    full, _ = released(state, theta, jnp.ones(40, bool), *batch)
     for i in range(0, 40, 7):
         without = jnp.ones(40, bool).at[i].set(False)
-        less, _ = svi.released_sum(state, theta, without, *batch)
+        less, _ = released(state, theta, without, *batch)
         assert float(jnp.linalg.norm(full - less)) <= 2.0 * (1 + 1e-5)
     if head_share:
         g = np.asarray(svi.clip_per_group(jnp.ones((3, theta.shape[0])) * 100.0))
