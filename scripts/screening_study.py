@@ -132,7 +132,8 @@ def main(argv: Sequence[str] | None = None,
     ap.add_argument("--twin-maker", choices=twin_makers.MAKERS, default="posterior",
                     help="posterior: simulated, not DP (default); dp: train the DP "
                          "generator per party (slow)")
-    ap.add_argument("--epochs", type=float, default=200.0, help="DP training epochs")
+    ap.add_argument("--epochs", type=float, default=None,
+                    help="DP training epochs (default: the generator's)")
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args(argv)
     if twin_maker is None:

@@ -18,7 +18,7 @@ from twinnode.twins import Twin
 MAKERS = ("posterior", "dp")
 
 
-def make(name: str, inflate: float = 1.0, epochs: float = 200.0,
+def make(name: str, inflate: float = 1.0, epochs: float | None = None,
          ledger_root: str | None = None) -> TwinMaker:
     """The named maker: 'posterior' (simulated, not DP) or 'dp' (train + sample, slow)."""
     if name == "posterior":
@@ -29,15 +29,22 @@ def make(name: str, inflate: float = 1.0, epochs: float = 200.0,
         return posterior
     if name == "dp":
         root = Path(ledger_root or tempfile.mkdtemp(prefix="twinnode-study-ledgers-"))
+        cache: dict[tuple, Sequence[Twin]] = {}  # the same party and seed under several attacks
 
         def dp(schema: Schema, frame: pd.DataFrame, *, sender: str, k: int,
                epsilon: float, seed: int) -> Sequence[Twin]:
             from twinnode.generator.privacy import Ledger
-            from twinnode.generator.release import TrainPlan, draw_release, train_posterior
-            # a fresh ledger per (party, seed): each study run is its own data release
-            ledger = Ledger(root / f"{sender}-{seed}")
-            post = train_posterior(schema, frame, TrainPlan(epsilon=epsilon, epochs=epochs),
-                                   ledger, seed=seed)
-            return draw_release(post, schema, k, sender, seed=seed).twins
+            from twinnode.generator.release import draw_release, train_posterior
+            from twinnode.generator.settings import TrainPlan
+
+            key = (sender, seed, k, epsilon, pd.util.hash_pandas_object(frame).sum())
+            if key not in cache:
+                # a fresh ledger per (party, seed): each study run is its own data release
+                ledger = Ledger(root / f"{sender}-{seed}")
+                plan = TrainPlan(epsilon=epsilon, **({} if epochs is None else
+                                                     {"epochs": epochs}))
+                post = train_posterior(schema, frame, plan, ledger, seed=seed)
+                cache[key] = draw_release(post, schema, k, sender, seed=seed).twins
+            return cache[key]
         return dp
     raise ValueError(f"unknown twin maker {name!r}; expected one of {MAKERS}")
