@@ -118,3 +118,26 @@ def test_corrupt_ledger_stops_training_rather_than_resetting_the_budget(tmp_path
     (tmp_path / "ledger.json").write_text("{not json")
     with pytest.raises(PrivacyError, match="unreadable"):
         Ledger(tmp_path).charge(0.1, 1e-5)
+
+
+def test_a_lost_ledger_beside_earlier_training_is_refused_not_reset(tmp_path):
+    # Prepare: a state dir that trained before (a posterior), whose ledger is gone
+    (tmp_path / "posterior.npz").write_bytes(b"x")
+    # Execute / Assert
+    with pytest.raises(PrivacyError, match="no ledger.json, but .*posterior.npz"):
+        Ledger(tmp_path).charge(0.5, 1e-5)
+    release = tmp_path / "other"
+    release.mkdir()
+    (release / "receipt.json").write_text("{}")
+    (tmp_path / "posterior.npz").unlink()
+    with pytest.raises(PrivacyError, match="receipt.json"):
+        Ledger(tmp_path).snapshot()
+
+
+def test_has_release_finds_charged_runs_and_imports_only(tmp_path):
+    ledger = Ledger(tmp_path)
+    run = ledger.charge(1.0, 1e-4)
+    ledger.charge(0.5, 1e-4, kind="import", release="abc")
+    ledger.record_free("sample", release="zzz")
+    assert ledger.has_release(run["id"]) and ledger.has_release("abc")
+    assert not ledger.has_release("zzz") and not ledger.has_release("nope")

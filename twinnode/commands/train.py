@@ -98,6 +98,10 @@ def run_train(args: argparse.Namespace) -> int:
     from .progress import TrainProgress
 
     ledger = Ledger(args.state or args.out.resolve().parent, cap_epsilon=args.budget)
+    if not ledger.snapshot()["entries"]:
+        print(f"starting a new privacy ledger at {ledger.path}; if these data were trained "
+              "on before, pass --state with that run's state directory, so the budget counts "
+              "every run", file=sys.stderr)
     print(f"training on {len(frame)} rows of {args.data} (schema {schema.short_hash}) at "
           f"epsilon={plan.epsilon:g}, {plan.epochs:g} epochs, {plan.batching} batching, "
           f"CPUs {sorted(pinned)}", file=sys.stderr)

@@ -122,7 +122,8 @@ class Ledger:
     Runs compose by basic composition (epsilons and deltas add): conservative, and valid
     whatever the runs were. A charge is written to disk (atomically, under a file lock)
     before the run starts, so nothing derived from it can leave before it is recorded; a run
-    that fails stays charged.
+    that fails stays charged. A missing ledger beside traces of earlier training (a
+    posterior, receipts) is an error, never a fresh budget.
     """
 
     def __init__(self, state_dir: str | Path, cap_epsilon: float | None = None) -> None:
@@ -144,6 +145,12 @@ class Ledger:
 
     def _read(self) -> dict[str, Any]:
         if not self.path.exists():
+            traces = self.history_traces()
+            if traces:
+                raise PrivacyError(
+                    f"{self.dir}: no {LEDGER_FILE}, but {traces[0]} shows that training ran "
+                    "here before; a lost ledger would reset the budget, so nothing trains "
+                    f"until {self.path} is restored")
             return {"format": LEDGER_FORMAT, "cap_epsilon": None, "entries": []}
         try:
             doc = json.loads(self.path.read_text(encoding="utf-8"))
@@ -153,6 +160,17 @@ class Ledger:
         if not isinstance(doc, dict) or doc.get("format") != LEDGER_FORMAT:
             raise PrivacyError(f"{self.path}: not a {LEDGER_FORMAT} file")
         return doc
+
+    def history_traces(self) -> list[Path]:
+        """Files that only exist once something was trained with this ledger beside them."""
+        found = [p for p in (self.dir / "posterior.npz", self.dir / "releases") if p.exists()]
+        return found + sorted(self.dir.glob("*/receipt.json"))[:1]
+
+    def has_release(self, release: str) -> bool:
+        """Whether a training run (or an imported release) with this id is charged here."""
+        with self._locked() as doc:
+            return any(e.get("id") == release or e.get("release") == release
+                       for e in doc["entries"] if e["epsilon"] > 0)
 
     def snapshot(self) -> dict[str, Any]:
         """Spent, cap and left, plus every entry: what `budget` commands show."""
@@ -177,18 +195,19 @@ class Ledger:
         cap = summary["cap_epsilon"]
         if cap is not None and summary["spent_epsilon"] + epsilon > cap + 1e-12:
             raise BudgetExceeded(
-                f"training at epsilon={epsilon:g} would bring the total to "
+                f"a release at epsilon={epsilon:g} would bring the total to "
                 f"{summary['spent_epsilon'] + epsilon:g}, over the cap of {cap:g} "
                 f"(spent {summary['spent_epsilon']:g}, left {summary['left_epsilon']:g}); "
                 "sampling more twins from a trained posterior costs nothing")
 
-    def charge(self, epsilon: float, delta: float, **details: Any) -> dict[str, Any]:
+    def charge(self, epsilon: float, delta: float, kind: str = "train",
+               **details: Any) -> dict[str, Any]:
         """Record a run's cost before it starts; refuse (writing nothing) past the cap."""
         with self._locked() as doc:
             summary = self._summary(doc)
             self._refuse_past_cap(summary, epsilon)
             cap = summary["cap_epsilon"]
-            entry = {"id": uuid.uuid4().hex[:16], "kind": "train", "time": time.time(),
+            entry = {"id": uuid.uuid4().hex[:16], "kind": kind, "time": time.time(),
                      "epsilon": float(epsilon), "delta": float(delta), "status": "charged",
                      **details}
             doc["entries"].append(entry)

@@ -5,6 +5,7 @@ trains; `draw_release` samples K twins from a posterior, which costs no privacy.
 """
 from __future__ import annotations
 
+import math
 import platform
 import time
 from dataclasses import asdict
@@ -35,7 +36,7 @@ def train_posterior(schema: Schema, frame: pd.DataFrame, plan: TrainPlan, ledger
     cal = calibrate(plan.epsilon, delta, n, plan.q, plan.steps(), plan.batching)
     entry = ledger.charge(cal.epsilon, cal.delta, n=n, sigma=cal.sigma, q=cal.q,
                           steps=cal.steps, clip=settings.clip, relation=cal.relation,
-                          schema_hash=schema.hash)
+                          schema_hash=schema.hash, data=data_fingerprint(frame))
     try:
         result = fit(layout.encode(schema.to_arrays(frame)), layout, cal, settings, seed, progress)
     except BaseException:
@@ -44,6 +45,14 @@ def train_posterior(schema: Schema, frame: pd.DataFrame, plan: TrainPlan, ledger
     ledger.set_status(entry["id"], "trained")
     return Posterior(params=result.params, schema_hash=schema.hash, n=n, settings=settings,
                      calibration=cal, release=entry["id"], created=time.time())
+
+
+def data_fingerprint(frame: pd.DataFrame) -> str:
+    """A short content hash of the training rows, kept in the local ledger (never sent)."""
+    import hashlib
+
+    values = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+    return hashlib.sha256(values.tobytes()).hexdigest()[:16]
 
 
 def draw_release(posterior: Posterior, schema: Schema, k: int, sender: str,
@@ -74,11 +83,29 @@ def draw_release(posterior: Posterior, schema: Schema, k: int, sender: str,
         "accountant": "d3p Fourier accountant (fourier-accountant), "
                       + ("add/remove relation" if cal.relation == "add-remove"
                          else "substitute relation"),
+        "neighbours": neighbours_note(cal.relation),
+        "replace_one": replace_one(cal.epsilon, cal.delta, cal.relation),
         "composition": "basic (epsilons and deltas of runs add up in the ledger)",
     }
     if ledger is not None:
         ledger.record_free("sample", release=posterior.release, k=k)
     return Release(receipt=receipt, twins=twins)
+
+
+def neighbours_note(relation: str) -> str:
+    """What the (epsilon, delta) protects, in words, for the receipt."""
+    if relation == "add-remove":
+        return ("data sets differing by one row added or removed; the row count N is "
+                "disclosed (every twin has N rows), as in the paper")
+    return "data sets of the same size N differing in one row"
+
+
+def replace_one(epsilon: float, delta: float, relation: str) -> dict[str, Any]:
+    """The guarantee for neighbours of equal size (one row replaced)."""
+    if relation == "substitute":
+        return {"epsilon": epsilon, "delta": delta, "basis": "the accountant's relation"}
+    return {"epsilon": 2 * epsilon, "delta": (1 + math.exp(epsilon)) * delta,
+            "basis": "group privacy: a replacement is a removal and an addition"}
 
 
 def generator_summary(posterior: Posterior) -> dict[str, Any]:

@@ -167,10 +167,12 @@ def fit(data: ModelData, layout: Layout, calibration: Calibration,
                                           jnp.uint32(total), arrays, thresholds)
         done = min(done + settings.chunk, total)
         overflow += int(over)
-        per_row = float(loss) / n
-        if not math.isfinite(per_row):
-            raise GeneratorError(f"training diverged at step {done} (loss {per_row}); "
+        # Divergence is judged on the parameters (post-processing of the noisy releases),
+        # never on the loss, which is computed from the data outside the accountant.
+        if not all(bool(jnp.all(jnp.isfinite(v))) for v in svi.get_params(svi_state).values()):
+            raise GeneratorError(f"training diverged at step {done} (parameters not finite); "
                                  "try a smaller learning rate")
+        per_row = float(loss) / n  # shown locally only (progress), never released
         losses.append(per_row)
         if progress is not None:
             progress(done, total, -per_row)
