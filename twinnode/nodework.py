@@ -24,6 +24,7 @@ from .wire import ReplayGuard, Verifier, WireLimits
 from .identity import TrustStore
 
 if TYPE_CHECKING:
+    from .generator.privacy import Ledger
     from .jobs import JobState
     from .node import Node
 
@@ -86,10 +87,25 @@ async def publish_job(node: "Node", job: "JobState", args: Mapping[str, Any]) ->
                                f"know your working directory), got {str(directory)!r}")
         job.detail = f"loading {directory}"
         release = await asyncio.to_thread(load_release, directory, node.schema)
+        await asyncio.to_thread(charge_import, node.ledger, release, node.name)
     else:
         kind = "sample" if posterior_path(node).exists() else "train"
         release = await generate(node, job, kind, args)
     return await _publish(node, job, release)
+
+
+def charge_import(ledger: "Ledger", release: Release, own: str) -> None:
+    """A release trained elsewhere (e.g. offline with `twinnode train`) counts against this
+    node's budget: charged once, when first published, unless its run is in our ledger."""
+    r = release.receipt
+    if release.sender != own:  # checked again when publishing; here so nothing is charged
+        raise ControlError(f"this release is from {release.sender!r}, not {own!r}; "
+                           f"make it with --sender {own}")
+    if not ledger.has_release(str(r.get("release"))):
+        ledger.charge(float(r["epsilon"]), float(r["delta"]), kind="import",
+                      release=str(r.get("release")), n=r.get("n"), sigma=r.get("sigma"),
+                      relation=r.get("relation"), schema_hash=r.get("schema_hash"),
+                      status_note="trained elsewhere; charged when first published here")
 
 
 async def _publish(node: "Node", job: "JobState", release: Release) -> dict[str, Any]:
