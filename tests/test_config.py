@@ -49,7 +49,7 @@ def test_minimal_config_gets_documented_defaults_and_paths_relative_to_the_file(
     assert (config.privacy.epsilon, config.privacy.delta, config.privacy.cap_epsilon) == \
         (1.0, None, None)
     assert (config.privacy.batching, config.privacy.epochs, config.privacy.q) == \
-        ("poisson", 200.0, 0.01)
+        ("poisson", 400.0, 0.1)
     assert config.k == 100 and config.training.auto is False and config.training.cpus is None
     assert config.network.heartbeat_interval == 1.0 and config.screening.policy == "flag"
     assert [p.name for p in config.peers] == ["bob"]
