@@ -13,10 +13,11 @@ from scipy import stats
 from conftest import make_small_frame
 from twinnode.analysis import (AnalysisOptions, combined_fit, evaluate, local_fit,
                                oracle_fit, repool, twins_fit)
+from twinnode.combine import analyze_party
 from twinnode.design import make_design
-from twinnode.errors import AnalysisError, SchemaError
+from twinnode.errors import AnalysisError
 from twinnode.pooling import pool
-from twinnode.simtwins import posterior_twins
+from twinnode.simtwins import poison_frame, posterior_twins
 from twinnode.twins import Twin
 
 
@@ -105,6 +106,50 @@ def test_pooling_leaves_out_nan_replicates_and_a_single_fit_is_its_own_variance(
     assert p.k_used.tolist() == [2, 1]
     assert p.estimate[0] == pytest.approx(1.5) and p.b[0] == pytest.approx(0.5)
     assert p.total[1] == pytest.approx(0.04) and np.isinf(p.df[1])
+
+
+def test_pooled_covariance_is_the_rule_applied_to_the_matrices():
+    # Prepare: K = 3 estimate vectors, each with the same sandwich covariance
+    coef = np.array([[1.0, 0.0], [2.0, 1.0], [4.0, 1.0]])
+    cov = np.broadcast_to(np.array([[0.25, 0.05], [0.05, 0.1]]), (3, 2, 2))
+    se = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
+    B = np.cov(coef.T, ddof=1)
+    # Execute
+    rr = pool(coef, se, cov=cov, rule="reiter")
+    rb = pool(coef, se, cov=cov, rule="rubin")
+    # Assert: T = (1 + 1/K) B -/+ U matrix-wise; its diagonal is the per-term T
+    np.testing.assert_allclose(rr.covariance, 4 / 3 * B - cov[0], rtol=1e-12)
+    np.testing.assert_allclose(rb.covariance, 4 / 3 * B + cov[0], rtol=1e-12)
+    np.testing.assert_allclose(np.diag(rr.covariance), rr.total, rtol=1e-12)
+    assert not rr.covariance_fallback and not rb.covariance_fallback
+
+
+def test_pooled_covariance_keeps_the_reported_variances_when_a_term_falls_back():
+    # Prepare: the second term barely varies between replicates: reiter's T < 0 there
+    coef = np.array([[1.0, 0.50], [2.0, 0.51], [4.0, 0.49]])
+    cov = np.broadcast_to(np.array([[0.25, 0.1], [0.1, 0.1]]), (3, 2, 2))
+    se = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
+    rubin = pool(coef, se, cov=cov, rule="rubin").covariance
+    # Execute
+    rr = pool(coef, se, cov=cov, rule="reiter", fallback="rubin")
+    # Assert: the diagonal is the reported T (the rule's, or the fallback's where it fell
+    # back), the correlation is the fallback matrix's, and the matrix is a covariance
+    assert rr.fallback.tolist() == [False, True] and rr.covariance_fallback
+    np.testing.assert_allclose(np.diag(rr.covariance), rr.total, rtol=1e-12)
+    corr = rr.covariance[0, 1] / np.sqrt(rr.total[0] * rr.total[1])
+    assert corr == pytest.approx(rubin[0, 1] / np.sqrt(rubin[0, 0] * rubin[1, 1]))
+    assert np.linalg.eigvalsh(rr.covariance).min() > -1e-12
+
+
+def test_a_term_in_fewer_replicates_than_min_k_is_missing():
+    # Prepare
+    coef = np.array([[1.0, np.nan], [2.0, 0.3], [3.0, np.nan]])
+    se = np.full((3, 2), 0.1)
+    # Execute
+    p = pool(coef, se, rule="mixed", min_k=2)
+    # Assert: one replicate gives no between-twin variance: not pooled as T = u
+    assert np.isnan(p.estimate[1]) and np.isnan(p.total[1]) and p.k_used.tolist() == [3, 0]
+    assert np.isfinite(p.covariance[0, 0]) and np.isnan(p.covariance[1]).all()
 
 
 def test_unknown_rule_is_an_analysis_error():
@@ -226,26 +271,128 @@ def test_non_converged_replicate_is_excluded_and_counted(small_schema):
 
 
 def test_peers_with_different_k_are_cut_to_the_smallest_and_it_is_said(small_schema):
-    # Prepare
+    # Prepare: two complete releases, K = 6 and K = 4
     peers = _peers(small_schema, count=2, k=6)
-    peers["p1"] = peers["p1"][:4]
+    peers["p1"] = posterior_twins(small_schema, make_small_frame(small_schema, 400, 11),
+                                  sender="p1", k=4, seed=1)
     # Execute
     fit = combined_fit(small_schema, make_small_frame(small_schema, 100), peers)
     # Assert
-    assert fit.k == 4 and any("different K" in w for w in fit.warnings)
+    assert fit.k == 4 and fit.peers == ("p0", "p1")
+    assert any("different K" in w for w in fit.warnings)
 
 
-def test_twins_of_two_releases_or_another_schema_are_refused(small_schema):
+def test_twins_of_two_releases_or_another_schema_leave_that_peer_out(small_schema):
     # Prepare
     a = _peers(small_schema, count=1, k=3, seed=0)["p0"]
     b = _peers(small_schema, count=1, k=3, seed=7)["p0"]
-    other = replace(a[0].provenance, schema_hash="0" * 64)
+    other = [Twin(replace(t.provenance, schema_hash="0" * 64), t.arrays) for t in b]
     local = make_small_frame(small_schema, 100)
+    # Execute
+    fit = combined_fit(small_schema, local, {"mixed": [a[0], b[1], a[2]], "other": other,
+                                             "good": a})
+    # Assert: the analysis runs on the good peer, and says why the others are out
+    assert fit.peers == ("good",) and fit.k == 3
+    assert any("'mixed' left out" in w and "releases" in w for w in fit.warnings)
+    assert any("'other' left out" in w and "schema" in w for w in fit.warnings)
+
+
+def test_a_term_estimated_in_only_one_twin_is_missing_not_pooled_without_b(small_schema):
+    # Prepare: only twin 0 of the only peer has 'east' rows
+    twins = _peers(small_schema, count=1, k=5)["p0"]
+    for i in range(1, 5):
+        t = twins[i]
+        keep = np.asarray(t.arrays["region"]) != 2
+        twins[i] = Twin(t.provenance, {c: np.asarray(a)[keep] for c, a in t.arrays.items()})
+    # Execute
+    fit = twins_fit(small_schema, twins)
+    # Assert
+    j = fit.terms.index("region[east]")
+    assert np.isnan(fit.estimate[j]) and np.isnan(fit.se[j])
+    assert any("only 1 of 5" in w for w in fit.warnings)
+    assert np.isfinite(np.delete(fit.estimate, j)).all()
+
+
+def test_a_single_twin_cannot_be_pooled_as_synthetic_data(small_schema):
+    # Prepare
+    twins = posterior_twins(small_schema, make_small_frame(small_schema, 300), sender="p0",
+                            k=1, seed=0)
     # Execute / Assert
-    with pytest.raises(AnalysisError, match="releases"):
-        combined_fit(small_schema, local, {"p0": [a[0], b[1]]})
-    with pytest.raises(SchemaError):
-        combined_fit(small_schema, local, {"p0": [Twin(other, a[0].arrays)]})
+    with pytest.raises(AnalysisError, match="at least 2"):
+        twins_fit(small_schema, twins)
+
+
+def _party_peers(schema, k=10):
+    """Four honest peers, K twins each."""
+    return {f"h{i}": posterior_twins(schema, make_small_frame(schema, 400, 30 + i),
+                                     sender=f"h{i}", k=k, seed=40 + i) for i in range(4)}
+
+
+def _smoker(report):
+    c = report.to_dict()["coefficients"]["smoker"]
+    return report.combined.k, c["se"], c["df"]
+
+
+def test_a_flagged_excluded_peer_with_one_twin_changes_no_partys_fit(small_schema):
+    # Prepare: four honest peers at K = 10, and a flipped-coding peer that sends K = 1
+    local = make_small_frame(small_schema, 300, seed=1)
+    honest = _party_peers(small_schema)
+    bad = poison_frame(small_schema, make_small_frame(small_schema, 400, 50), "flip:smoker")
+    peers = honest | {"bad": posterior_twins(small_schema, bad, sender="bad", k=1, seed=9)}
+    # Execute
+    alone = analyze_party(small_schema, local, honest, weight=1.0, policy="exclude",
+                          replicates=2)
+    joined = analyze_party(small_schema, local, peers, weight=1.0, policy="exclude",
+                           replicates=2)
+    # Assert: K, SE and df are the honest peers' (before: K = 1, df = inf, smaller SE)
+    assert _smoker(joined) == pytest.approx(_smoker(alone), rel=1e-12)
+    assert joined.combined.k == 10 and joined.screening.left_out.keys() == {"bad"}
+    assert joined.to_dict()["screening"]["left_out"]["bad"].startswith("K = 1")
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_a_peer_sending_one_index_twice_does_not_stop_the_analysis(small_schema, same):
+    # Prepare: h3 sends twin 2 a second time, the same or with other rows
+    local = make_small_frame(small_schema, 300, seed=1)
+    peers = _party_peers(small_schema)
+    twins = peers["h3"]
+    again = twins[2] if same else Twin(twins[2].provenance, twins[5].arrays)
+    peers["h3"] = twins + [again]
+    # Execute
+    report = analyze_party(small_schema, local, peers, weight=1.0, replicates=2)
+    # Assert: a copy is ignored; two different twins for one index leave h3 out
+    assert report.combined.k == 10
+    if same:
+        assert "h3" in report.combined.peers and report.screening.left_out == {}
+        assert any("re-sent" in w for w in report.combined.warnings)
+    else:
+        assert report.combined.peers == ("h0", "h1", "h2")
+        assert "two different twins with index 2" in report.screening.left_out["h3"]
+
+
+def test_an_incomplete_release_is_left_out_until_complete(small_schema):
+    # Prepare: 6 of h3's 10 twins have arrived
+    local = make_small_frame(small_schema, 300, seed=1)
+    peers = _party_peers(small_schema)
+    peers["h3"] = peers["h3"][:6]
+    # Execute
+    fit = combined_fit(small_schema, local, peers)
+    # Assert
+    assert fit.k == 10 and fit.peers == ("h0", "h1", "h2")
+    assert any("'h3' left out: incomplete release: 6 of its 10" in w for w in fit.warnings)
+
+
+def test_a_peer_with_k_far_below_the_others_is_left_out_not_shrinking_k(small_schema):
+    # Prepare: a complete release of K = 3 among K = 10
+    local = make_small_frame(small_schema, 300, seed=1)
+    peers = _party_peers(small_schema)
+    peers["few"] = posterior_twins(small_schema, make_small_frame(small_schema, 400, 60),
+                                   sender="few", k=3, seed=61)
+    # Execute
+    fit = combined_fit(small_schema, local, peers)
+    # Assert
+    assert fit.k == 10 and "few" not in fit.peers
+    assert any("'few' left out: K = 3" in w for w in fit.warnings)
 
 
 def test_no_peers_gives_the_local_fit_with_a_warning(small_schema):
@@ -275,6 +422,23 @@ def test_evaluation_plugin_is_the_poisson_log_likelihood_at_the_estimate(small_s
     assert ev.mean == pytest.approx(float(np.mean(ev.samples)))
 
 
+def test_monte_carlo_penalty_is_the_full_covariance_one_not_the_diagonal_one(small_schema):
+    # Prepare: intercept and age (18..90, not centred) are strongly correlated
+    fit = local_fit(small_schema, make_small_frame(small_schema, 200, seed=3))
+    test = make_small_frame(small_schema, 2000, seed=103)
+    X, y = fit.design.frame_matrix(small_schema, test)
+    mu = np.exp(X @ fit.estimate)
+    J = (X * mu[:, None]).T @ X / len(y)  # Fisher information per test row at q
+    T = fit.pooled.covariance
+    full, diagonal = -0.5 * np.trace(T @ J), -0.5 * np.sum(np.diag(T) * np.diag(J))
+    # Execute
+    ev = evaluate(fit, small_schema, test, draws=2000, seed=3)
+    # Assert: E ll(w) - ll(q) = -tr(T J) / 2 to second order, with T the full matrix
+    np.testing.assert_allclose(np.diag(T), fit.pooled.total, rtol=1e-12)
+    assert ev.mean - ev.plugin == pytest.approx(full, rel=0.15)
+    assert diagonal < 4 * full  # what independent draws would have cost: several times more
+
+
 def test_evaluation_is_reproducible_in_its_seed_and_varies_across_seeds(small_schema):
     # Prepare
     fit = local_fit(small_schema, make_small_frame(small_schema, 200))
@@ -290,7 +454,8 @@ def test_evaluation_with_zero_variance_gives_the_plugin_in_every_draw(small_sche
     # Prepare
     fit = local_fit(small_schema, make_small_frame(small_schema, 200))
     p = fit.pooled
-    fixed = replace(fit, pooled=replace(p, total=np.zeros_like(p.total)))
+    fixed = replace(fit, pooled=replace(p, total=np.zeros_like(p.total),
+                                        covariance=np.zeros_like(p.covariance)))
     # Execute
     ev = evaluate(fixed, small_schema, make_small_frame(small_schema, 100, seed=8), draws=5)
     # Assert

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from twinnode.analysis import combined_fit
 from twinnode.errors import AnalysisError
 from twinnode.screening import peer_statistics, screen
 from twinnode.simtwins import poison_frame, posterior_twins
+from twinnode.twins import Twin
 
 
 def _population(schema, honest=5, attack=None, n=800, k=15, seed=0, sizes=None):
@@ -110,20 +112,41 @@ def test_bad_policy_or_threshold_is_an_analysis_error(small_schema, policy, thre
         screen(small_schema, {}, policy, threshold)
 
 
-def test_a_peer_with_a_smaller_epsilon_is_judged_with_a_wider_scale(small_schema):
-    # Prepare: six equal peers; one declares ε = 0.25 instead of 1 (h grows 8.5-fold)
-    peers = _population(small_schema, honest=6, k=8)
+def test_a_peer_whose_twins_are_noisier_is_judged_with_a_wider_scale(small_schema):
+    # Prepare: six equal peers; one releases twins with 8.5 times the parameter variance
+    # (what a much smaller ε does to a generator), and claims the same ε as the others
+    peers = _population(small_schema, honest=6, k=15)
     frame = make_small_frame(small_schema, 800, seed=5)
-    peers["honest5"] = posterior_twins(small_schema, frame, sender="honest5", k=8,
-                                       epsilon=0.25, seed=55)
+    peers["honest5"] = posterior_twins(small_schema, frame, sender="honest5", k=15,
+                                       inflate=8.5, seed=55)
     # Execute
     report = screen(small_schema, peers, "flag")
-    # Assert: every statistic's scale is wider than an ε = 1 peer's of the same size
-    # (about sqrt(8.5) where its own noise dominates the between-peer spread)
+    # Assert: its measured noise widens the scale of its coefficients, so it is not flagged
     by = {p.peer: {c.name: c.scale for c in p.checks} for p in report.peers}
-    ratios = np.array([by["honest5"][s] / by["honest0"][s] for s in by["honest0"]])
-    assert (ratios > 1.2).all() and np.median(ratios) > 2
+    coefs = [s for s in by["honest0"] if s.startswith("coef:")]
+    ratios = np.array([by["honest5"][s] / by["honest0"][s] for s in coefs])
+    assert (ratios > 1.2).all() and np.median(ratios) > 1.8  # sqrt(8.5) = 2.9 at most
     assert report.flagged == ()
+
+
+@pytest.mark.parametrize("claim", [{"epsilon": 0.001}, {"n": 20}, {"epsilon": 0.001, "n": 20}])
+def test_a_claimed_small_epsilon_or_n_buys_a_shifted_peer_no_tolerance(small_schema, claim):
+    # Prepare: five honest peers and one with the smoker coding flipped, which also claims
+    # a tiny ε and/or N in its provenance (the facts that would widen an honest scale)
+    peers = _population(small_schema, attack="flip:smoker", k=8)
+    honest_claim = screen(small_schema, peers, "flag")
+    peers["shifted"] = [Twin(replace(t.provenance, **claim), t.arrays)
+                        for t in peers["shifted"]]
+    # Execute
+    report = screen(small_schema, peers, "flag")
+    # Assert: the same verdict and p-value as when it claimed what the others do
+    verdict = {p.peer: p for p in report.peers}["shifted"]
+    before = {p.peer: p for p in honest_claim.peers}["shifted"]
+    assert report.flagged == ("shifted",) and verdict.p_value < 1e-6
+    # (only the others' calibration moves a little: the claim enters their transfer)
+    assert np.log(verdict.p_value) == pytest.approx(np.log(before.p_value), rel=0.05)
+    assert verdict.judged_epsilon == pytest.approx(1.0) and verdict.rows == 800
+    assert verdict.epsilon == claim.get("epsilon", 1.0)  # reported as claimed
 
 
 def _overdispersed_frame(schema, n, seed):

@@ -5,7 +5,9 @@ same Poisson GLM (log link, robust HC1 errors, `glm.fit_poisson_columns`) and th
 pooled (`pooling.pool`; the ``mixed`` rule by default, ``reiter`` is the paper's). The
 local-only fit, the pooled real-data fit (an oracle for experiments) and one peer's twins
 alone go through the same code and give the same report type, `PooledFit`. `evaluate`
-scores a fit on held-out rows.
+scores a fit on held-out rows. Which peers' twins are usable, and the K a fit shares, is
+`peerset`'s job: a peer with a defective or incomplete release is left out with a
+warning, never the cause of an error, and K is the smallest among the peers of that fit.
 
 Peers' twin rows can carry a weight λ in [0, 1] (here 1, the paper's plain concatenation,
 is the default; `weighting.choose_weight` picks λ, `combine.analyze_party` is the whole
@@ -27,14 +29,14 @@ import numpy as np
 import pandas as pd
 from scipy.special import gammaln
 
+from .atomic import jsonable
 from .design import Design, make_design
-from .errors import AnalysisError, SchemaError
+from .errors import AnalysisError
 from .glm import fit_poisson_columns
+from .peerset import MIN_K, Peers, common_k, usable_peers
 from .pooling import DEFAULT_RULE, Pooled, pool
 from .schema import Schema
 from .twins import Twin
-
-Peers = Mapping[str, Sequence[Twin]]
 MAX_ELEMENTS = 500_000
 """Replicates are fitted in chunks of about this many design-matrix cells (4 MB): small
 enough to stay in cache (measured 1.6x faster than one batch of K = 100), large enough that
@@ -70,6 +72,8 @@ class Replicates:
     coef: np.ndarray        # (K, p)
     se: np.ndarray          # (K, p)
     var_part: np.ndarray    # (K, p) the twin rows' part of se**2
+    cov: np.ndarray         # (K, p, p) sandwich covariance matrices (diagonal se**2)
+    cov_part: np.ndarray    # (K, p, p) their twin rows' part (diagonal var_part)
 
 
 @dataclass(frozen=True)
@@ -109,16 +113,17 @@ class PooledFit:
         """One term's pooled values as a JSON-ready dict."""
         j = self.terms.index(term)
         p = self.pooled
-        return json_ready({"estimate": p.estimate[j], "se": p.se[j], "lower": p.lower[j],
+        return jsonable({"estimate": p.estimate[j], "se": p.se[j], "lower": p.lower[j],
                        "upper": p.upper[j], "df": p.df[j], "u_bar": p.u_bar[j], "b": p.b[j],
                        "total_variance": p.total[j], "fallback": bool(p.fallback[j]),
                        "k_used": int(p.k_used[j]), "dropped_in": int(self.dropped.get(term, 0))})
 
     def pooling_dict(self) -> dict[str, Any]:
         """How the replicates were pooled, and what went wrong with which."""
-        return json_ready({"kind": self.kind, "rule": self.pooled.rule if self.k > 1 else "single",
+        return jsonable({"kind": self.kind, "rule": self.pooled.rule if self.k > 1 else "single",
                        "fallback_rule": self.pooled.fallback_rule,
                        "fallback_count": self.fallback_count,
+                       "covariance_fallback": self.pooled.covariance_fallback,
                        "fallback_terms": [t for t, f in zip(self.terms, self.pooled.fallback)
                                           if f],
                        "k": self.k, "failed_replicates": self.failed,
@@ -134,7 +139,7 @@ class PooledFit:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Mean test log-likelihood per record: Monte Carlo over w ~ N(q̄, diag T), and plug-in."""
+    """Mean test log-likelihood per record: Monte Carlo over w ~ N(q̄, T), and plug-in."""
 
     samples: np.ndarray
     plugin: float
@@ -148,7 +153,7 @@ class Evaluation:
 
     def to_dict(self) -> dict[str, Any]:
         q = np.quantile(self.samples, [0.05, 0.5, 0.95])
-        return json_ready({"mean": self.mean, "plugin": self.plugin, "sd": np.std(self.samples),
+        return jsonable({"mean": self.mean, "plugin": self.plugin, "sd": np.std(self.samples),
                        "q05": q[0], "median": q[1], "q95": q[2], "draws": len(self.samples),
                        "seed": self.seed, "n_test": self.n_test,
                        "unestimated_terms": list(self.unestimated),
@@ -164,6 +169,8 @@ def combined_fit(schema: Schema, local_frame: pd.DataFrame | None, peers: Peers,
         raise AnalysisError(f"peer weight must be in [0, 1], got {weight}")
     design = options.design(schema)
     twins, k, warnings = align_peers(schema, peers)
+    if twins and k < MIN_K:  # align_peers leaves such peers out; never pool them as synthetic
+        raise AnalysisError(f"synthetic pooling needs K >= {MIN_K} twins per peer, got {k}")
     local = _local_block(schema, design, local_frame)
     if not twins:
         if local is None:
@@ -211,28 +218,35 @@ def twins_fit(schema: Schema, twins: Sequence[Twin],
     """One peer's twins alone, pooled as fully synthetic data (what screening compares)."""
     if not twins:
         raise AnalysisError("no twins to fit")
-    return combined_fit(schema, None, {twins[0].provenance.sender: twins}, options=options)
+    name = twins[0].provenance.sender
+    checked = usable_peers(schema, {name: twins})
+    if name in checked.left_out:
+        raise AnalysisError(f"twins of {name!r} cannot be pooled: {checked.left_out[name]}")
+    return combined_fit(schema, None, checked.twins, options=options)
 
 
 def evaluate(fit: PooledFit, schema: Schema, test_frame: pd.DataFrame, draws: int = 100,
              seed: int = 0) -> Evaluation:
-    """Mean Poisson log-likelihood per test record for `draws` seeded w ~ N(q̄, diag T).
+    """Mean Poisson log-likelihood per test record for `draws` seeded w ~ N(q̄, T).
 
-    Only the pooled variances are kept (not the pooled covariance), so the draws are
-    independent across coefficients. A term without an estimate (dropped in every replicate)
-    counts as 0, i.e. its rows get the reference level's rate; it is listed in the result.
+    T is the pooled covariance matrix (`Pooled.covariance`), so the draws keep the
+    correlations between coefficients (an intercept and a slope, the levels of one factor);
+    drawing them independently would overstate the spread of the linear predictor and
+    penalise a fit for correlations it does not have. A term without an estimate (dropped
+    in every replicate) counts as 0, i.e. its rows get the reference level's rate, with no
+    spread; it is listed in the result.
     """
     if draws < 1:
         raise AnalysisError(f"draws must be at least 1, got {draws}")
     X, y = fit.design.frame_matrix(schema, test_frame)
     if len(y) == 0:
         raise AnalysisError("the test set has no rows")
-    est, var = fit.pooled.estimate, fit.pooled.total
+    est = fit.pooled.estimate
     missing = ~np.isfinite(est)
     mean = np.where(missing, 0.0, est)
-    sd = np.where(missing | ~np.isfinite(var), 0.0, np.sqrt(np.maximum(var, 0.0)))
     rng = np.random.default_rng(seed)
-    w = mean + sd * rng.standard_normal((draws, len(mean)))
+    w = mean + rng.standard_normal((draws, len(mean))) @ _root(fit.pooled.covariance,
+                                                               ~missing).T
     const = gammaln(y + 1.0)
 
     def mean_ll(coefs: np.ndarray) -> np.ndarray:
@@ -244,34 +258,29 @@ def evaluate(fit: PooledFit, schema: Schema, test_frame: pd.DataFrame, draws: in
                       seed=seed, unestimated=unestimated)
 
 
+def _root(cov: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """L with L L' = cov on the present terms (zero elsewhere), for positive semi-definite
+    cov: from its eigen-decomposition, so a singular matrix (a term with no spread) works."""
+    p = len(present)
+    out = np.zeros((p, p))
+    idx = np.flatnonzero(present)
+    if idx.size == 0:
+        return out
+    sub = np.nan_to_num(np.asarray(cov, np.float64)[np.ix_(idx, idx)])
+    vals, vecs = np.linalg.eigh((sub + sub.T) / 2)
+    out[np.ix_(idx, idx)] = vecs * np.sqrt(np.maximum(vals, 0.0))
+    return out
+
+
 # --------------------------------------------------------------------- internals
 def align_peers(schema: Schema, peers: Peers) -> tuple[dict[str, list[Twin]], int, list[str]]:
-    """Check each peer's twins (one release, this schema) and cut all to the smallest K."""
-    out: dict[str, list[Twin]] = {}
-    warnings: list[str] = []
-    for name, twins in peers.items():
-        twins = sorted(twins, key=lambda t: t.provenance.index)
-        if not twins:
-            warnings.append(f"peer {name!r} has no twins: left out")
-            continue
-        releases = {t.provenance.release for t in twins}
-        if len(releases) > 1:
-            raise AnalysisError(f"twins of peer {name!r} come from {len(releases)} releases; "
-                                "a peer's twins must share one release")
-        for t in twins:
-            if t.provenance.schema_hash != schema.hash:
-                raise SchemaError(f"twin {t.provenance.index} of peer {name!r} was made under "
-                                  f"schema {t.provenance.schema_hash[:12]}, not "
-                                  f"{schema.short_hash}")
-        if len({t.provenance.index for t in twins}) != len(twins):
-            raise AnalysisError(f"peer {name!r} has the same twin index twice")
-        out[name] = twins
-    ks = {name: len(t) for name, t in out.items()}
-    k = min(ks.values()) if ks else 0
-    if len(set(ks.values())) > 1:
-        listed = ", ".join(f"{n}: {v}" for n, v in ks.items())
-        warnings.append(f"peers have different K ({listed}); using the first {k} twins of each")
-    return {n: t[:k] for n, t in out.items()}, k, warnings
+    """The usable peers' twins cut to their common K, and warnings about the rest.
+
+    A peer whose release is defective, incomplete or too small is left out (`peerset`);
+    K is shared by these peers only, never by peers outside the fit."""
+    checked = usable_peers(schema, peers)
+    twins, k, warnings = common_k(checked.twins)
+    return twins, k, checked.warnings() + warnings
 
 
 Block = tuple[np.ndarray, np.ndarray, float, bool]  # X, y, weight, synthetic?
@@ -308,7 +317,7 @@ def _run(design: Design, options: AnalysisOptions, kind: str, k: int,
     """Fit all replicates chunk by chunk, pool them, and write down what went wrong."""
     per_rep = max(1, sum(rows.values()) * design.p)
     chunk = max(1, MAX_ELEMENTS // per_rep)
-    coef, se, part_var, dropped, ok = [], [], [], [], []
+    coef, se, part_var, dropped, ok, cov, cov_part = [], [], [], [], [], [], []
     warm = None
     if k > 1:  # replicates differ little: one fit is a start from which Newton needs ~3 steps
         first = fit_poisson_columns(*build([0])[:3], cov_type=options.cov_type)
@@ -317,29 +326,40 @@ def _run(design: Design, options: AnalysisOptions, kind: str, k: int,
         X, y, w, part = build(range(start, min(k, start + chunk)))
         fit = fit_poisson_columns(X, y, w, part=part, cov_type=options.cov_type, start=warm)
         coef.append(fit.coef), se.append(fit.se), part_var.append(fit.var_part)
+        cov.append(fit.cov), cov_part.append(fit.cov_part)
         dropped.append(fit.dropped & fit.converged[:, None]), ok.append(fit.converged)
-    coef_a, se_a = np.concatenate(coef), np.concatenate(se)
+    reps = Replicates(*(np.concatenate(a) for a in (coef, se, part_var, cov, cov_part)))
     converged = np.concatenate(ok)
     dropped_a = np.concatenate(dropped)
-    var_part_a = np.concatenate(part_var)
-    pooled = pool(coef_a, se_a, rule=options.rule, var_part=var_part_a,
-                  fallback=options.fallback, level=options.level, interval=options.interval)
+    min_k = MIN_K if peers else 1
+    pooled = _pool(reps, options, min_k)
     warnings = list(warnings)
     failed = int((~converged).sum())
     if failed:
         warnings.append(f"{failed} of {k} replicate fit(s) did not converge and were excluded")
     counts = {t: int(c) for t, c in zip(design.terms, dropped_a.sum(axis=0)) if c}
+    estimated = np.isfinite(reps.coef).sum(axis=0)
     for term, c in counts.items():
-        if pooled.k_used[design.terms.index(term)] == 0:
+        j = design.terms.index(term)
+        if estimated[j] == 0:
             warnings.append(f"term {term!r} could not be estimated (no variation or "
                             "collinear in every fit): reported as missing")
+        elif pooled.k_used[j] == 0:
+            warnings.append(f"term {term!r} was estimable in only {estimated[j]} of {k} "
+                            f"fit(s), too few to pool twins (at least {min_k}): reported "
+                            "as missing")
         else:
             warnings.append(f"term {term!r} was not estimable in {c} of {k} fit(s) and is "
                             "pooled over the others")
     return PooledFit(kind=kind, design=design, pooled=pooled, k=k, failed=failed,
                      dropped=counts, peers=peers, rows=dict(rows), weight=weight,
-                     options=options, warnings=tuple(warnings),
-                     replicates=Replicates(coef_a, se_a, var_part_a))
+                     options=options, warnings=tuple(warnings), replicates=reps)
+
+
+def _pool(r: Replicates, options: AnalysisOptions, min_k: int) -> Pooled:
+    return pool(r.coef, r.se, rule=options.rule, var_part=r.var_part, cov=r.cov,
+                cov_part=r.cov_part, fallback=options.fallback, level=options.level,
+                interval=options.interval, min_k=min_k)
 
 
 def repool(fit: PooledFit, **changes: Any) -> PooledFit:
@@ -351,22 +371,5 @@ def repool(fit: PooledFit, **changes: Any) -> PooledFit:
     if fit.replicates is None:
         raise AnalysisError("this fit kept no replicates to re-pool")
     options = replace(fit.options, **changes)
-    r = fit.replicates
-    pooled = pool(r.coef, r.se, rule=options.rule, var_part=r.var_part,
-                  fallback=options.fallback, level=options.level, interval=options.interval)
+    pooled = _pool(fit.replicates, options, MIN_K if fit.peers else 1)
     return replace(fit, pooled=pooled, options=options)
-
-
-def json_ready(value: Any) -> Any:
-    """JSON-ready: numpy scalars/arrays to Python, NaN and ±inf to None."""
-    if isinstance(value, dict):
-        return {str(k): json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [json_ready(v) for v in value]
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if np.isfinite(value) else None
-    return value

@@ -6,6 +6,13 @@ fit local rows ∪ λ-weighted twins for every k and pool (`analysis.combined_fi
 without flagged peers; fit the local rows alone; with a test set, score both. `twinnode
 analyze` and the node both call `analyze_party`, so they give the same report.
 
+Peers are taken as given: a peer whose release is defective, incomplete or has K < 2 is
+left out with the reason (`peerset`; in ``screening.left_out`` and the fits' warnings),
+and each fit shares K among its own peers only, so a peer outside a fit (flagged and
+excluded, or left out) never changes it. Screening runs here under the analysis's own
+policy and threshold: the statuses a node's `screen` job wrote on its stored twins are
+not read.
+
 `PartyReport.to_dict()`, the JSON report (NaN and ±inf become null):
 
 - ``schema``: the schema hash.
@@ -25,11 +32,13 @@ analyze` and the node both call `analyze_party`, so they give the same report.
   ``dropped_in``, and the local fit's ``local_estimate``, ``local_se``, ``local_lower``,
   ``local_upper``.
 - ``pooling`` / ``local_pooling``: how the combined / local fit was pooled: ``kind``,
-  ``rule``, ``fallback_rule``, ``fallback_count``, ``fallback_terms``, ``k``,
+  ``rule``, ``fallback_rule``, ``fallback_count``, ``fallback_terms``,
+  ``covariance_fallback`` (the covariance matrix took the fallback's correlations), ``k``,
   ``failed_replicates``, ``dropped``, ``level``, ``interval``, ``cov_type``, ``weight``,
   ``peers``, ``rows``, ``warnings``.
 - ``screening``: ``policy``, ``threshold``, ``status``, ``message``, ``flagged``,
-  ``accepted``, ``dispersion``, ``peers`` (per-peer verdicts and checks),
+  ``accepted``, ``left_out`` (peer -> why its twins are not usable), ``dispersion``,
+  ``peers`` (per-peer verdicts and checks),
   ``with_flagged`` / ``without_flagged`` (peers and per-term estimate and se, at the same λ).
 - With a test set: ``evaluation`` {``local``, ``combined``} (mean, plug-in, sd, quantiles
   and samples of the Monte Carlo test log-likelihood per record), and, as before this
@@ -45,8 +54,9 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from .analysis import (AnalysisOptions, Evaluation, Peers, PooledFit, align_peers,
-                       combined_fit, evaluate, json_ready, local_fit)
+from .analysis import (AnalysisOptions, Evaluation, Peers, PooledFit, combined_fit,
+                       evaluate, local_fit)
+from .atomic import jsonable
 from .schema import Schema
 from .screening import ScreeningReport, screen
 from .weighting import (DEFAULT_FOLDS, DEFAULT_GRID, WeightChoice, choose_weight,
@@ -76,12 +86,12 @@ class PartyReport:
             "screening": self.screening.to_dict()}
         if self.evaluation is not None:
             loc, comb = self.evaluation["local"], self.evaluation["combined"]
-            out |= json_ready({"ll_local": loc.mean, "ll_combined": comb.mean,
+            out |= jsonable({"ll_local": loc.mean, "ll_combined": comb.mean,
                                "ll_local_samples": loc.samples,
                                "ll_combined_samples": comb.samples,
                                "ll_local_plugin": loc.plugin, "ll_combined_plugin": comb.plugin})
             out["evaluation"] = {"local": loc.to_dict(), "combined": comb.to_dict()}
-        out["timing"] = json_ready(dict(self.timing))
+        out["timing"] = jsonable(dict(self.timing))
         return out
 
 
@@ -101,8 +111,7 @@ def analyze_party(schema: Schema, local_frame: pd.DataFrame, peers: Peers, *,
     weight = parse_weight(weight)
     clock = _Clock()
     report = screen(schema, peers, policy, threshold, options=options)
-    twins, _, _ = align_peers(schema, peers)
-    used = {name: twins[name] for name in report.accepted}
+    used = {name: peers[name] for name in report.accepted}
     clock.lap("screening")
     if weight == "auto":
         choice = choose_weight(schema, local_frame, used, grid=grid, folds=folds, seed=seed,
@@ -112,8 +121,9 @@ def analyze_party(schema: Schema, local_frame: pd.DataFrame, peers: Peers, *,
                               seed=seed, options=options, replicates=replicates)
     clock.lap("weight")
     lam = choice.chosen
-    with_all = combined_fit(schema, local_frame, twins, weight=lam, options=options)
-    unflagged = {n: t for n, t in twins.items() if n not in report.flagged}
+    # each fit checks the peers it is given and shares K among them only
+    with_all = combined_fit(schema, local_frame, peers, weight=lam, options=options)
+    unflagged = {n: t for n, t in peers.items() if n not in report.flagged}
     without = (with_all if not report.flagged else
                combined_fit(schema, local_frame, unflagged, weight=lam, options=options))
     report = replace(report, with_flagged=with_all, without_flagged=without)

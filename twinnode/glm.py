@@ -23,6 +23,10 @@ Conventions, checked against statsmodels `GLM(y, X, family=Poisson(), var_weight
   (a frequency weight would give w (y - mu)^2 x x', as if the row were w observations).
   That is the right sandwich for λ-weighted synthetic rows, which are single draws whose
   influence is scaled down, not λ real observations. statsmodels' `var_weights` agree.
+- `cov` is each replicate's whole sandwich matrix (p x p; NaN rows and columns for dropped
+  terms, all NaN for a failed replicate), `cov_part` the part of it from the `part` rows;
+  `se` and `var_part` are their diagonals. The pooled covariance of the K fits is built
+  from them (`pooling.pool`), so evaluation can draw correlated coefficients.
 - `cov_type=None` skips the sandwich (SEs NaN): for fits whose estimates alone are used,
   e.g. the cross-validation of the twin weight.
 - A column that is all zero on a replicate's rows, or a linear combination of earlier
@@ -38,6 +42,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.special import gammaln
+
+from .errors import AnalysisError
 
 COV_TYPES = ("HC0", "HC1", None)
 RANK_TOL = 1e-9
@@ -59,6 +65,8 @@ class BatchFit:
     iterations: np.ndarray    # (K,) int
     n: np.ndarray             # (K,) rows with positive weight
     loglik: np.ndarray        # (K,) weighted log-likelihood at the estimate
+    cov: np.ndarray           # (K, p, p) sandwich covariance; se**2 is its diagonal
+    cov_part: np.ndarray      # (K, p, p) its part from rows in `part`; var_part its diagonal
 
     @property
     def k(self) -> int:
@@ -123,7 +131,7 @@ def fit_poisson_columns(Xt: np.ndarray, y: np.ndarray, weights: np.ndarray | Non
     weight, for callers that refit them with other positive weights (it skips the check).
     """
     if cov_type not in COV_TYPES:
-        raise ValueError(f"cov_type must be one of {COV_TYPES}")
+        raise AnalysisError(f"cov_type must be one of {COV_TYPES}, got {cov_type!r}")
     Xt = np.asarray(Xt, dtype=np.float64)
     K, p, n = Xt.shape
     y = np.asarray(y, dtype=np.float64).reshape(K, n)
@@ -160,11 +168,13 @@ def fit_poisson_columns(Xt: np.ndarray, y: np.ndarray, weights: np.ndarray | Non
         failed[sel] = bad
         # a full Newton step this small leaves an error of order its square
         converged[sel] = ~bad & (t == 1.0) & (moved <= tol * (1.0 + size))
-    coef, se, var_part = _sandwich(Xt, y, w, beta, mu_all, keep, converged, part, cov_type)
+    coef, cov, cov_part = _sandwich(Xt, y, w, beta, mu_all, keep, converged, part, cov_type)
+    se = np.sqrt(np.maximum(np.einsum("kpp->kp", cov), 0.0))  # NaN stays NaN
+    var_part = np.einsum("kpp->kp", cov_part)
     ll_full = ll - np.where(w > 0, w * gammaln(y + 1.0), 0.0).sum(axis=1)
     return BatchFit(coef=coef, se=se, var_part=var_part, dropped=~keep, converged=converged,
                     iterations=iterations, n=(w > 0).sum(axis=1),
-                    loglik=np.where(converged, ll_full, np.nan))
+                    loglik=np.where(converged, ll_full, np.nan), cov=cov, cov_part=cov_part)
 
 
 def _estimable(Xt: np.ndarray, weights: np.ndarray, tol: float) -> np.ndarray:
@@ -276,20 +286,22 @@ def _halve_until_better(y: np.ndarray, w: np.ndarray, eta: np.ndarray, d_eta: np
 def _sandwich(Xt: np.ndarray, y: np.ndarray, w: np.ndarray, beta: np.ndarray, mu: np.ndarray,
               keep: np.ndarray, converged: np.ndarray, part: np.ndarray | None,
               cov_type: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Robust (HC0/HC1) standard errors at the estimates; NaN for failed or dropped terms."""
+    """Estimates and robust (HC0/HC1) covariance matrices, whole and the `part` rows' share.
+
+    NaN for failed replicates and in the rows and columns of dropped terms; the share is 0
+    without `part`, and NaN (like the covariance) with `cov_type=None`."""
     K, p, n = Xt.shape
     coef = np.full((K, p), np.nan)
-    se = np.full((K, p), np.nan)
-    var_part = np.zeros((K, p))
+    cov_all = np.full((K, p, p), np.nan)
+    part_all = np.full((K, p, p), np.nan)
     idx = np.flatnonzero(converged)
     if idx.size == 0:
-        return coef, se, var_part
+        return coef, cov_all, part_all
     sel = slice(None) if idx.size == K else idx
     Xc, yc, wc, bc, kc, mu = Xt[sel], y[sel], w[sel], beta[sel], keep[sel], mu[sel]
     coef[idx] = np.where(kc, bc, np.nan)
     if cov_type is None:
-        var_part[:] = np.nan
-        return coef, se, var_part
+        return coef, cov_all, part_all
     eye = np.eye(p)
     both = kc[:, :, None] & kc[:, None, :]
     hess = _gram(Xc, wc * mu) * both + eye * (~kc)[:, :, None]
@@ -298,14 +310,14 @@ def _sandwich(Xt: np.ndarray, y: np.ndarray, w: np.ndarray, beta: np.ndarray, mu
     npar = kc.sum(axis=1)
     factor = np.ones(len(idx)) if cov_type == "HC0" else _hc1_factor(wc, npar)
     cov = bread @ _gram(Xc, r2) @ bread * factor[:, None, None]
-    v = np.einsum("kpp->kp", cov)
-    se[idx] = np.where(kc, np.sqrt(np.maximum(v, 0.0)), np.nan)
-    if part is not None:
+    cov_all[idx] = np.where(both, (cov + np.swapaxes(cov, 1, 2)) / 2, np.nan)
+    if part is None:
+        part_all[idx] = np.where(both, 0.0, np.nan)
+    else:
         pc = np.asarray(part, bool).reshape(K, n)[sel]
         cov_p = bread @ _gram(Xc, r2 * pc) @ bread * factor[:, None, None]
-        var_part[idx] = np.where(kc, np.einsum("kpp->kp", cov_p), np.nan)
-    var_part[~converged] = np.nan
-    return coef, se, var_part
+        part_all[idx] = np.where(both, (cov_p + np.swapaxes(cov_p, 1, 2)) / 2, np.nan)
+    return coef, cov_all, part_all
 
 
 def _hc1_factor(w: np.ndarray, npar: np.ndarray) -> np.ndarray:

@@ -36,7 +36,23 @@ keep ddof = 1 so the two rules see the same b; ``within`` takes T = ū with ν =
 (Reiter 2002's conservative alternative with synthetic size = original size). Which
 coefficients fell back is reported. Replicates with a NaN estimate (a failed fit, or the
 term dropped there) are left out of that coefficient's pooling; `k_used` says how many
-remained. With one replicate T = ū and ν = ∞: a single fit.
+remained. With one replicate T = ū and ν = ∞: a single fit (the local fit). A fit with
+twins passes `min_k=2`: a coefficient estimated in fewer replicates than that has no
+between-twin variance to pool (b is undefined), so it is reported missing rather than
+given T = ū, which would drop the peers' noise and claim ν = ∞.
+
+The covariance matrix (`Pooled.covariance`, what `analysis.evaluate` draws the
+coefficients from): the same rules applied matrix-wise, with Ū = mean of the K sandwich
+covariance matrices, Ū_S the twin rows' part of it, and B = the sample covariance of the K
+estimate vectors (ddof = 1; pairwise over the replicates where both terms were estimated).
+Its diagonal is exactly the per-coefficient T above when the rule's matrix is positive
+definite. Otherwise (a term fell back, or the off-diagonals make the matrix indefinite)
+the matrix keeps the reported per-coefficient variances on its diagonal and takes its
+correlations from the fallback's matrix (rubin: Ū + (1 + 1/K) B; within: Ū), which is
+positive semi-definite, projected onto the nearest correlation matrix by clipping negative
+eigenvalues if pairwise NaNs broke that; `covariance_fallback` says so. So draws from it
+have the reported standard errors as their marginal spread and a coherent correlation.
+Per-coefficient values (SEs, intervals, ν, fallback counts) do not depend on it.
 """
 from __future__ import annotations
 
@@ -75,6 +91,8 @@ class Pooled:
     fallback_rule: str
     level: float
     interval: str             # "t" or "normal"
+    covariance: np.ndarray    # (p, p) T as a matrix (NaN rows/columns for missing terms)
+    covariance_fallback: bool  # the matrix took the fallback rule's correlations
 
     @property
     def se(self) -> np.ndarray:
@@ -82,9 +100,14 @@ class Pooled:
 
 
 def pool(coef: np.ndarray, se: np.ndarray, *, rule: str = DEFAULT_RULE,
-         var_part: np.ndarray | None = None, fallback: str = "rubin", level: float = 0.95,
-         interval: str = "t") -> Pooled:
-    """Pool K estimates (K, p) with their standard errors (K, p) by `rule`."""
+         var_part: np.ndarray | None = None, cov: np.ndarray | None = None,
+         cov_part: np.ndarray | None = None, fallback: str = "rubin", level: float = 0.95,
+         interval: str = "t", min_k: int = 1) -> Pooled:
+    """Pool K estimates (K, p) with their standard errors (K, p) by `rule`.
+
+    `cov` / `cov_part` (K, p, p) are the replicates' covariance matrices and their twin
+    part (diagonals se**2 and var_part); without them the matrix is built from the
+    diagonals alone. A coefficient with fewer than `min_k` finite replicates is missing."""
     if rule not in RULES:
         raise AnalysisError(f"unknown pooling rule {rule!r}; expected one of {', '.join(RULES)}")
     if fallback not in FALLBACKS:
@@ -99,6 +122,9 @@ def pool(coef: np.ndarray, se: np.ndarray, *, rule: str = DEFAULT_RULE,
     part = np.zeros_like(u) if var_part is None else np.atleast_2d(np.asarray(var_part, float))
     ok = np.isfinite(coef) & np.isfinite(u) & np.isfinite(part)
     m = ok.sum(axis=0)
+    few = m < max(1, min_k)
+    ok &= ~few[None, :]
+    m = np.where(few, 0, m)
     with np.errstate(invalid="ignore", divide="ignore"):
         q_bar = np.where(ok, coef, 0.0).sum(axis=0) / m
         u_bar = np.where(ok, u, 0.0).sum(axis=0) / m
@@ -106,12 +132,7 @@ def pool(coef: np.ndarray, se: np.ndarray, *, rule: str = DEFAULT_RULE,
         dev = np.where(ok, coef - q_bar, 0.0)
         b = np.where(m > 1, (dev ** 2).sum(axis=0) / (m - 1), 0.0)
         infl = (1.0 + 1.0 / m) * b
-        if rule == "reiter":
-            total = infl - u_bar
-        elif rule == "rubin":
-            total = infl + u_bar
-        else:
-            total = infl - u_s + (u_bar - u_s)
+        total = _rule_total(rule, infl, u_bar, u_s)
         single = m == 1
         total = np.where(single, u_bar, total)
         fell = (m > 1) & ~(total > 0)
@@ -124,6 +145,8 @@ def pool(coef: np.ndarray, se: np.ndarray, *, rule: str = DEFAULT_RULE,
     empty = m == 0
     for arr in (q_bar, u_bar, u_s, b, total, df):
         arr[empty] = np.nan
+    matrix, matrix_fell = _covariance(coef, ok, q_bar, total, fell, rule, fallback,
+                                      _matrices(u, cov), _matrices(part, cov_part))
     if interval == "normal":
         df = np.where(empty, np.nan, np.inf)
     alpha = (1.0 + level) / 2.0
@@ -132,4 +155,82 @@ def pool(coef: np.ndarray, se: np.ndarray, *, rule: str = DEFAULT_RULE,
     half = crit * np.sqrt(total)
     return Pooled(estimate=q_bar, u_bar=u_bar, u_part=u_s, b=b, total=total, df=df,
                   lower=q_bar - half, upper=q_bar + half, fallback=fell, k_used=m, rule=rule,
-                  fallback_rule=fallback, level=level, interval=interval)
+                  fallback_rule=fallback, level=level, interval=interval,
+                  covariance=matrix, covariance_fallback=matrix_fell)
+
+
+def _rule_total(rule: str, infl: np.ndarray, u: np.ndarray, u_synth: np.ndarray) -> np.ndarray:
+    """T of one rule from (1 + 1/K) b, the within-replicate variance and its twin-row part
+    (vectors or matrices alike)."""
+    if rule == "reiter":
+        return infl - u
+    if rule == "rubin":
+        return infl + u
+    return infl - u_synth + (u - u_synth)  # mixed
+
+
+def _matrices(diagonal: np.ndarray, full: np.ndarray | None) -> np.ndarray:
+    """(K, p, p) per-replicate matrices: `full` as given, or diagonal ones from (K, p)."""
+    if full is not None:
+        return np.asarray(full, np.float64).reshape(diagonal.shape + diagonal.shape[-1:])
+    K, p = diagonal.shape
+    out = np.zeros((K, p, p))
+    out[:, np.arange(p), np.arange(p)] = diagonal
+    return out
+
+
+def _covariance(coef: np.ndarray, ok: np.ndarray, q_bar: np.ndarray, total: np.ndarray,
+                fell: np.ndarray, rule: str, fallback: str, cov: np.ndarray,
+                cov_part: np.ndarray) -> tuple[np.ndarray, bool]:
+    """T as a (p, p) matrix: the rule's matrix when positive definite, else the reported
+    variances with the fallback matrix's correlations (see the module docstring)."""
+    p = coef.shape[1]
+    pair = ok[:, :, None] & ok[:, None, :]
+    m2 = pair.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        U = np.where(pair, cov, 0.0).sum(axis=0) / m2
+        U_s = np.where(pair, cov_part, 0.0).sum(axis=0) / m2
+        dev = np.where(ok, coef - q_bar, 0.0)
+        B = np.where(m2 > 1, dev.T @ dev / (m2 - 1), 0.0)
+        infl = (1.0 + 1.0 / m2) * B
+    T = np.where(m2 == 1, U, _rule_total(rule, infl, U, U_s))
+    backup = U + infl if fallback == "rubin" else U
+    out = np.full((p, p), np.nan)
+    valid = np.flatnonzero(np.isfinite(total))
+    if valid.size == 0:
+        return out, False
+    ix = np.ix_(valid, valid)
+    Tv = np.nan_to_num((T[ix] + T[ix].T) / 2)
+    if not fell[valid].any() and _positive_definite(Tv):
+        out[ix] = Tv
+        return out, False
+    sd = np.sqrt(np.maximum(total[valid], 0.0))
+    out[ix] = _correlation(np.nan_to_num(backup[ix])) * sd[:, None] * sd[None, :]
+    return out, True
+
+
+def _positive_definite(a: np.ndarray) -> bool:
+    try:
+        np.linalg.cholesky(a)
+    except np.linalg.LinAlgError:
+        return False
+    return True
+
+
+def _correlation(a: np.ndarray) -> np.ndarray:
+    """The correlation matrix of symmetric `a`, made positive semi-definite by clipping
+    negative eigenvalues and rescaling to a unit diagonal; a zero-variance term gets none."""
+    d = np.diag(a).copy()
+    pos = d > 0
+    s = np.where(pos, np.sqrt(np.where(pos, d, 1.0)), 1.0)
+    c = a / s[:, None] / s[None, :]
+    c[~pos, :] = 0.0
+    c[:, ~pos] = 0.0
+    c = (c + c.T) / 2
+    np.fill_diagonal(c, 1.0)
+    w, v = np.linalg.eigh(c)
+    if w.min() < 0:
+        c = (v * np.maximum(w, 0.0)) @ v.T
+        scale = np.sqrt(np.diag(c))
+        c = c / scale[:, None] / scale[None, :]
+    return c

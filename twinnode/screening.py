@@ -15,11 +15,22 @@ i.e. the peer's own noise, the noise of the consensus (the median of n values ha
 noise (robustly, from the others). The noise v of a statistic is
 max(v_own, v_expected): v_own = max(T, ū) from the peer's own K twins (Raghunathan–Reiter
 T; ū, the within-twin variance, as its floor), and v_expected transfers the others' v_own
-to this peer's N and ε from the provenance: median over others q of
-v_q · (N_q / N_p) · h(ε_p) / h(ε_q), with h(ε) = 1 + 1/ε² (the variance grows as ε falls;
-an assumed shape, which cancels when all peers use one ε). So a peer cannot make its
-twins look precise by publishing K identical copies, and a small or low-ε peer is judged
-with its larger noise.
+to this peer: median over others q of v_q · (m_q / m_p) · h(ε̃_p) / h(ε_q), with m the
+twins' row count, h(ε) = 1 + 1/ε² (the variance grows as ε falls; an assumed shape, which
+cancels when all peers use one ε) and ε̃_p = max(ε_p, median ε of the others). So a peer
+cannot make its twins look precise by publishing K identical copies, a small peer is
+judged with the larger noise of its small twins, and a peer whose twins really are
+noisier (a low ε) shows it in v_own.
+
+What a peer merely claims never widens its own tolerance: its N is not used (its twins'
+row count is measured; N is shown beside it), and its ε is floored at the others' median,
+so claiming a tiny ε (or N) leaves its scale where the others' noise puts it, while a
+larger ε than the others' can only narrow it. Measured before this rule (small schema,
+5 honest peers, a peer with the smoker coding flipped): p = 6e-40 claiming ε = 1, p = 1
+claiming ε = 0.001, score 13.4 -> 3.5 claiming N = 20; with it, the same p = 6e-40 for
+all three. The cost: an honest low-ε peer whose generator understates its own noise (its
+twins agree more than its DP noise warrants) is judged like the others and may be
+flagged; `flag`, the default policy, only reports it.
 
 The twins' noise reflects the generator's model, and real parties differ more than that
 (e.g. an overdispersed outcome fitted as Poisson). So each family of statistics
@@ -38,6 +49,9 @@ computed, every peer is used), ``flag`` (flags are reported, every peer is used)
 ``exclude`` (flagged peers are left out of the combined fit). With a local data set the
 report always carries the combined fit with and without the flagged peers. With fewer than
 `min_peers` (3) peers there is no consensus to judge by: the report says so and flags none.
+Peers whose twins are not one whole release (`peerset`: incomplete, duplicated indices, K <
+2, ...) are not judged and not accepted; the report lists them under `left_out`. Each
+judged peer's statistics use all of its own K twins (no common K is needed to judge).
 """
 from __future__ import annotations
 
@@ -48,9 +62,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .analysis import (AnalysisOptions, Peers, PooledFit, align_peers, combined_fit,
-                       json_ready, twins_fit)
+from .analysis import AnalysisOptions, Peers, PooledFit, combined_fit, twins_fit
+from .atomic import jsonable
 from .errors import AnalysisError
+from .peerset import usable_peers
 from .schema import Schema
 from .twins import Twin
 
@@ -71,7 +86,7 @@ class Check:
     z: float
 
     def to_dict(self) -> dict[str, Any]:
-        return json_ready({"name": self.name, "value": self.value,
+        return jsonable({"name": self.name, "value": self.value,
                            "consensus": self.consensus, "scale": self.scale, "z": self.z})
 
 
@@ -80,19 +95,22 @@ class PeerScreen:
     """The verdict on one peer."""
 
     peer: str
-    n: int
-    epsilon: float
+    n: int                  # as claimed in its provenance (not used to judge it)
+    epsilon: float          # as claimed
     k: int
     score: float
     p_value: float
     flagged: bool
     reason: str
     checks: tuple[Check, ...]
+    rows: int = 0                      # its twins' row count (what its noise is scaled by)
+    judged_epsilon: float = float("nan")  # ε its expected noise was transferred to
 
     def to_dict(self, all_checks: bool = True) -> dict[str, Any]:
-        out = json_ready({"peer": self.peer, "n": self.n, "epsilon": self.epsilon,
-                          "k": self.k, "score": self.score, "p_value": self.p_value,
-                          "flagged": self.flagged, "reason": self.reason})
+        out = jsonable({"peer": self.peer, "n": self.n, "epsilon": self.epsilon,
+                        "rows": self.rows, "judged_epsilon": self.judged_epsilon,
+                        "k": self.k, "score": self.score, "p_value": self.p_value,
+                        "flagged": self.flagged, "reason": self.reason})
         if all_checks:
             out["checks"] = [c.to_dict() for c in self.checks]
         return out
@@ -110,6 +128,7 @@ class ScreeningReport:
     flagged: tuple[str, ...]
     accepted: tuple[str, ...]
     dispersion: Mapping[str, float] = field(default_factory=dict)
+    left_out: Mapping[str, str] = field(default_factory=dict)  # peer -> why not usable
     with_flagged: PooledFit | None = None
     without_flagged: PooledFit | None = None
 
@@ -122,13 +141,14 @@ class ScreeningReport:
         out: dict[str, Any] = {"policy": self.policy, "threshold": self.threshold,
                                "status": self.status, "message": self.message,
                                "flagged": list(self.flagged), "accepted": list(self.accepted),
+                               "left_out": dict(self.left_out),
                                "dispersion": dict(self.dispersion),
                                "peers": [p.to_dict() for p in self.peers]}
         for key, fit in (("with_flagged", self.with_flagged),
                          ("without_flagged", self.without_flagged)):
             out[key] = None if fit is None else {
                 "peers": list(fit.peers),
-                "coefficients": {t: json_ready({"estimate": e, "se": s})
+                "coefficients": {t: jsonable({"estimate": e, "se": s})
                                  for t, e, s in zip(fit.terms, fit.estimate, fit.se)}}
         return out
 
@@ -141,9 +161,10 @@ class PeerStatistics:
     families: tuple[str, ...]   # "outcome" (coefficients, outcome mean) or "covariates"
     values: np.ndarray
     variances: np.ndarray
-    n: int
-    epsilon: float
+    n: int          # claimed
+    epsilon: float  # claimed
     k: int
+    rows: int       # measured: the mean row count of its twins
 
 
 def screen(schema: Schema, peers: Peers, policy: str = "flag", threshold: float = 0.01, *,
@@ -156,7 +177,8 @@ def screen(schema: Schema, peers: Peers, policy: str = "flag", threshold: float 
     if not 0 < threshold < 1:
         raise AnalysisError(f"screening threshold must be in (0, 1), got {threshold}")
     options = options or AnalysisOptions()
-    twins, _, _ = align_peers(schema, peers)
+    checked = usable_peers(schema, peers)
+    twins = checked.twins
     names = tuple(twins)
     if policy == "off":
         status, message, verdicts = "off", "screening is off: every peer is used", ()
@@ -174,14 +196,18 @@ def screen(schema: Schema, peers: Peers, policy: str = "flag", threshold: float 
         message = f"{len(names)} peers screened, {n_flag} flagged (p < {threshold:g})"
     flagged = tuple(v.peer for v in verdicts if v.flagged)
     accepted = tuple(n for n in names if policy != "exclude" or n not in flagged)
+    if checked.left_out:
+        message += f"; {len(checked.left_out)} left out (twins not usable)"
     report = ScreeningReport(policy=policy, threshold=threshold, status=status,
                              message=message, peers=tuple(verdicts), flagged=flagged,
-                             accepted=accepted, dispersion=dispersion)
+                             accepted=accepted, dispersion=dispersion,
+                             left_out=dict(checked.left_out))
     if local_frame is None:
         return report
-    with_all = combined_fit(schema, local_frame, twins, weight=weight, options=options)
+    # each fit checks its peers and shares K among them only
+    with_all = combined_fit(schema, local_frame, peers, weight=weight, options=options)
     without = with_all if not flagged else combined_fit(
-        schema, local_frame, {n: t for n, t in twins.items() if n not in flagged},
+        schema, local_frame, {n: t for n, t in peers.items() if n not in flagged},
         weight=weight, options=options)
     return replace(report, with_flagged=with_all, without_flagged=without)
 
@@ -194,7 +220,6 @@ def peer_statistics(schema: Schema, twins: Sequence[Twin],
     names = [f"coef:{t}" for t in fit.terms]
     values = [fit.estimate]
     variances = [np.maximum(fit.pooled.total, fit.pooled.u_bar)]
-    n = twins[0].rows
     per_twin_value, per_twin_var = [], []
     for twin in twins:
         v, u, labels = _marginals(schema, twin.arrays)
@@ -215,7 +240,8 @@ def peer_statistics(schema: Schema, twins: Sequence[Twin],
     return PeerStatistics(names=tuple(names), families=families,
                           values=np.concatenate(values),
                           variances=np.concatenate(variances), n=int(prov.n),
-                          epsilon=float(prov.epsilon), k=k)
+                          epsilon=float(prov.epsilon), k=k,
+                          rows=int(round(np.mean([t.rows for t in twins]))))
 
 
 def judge(statistics: Mapping[str, PeerStatistics], threshold: float
@@ -229,15 +255,20 @@ def judge(statistics: Mapping[str, PeerStatistics], threshold: float
         raise AnalysisError("peers' statistics do not line up (different designs?)")
     values = np.array([statistics[n].values for n in names])        # (P, S)
     own_var = np.array([statistics[n].variances for n in names])    # (P, S)
-    size = np.array([statistics[n].n for n in names], float)
-    h = np.array([1.0 + 1.0 / statistics[n].epsilon ** 2 for n in names])
+    size = np.array([statistics[n].rows for n in names], float)     # measured, not claimed
+    eps = np.array([statistics[n].epsilon for n in names])
+    h = 1.0 + 1.0 / eps ** 2
+    judged_eps = np.empty(len(names))
     P, S = values.shape
     # per peer and statistic: distance to the consensus, noise variance, extra spread
     diff, noise, spread, med_noise = (np.full((P, S), np.nan) for _ in range(4))
     center = np.full((P, S), np.nan)
     for i in range(P):
         others = np.arange(P) != i
-        transfer = own_var[others] * (size[others] / size[i])[:, None] * (h[i] / h[others])[:, None]
+        # a claimed ε below the others' median buys no wider tolerance (module docstring)
+        judged_eps[i] = max(eps[i], float(np.median(eps[others])))
+        h_i = 1.0 + 1.0 / judged_eps[i] ** 2
+        transfer = own_var[others] * (size[others] / size[i])[:, None] * (h_i / h[others])[:, None]
         v_p = np.fmax(own_var[i], np.nanmedian(transfer, axis=0))
         for s in range(S):
             ov, oq = values[others, s], own_var[others, s]
@@ -271,7 +302,9 @@ def judge(statistics: Mapping[str, PeerStatistics], threshold: float
             d, sc = float(diff[i, s]), float(scale[i, s])
             z = d / sc if sc > 0 else (0.0 if d == 0 else float(np.inf * np.sign(d)))
             checks.append(Check(stat, float(values[i, s]), float(center[i, s]), sc, z))
-        verdicts.append(_verdict(name, statistics[name], checks, threshold))
+        verdicts.append(replace(_verdict(name, statistics[name], checks, threshold),
+                                rows=statistics[name].rows,
+                                judged_epsilon=float(judged_eps[i])))
     return tuple(verdicts), dispersion
 
 

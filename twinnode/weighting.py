@@ -83,8 +83,8 @@ import numpy as np
 import pandas as pd
 from scipy.special import gammaln
 
-from .analysis import (MAX_ELEMENTS, AnalysisOptions, Peers, align_peers, json_ready,
-                       stack_blocks)
+from .analysis import MAX_ELEMENTS, AnalysisOptions, Peers, align_peers, stack_blocks
+from .atomic import jsonable
 from .errors import AnalysisError
 from .glm import estimable_columns_kpn, fit_poisson_columns
 from .schema import Schema
@@ -127,7 +127,7 @@ class WeightChoice:
         curve = [{"weight": lam, "mean": m, "se": s, "gain": g, "gain_se": gs}
                  for lam, m, s, g, gs in zip(self.grid, self.mean, self.se, self.gain,
                                              self.gain_se)]
-        return json_ready({"mode": self.mode, "chosen": self.chosen, "best": self.best,
+        return jsonable({"mode": self.mode, "chosen": self.chosen, "best": self.best,
                            "selection": self.selection, "grid": list(self.grid),
                            "curve": curve, "verdict": self.verdict, "helps": self.helps,
                            "folds": self.folds, "replicates": self.replicates,
