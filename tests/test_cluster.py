@@ -302,6 +302,14 @@ def test_sigterm_during_training_abandons_the_worker_keeps_the_charge_and_exits_
         assert not (c.state_dir("alice") / "posterior.npz").exists()
         assert "job.started job=publish" in c.log_path("alice").read_text()
         assert "event=node.stopped" in c.log_path("alice").read_text()
+        # Execute: a restart with [training] auto does not spend ε again on its own
+        c.start("alice")
+        c.wait_until(lambda: "training.auto_skipped" in c.log_path("alice").read_text(), WAIT,
+                     "the node to decline auto training", names=["alice"])
+        # Assert
+        assert c.status("alice")["job"] is None
+        assert len(json.loads(ledger.read_text())["entries"]) == 1
+        assert "ctl train" in c.log_path("alice").read_text()
 
 
 def live_group_members(pgid: int) -> list[int]:

@@ -85,7 +85,8 @@ def make_handlers(server_box: list) -> dict:
         return {"peers": [dict(STATUS["peers"][0], address="tcp://127.0.0.1:5601", held=100)]}
 
     async def twins(args: dict) -> dict:
-        return {"senders": [{"sender": "bob", "count": 100, "watermark": 98, "extra": [100, 101],
+        return {"senders": [{"sender": "bob", "count": 100, "watermark": 98,
+                             "ranges": [[100, 101], [105, 105]],
                              "status": {"accepted": 99, "flagged": 1}}]}
 
     return {"status": status, "echo": echo, "train": train, "budget": budget, "boom": boom,
@@ -352,8 +353,8 @@ def test_ctl_prints_peers_and_twins_as_tables(served, capsys):
         "  NAME  CONNECTED  LAST HEARTBEAT  LATEST SEQ  HELD  ADDRESS",
         "  bob   yes        1.2 s ago       100         100   tcp://127.0.0.1:5601",
         "twins held:",
-        "  SENDER  COUNT  CONTIGUOUS TO  ALSO      STATUS",
-        "  bob     100    98             100, 101  accepted 99, flagged 1"]
+        "  SENDER  COUNT  CONTIGUOUS TO  ALSO          STATUS",
+        "  bob     100    98             100-101, 105  accepted 99, flagged 1"]
 
 
 def test_ctl_without_a_node_exits_14_with_a_clear_message(tmp_path, capsys):

@@ -159,7 +159,7 @@ def test_catchup_request_is_answered_with_missing_stored_envelopes_then_an_end_m
             return True
 
         # Execute: mallory asks, holding her own twins and bob's seq 1 and 3
-        have = {"mallory": Holding(3), "bob": Holding(1, (3,))}
+        have = {"mallory": Holding(3), "bob": Holding(1, ((3, 3),))}
         req = encode_catchup_request(CatchupRequest("mallory", "alice", have),
                                      Signer(party.mallory))
         env = await node.handle_frames(req, channel="router", reply=reply)
@@ -378,8 +378,8 @@ def test_published_seqs_are_stored_before_sending_and_never_reused_after_restart
         try:
             second = await request(ask, "publish", {"release": str(write_release(
                 party, tmp_path, seed=1)), "wait": True}, WAIT)
-            with pytest.raises(ControlError, match=r"own twin 0 \(seq 7\) refused \(duplicate\)"
-                                                   ".*published before"):
+            with pytest.raises(ControlError, match=r"own twin 0 repeats our twin seq 4 "
+                                                   r"\(duplicate\).*published before"):
                 await request(ask, "publish", {"release": str(write_release(
                     party, tmp_path, seed=1)), "wait": True}, WAIT)
             with pytest.raises(ControlError, match="release is from 'bob', not 'alice'"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import random
 import time
+from dataclasses import replace
 from typing import Any
 
 import msgpack
@@ -13,17 +14,19 @@ import pytest
 from conftest import make_small_frame
 from twinnode.columnar import column_dtype, float32_bounds
 from twinnode.data import randhie
-from twinnode.errors import (DataError, DigestMismatch, DuplicateMessage, InvalidSignature,
-                             MalformedMessage, ReplayedMessage, SchemaMismatch, StoreError,
-                             UnknownSender, UnsupportedVersion, WireError)
+from twinnode.errors import (DataError, DigestMismatch, DuplicateMessage, EquivocatedMessage,
+                             InvalidSignature, MalformedMessage, MisaddressedMessage,
+                             ReplayedMessage, SchemaMismatch, StaleMessage, UnknownSender,
+                             UnsupportedVersion, WireError)
 from twinnode.identity import Identity, TrustStore
 from twinnode.schema import Schema
 from twinnode.twins import Provenance, Twin
+from twinnode.seqset import MAX_RANGES
 from twinnode.wire import (CatchupEnd, CatchupRequest, Heartbeat, Holding, ReplayGuard, Signer,
                            Verifier, WireLimits, decode_catchup_end, decode_catchup_request,
                            decode_heartbeat, decode_twin, encode_catchup_end,
-                           encode_catchup_request, encode_heartbeat, encode_twin, rejection_line,
-                           seal)
+                           encode_catchup_request, encode_heartbeat, encode_twin, limits_for,
+                           rejection_line, seal, twin_digest)
 
 NOW = 1_700_000_000.0
 PRE_SIGNATURE = (MalformedMessage, UnsupportedVersion, UnknownSender, InvalidSignature)
@@ -118,8 +121,8 @@ def test_heartbeat_round_trip(small_schema, alice, trust):
 
 
 def test_catchup_request_round_trip(small_schema, alice, trust):
-    req = CatchupRequest("alice", to="bob", have={"alice": Holding(4, (6, 9)), "bob": Holding(0)},
-                         created=NOW + 2)
+    req = CatchupRequest("alice", to="bob", have={"alice": Holding(4, ((6, 7), (9, 9))),
+                                                  "bob": Holding(0)}, created=NOW + 2)
     env = decode_catchup_request(encode_catchup_request(req, Signer(alice)),
                                  make_verifier(trust, small_schema))
     assert env.family == "req" and env.message == req
@@ -151,8 +154,11 @@ def test_encoding_refuses_a_twin_that_peers_would_refuse(small_schema, alice, bo
     twin = make_twin(small_schema)
     with pytest.raises(DataError, match="signer"):
         encode_twin(twin, small_schema, 1, Signer(bob))
-    with pytest.raises(DataError, match="start at 1"):
+    with pytest.raises(DataError, match=r"are 1\.\."):
         encode_twin(twin, small_schema, 0, Signer(alice))
+    with pytest.raises(DataError, match="N = 21"):
+        encode_twin(Twin(replace(twin.provenance, n=21), twin.arrays), small_schema, 1,
+                    Signer(alice))
     other = Schema.from_toml(small_schema.to_toml().replace("upper = 50", "upper = 60"))
     with pytest.raises(DataError, match="schema"):
         encode_twin(twin, other, 1, Signer(alice))
@@ -397,9 +403,10 @@ def test_twin_refused_by_the_schema_check_is_not_burnt(small_schema, alice, trus
 def test_heartbeat_is_refused_when_stale_from_the_future_or_repeated(small_schema, alice, trust):
     verifier = make_verifier(trust, small_schema)
     signer = Signer(alice)
-    with pytest.raises(ReplayedMessage, match="stale"):
+    with pytest.raises(StaleMessage, match="stale") as info:
         verifier.open(encode_heartbeat(Heartbeat("alice", 1, {}, created=NOW - 301), signer))
-    with pytest.raises(ReplayedMessage, match="stale"):
+    assert rejection_line(info.value).startswith("REJECTED (stale) peer=alice")
+    with pytest.raises(StaleMessage, match="stale"):
         verifier.open(encode_heartbeat(Heartbeat("alice", 1, {}, created=NOW + 301), signer))
     frames = encode_heartbeat(Heartbeat("alice", 1, {}, created=NOW - 10), signer)
     verifier.open(frames)
@@ -410,8 +417,9 @@ def test_heartbeat_is_refused_when_stale_from_the_future_or_repeated(small_schem
 def test_catchup_request_addressed_to_another_node_is_refused(small_schema, alice, trust):
     frames = encode_catchup_request(CatchupRequest("alice", "carol", {}, created=NOW),
                                     Signer(alice))
-    with pytest.raises(ReplayedMessage, match="addressed"):
+    with pytest.raises(MisaddressedMessage, match="addressed") as info:
         make_verifier(trust, small_schema).open(frames)
+    assert info.value.reason == "misaddressed"
 
 
 def test_non_twin_message_with_a_payload_is_malformed(small_schema, alice, trust):
@@ -421,29 +429,49 @@ def test_non_twin_message_with_a_payload_is_malformed(small_schema, alice, trust
         make_verifier(trust, small_schema).open(bad)
 
 
-def test_replay_guard_state_survives_serialisation():
+def test_replay_guard_tracks_gaps_as_ranges():
     # Prepare
     guard = ReplayGuard()
-    for seq in (1, 2, 5, 9):
-        guard.accept("alice", seq, hashlib.sha256(b"%d" % seq).digest())
     # Execute
-    back = ReplayGuard.from_dict(guard.to_dict())
+    for seq in (1, 2, 5, 6, 9):
+        guard.accept("alice", seq, hashlib.sha256(b"%d" % seq).digest())
     # Assert
-    assert back.latest("alice") == 2 and back.accepted("alice", 5) and not back.accepted("alice", 3)
-    assert back.have() == {"alice": Holding(2, (5, 9))} and back.holdings() == {"alice": 2}
-    assert back.missing("alice", 10) == [3, 4, 6, 7, 8, 10]
+    assert guard.latest("alice") == 2 and guard.accepted("alice", 5)
+    assert not guard.accepted("alice", 3)
+    assert guard.have() == {"alice": Holding(2, ((5, 6), (9, 9)))}
+    assert guard.holdings() == {"alice": 2}
+    assert guard.missing("alice", 10) == [3, 4, 7, 8, 10]
+
+
+def test_another_senders_twin_with_the_same_payload_does_not_censor_the_original(
+        small_schema, alice, bob, trust):
+    # Prepare: bob re-signs alice's payload under his own name, and it arrives first
+    verifier = make_verifier(trust, small_schema)
+    original = encode_twin(make_twin(small_schema), small_schema, 1, Signer(alice))
+    header = twin_header(original) | {"sender": "bob"}
+    copy = seal(header, original[2], Signer(bob))
+    verifier.accept(verifier.open(copy))
+    # Execute
+    env = verifier.open(original)
+    # Assert: alice's twin is accepted; her own content under a new seq is still a duplicate
+    verifier.accept(env)
+    assert env.sender == "alice" and verifier.guard.latest("alice") == 1
     with pytest.raises(DuplicateMessage):
-        back.check("bob", 1, hashlib.sha256(b"9").digest())
+        verifier.open(reseal(original, Signer(alice), seq=2))
 
 
-@pytest.mark.parametrize("doc", [{}, {"format": "x"}, {"format": "twinnode-replay/1"},
-                                 {"format": "twinnode-replay/1", "senders": {"a": {
-                                     "watermark": 3, "extra": [2]}}, "digests": []},
-                                 {"format": "twinnode-replay/1", "senders": {},
-                                  "digests": ["zz"]}])
-def test_replay_guard_refuses_corrupt_state(doc):
-    with pytest.raises(StoreError):
-        ReplayGuard.from_dict(doc)
+def test_a_second_different_twin_under_an_accepted_seq_is_equivocation(small_schema, alice,
+                                                                        trust):
+    verifier = make_verifier(trust, small_schema)
+    first = encode_twin(make_twin(small_schema, seed=1), small_schema, 1, Signer(alice))
+    verifier.accept(verifier.open(first))
+    other = encode_twin(make_twin(small_schema, seed=2), small_schema, 1, Signer(alice))
+    with pytest.raises(EquivocatedMessage) as info:
+        verifier.open(other)
+    assert rejection_line(info.value).startswith("REJECTED (equivocation) peer=alice seq=1")
+    with pytest.raises(ReplayedMessage) as again:  # the same twin again is a plain replay
+        verifier.open(first)
+    assert type(again.value) is ReplayedMessage
 
 
 def test_replay_guard_remembers_a_bounded_number_of_digests():
@@ -451,10 +479,10 @@ def test_replay_guard_remembers_a_bounded_number_of_digests():
     digests = [bytes([i]) * 32 for i in range(5)]
     for seq, d in enumerate(digests, 1):
         guard.accept("alice", seq, d)
-    guard.check("bob", 1, digests[0])  # evicted: no longer detected
+    guard.check("alice", 6, digests[0])  # evicted: no longer detected
+    guard.check("bob", 1, digests[4])  # another sender's content is its own
     with pytest.raises(DuplicateMessage):
-        guard.check("bob", 1, digests[4])
-    assert len(guard.to_dict()["digests"]) == 3
+        guard.check("alice", 6, digests[4])
 
 
 def test_seq_far_beyond_the_watermark_is_refused():
@@ -496,6 +524,92 @@ def test_columns_that_do_not_fit_the_schema_are_refused(small_schema, alice, tru
     frames = _payload_with(small_schema, alice, edit)
     with pytest.raises(SchemaMismatch, match=match):
         make_verifier(trust, small_schema).open(frames)
+
+
+def test_twin_whose_rows_differ_from_its_n_is_refused_before_the_signature(
+        small_schema, alice, trust):
+    good = encode_twin(make_twin(small_schema, rows=20), small_schema, 1, Signer(alice))
+    bad = reseal(good, Signer(alice), n=20_000)  # claims a large party, sends 20 rows
+    with pytest.raises(MalformedMessage, match="claims N = 20000"):
+        make_verifier(trust, small_schema).open(bad)
+
+
+def test_twin_above_the_configured_row_bound_is_refused(small_schema, alice, trust):
+    # Prepare: a node that takes peer twins of at most 10 rows
+    limits = limits_for(small_schema, 10)
+    frames = encode_twin(make_twin(small_schema, rows=20), small_schema, 1, Signer(alice))
+    # Execute / Assert
+    assert limits.max_rows == 10 and limits.max_payload_bytes < 200
+    with pytest.raises(MalformedMessage):
+        make_verifier(trust, small_schema, limits=limits).open(frames)
+    small = encode_twin(make_twin(small_schema, rows=10), small_schema, 1, Signer(alice))
+    assert make_verifier(trust, small_schema, limits=limits).open(small).seq == 1
+
+
+def test_payload_longer_than_its_rows_can_take_is_refused_before_hashing(small_schema, alice,
+                                                                        trust):
+    good = encode_twin(make_twin(small_schema, rows=20), small_schema, 1, Signer(alice))
+    padded = reseal(good, Signer(alice), payload=good[2] + b"\0" * 1000)
+    with pytest.raises(MalformedMessage, match="20 rows of this schema can take"):
+        make_verifier(trust, small_schema).open(padded)
+
+
+def test_foreign_schema_hash_is_refused_before_the_payload_is_decoded(small_schema, alice,
+                                                                      trust):
+    # Prepare: another schema's hash over a payload that is not even msgpack
+    good = encode_twin(make_twin(small_schema), small_schema, 1, Signer(alice))
+    bad = reseal(good, Signer(alice), payload=b"\xc1" * 50, schema_hash="0" * 64)
+    # Execute / Assert: the signed header's hash decides, not a decode error
+    with pytest.raises(SchemaMismatch, match="schema 000000000000"):
+        make_verifier(trust, small_schema).open(bad)
+
+
+def test_stored_twin_far_ahead_reopens_without_the_replay_window(small_schema, alice, trust):
+    frames = encode_twin(make_twin(small_schema), small_schema, 200_000, Signer(alice))
+    with pytest.raises(MalformedMessage, match="ahead"):
+        make_verifier(trust, small_schema).open(frames)
+    assert make_verifier(trust, small_schema).open(frames, replay=False).seq == 200_000
+
+
+def test_twin_digest_is_what_encode_twin_signs(small_schema, alice):
+    twin = make_twin(small_schema)
+    frames = encode_twin(twin, small_schema, 7, Signer(alice))
+    assert twin_digest(twin, small_schema) == hashlib.sha256(frames[2]).digest()
+
+
+def test_catchup_request_with_many_gaps_is_bounded_and_still_accepted(small_schema, alice,
+                                                                      trust):
+    # Prepare: every other seq held, 5,000 ranges for alice and 3 for bob
+    many = Holding(1, tuple((s, s) for s in range(3, 10_003, 2)))
+    req = CatchupRequest("alice", "bob", {"alice": many, "bob": Holding(0, ((2, 4),) * 1)},
+                         created=NOW)
+    # Execute
+    frames = encode_catchup_request(req, Signer(alice))
+    got = make_verifier(trust, small_schema).open(frames).message
+    # Assert: it fits the header limit, claims only what is held, lowest ranges first
+    assert len(frames[1]) < WireLimits().max_header_bytes
+    assert sum(len(h.ranges) for h in got.have.values()) == MAX_RANGES
+    assert got.have["bob"] == Holding(0, ((2, 4),))
+    assert got.have["alice"].ranges == many.ranges[:MAX_RANGES - 1]
+
+
+@pytest.mark.parametrize("ranges", [[[2, 2]], [[3, 2]], [[5, 6], [7, 8]], [[5, 8], [6, 9]],
+                                    [[3]], [[3, 4, 5]], [[3, True]], [[3, 2**40]]])
+def test_catchup_request_with_bad_ranges_is_malformed(small_schema, alice, trust, ranges):
+    frames = encode_catchup_request(CatchupRequest("alice", "bob", {}, created=NOW),
+                                    Signer(alice))
+    bad = reseal(frames, Signer(alice), have={"alice": {"watermark": 1, "ranges": ranges}})
+    with pytest.raises(MalformedMessage, match="have"):
+        make_verifier(trust, small_schema).open(bad)
+
+
+def test_catchup_request_over_the_range_limit_is_malformed(small_schema, alice, trust):
+    frames = encode_catchup_request(CatchupRequest("alice", "bob", {}, created=NOW),
+                                    Signer(alice))
+    ranges = [[s, s] for s in range(3, 3 + 2 * (MAX_RANGES + 1), 2)]
+    bad = reseal(frames, Signer(alice), have={"alice": {"watermark": 1, "ranges": ranges}})
+    with pytest.raises(MalformedMessage, match=f"more than {MAX_RANGES} ranges"):
+        make_verifier(trust, small_schema).open(bad)
 
 
 def test_twin_under_another_schema_hash_is_refused(small_schema, alice, trust):

@@ -46,7 +46,7 @@ def valid_messages() -> dict[str, list[bytes]]:
         "twin": encode_twin(Twin(prov, arrays), SCHEMA, 1, SIGNER),
         "hb": encode_heartbeat(Heartbeat("alice", 1, {"alice": 1}, created=NOW), SIGNER),
         "req": encode_catchup_request(
-            CatchupRequest("alice", "bob", {"bob": Holding(1, (3,))}, created=NOW), SIGNER),
+            CatchupRequest("alice", "bob", {"bob": Holding(1, ((3, 3),))}, created=NOW), SIGNER),
         "end": encode_catchup_end(CatchupEnd("alice", "bob", b"q" * 16, 3, created=NOW), SIGNER),
     }
 
@@ -143,7 +143,7 @@ payloads = (frame_bytes
 @FUZZ
 @given(payloads, st.integers(1, 100))
 def test_random_payload_under_a_valid_signature_raises_only_wire_errors(payload, rows):
-    frames = resealed("twin", payload=payload, rows=rows)
+    frames = resealed("twin", payload=payload, rows=rows, n=rows)
     assert isinstance(open_or_wire_error(frames), WireError)
 
 
@@ -188,7 +188,7 @@ def test_declared_sizes_and_nesting_cost_bounded_memory_and_time(name):
 
 def test_huge_declared_row_count_is_refused_without_allocating_it():
     # Prepare: 1,000,000 rows (within max_rows) declared over a 12-row payload
-    frames = resealed("twin", rows=1_000_000)
+    frames = resealed("twin", rows=1_000_000, n=1_000_000)
     # Execute
     tracemalloc.start()
     result = open_or_wire_error(frames)
@@ -196,7 +196,8 @@ def test_huge_declared_row_count_is_refused_without_allocating_it():
     tracemalloc.stop()
     # Assert
     assert isinstance(result, SchemaMismatch) and peak < 1_000_000
-    assert isinstance(open_or_wire_error(resealed("twin", rows=10**7)), MalformedMessage)
+    assert isinstance(open_or_wire_error(resealed("twin", rows=10**7, n=10**7)),
+                      MalformedMessage)
 
 
 # ------------------------------------------------------------------ every field, every wrong type

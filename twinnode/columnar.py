@@ -45,6 +45,17 @@ def column_nbytes(dtype: str, rows: int) -> int:
     return rows * np.dtype(_NUMPY[dtype]).itemsize
 
 
+def max_payload_bytes(schema: Schema, rows: int) -> int:
+    """The most bytes a valid payload of `rows` rows can take under `schema` (msgpack framing
+    at its widest): bounds what a peer may send before anything is decoded."""
+    total = 5  # array header
+    for col in schema.columns:
+        dtype = column_dtype(col)
+        total += 1 + 5 + len(col.name.encode("utf-8")) + 1 + len(dtype) + 5
+        total += column_nbytes(dtype, rows)
+    return total
+
+
 def float32_bounds(col: Column) -> tuple[np.float32, np.float32]:
     """The float32 values closest to the column's bounds from the inside."""
     finfo = np.finfo(np.float32)

@@ -69,6 +69,7 @@ class NetworkSection:
     catchup_interval: float = 10.0
     catchup_batch: int = 64
     hwm: int = 10_000
+    max_rows: int = 1_000_000           # rows in one peer twin (wire.WireLimits.max_rows)
 
 
 @dataclass(frozen=True)
@@ -180,7 +181,8 @@ def parse_config(text: str, path: str | Path) -> NodeConfig:
         heartbeat_interval=ne.number("heartbeat_interval", 1.0, lo=0.01, hi=300.0),
         catchup_interval=ne.number("catchup_interval", 10.0, lo=0.1, hi=86_400.0),
         catchup_batch=ne.integer("catchup_batch", 64, lo=1, hi=10_000),
-        hwm=ne.integer("hwm", 10_000, lo=10, hi=10_000_000))
+        hwm=ne.integer("hwm", 10_000, lo=10, hi=10_000_000),
+        max_rows=ne.integer("max_rows", 1_000_000, lo=1, hi=1_000_000))
     if network.pub == network.router:
         raise ne.error("router", f"{network.router} is also the pub address")
     ne.finish()

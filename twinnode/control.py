@@ -7,7 +7,7 @@ answered in order.
     reply     {"ok": true, "result": {...}, "id": <echoed>}
               {"ok": false, "error": {"type": "...", "message": "..."}, "id": <echoed>}
 
-Error types: "malformed" (not UTF-8 or not JSON), "bad-request" (not an object, cmd missing,
+Error types: "malformed" (not UTF-8, not JSON, or nested too deeply), "bad-request" (not an object, cmd missing,
 unknown fields, args not an object, empty line), "unknown-command", the `reason` of a
 TwinnodeError a handler raised ("control", "budget", "config", ...), and "internal" (any other
 exception: a bug, logged with its traceback). After these the connection stays usable.
@@ -85,10 +85,18 @@ def parse_request(line: bytes, commands: Collection[str]) -> tuple[str, dict[str
         raise _Refused("malformed", f"request is not valid JSON ({exc.msg} at column "
                                     f"{exc.colno}); send one object per line, e.g. "
                                     f"{EXAMPLE}") from None
+    except RecursionError:
+        raise _Refused("malformed", "request is nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise _Refused("malformed", f"request is not valid JSON ({exc})") from None
     if not isinstance(doc, dict):
         raise _Refused("bad-request", f"request must be a JSON object like {EXAMPLE}, "
                                       f"not {type(doc).__name__}")
     rid = doc.get("id")
+    try:
+        encode_reply({"id": rid})
+    except RecursionError:
+        raise _Refused("malformed", "request id is nested too deeply to echo") from None
     unknown = sorted(set(doc) - REQUEST_FIELDS)
     if unknown:
         raise _Refused("bad-request", f"unknown request field(s) {', '.join(map(repr, unknown))}"
@@ -288,6 +296,12 @@ class ControlServer:
 
     async def _answer(self, line: bytes) -> bytes:
         """The encoded reply to one request line; never raises (except cancellation)."""
+        try:
+            return await self._reply_to(line)
+        except RecursionError:  # an `id` too deeply nested to echo
+            return encode_reply(error_reply("malformed", "request id is nested too deeply"))
+
+    async def _reply_to(self, line: bytes) -> bytes:
         rid = None
         try:
             cmd, args, rid = parse_request(line, self.handlers)
@@ -454,21 +468,3 @@ def request_sync(path: str | Path, cmd: str, args: Mapping[str, Any] | None = No
     finally:
         sock.close()
     return decode_reply(bytes(buf.split(b"\n", 1)[0]), cmd, path)
-
-
-class ControlClient:
-    """A node's control socket, as a client: `request` (asyncio) or `request_sync`."""
-
-    def __init__(self, path: str | Path, timeout: float = 10.0) -> None:
-        self.path = Path(path)
-        self.timeout = timeout
-
-    @classmethod
-    def for_state(cls, state_dir: str | Path, timeout: float = 10.0) -> "ControlClient":
-        return cls(socket_path(state_dir), timeout)
-
-    async def request(self, cmd: str, args: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        return await request(self.path, cmd, args, self.timeout)
-
-    def request_sync(self, cmd: str, args: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        return request_sync(self.path, cmd, args, self.timeout)

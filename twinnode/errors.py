@@ -18,8 +18,11 @@ a clear message, a counter or an exit code. Anything else is a bug.
     │   ├── UnsupportedVersion
     │   ├── UnknownSender      sender not pinned in the trust store
     │   ├── InvalidSignature
-    │   ├── ReplayedMessage    seq not above the last accepted from that sender
-    │   ├── DuplicateMessage   content digest already seen
+    │   ├── ReplayedMessage    this (sender, seq), or this message's nonce, was already seen
+    │   ├── EquivocatedMessage a second, different twin under an accepted (sender, seq)
+    │   ├── DuplicateMessage   content digest already accepted from that sender
+    │   ├── StaleMessage       a heartbeat/catch-up message outside the freshness window
+    │   ├── MisaddressedMessage a catch-up message addressed to another node
     │   ├── DigestMismatch     payload does not match the signed digest
     │   └── SchemaMismatch     schema hash or columns do not fit the local schema
     ├── StoreError             the on-disk store is unreadable or inconsistent
@@ -122,6 +125,20 @@ class ReplayedMessage(WireError):
 
 class DuplicateMessage(WireError):
     reason = "duplicate"
+
+
+class EquivocatedMessage(WireError):
+    """The sender signed two different twins under one seq: worth an operator's look."""
+
+    reason = "equivocation"
+
+
+class StaleMessage(WireError):
+    reason = "stale"
+
+
+class MisaddressedMessage(WireError):
+    reason = "misaddressed"
 
 
 class DigestMismatch(WireError):

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.serialization import (Encoding, NoEncryption
                                                           PrivateFormat, PublicFormat)
 from zmq.utils import z85
 
+from .atomic import fsync_dir, mkdir_durable
 from .errors import ConfigError, KeyFileError, UnknownSender
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
@@ -345,7 +346,7 @@ def save_identity(identity: Identity, directory: str | Path) -> KeyPaths:
     if existing:
         raise KeyFileError(f"refusing to overwrite existing key file(s): {', '.join(existing)} "
                            "(move them away first if you really mean to replace this identity)")
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mkdir_durable(directory, mode=0o700)
     contents = _render_key_files(identity)
     written: list[Path] = []
     try:
@@ -356,7 +357,7 @@ def save_identity(identity: Identity, directory: str | Path) -> KeyPaths:
         for path in written:
             path.unlink(missing_ok=True)
         raise
-    _fsync_dir(directory)
+    fsync_dir(directory)
     return paths
 
 
@@ -401,14 +402,6 @@ def _write_new(path: Path, text: str, mode: int) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
     try:
         os.write(fd, text.encode("utf-8"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -4,13 +4,16 @@
               bind PUB + ROUTER behind the ZAP allow-list, subscribe to every peer; serve the
               control socket; then run the tasks below (and, with [training] auto, a first
               publish job when nothing of ours was published yet)
-    tasks     SUB loop (twins, heartbeats) - ROUTER loop (catch-up requests) - one DEALER
-              loop and one catch-up worker per peer - heartbeat - periodic catch-up
+    tasks     SUB loop (twins, heartbeats) - ROUTER loop (catch-up requests, each answered
+              in a task of its own, at most MAX_SERVING at once) - one DEALER loop and one
+              catch-up worker per peer - heartbeat - periodic catch-up
     stop()    cancel the job (a training worker is terminated, its ledger charge stays),
               cancel the tasks, close the control socket, the sockets (linger 0), the store
 
-Every inbound message goes through `handle_frames`: `Verifier.open`, a check that the family
-belongs on the channel it came in on, then for a twin: store (durable) and only then
+Every inbound message goes through `handle_frames`: `Verifier.open` (in a thread for a large
+payload, so hashing and decoding never stall the loop; one message at a time under the ingest
+lock, so a twin's replay check and its `accept` cannot interleave with another's), a check that
+the family belongs on the channel it came in on, then for a twin: store (durable) and only then
 `Verifier.accept`. A refusal is a `REJECTED (<reason>)` log line and a counter, never an
 exception out of a loop. The replay guard is rebuilt from the store's index at start, not
 saved beside it: the index is what was acknowledged, so the two cannot disagree after a crash,
@@ -22,7 +25,12 @@ per `catchup_interval`, round robin, unless twins are arriving live) wake that p
 catch-up worker, which sends a signed request with what we `have` of every sender
 we pin (watermark 0 for none) and waits for the end marker; the server answers with up to
 `catchup_batch` stored original envelopes of the senders named in `have` (any of them, not
-only its own) and a signed end; the worker asks again while new twins arrive.
+only its own) and a signed end, which completes the request only if it comes from the peer
+that was asked; the worker asks again while new twins arrive.
+
+Publishing takes an own seq per twin as it is stored (`Store.next_own_seq`), after checking
+that no twin of the release was published before: a publish cut short or refused leaves no
+gap in our seqs.
 """
 from __future__ import annotations
 
@@ -38,7 +46,8 @@ from typing import Any, Awaitable, Callable, Sequence
 
 from .config import NodeConfig
 from .control import ControlServer, socket_path
-from .errors import ControlError, DuplicateMessage, MalformedMessage, StoreError, WireError
+from .errors import (ControlError, DuplicateMessage, MalformedMessage, MisaddressedMessage,
+                     StoreError, WireError)
 from .eventlog import event
 from .generator.privacy import Ledger
 from .identity import Identity, TrustStore, curve_raw, fingerprint
@@ -49,7 +58,8 @@ from .transport import Transport
 from .twins import Release
 from .wire import (END, HEARTBEAT, REQUEST, TWIN, CatchupEnd, CatchupRequest, Envelope,
                    Heartbeat, ReplayGuard, Signer, Verifier, WireLimits, encode_catchup_end,
-                   encode_catchup_request, encode_heartbeat, encode_twin, rejection_line)
+                   encode_catchup_request, encode_heartbeat, encode_twin, limits_for,
+                   rejection_line, twin_digest)
 
 log = logging.getLogger("twinnode.node")
 
@@ -58,6 +68,8 @@ CHANNELS = {"sub": (TWIN, HEARTBEAT), "router": (REQUEST,), "dealer": (TWIN, END
 CATCHUP_GAP = 0.2        # seconds between two requests of ours to one peer
 CATCHUP_TIMEOUT = 15.0   # seconds to wait for a peer's end marker
 SERVE_GAP = 0.1          # a peer asking more often than this gets an empty reply
+MAX_SERVING = 4          # catch-up requests answered at once; more are dropped (`busy`)
+OFFLOAD_BYTES = 64 * 1024  # messages with a larger payload are verified in a thread
 RECHECKS = 20            # grace periods a heartbeat-shown lack may wait on live traffic
 QUIET_REASONS = ("replay", "duplicate")  # expected when catch-up overlaps live traffic
 
@@ -90,8 +102,8 @@ class Node:
         self.config = config
         self.name = config.name
         self.state_dir = config.state_dir
-        self.limits = limits
         self.schema = Schema.load(config.data.schema)
+        self.limits = limits_for(self.schema, config.network.max_rows, limits)
         self.identity = Identity.load(config.keys_dir, self.name)
         me = self.identity.peer(config.network.pub, config.network.router)
         self.trust = TrustStore([me, *config.peers])  # pinned: our twins come back via peers
@@ -106,7 +118,8 @@ class Node:
         self.control: ControlServer | None = None
         self.jobs = JobSlot()
         self._tasks: list[asyncio.Task] = []
-        self._pending: dict[bytes, asyncio.Future] = {}
+        self._pending: dict[bytes, tuple[str, asyncio.Future]] = {}
+        self._serving: set[asyncio.Task] = set()
         self._ingest_lock = asyncio.Lock()
         self._stop_requested = asyncio.Event()
         self._started = time.monotonic()
@@ -140,15 +153,15 @@ class Node:
             self.transport = Transport(
                 self.identity.curve_public, self.identity.curve_secret,
                 [p.curve_key for p in self.config.peers], hwm=net.hwm,
-                max_message_bytes=self.limits.max_payload_bytes + 4096,
-                on_denied=self._denied)
+                max_message_bytes=max_frame_bytes(self.limits), on_denied=self._denied)
             await self.transport.start(net.pub, net.router)
             for peer in self.config.peers:
                 self.transport.connect(peer.name, peer.pub_address or "",
                                        peer.router_address or "", peer.curve_key)
             self.control = ControlServer(socket_path(self.state_dir), handlers(self))
             await self.control.start()
-            self._spawn(self._loop("sub", self._from_sub), self._loop("router", self._from_router),
+            self._spawn(self._loop("sub", self._from_sub),
+                        self._loop("router", self._from_router, concurrent=MAX_SERVING),
                         self._heartbeat_loop(), self._periodic_catchup())
             for name in self.peers:
                 self._spawn(self._loop("dealer", self._from_dealer(name)),
@@ -161,8 +174,12 @@ class Node:
               router=self.transport.endpoints.get("router"), peers=",".join(self.peers),
               held=sum(held.values()), own_seq=self.own_latest(), pid=os.getpid())
         if self.config.training.auto and held.get(self.name, 0) == 0:
-            from .nodework import publish_job
-            self.start_job("publish", lambda job: publish_job(self, job, {}))
+            from .nodework import auto_publish_blocker, publish_job
+            why = await asyncio.to_thread(auto_publish_blocker, self)
+            if why is None:
+                self.start_job("publish", lambda job: publish_job(self, job, {}))
+            else:
+                event(log, "training.auto_skipped", why, level=logging.WARNING)
 
     async def stop(self) -> None:
         """Abandon the job, cancel the tasks, close control socket, sockets and store.
@@ -174,10 +191,12 @@ class Node:
         event(log, "node.stopping", node=self.name)
         try:
             await self.jobs.cancel()
-            for task in self._tasks:
+            tasks = [*self._tasks, *self._serving]
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             self._tasks = []
+            self._serving.clear()
             if self.control is not None:
                 await self.control.stop()
             if self.transport is not None:
@@ -234,7 +253,12 @@ class Node:
         elif env.family == REQUEST:
             await self._serve(env.message, reply)  # type: ignore[arg-type]
         elif env.family == END:
-            future = self._pending.get(env.message.request_id)  # type: ignore[union-attr]
+            asked, future = self._pending.get(env.message.request_id,  # type: ignore[union-attr]
+                                              (None, None))
+            if future is not None and asked != env.sender:
+                self._reject(_tagged(MisaddressedMessage(
+                    f"end marker for a request to {asked} came from {env.sender}"), env), channel)
+                return None
             if future is not None and not future.done():
                 future.set_result(env.message)
         return env
@@ -242,14 +266,20 @@ class Node:
     async def _ingest(self, frames: Sequence[bytes], channel: str) -> Envelope:
         """Verify, check the channel, and store a twin before recording it as seen; raises
         the WireError (or StoreError) that refuses the message."""
-        assert self.verifier is not None, "open() the node first"
         async with self._ingest_lock:
-            env = self.verifier.open(frames)
-            if env.family not in CHANNELS.get(channel, ()):
-                raise _tagged(MalformedMessage(
-                    f"a {env.family} message does not belong on the {channel} channel"), env)
-            if env.family == TWIN:
-                await self._store(env, channel)
+            return await self._ingest_locked(frames, channel)
+
+    async def _ingest_locked(self, frames: Sequence[bytes], channel: str) -> Envelope:
+        assert self.verifier is not None, "open() the node first"
+        big = len(frames) > 2 and isinstance(frames[2], (bytes, bytearray, memoryview)) \
+            and len(frames[2]) > OFFLOAD_BYTES
+        env = (await asyncio.to_thread(self.verifier.open, frames) if big
+               else self.verifier.open(frames))
+        if env.family not in CHANNELS.get(channel, ()):
+            raise _tagged(MalformedMessage(
+                f"a {env.family} message does not belong on the {channel} channel"), env)
+        if env.family == TWIN:
+            await self._store(env, channel)
         return env
 
     async def _receive(self, frames: Sequence[bytes], channel: str,
@@ -268,7 +298,8 @@ class Node:
         assert self.store is not None and self.verifier is not None
         p = env.twin.provenance
         stored = await asyncio.to_thread(self.store.put, env.sender, env.seq, env.digest,
-                                         env.frames, kind="twin", k=p.index, release=p.release)
+                                         env.frames, kind="twin", k=p.index, release=p.release,
+                                         own=env.sender == self.name)
         if not stored:
             raise _tagged(DuplicateMessage(f"{env.sender} seq {env.seq} (or its content) is "
                                            "already in the store"), env)
@@ -296,8 +327,12 @@ class Node:
                   key_fingerprint=fingerprint(curve_raw(key)), count=self.rejected["zap-denied"])
 
     async def _loop(self, channel: str,
-                    receive: Callable[[], Awaitable[tuple[list[bytes], Reply | None]]]) -> None:
-        """Receive and handle messages on one channel until cancelled; never dies on input."""
+                    receive: Callable[[], Awaitable[tuple[list[bytes], Reply | None]]],
+                    concurrent: int = 0) -> None:
+        """Receive and handle messages on one channel until cancelled; never dies on input.
+        `concurrent` > 0: handle each message in a task of its own, at most that many at
+        once (a requester that stops reading then stalls only its own reply); a message
+        beyond that is dropped and counted as `busy` (its sender asks again later)."""
         while True:
             try:
                 frames, reply = await receive()
@@ -308,7 +343,16 @@ class Node:
                 log.exception("receiving on %s failed", channel)
                 await asyncio.sleep(0.1)
                 continue
-            await self._receive(frames, channel, reply)
+            if not concurrent:
+                await self._receive(frames, channel, reply)
+            elif len(self._serving) >= concurrent:
+                self.rejected["busy"] += 1
+                event(log, "busy", f"{concurrent} requests in progress; one dropped",
+                      level=logging.DEBUG, channel=channel)
+            else:
+                task = asyncio.create_task(self._receive(frames, channel, reply))
+                self._serving.add(task)
+                task.add_done_callback(self._serving.discard)
 
     async def _from_sub(self) -> tuple[list[bytes], Reply | None]:
         assert self.transport is not None
@@ -333,8 +377,7 @@ class Node:
 
     def latest_held(self, sender: str) -> int:
         assert self.verifier is not None
-        h = self.verifier.guard.holding(sender)
-        return max(h.watermark, *h.extra) if h.extra else h.watermark
+        return self.verifier.guard.holding(sender).latest
 
     async def _heartbeat_loop(self) -> None:
         assert self.transport is not None and self.verifier is not None
@@ -428,8 +471,7 @@ class Node:
             guard = self.verifier.guard
             have = {s: guard.holding(s) for s in self.trust.names}
             req = CatchupRequest(self.name, peer, have)
-            future = asyncio.get_running_loop().create_future()
-            self._pending[req.request_id] = future
+            future = self._expect_end(peer, req.request_id)
             before = self.counters["accepted"]
             try:
                 if not await self.transport.request(peer, encode_catchup_request(req,
@@ -452,6 +494,12 @@ class Node:
             if end.count == 0 or new == 0:
                 return total
             await asyncio.sleep(CATCHUP_GAP)
+
+    def _expect_end(self, peer: str, request_id: bytes) -> asyncio.Future:
+        """A future that `peer`'s end marker for `request_id` completes (and no one else's)."""
+        future = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = (peer, future)
+        return future
 
     async def _serve(self, req: CatchupRequest, reply: Reply | None) -> None:
         """Answer a catch-up request: stored envelopes the requester lacks, then the end."""
@@ -502,27 +550,48 @@ class Node:
 
     async def publish_release(self, release: Release,
                               progress: Callable[[int, int], None] | None = None) -> list[int]:
-        """Reserve seqs, then per twin: sign, store (durable), publish. Returns the seqs."""
+        """Check that no twin of `release` was published before, then per twin: take the next
+        own seq, sign, store (durable), publish. Returns the seqs."""
         assert self.store is not None and self.transport is not None
         if release.sender != self.name:
             raise ControlError(f"this release is from {release.sender!r}, not {self.name!r}; "
                                f"make it with --sender {self.name}")
-        seqs = await asyncio.to_thread(self.store.reserve_seq, len(release.twins))
-        for i, (twin, seq) in enumerate(zip(release.twins, seqs)):
-            try:
-                env = await self._ingest(encode_twin(twin, self.schema, seq, self.signer),
-                                         "local")
-            except WireError as exc:
-                hint = "; this release was published before" if exc.reason == "duplicate" else ""
-                raise ControlError(f"own twin {i} (seq {seq}) refused ({exc.reason}): "
-                                   f"{exc}{hint}") from None
+        await asyncio.to_thread(self._check_unpublished, release)
+        seqs: list[int] = []
+        for i, twin in enumerate(release.twins):
+            async with self._ingest_lock:  # seq taken, signed and stored as one step
+                seq = await asyncio.to_thread(self.store.next_own_seq, self.name)
+                frames = await asyncio.to_thread(encode_twin, twin, self.schema, seq,
+                                                 self.signer)
+                try:
+                    env = await self._ingest_locked(frames, "local")
+                except WireError as exc:
+                    raise ControlError(f"own twin {i} (seq {seq}) refused ({exc.reason}): "
+                                       f"{exc}") from None
+            seqs.append(seq)
             await self.transport.publish(env.frames)
             self.counters["published"] += 1
             if progress is not None:
                 progress(i + 1, len(release.twins))
         event(log, "release.published", release=release.receipt.get("release"),
-              k=len(release.twins), seqs=f"{seqs.start}-{seqs.stop - 1}")
-        return list(seqs)
+              k=len(release.twins), seqs=f"{seqs[0]}-{seqs[-1]}" if seqs else "-")
+        return seqs
+
+    def _check_unpublished(self, release: Release) -> None:
+        """ControlError naming the first twin whose content we already published (runs in a
+        thread: it encodes every twin's payload)."""
+        assert self.store is not None
+        seen: dict[bytes, int] = {}
+        for i, twin in enumerate(release.twins):
+            digest = twin_digest(twin, self.schema)
+            seq = self.store.has_digest(self.name, digest)
+            if seq is not None:
+                raise ControlError(f"own twin {i} repeats our twin seq {seq} (duplicate): this "
+                                   "release was published before; nothing was sent")
+            if digest in seen:
+                raise ControlError(f"own twins {seen[digest]} and {i} of this release are "
+                                   "identical (duplicate); nothing was sent")
+            seen[digest] = i
 
     def start_job(self, name: str, body: Body) -> JobState:
         """Run `body` as the node's one background job; ControlError if one is running."""
@@ -533,6 +602,11 @@ class Node:
     async def wait_job(self) -> JobState:
         """Wait for the current job to end."""
         return await self.jobs.wait()
+
+
+def max_frame_bytes(limits: WireLimits) -> int:
+    """The socket's MAXMSGSIZE: the largest frame the wire accepts, plus CURVE's framing."""
+    return max(limits.max_payload_bytes, limits.max_header_bytes) + 4096
 
 
 def _tagged(exc: WireError, env: Envelope) -> WireError:

@@ -15,12 +15,16 @@ from typing import TYPE_CHECKING, Any, Mapping
 from .config import POLICIES
 from .control import Handler, check_args
 from .errors import ControlError, PrivacyError
-from .store import summarize_seqs
+from .seqset import Holding
 
 if TYPE_CHECKING:
     from .jobs import JobState
     from .node import Node
 
+MAX_K = 1_000  # twins per release from a control command: 10x the paper's K = 100. The worker
+               # holds all K twins of N rows in memory and pipes them back, so k = 10**8 would
+               # exhaust memory; [twins] k in the config file (up to 100,000) is the operator's
+               # own choice and is not capped here.
 COMMANDS = ("status", "peers", "twins", "budget", "train", "publish", "screen", "analyze",
             "shutdown")
 
@@ -52,8 +56,10 @@ def handlers(node: "Node") -> dict[str, Handler]:
             by_sender.setdefault(e.sender, []).append(e)
         senders = []
         for sender, es in by_sender.items():
+            held = Holding.of(e.seq for e in es)
             row: dict[str, Any] = {"sender": sender, "count": len(es),
-                                   **summarize_seqs(e.seq for e in es), "status": {}}
+                                   "watermark": held.watermark,
+                                   "ranges": [list(r) for r in held.ranges], "status": {}}
             for e in es:
                 row["status"][e.status] = row["status"].get(e.status, 0) + 1
             if args.get("detail"):
@@ -71,6 +77,7 @@ def handlers(node: "Node") -> dict[str, Handler]:
         args = check_args("train", args, {"epochs": float, "epsilon": float, "k": int,
                                           "publish": bool, "wait": bool})
         _positive("train", args, "epochs", "epsilon", "k")
+        _bounded_k("train", args)
         await asyncio.to_thread(node.ledger.check, args.get("epsilon",
                                                             node.config.privacy.epsilon))
         return await _job(node, "train", args, nodework.train_job)
@@ -79,6 +86,7 @@ def handlers(node: "Node") -> dict[str, Handler]:
         args = check_args("publish", args, {"release": str, "k": int, "epochs": float,
                                             "epsilon": float, "wait": bool})
         _positive("publish", args, "k", "epochs", "epsilon")
+        _bounded_k("publish", args)
         if "release" not in args and not nodework.posterior_path(node).exists():
             await asyncio.to_thread(node.ledger.check, args.get("epsilon",
                                                                 node.config.privacy.epsilon))
@@ -163,6 +171,12 @@ def _positive(cmd: str, args: Mapping[str, Any], *names: str) -> None:
     for name in names:
         if name in args and not (args[name] > 0 and math.isfinite(args[name])):
             raise ControlError(f"{cmd}: argument {name} must be positive, got {args[name]}")
+
+
+def _bounded_k(cmd: str, args: Mapping[str, Any]) -> None:
+    if "k" in args and args["k"] > MAX_K:
+        raise ControlError(f"{cmd}: argument k must be at most {MAX_K} (twins per release; "
+                           f"the paper uses 100), got {args['k']}")
 
 
 def _screening_args(cmd: str, args: Mapping[str, Any]) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from .atomic import write_json_atomic
-from .errors import ControlError, StoreError, WireError
+from .errors import ControlError, PrivacyError, StoreError, WireError
 from .eventlog import event
 from .generator.settings import TrainPlan
 from .generator.worker import Job, Worker
@@ -60,11 +60,22 @@ async def generate(node: "Node", job: "JobState", kind: str, args: Mapping[str, 
 
     release = await Worker().run(spec, progress)
     rid, created = release.receipt.get("release"), float(release.receipt.get("created", 0))
-    receipt = Path(node.state_dir) / "releases" / f"{rid}-{created:.0f}.json"  # one per draw
+    receipt = await asyncio.to_thread(_new_receipt_path, Path(node.state_dir) / "releases",
+                                      f"{rid}-{created:.0f}")  # one per draw
     await asyncio.to_thread(write_json_atomic, receipt, release.receipt)
     event(log, f"generator.{kind}", release=release.receipt.get("release"),
           k=len(release.twins), epsilon=release.receipt.get("epsilon"))
     return release
+
+
+def _new_receipt_path(directory: Path, stem: str) -> Path:
+    """`<stem>.json`, or `<stem>-2.json`, ... if taken: two draws in one second keep both
+    receipts (only one job runs at a time, so checking then writing does not race)."""
+    path, n = directory / f"{stem}.json", 1
+    while path.exists():
+        n += 1
+        path = directory / f"{stem}-{n}.json"
+    return path
 
 
 async def train_job(node: "Node", job: "JobState", args: Mapping[str, Any]) -> dict[str, Any]:
@@ -92,6 +103,26 @@ async def publish_job(node: "Node", job: "JobState", args: Mapping[str, Any]) ->
         kind = "sample" if posterior_path(node).exists() else "train"
         release = await generate(node, job, kind, args)
     return await _publish(node, job, release)
+
+
+def auto_publish_blocker(node: "Node") -> str | None:
+    """Why [training] auto must not publish at start (None: it may). Sampling a saved
+    posterior is free; training again after a charged run that left no posterior (cancelled,
+    killed, failed) would spend ε without anyone asking, so that waits for `ctl train`."""
+    if posterior_path(node).exists():
+        return None
+    try:
+        entries = node.ledger.snapshot()["entries"]
+    except PrivacyError as exc:
+        return str(exc)
+    charged = [e for e in entries if e.get("kind") == "train" and e.get("epsilon", 0) > 0]
+    if not charged:
+        return None
+    last = charged[-1]
+    return (f"an earlier training run here (ledger entry {last.get('id')}, status "
+            f"{last.get('status')}, epsilon {last.get('epsilon'):g}) left no posterior; "
+            "[training] auto does not spend privacy budget again on its own: run "
+            "`twinnode ctl train` to train again")
 
 
 def charge_import(ledger: "Ledger", release: Release, own: str) -> None:
@@ -123,7 +154,8 @@ async def _publish(node: "Node", job: "JobState", release: Release) -> dict[str,
 def stored_peer_twins(store: Store, trust: TrustStore, schema: Schema, own: str,
                       limits: WireLimits = WireLimits()) -> dict[str, list[Twin]]:
     """Each peer's latest published release, read back from the store and re-verified
-    (signature, digest, schema): what the analyses use. Runs in a thread."""
+    (signature, digest, schema; not the replay window, which judged them on arrival): what the
+    analyses use. Runs in a thread."""
     verifier = Verifier(trust, schema, ReplayGuard(), limits)
     by_sender: dict[str, list] = {}
     for entry in store.list():
@@ -137,7 +169,8 @@ def stored_peer_twins(store: Store, trust: TrustStore, schema: Schema, own: str,
             if entry.release != latest:
                 continue
             try:
-                twins.append(verifier.open(store.frames(entry.sender, entry.seq)).twin)
+                twins.append(verifier.open(store.frames(entry.sender, entry.seq),
+                                           replay=False).twin)
             except (WireError, StoreError) as exc:
                 event(log, "store.reverify_failed", str(exc), level=logging.WARNING,
                       peer=entry.sender, seq=entry.seq)

@@ -2,135 +2,96 @@
 
 A replay is a (sender, seq) that was already accepted, not merely "seq <= the last one": catch-up
 can deliver a sender's twins out of order (seq 7 live before 5 and 6 are fetched), and a strict
-high-water mark would refuse 5 and 6 forever. So per sender we keep a contiguous watermark (every
-seq 1..w accepted) plus the sparse set of accepted seqs above it; gaps are what catch-up asks for.
-A duplicate is the same payload digest under another (sender, seq), from a bounded LRU.
+high-water mark would refuse 5 and 6 forever. So per sender we keep a `seqset.SeqSet`
+(contiguous watermark plus the accepted seqs above it); gaps are what catch-up asks for.
+
+Content is judged per sender: a duplicate is a payload digest that *the same sender* already had
+accepted under another seq (a release published twice). Another sender's twin with the same
+payload is not a duplicate: otherwise a peer could re-sign someone else's twin, deliver it
+first, and have the original refused forever. An equivocation is a second, different twin
+under an accepted (sender, seq): the sender signed two messages with one seq. It is told apart
+from a plain replay while the first twin's digest is among the last `max_digests` accepted.
+
 Nothing is recorded until `accept`, which the node calls after the twin is durably stored, so a
 twin refused by a later check (schema) is not burnt. `wire.py` re-exports this module's API.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Any, Mapping
 
-from .errors import DuplicateMessage, MalformedMessage, ReplayedMessage, StoreError
+from .errors import DuplicateMessage, EquivocatedMessage, MalformedMessage, ReplayedMessage
+from .seqset import MAX_AHEAD, Holding, SeqSet
 
-STATE_FORMAT = "twinnode-replay/1"
-
-
-@dataclass(frozen=True)
-class Holding:
-    """What a node holds of one sender: every seq 1..watermark, plus the `extra` seqs above."""
-
-    watermark: int
-    extra: tuple[int, ...] = ()
-
-    def has(self, seq: int) -> bool:
-        return seq <= self.watermark or seq in self.extra
+__all__ = ["Holding", "ReplayGuard"]
 
 
 class ReplayGuard:
-    """Accepted (sender, seq) pairs and recent payload digests; serialisable node state."""
+    """Accepted (sender, seq) pairs and the recent (sender, digest) pairs; rebuilt from the store."""
 
-    def __init__(self, max_digests: int = 65_536, max_ahead: int = 100_000) -> None:
+    def __init__(self, max_digests: int = 65_536, max_ahead: int = MAX_AHEAD,
+                 window: bool = True) -> None:
         self.max_digests = max_digests
         self.max_ahead = max_ahead
-        self._marks: dict[str, int] = {}
-        self._extra: dict[str, set[int]] = {}
-        self._digests: OrderedDict[bytes, None] = OrderedDict()
+        self.window = window
+        self._seqs: dict[str, SeqSet] = {}
+        self._by_seq: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._by_digest: dict[tuple[str, bytes], int] = {}
 
     def check(self, sender: str, seq: int, digest: bytes) -> None:
-        """Raise ReplayedMessage / DuplicateMessage if this twin must not be accepted again."""
+        """Raise ReplayedMessage / EquivocatedMessage / DuplicateMessage / MalformedMessage if
+        this twin must not be accepted."""
         if self.accepted(sender, seq):
+            first = self._by_seq.get((sender, seq))
+            if first is not None and first != digest:
+                raise EquivocatedMessage(f"{sender} signed two different twins as seq {seq} "
+                                         f"(digests {first.hex()[:12]} and {digest.hex()[:12]})")
             raise ReplayedMessage(f"{sender} seq {seq} was already accepted "
                                   f"(watermark {self.latest(sender)})")
-        if digest in self._digests:
-            raise DuplicateMessage(f"{sender} seq {seq} repeats the content of a twin already "
-                                   "accepted")
-        if seq > self.latest(sender) + self.max_ahead:
+        other = self._by_digest.get((sender, digest))
+        if other is not None:
+            raise DuplicateMessage(f"{sender} seq {seq} repeats the content of its seq {other}, "
+                                   "already accepted")
+        if self.window and seq > self.latest(sender) + self.max_ahead:
             raise MalformedMessage(f"{sender} seq {seq} is more than {self.max_ahead} ahead of "
                                    f"watermark {self.latest(sender)}; catch-up will fetch in order")
 
     def accept(self, sender: str, seq: int, digest: bytes) -> None:
         """Record a stored twin; idempotent."""
-        self._remember_digest(digest)
-        mark = self._marks.get(sender, 0)
-        extra = self._extra.setdefault(sender, set())
-        if seq <= mark or seq in extra:
-            return
-        if seq != mark + 1:
-            extra.add(seq)
-            return
-        mark = seq
-        while mark + 1 in extra:
-            mark += 1
-            extra.remove(mark)
-        self._marks[sender] = mark
+        self._remember(sender, seq, digest)
+        self._seqs.setdefault(sender, SeqSet()).add(seq)
 
     def latest(self, sender: str) -> int:
         """The contiguous watermark: every seq 1..latest from `sender` is accepted (0: none)."""
-        return self._marks.get(sender, 0)
+        seqs = self._seqs.get(sender)
+        return seqs.watermark if seqs else 0
 
     def accepted(self, sender: str, seq: int) -> bool:
-        return seq <= self.latest(sender) or seq in self._extra.get(sender, ())
+        seqs = self._seqs.get(sender)
+        return seqs is not None and seq in seqs
 
     def missing(self, sender: str, upto: int, limit: int = 1000) -> list[int]:
         """Seqs in latest+1..upto not accepted yet (at most `limit`): the gaps to fetch."""
-        extra = self._extra.get(sender, set())
-        out = []
-        for seq in range(self.latest(sender) + 1, upto + 1):
-            if seq not in extra:
-                out.append(seq)
-                if len(out) >= limit:
-                    break
-        return out
+        return self.holding(sender).gaps(upto, limit)
 
     def holding(self, sender: str) -> Holding:
-        return Holding(self.latest(sender), tuple(sorted(self._extra.get(sender, ()))))
+        seqs = self._seqs.get(sender)
+        return seqs.holding() if seqs else Holding()
 
     def have(self) -> dict[str, Holding]:
         """Per sender what is held: the `have` of a catch-up request."""
-        return {s: self.holding(s) for s in sorted(set(self._marks) | set(self._extra))}
+        return {s: self.holding(s) for s in sorted(self._seqs)}
 
     def holdings(self) -> dict[str, int]:
         """Per sender the watermark: the `holdings` of a heartbeat."""
-        return {s: h.watermark for s, h in self.have().items()}
+        return {s: self._seqs[s].watermark for s in sorted(self._seqs)}
 
-    def _remember_digest(self, digest: bytes) -> None:
-        self._digests[digest] = None
-        self._digests.move_to_end(digest)
-        while len(self._digests) > self.max_digests:
-            self._digests.popitem(last=False)
-
-    # -------------------------------------------------------------- persistence
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready state (digests oldest first)."""
-        return {"format": STATE_FORMAT,
-                "senders": {s: {"watermark": h.watermark, "extra": list(h.extra)}
-                            for s, h in self.have().items()},
-                "digests": [d.hex() for d in self._digests]}
-
-    @classmethod
-    def from_dict(cls, doc: Mapping[str, Any], max_digests: int = 65_536,
-                  max_ahead: int = 100_000) -> "ReplayGuard":
-        """Rebuild from `to_dict` output; StoreError if the state is not well formed."""
-        guard = cls(max_digests=max_digests, max_ahead=max_ahead)
-        try:
-            if doc.get("format") != STATE_FORMAT:
-                raise ValueError(f"format is not {STATE_FORMAT}")
-            for sender, h in dict(doc["senders"]).items():
-                mark, extra = h["watermark"], list(h["extra"])
-                if (not isinstance(sender, str) or type(mark) is not int or mark < 0
-                        or not all(type(s) is int and s > mark + 1 for s in extra)):
-                    raise ValueError(f"bad entry for sender {sender!r}")
-                guard._marks[sender] = mark
-                guard._extra[sender] = set(extra)
-            for d in doc["digests"]:
-                digest = bytes.fromhex(d)
-                if len(digest) != 32:
-                    raise ValueError("a digest is not 32 bytes")
-                guard._remember_digest(digest)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise StoreError(f"replay state is not well formed: {exc}") from None
-        return guard
+    def _remember(self, sender: str, seq: int, digest: bytes) -> None:
+        old = self._by_seq.pop((sender, seq), None)
+        if old is not None:
+            self._by_digest.pop((sender, old), None)
+        self._by_seq[(sender, seq)] = digest
+        self._by_digest[(sender, digest)] = seq
+        while len(self._by_seq) > self.max_digests:
+            (s, _), d = self._by_seq.popitem(last=False)
+            if self._by_digest.get((s, d)) is not None:
+                del self._by_digest[(s, d)]

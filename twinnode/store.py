@@ -7,12 +7,22 @@ Layout under the state directory (one node process owns it, see `Store.open`):
     store/envelopes/<sender>/<seq:010d>.env   the frames exactly as received (`storefile` format)
     store/quarantine/                         files that failed a check, kept for inspection
 
-Write order in `put`: the container file first (temp file, fsync, rename, fsync directory),
-then its index row in one committed transaction; `put` returns only after both. So after a
-SIGKILL at any point every envelope whose `put` returned is present and intact.
+Write order in `put`: the container file first (`atomic.write_bytes_atomic`: temp file,
+fsync, rename, fsync directory), then its index row in one committed transaction; `put`
+returns only after both. So after a SIGKILL at any point every envelope whose `put` returned
+is present and intact.
+
+Uniqueness: one envelope per (sender, seq), and one per (sender, payload digest): a sender's
+content stored twice under two seqs is a duplicate, while two senders may hold the same
+payload (judging content across senders would let one peer censor another by re-signing its
+twin and delivering it first).
+
+Index format 2 (`PRAGMA user_version`): format 1 (earlier builds) made the digest unique across
+all senders and had a `state` table; `open` migrates it in one transaction (its rows satisfy
+the new constraint as they are). An index of an unknown format is refused with a StoreError.
 
 Recovery in `open`:
-- stray temp files (`.<name>.*.tmp`, a crash before rename) are deleted: never read;
+- stray temp files (`atomic.is_temp_name`, a crash before rename) are deleted: never read;
 - an envelope file without an index row (a crash between rename and commit: the `put` never
   returned) is *re-indexed* after its checksum and metadata verify. It is complete (it was
   fsynced before the rename), it was verified by the caller before `put`, and keeping it
@@ -23,13 +33,20 @@ Recovery in `open`:
   `frames` checks size and SHA-256 on every read and quarantines a damaged file the same way,
   raising StoreError: a damaged file is never read as a twin.
 
+Own sequence numbers: `put(..., own=True)` raises the own-seq counter to the twin's seq in
+the same commit as its index row, and `next_own_seq(name)` is one above both that counter and
+every seq of ours stored now (a re-indexed orphan included). A seq is taken only by storing a
+twin, so a publish that is cut short or refused leaves no gap; a twin signed but never
+stored never left the process, so signing another under its seq is no equivocation.
+
 Durability: `PRAGMA synchronous=FULL`. In WAL mode NORMAL already survives a process crash
 (SIGKILL), but the last commits may roll back after a power loss or OS crash; FULL fsyncs the
-WAL on every commit, so a reserved sequence number (`reserve_seq`) is never handed out twice
-even then (two different signed messages under one seq would be equivocation) and an
-acknowledgement means the same thing after any crash. The price is one fsync per commit on
-top of the two a `put` already pays for its file: scripts/bench_store.py measured 6.5 ms
-vs 2.7 ms per 20 kB put on the 2-core dev VM, i.e. 0.65 s for a release of K = 100 twins.
+WAL on every commit, so an own twin that was acknowledged (and then sent) is never forgotten
+and its seq never handed out again (two different signed messages under one seq would be
+equivocation), and an acknowledgement means the same thing after any crash. The price is one
+fsync per commit on top of the two a `put` already pays for its file: scripts/bench_store.py
+measured 6.5 ms vs 2.7 ms per 20 kB put on the 2-core dev VM, i.e. 0.65 s for a release of
+K = 100 twins.
 
 The store does not parse wire messages: callers pass sender, seq, digest and metadata.
 Methods are thread-safe (one lock), so a node may call them through `asyncio.to_thread`.
@@ -37,46 +54,50 @@ Methods are thread-safe (one lock), so a node may call them through `asyncio.to_
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
 import re
 import sqlite3
-import tempfile
 import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
-from .errors import MalformedMessage, StoreError
+from .atomic import fsync_dir, is_temp_name, mkdir_durable, write_bytes_atomic
+from .errors import StoreError
+from .seqset import MAX_SEQ, Holding
 from .storefile import container_checksum, pack_envelope, unpack_envelope
 
 log = logging.getLogger("twinnode.store")
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SYNCHRONOUS = "FULL"  # see the module docstring; a module constant so the benchmark can compare
 LOCK_NAME = "twinnode.lock"
-MAX_SEQ = 9_999_999_999  # fits the 10-digit file name
-MAX_EXTRA = 100_000  # most out-of-order seqs a peer may list in a catch-up request
 _SENDER_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}")
 _TOKEN_RE = re.compile(r"[a-z][a-z0-9_\-]{0,31}")
 _HEX_RE = re.compile(r"[0-9A-Fa-f]+")
 _FILE_RE = re.compile(r"(\d{10})\.env")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS envelopes (
-    sender TEXT NOT NULL, seq INTEGER NOT NULL, digest TEXT NOT NULL UNIQUE,
+_ENVELOPES = """
+CREATE TABLE envelopes (
+    sender TEXT NOT NULL, seq INTEGER NOT NULL, digest TEXT NOT NULL,
     kind TEXT NOT NULL, k INTEGER, release TEXT, status TEXT NOT NULL,
     received REAL NOT NULL, size INTEGER NOT NULL, checksum TEXT NOT NULL,
-    PRIMARY KEY (sender, seq));
-CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS quarantine (
+    PRIMARY KEY (sender, seq), UNIQUE (sender, digest));
+"""
+_SCHEMA = _ENVELOPES + """
+CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE quarantine (
     id INTEGER PRIMARY KEY, sender TEXT NOT NULL, seq INTEGER NOT NULL, digest TEXT,
     reason TEXT NOT NULL, file TEXT, at REAL NOT NULL);
 """
+# format 1 -> 2: the digest is unique per sender, not across senders; the unused state table goes
+_MIGRATE_1 = ("ALTER TABLE envelopes RENAME TO envelopes_v1;" + _ENVELOPES +
+              "INSERT INTO envelopes SELECT sender, seq, digest, kind, k, release, status, "
+              "received, size, checksum FROM envelopes_v1; DROP TABLE envelopes_v1; "
+              "DROP TABLE IF EXISTS state;")
 _COLUMNS = "sender, seq, digest, kind, k, release, status, received, size"
 
 
@@ -125,42 +146,6 @@ def normalize_digest(digest: bytes | bytearray | memoryview | str) -> str:
     return text
 
 
-def summarize_seqs(seqs: Iterable[int]) -> dict[str, Any]:
-    """{"watermark": w, "extra": [...]}: 1..w are all present, `extra` lists those above w."""
-    ordered = sorted(set(seqs))
-    watermark = 0
-    for s in ordered:
-        if s != watermark + 1:
-            break
-        watermark = s
-    return {"watermark": watermark, "extra": [s for s in ordered if s > watermark]}
-
-
-def parse_have(have: Any) -> tuple[int, frozenset[int]]:
-    """A peer's {"watermark", "extra"} summary (a map, or an object with those attributes
-    such as wire's Holding), validated: MalformedMessage, since it is peer input."""
-    if have is None:
-        return 0, frozenset()
-    if hasattr(have, "watermark") and hasattr(have, "extra"):
-        have = {"watermark": have.watermark, "extra": have.extra}
-    if not isinstance(have, Mapping):
-        raise MalformedMessage("catch-up summary must be a map with watermark and extra")
-    watermark, extra = have.get("watermark", 0), have.get("extra", [])
-    if isinstance(watermark, bool) or not isinstance(watermark, int) or watermark < 0:
-        raise MalformedMessage(f"catch-up watermark {watermark!r} is not a count")
-    if not isinstance(extra, (list, tuple)) or len(extra) > MAX_EXTRA:
-        raise MalformedMessage(f"catch-up extra must be a list of at most {MAX_EXTRA} seqs")
-    if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in extra):
-        raise MalformedMessage("catch-up extra must hold positive integers only")
-    return watermark, frozenset(extra)
-
-
-def seqs_missing(held: Iterable[int], have: Any) -> list[int]:
-    """The seqs in `held` that a peer whose summary is `have` lacks, ascending."""
-    watermark, extra = parse_have(have)
-    return sorted(s for s in set(held) if s > watermark and s not in extra)
-
-
 def _check_token(name: str, value: Any) -> str:
     if not isinstance(value, str) or not _TOKEN_RE.fullmatch(value):
         raise StoreError(f"{name} {value!r} must be a short lowercase word")
@@ -189,7 +174,7 @@ class Store:
         """Lock `state_dir`, open (or create) the index and recover from any earlier crash."""
         state_dir = Path(state_dir)
         try:
-            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            mkdir_durable(state_dir, mode=0o700)
             lock_fd = _acquire_lock(state_dir)
         except OSError as exc:
             raise StoreError(f"cannot use state directory {state_dir}: {exc}") from None
@@ -197,7 +182,7 @@ class Store:
         try:
             root = state_dir / "store"
             for d in (root, root / "envelopes", root / "quarantine"):
-                _mkdir_durable(d)
+                mkdir_durable(d, mode=0o700)
             db = _open_index(root / "index.sqlite3")
             store = cls(state_dir, lock_fd, db)
             try:
@@ -231,9 +216,10 @@ class Store:
 
     def put(self, sender: str, seq: int, digest: bytes | str, frames: Sequence[bytes], *,
             kind: str = "twin", k: int | None = None, release: str | None = None,
-            status: str = "accepted") -> bool:
-        """Store an envelope durably; True once acknowledged, False if (sender, seq) or the
-        digest is already stored (then nothing is written)."""
+            status: str = "accepted", own: bool = False) -> bool:
+        """Store an envelope durably; True once acknowledged, False if (sender, seq) or
+        (sender, digest) is already stored (then nothing is written). `own`: one of our own
+        twins, so the own-seq counter rises to `seq` in the same commit."""
         meta = {"sender": check_sender(sender), "seq": check_seq(seq),
                 "digest": normalize_digest(digest), "kind": _check_token("kind", kind),
                 "k": k, "release": release, "status": _check_token("status", status),
@@ -253,12 +239,14 @@ class Store:
             path = self._path(sender, seq)
             try:
                 self._ensure_dir(path.parent)
-                _write_durable(path, blob)
+                write_bytes_atomic(path, blob)
             except OSError as exc:
                 raise StoreError(f"could not write envelope {sender}#{seq}: {exc}") from None
             try:
                 with self._tx() as tx:
                     _insert(tx, meta, len(blob), container_checksum(blob))
+                    if own:
+                        _raise_own_seq(tx, seq)
             except sqlite3.Error as exc:
                 path.unlink(missing_ok=True)  # never acknowledged
                 raise StoreError(f"could not index envelope {sender}#{seq}: {exc}") from exc
@@ -270,11 +258,12 @@ class Store:
             return self._conn().execute("SELECT 1 FROM envelopes WHERE sender=? AND seq=?",
                                         (sender, seq)).fetchone() is not None
 
-    def has_digest(self, digest: bytes | str) -> bool:
-        """Whether an envelope with this content digest is stored."""
+    def has_digest(self, sender: str, digest: bytes | str) -> int | None:
+        """The seq under which `sender`'s envelope with this content digest is stored, or None."""
         with self._mutex:
-            return self._conn().execute("SELECT 1 FROM envelopes WHERE digest=?",
-                                        (normalize_digest(digest),)).fetchone() is not None
+            row = self._conn().execute("SELECT seq FROM envelopes WHERE sender=? AND digest=?",
+                                       (sender, normalize_digest(digest))).fetchone()
+        return None if row is None else int(row[0])
 
     def get(self, sender: str, seq: int) -> EntryMeta | None:
         """The index entry of (sender, seq), or None."""
@@ -336,17 +325,20 @@ class Store:
                                        (sender,)).fetchone()
         return int(row[0] or 0)
 
-    def holdings(self) -> dict[str, dict[str, Any]]:
-        """Per sender, {"watermark": w, "extra": [...]}: what this store can serve."""
-        return {s: summarize_seqs(seqs) for s, seqs in self._seqs_by_sender().items()}
+    def holdings(self) -> dict[str, Holding]:
+        """Per sender, what this store can serve."""
+        return {s: Holding.of(seqs) for s, seqs in self._seqs_by_sender().items()}
 
-    def missing(self, sender: str, have: Any, limit: int | None = None) -> list[int]:
-        """Seqs of `sender` held here that a requester with summary `have` lacks (catch-up)."""
+    def missing(self, sender: str, have: Holding | None, limit: int | None = None) -> list[int]:
+        """Seqs of `sender` held here that a requester holding `have` lacks, ascending (the
+        envelopes a catch-up reply sends; `have` was checked by the wire)."""
+        have = have if have is not None else Holding()
+        if not isinstance(have, Holding):
+            raise StoreError(f"catch-up summary must be a Holding, not {type(have).__name__}")
         with self._mutex:
-            held = [r[0] for r in self._conn().execute(
-                "SELECT seq FROM envelopes WHERE sender=?", (sender,))]
-        out = seqs_missing(held, have)
-        return out if limit is None else out[:limit]
+            rows = self._conn().execute("SELECT seq FROM envelopes WHERE sender=? AND seq>? "
+                                        "ORDER BY seq", (sender, have.watermark))
+            return have.lacking((r[0] for r in rows), limit)
 
     def quarantined(self) -> list[dict[str, Any]]:
         """Records of quarantined envelopes (sender, seq, digest, reason, file, at)."""
@@ -358,43 +350,20 @@ class Store:
 
     # ---- own sequence numbers and small state ----
 
-    def reserve_seq(self, n: int = 1) -> range:
-        """Reserve the next `n` own sequence numbers; durable before it returns, never reused."""
-        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 1_000_000:
-            raise StoreError(f"can reserve 1..1000000 sequence numbers, not {n!r}")
-        with self._mutex, self._tx() as tx:
-            row = tx.execute("SELECT value FROM counters WHERE name='own_seq'").fetchone()
-            last = int(row[0]) if row else 0
-            if last + n > MAX_SEQ:
-                raise StoreError(f"own sequence numbers exhausted (last {last})")
-            tx.execute("INSERT INTO counters(name, value) VALUES('own_seq', ?) "
-                       "ON CONFLICT(name) DO UPDATE SET value=excluded.value", (last + n,))
-        return range(last + 1, last + n + 1)
-
     def own_seq(self) -> int:
-        """The last own sequence number reserved (0 if none)."""
+        """The highest own seq ever stored with `put(own=True)` (0 if none)."""
         with self._mutex:
             row = self._conn().execute(
                 "SELECT value FROM counters WHERE name='own_seq'").fetchone()
         return int(row[0]) if row else 0
 
-    def save_state(self, key: str, value: Any) -> None:
-        """Durably save a plain JSON value under `key` (e.g. the replay guard's state)."""
-        try:
-            text = json.dumps(value, sort_keys=True, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise StoreError(f"state {key!r} is not JSON-serialisable: {exc}") from None
-        with self._mutex, self._tx() as tx:
-            tx.execute("INSERT INTO state(key, value, updated) VALUES(?, ?, ?) ON CONFLICT(key) "
-                       "DO UPDATE SET value=excluded.value, updated=excluded.updated",
-                       (str(key), text, time.time()))
-
-    def load_state(self, key: str, default: Any = None) -> Any:
-        """The value last saved under `key`, or `default`."""
-        with self._mutex:
-            row = self._conn().execute("SELECT value FROM state WHERE key=?",
-                                       (str(key),)).fetchone()
-        return json.loads(row[0]) if row else default
+    def next_own_seq(self, own: str) -> int:
+        """The seq for our next twin: above every own seq ever stored (the counter) and every
+        seq of `own` held now (a file re-indexed after a crash included)."""
+        nxt = max(self.own_seq(), self.last_seq(own)) + 1
+        if nxt > MAX_SEQ:
+            raise StoreError(f"own sequence numbers exhausted (last {nxt - 1})")
+        return nxt
 
     # ---- internals ----
 
@@ -419,12 +388,12 @@ class Store:
 
     def _ensure_dir(self, directory: Path) -> None:
         if directory not in self._dirs:
-            _mkdir_durable(directory)
+            mkdir_durable(directory, mode=0o700)
             self._dirs.add(directory)
 
     @staticmethod
     def _known(db: sqlite3.Connection, sender: str, seq: int, digest: str) -> bool:
-        return db.execute("SELECT 1 FROM envelopes WHERE (sender=? AND seq=?) OR digest=?",
+        return db.execute("SELECT 1 FROM envelopes WHERE sender=? AND (seq=? OR digest=?)",
                           (sender, seq, digest)).fetchone() is not None
 
     def _seqs_by_sender(self) -> dict[str, list[int]]:
@@ -466,7 +435,7 @@ class Store:
                 continue
             for path in sorted(sender_dir.iterdir()):
                 match = _FILE_RE.fullmatch(path.name)
-                if path.name.startswith(".") and path.name.endswith(".tmp"):
+                if is_temp_name(path.name):
                     path.unlink(missing_ok=True)
                     self.recovery["temp_removed"] += 1
                 elif match is None:
@@ -496,7 +465,7 @@ class Store:
         except StoreError as exc:
             self._quarantine(*key, f"unindexed file failed verification: {exc}", path)
             return
-        if self.has_digest(meta["digest"]):
+        if self.has_digest(key[0], meta["digest"]) is not None:
             path.unlink()
             fsync_dir(path.parent)
             self.recovery["duplicates_removed"] += 1
@@ -504,6 +473,11 @@ class Store:
         with self._tx() as tx:
             _insert(tx, meta, len(blob), container_checksum(blob))
         self.recovery["reindexed"] += 1
+
+
+def _raise_own_seq(db: sqlite3.Connection, seq: int) -> None:
+    db.execute("INSERT INTO counters(name, value) VALUES('own_seq', ?) ON CONFLICT(name) "
+               "DO UPDATE SET value=MAX(value, excluded.value)", (seq,))
 
 
 def _insert(db: sqlite3.Connection, meta: Mapping[str, Any], size: int, checksum: str) -> None:
@@ -520,38 +494,6 @@ def _filters(**equal: Any) -> tuple[str, tuple[Any, ...]]:
     return " WHERE " + " AND ".join(f"{k}=?" for k in used), tuple(used.values())
 
 
-def _write_durable(path: Path, data: bytes) -> None:
-    """Temp file beside `path`, fsync, rename, fsync the directory (as twinnode.atomic does;
-    kept here because recovery relies on the temp names: `.<name>.<random>.tmp`)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def fsync_dir(directory: Path) -> None:
-    """fsync a directory so the names created or renamed in it survive a power loss."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _mkdir_durable(directory: Path) -> None:
-    """mkdir whose directory entry survives a power loss (fsync the parent when created)."""
-    if not directory.is_dir():
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fsync_dir(directory.parent)
-
-
 def _open_index(path: Path) -> sqlite3.Connection:
     """The index connection in WAL mode with the chosen durability, schema ensured."""
     try:
@@ -563,12 +505,7 @@ def _open_index(path: Path) -> sqlite3.Connection:
         if mode.lower() != "wal":
             raise StoreError(f"store index {path} cannot use WAL mode (got {mode})")
         db.execute(f"PRAGMA synchronous={SYNCHRONOUS}")
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        if version > FORMAT_VERSION:
-            raise StoreError(f"store index {path} has format {version}; this twinnode "
-                             f"reads up to {FORMAT_VERSION}")
-        db.executescript("BEGIN IMMEDIATE;" + _SCHEMA +
-                         f"PRAGMA user_version={FORMAT_VERSION}; COMMIT;")
+        _ensure_format(db, path)
         return db
     except sqlite3.Error as exc:
         db.close()
@@ -576,6 +513,24 @@ def _open_index(path: Path) -> sqlite3.Connection:
     except BaseException:
         db.close()
         raise
+
+
+def _ensure_format(db: sqlite3.Connection, path: Path) -> None:
+    """Create a new index, migrate a format-1 one, or refuse one this build cannot read."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if version == FORMAT_VERSION:
+        return
+    if version == 0 and not tables:
+        script = _SCHEMA
+    elif version == 1 and "envelopes" in tables:
+        script = _MIGRATE_1
+        log.warning("migrating the store index %s from format 1 to %d (a sender's content "
+                    "digest is unique per sender)", path, FORMAT_VERSION)
+    else:
+        raise StoreError(f"store index {path} has format {version}, which this twinnode "
+                         f"(format {FORMAT_VERSION}) cannot read; use a new state directory")
+    db.executescript("BEGIN IMMEDIATE;" + script + f"PRAGMA user_version={FORMAT_VERSION}; COMMIT;")
 
 
 def _acquire_lock(state_dir: Path) -> int:

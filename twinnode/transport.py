@@ -7,8 +7,11 @@
 
 The ZAP handler (`zmq.auth.asyncio.AsyncioAuthenticator`, started before anything binds) lets a
 CURVE client finish the handshake only if its public key is one of the pinned peers'; anyone
-else never reads a byte and is reported to `on_denied`. Every socket has high-water marks and
-MAXMSGSIZE (a peer sending a bigger frame is disconnected). PUB drops messages for a slow
+else never reads a byte and is reported to `on_denied`. Every socket has MAXMSGSIZE (a peer
+sending a bigger frame is disconnected; the node derives it from its schema and [network]
+max_rows), a send high-water mark of `hwm` messages and a receive high-water mark of
+`recv_hwm` (100): what a pinned peer can make us buffer is about recv_hwm x MAXMSGSIZE per
+connection, not the 10,000 x 64 MiB that one HWM for both directions allowed. PUB drops messages for a slow
 subscriber by design (catch-up repairs that); DEALERs are `immediate`, so a request to a peer
 that is down fails at once instead of queueing and arriving stale. This module never looks
 inside a message: framing, signatures and meaning are `wire.py`'s and the node's.
@@ -30,6 +33,7 @@ log = logging.getLogger("twinnode.transport")
 ZAP_DOMAIN = "twinnode"
 SUBSCRIPTIONS = (b"twin:", b"hb:")
 SEND_TIMEOUT = 5.0  # seconds a catch-up reply may wait for room in the ROUTER's queue
+RECV_HWM = 100  # messages queued per inbound connection (a catch-up batch is 64 + its end)
 
 DeniedFn = Callable[[bytes], None]  # called with the Z85 key of a refused CURVE client
 
@@ -56,11 +60,11 @@ class Transport:
     """The four socket roles of one node; `start` binds, `connect` adds a peer, `close` ends."""
 
     def __init__(self, curve_public: bytes, curve_secret: bytes, allowed: Iterable[bytes], *,
-                 hwm: int = 10_000, max_message_bytes: int = -1,
+                 hwm: int = 10_000, recv_hwm: int = RECV_HWM, max_message_bytes: int = -1,
                  on_denied: DeniedFn | None = None) -> None:
         self._public, self._secret = curve_public, curve_secret
         self.allow = AllowList(allowed, on_denied)
-        self.hwm, self.max_message_bytes = hwm, max_message_bytes
+        self.hwm, self.recv_hwm, self.max_message_bytes = hwm, recv_hwm, max_message_bytes
         self.ctx: zmq.asyncio.Context | None = None
         self._auth: AsyncioAuthenticator | None = None
         self.pub: zmq.asyncio.Socket | None = None
@@ -164,7 +168,7 @@ class Transport:
         sock = self.ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, self.hwm)
-        sock.setsockopt(zmq.RCVHWM, self.hwm)
+        sock.setsockopt(zmq.RCVHWM, self.recv_hwm)
         sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
         return sock
 

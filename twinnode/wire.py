@@ -6,14 +6,17 @@ Every message is four ZeroMQ frames (docs/PROTOCOL.md is the full specification)
     topic      b"<family>:<sender>"   family in twin | hb | req | end, so SUB filters by prefix
     header     msgpack map: version, type, sender, created, payload_len, payload_digest and
                the family's fields (twin: seq, provenance, rows; hb: latest, holdings, nonce;
-               req: to, request_id, have, nonce; end: to, request_id, count, nonce)
+               req: to, request_id, have (watermark + ranges), nonce;
+               end: to, request_id, count, nonce)
     payload    twin: typed columns (twinnode.columnar); other families: empty
     signature  Ed25519 over DOMAIN || u64(len header) || header || u64(32) || payload_digest
 
 `Verifier.open` checks, in this order, raising exactly one WireError subclass: frame count and
-sizes -> version -> header fields and topic -> sender pinned -> signature -> replay/duplicate
-(twins: `ReplayGuard`; others: freshness window and nonce) -> payload digest -> payload decode
--> schema. Pure: no sockets, no clocks except the injectable one, no pickles.
+sizes -> version -> header fields and topic (a twin's rows = its n, within `max_rows`, its
+payload within what that many rows can take) -> sender pinned -> signature -> replay/duplicate
+(twins: `ReplayGuard`; others: freshness window, nonce, recipient) -> the twin header's schema
+hash -> payload digest -> payload decode -> columns against the schema. Pure: no sockets, no
+clocks except the injectable one, no pickles.
 """
 from __future__ import annotations
 
@@ -23,18 +26,20 @@ import os
 import struct
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
 import msgpack
 
 from .atomic import jsonable
-from .columnar import encode_columns, decode_columns, unpack_columns
-from .errors import (DataError, DigestMismatch, InvalidSignature, MalformedMessage, ReplayedMessage,
-                     SchemaMismatch, UnsupportedVersion, WireError)
+from .columnar import decode_columns, encode_columns, max_payload_bytes, unpack_columns
+from .errors import (DataError, DigestMismatch, InvalidSignature, MalformedMessage,
+                     MisaddressedMessage, ReplayedMessage, SchemaMismatch, StaleMessage,
+                     UnsupportedVersion, WireError)
 from .identity import NAME_RE, Identity, TrustStore, verify
 from .replay import Holding, ReplayGuard
 from .schema import Schema
+from .seqset import MAX_RANGES, MAX_SEQ, bounded
 from .twins import RELATIONS, Provenance, Twin
 
 VERSION = 1
@@ -44,13 +49,13 @@ FAMILIES = (TWIN, HEARTBEAT, REQUEST, END)
 NONCE_BYTES = 16
 DIGEST_BYTES = 32
 SIGNATURE_BYTES = 64
-_MAX_SEQ = 2**63 - 1
+_MAX_SEQ = MAX_SEQ  # seqs, counts and watermarks: the limit the store shares (seqset.py)
 _HEX = frozenset("0123456789abcdef")
 
 __all__ = ["VERSION", "FAMILIES", "TWIN", "HEARTBEAT", "REQUEST", "END", "WireLimits",
            "Signer", "Envelope", "Heartbeat", "CatchupRequest", "CatchupEnd", "Holding",
-           "ReplayGuard", "Verifier", "topic", "signed_message", "seal", "encode_twin",
-           "encode_heartbeat", "encode_catchup_request", "encode_catchup_end", "decode_twin",
+           "ReplayGuard", "Verifier", "limits_for", "topic", "signed_message", "seal",
+           "encode_twin", "twin_digest", "encode_heartbeat", "encode_catchup_request", "encode_catchup_end", "decode_twin",
            "decode_heartbeat", "decode_catchup_request", "decode_catchup_end", "rejection_line"]
 
 
@@ -64,13 +69,21 @@ class WireLimits:
     max_signature_bytes: int = 1024      # a signature of any length but 64 is refused later
     max_str_len: int = 4096              # any string in a header
     max_bin_len: int = 64                # any binary in a header (digests, nonces)
-    max_array_len: int = 10_000          # any array in a header (catch-up `extra` lists)
+    max_array_len: int = 10_000          # any array in a header (e.g. catch-up `ranges`)
     max_map_len: int = 1024              # any map in a header (holdings, have, generator)
-    max_rows: int = 1_000_000
+    max_rows: int = 1_000_000            # rows in one peer twin (a node sets [network] max_rows)
     max_cells: int = 20_000_000          # rows x columns: bounds the decoded arrays (8 B each)
     max_columns: int = 1000
     freshness_s: float = 300.0           # heartbeats/catch-up: |now - created| within this
     max_nonces: int = 65_536             # remembered (sender, nonce) pairs of fresh messages
+
+
+def limits_for(schema: Schema, max_rows: int, base: WireLimits = WireLimits()) -> WireLimits:
+    """`base` narrowed to twins of at most `max_rows` rows under `schema`: the payload limit
+    becomes what that many rows can take, so a peer cannot make us buffer more."""
+    rows = min(max_rows, base.max_rows)
+    return replace(base, max_rows=rows,
+                   max_payload_bytes=min(base.max_payload_bytes, max_payload_bytes(schema, rows)))
 
 
 # ------------------------------------------------------------------ messages
@@ -87,7 +100,8 @@ class Heartbeat:
 
 @dataclass(frozen=True)
 class CatchupRequest:
-    """Send me the stored twins I lack; `have` says what I hold per sender."""
+    """Send me the stored twins I lack; `have` says what I hold per sender (bounded to
+    `seqset.MAX_RANGES` ranges when encoded: it may claim less than is held)."""
 
     sender: str
     to: str
@@ -184,13 +198,23 @@ def encode_twin(twin: Twin, schema: Schema, seq: int, signer: Signer) -> list[by
     if p.schema_hash != schema.hash:
         raise DataError(f"twin was made under schema {p.schema_hash[:12]}, not {schema.short_hash}")
     if not isinstance(seq, int) or not 1 <= seq <= _MAX_SEQ:
-        raise DataError(f"twin sequence numbers start at 1, got {seq!r}")
+        raise DataError(f"twin sequence numbers are 1..{_MAX_SEQ}, got {seq!r}")
     payload, rows = encode_columns(twin.arrays, schema)
+    if rows != p.n:
+        raise DataError(f"twin has {rows} rows but its provenance says N = {p.n}; a twin has "
+                        "the size of the data it was made from")
     fields = {"seq": seq, "created": float(p.created), "schema_hash": p.schema_hash,
               "epsilon": float(p.epsilon), "delta": float(p.delta), "n": int(p.n),
               "k": int(p.k), "index": int(p.index), "relation": p.relation,
               "release": p.release, "generator": jsonable(dict(p.generator)), "rows": rows}
     return _envelope(TWIN, signer, p.sender, fields, payload)
+
+
+def twin_digest(twin: Twin, schema: Schema) -> bytes:
+    """The payload digest `encode_twin` would sign for `twin` (it does not depend on the seq):
+    lets a sender find a twin it already published before it takes a seq for it."""
+    payload, _ = encode_columns(twin.arrays, schema)
+    return hashlib.sha256(payload).digest()
 
 
 def encode_heartbeat(hb: Heartbeat, signer: Signer) -> list[bytes]:
@@ -202,8 +226,9 @@ def encode_heartbeat(hb: Heartbeat, signer: Signer) -> list[bytes]:
 
 def encode_catchup_request(req: CatchupRequest, signer: Signer) -> list[bytes]:
     """A catch-up request as signed frames."""
-    have = {str(k): {"watermark": int(h.watermark), "extra": [int(s) for s in h.extra]}
-            for k, h in req.have.items()}
+    have = {str(k): {"watermark": int(h.watermark), "ranges": [[int(a), int(b)] for a, b in
+                                                             h.ranges]}
+            for k, h in bounded(req.have, MAX_RANGES).items()}
     return _envelope(REQUEST, signer, req.sender, {
         "created": float(req.created), "to": req.to, "request_id": req.request_id,
         "have": have, "nonce": req.nonce})
@@ -232,13 +257,15 @@ class Verifier:
         self.clock = clock
         self._nonces: OrderedDict[tuple[str, bytes], float] = OrderedDict()
 
-    def open(self, frames: Sequence[bytes]) -> Envelope:
-        """Check and decode one inbound multipart message, in the module docstring's order."""
+    def open(self, frames: Sequence[bytes], *, replay: bool = True) -> Envelope:
+        """Check and decode one inbound multipart message, in the module docstring's order.
+        `replay=False` skips the replay guard (not the freshness of other families): for
+        re-reading twins this node stored itself, which were checked when they arrived."""
         topic_frame, header_bytes, payload, signature = _split_frames(frames, self.limits)
         header = _unpack_header(header_bytes, self.limits)
         sender, seq = header.get("sender"), header.get("seq")
         try:
-            return self._open(header, (topic_frame, header_bytes, payload, signature))
+            return self._open(header, (topic_frame, header_bytes, payload, signature), replay)
         except WireError as exc:
             exc.sender, exc.seq = sender, seq  # type: ignore[attr-defined]  # for rejection_line
             raise
@@ -248,17 +275,22 @@ class Verifier:
         if envelope.family == TWIN:
             self.guard.accept(envelope.sender, envelope.header["seq"], envelope.digest)
 
-    def _open(self, header: dict[str, Any], frames: tuple[bytes, bytes, bytes, bytes]) -> Envelope:
+    def _open(self, header: dict[str, Any], frames: tuple[bytes, bytes, bytes, bytes],
+              replay: bool) -> Envelope:
         topic_frame, header_bytes, payload, signature = frames
         _check_version(header)
-        family = _check_header(header, topic_frame, self.limits, len(self.schema.columns))
+        family = _check_header(header, topic_frame, self.limits, self.schema)
         sender, digest = header["sender"], header["payload_digest"]
         peer = self.trust.get(sender)
         if not verify(peer.verifier, signature, signed_message(header_bytes, digest)):
             raise InvalidSignature(f"signature ({len(signature)} bytes) does not verify under "
                                    f"{sender}'s pinned key")
         if family == TWIN:
-            self.guard.check(sender, header["seq"], digest)
+            if replay:
+                self.guard.check(sender, header["seq"], digest)
+            if header["schema_hash"] != self.schema.hash:  # signed: no need to hash the payload
+                raise SchemaMismatch(f"twin was made under schema {header['schema_hash'][:12]}, "
+                                     f"ours is {self.schema.short_hash}")
         else:
             self._check_fresh(header)
         if len(payload) != header["payload_len"]:
@@ -274,14 +306,15 @@ class Verifier:
     def _check_fresh(self, header: Mapping[str, Any]) -> None:
         age = self.clock() - header["created"]
         if abs(age) > self.limits.freshness_s:
-            raise ReplayedMessage(f"{header['type']} message is stale: created {age:.0f} s ago, "
-                                  f"accepted within +-{self.limits.freshness_s:.0f} s")
+            raise StaleMessage(f"{header['type']} message is stale: created {age:.0f} s ago, "
+                               f"accepted within +-{self.limits.freshness_s:.0f} s (clocks "
+                               "apart?)")
         if (header["sender"], header["nonce"]) in self._nonces:
             raise ReplayedMessage(f"{header['type']} message nonce already seen")
         to = header.get("to")
         if to is not None and self.local is not None and to != self.local:
-            raise ReplayedMessage(f"{header['type']} message is addressed to {to!r}, "
-                                  f"not {self.local!r}")
+            raise MisaddressedMessage(f"{header['type']} message is addressed to {to!r}, "
+                                      f"not {self.local!r}")
 
     def _remember(self, sender: str, nonce: bytes, created: float) -> None:
         self._nonces[(sender, nonce)] = created
@@ -295,16 +328,14 @@ class Verifier:
             return Heartbeat(h["sender"], h["latest"], dict(h["holdings"]), h["created"],
                              h["nonce"])
         if family == REQUEST:
-            have = {k: Holding(v["watermark"], tuple(v["extra"])) for k, v in h["have"].items()}
+            have = {k: Holding(v["watermark"], tuple((a, b) for a, b in v["ranges"]))
+                    for k, v in h["have"].items()}
             return CatchupRequest(h["sender"], h["to"], have, h["request_id"], h["created"],
                                   h["nonce"])
         if family == END:
             return CatchupEnd(h["sender"], h["to"], h["request_id"], h["count"], h["created"],
                               h["nonce"])
         columns = unpack_columns(payload, self.limits.max_columns)
-        if h["schema_hash"] != self.schema.hash:
-            raise SchemaMismatch(f"twin was made under schema {h['schema_hash'][:12]}, "
-                                 f"ours is {self.schema.short_hash}")
         arrays = decode_columns(columns, h["rows"], self.schema)
         try:
             prov = Provenance(sender=h["sender"], schema_hash=h["schema_hash"],
@@ -391,7 +422,7 @@ def _check_version(header: dict[str, Any]) -> None:
 
 
 def _check_header(h: dict[str, Any], topic_frame: bytes, limits: WireLimits,
-                  n_columns: int) -> str:
+                  schema: Schema) -> str:
     """Field names, types and ranges of a version-1 header, and its topic; returns the family."""
     family = h.get("type")
     if family not in FAMILIES:
@@ -412,9 +443,17 @@ def _check_header(h: dict[str, Any], topic_frame: bytes, limits: WireLimits,
     if family == TWIN:
         if h["index"] >= h["k"]:
             raise MalformedMessage(f"twin index {h['index']} outside 0..{h['k'] - 1}")
+        if h["rows"] != h["n"]:
+            raise MalformedMessage(f"twin has {h['rows']} rows but claims N = {h['n']}: a twin "
+                                   "has the size of the data it was made from")
+        n_columns = len(schema.columns)
         if h["rows"] * n_columns > limits.max_cells:
             raise MalformedMessage(f"{h['rows']} rows x {n_columns} columns exceeds "
                                    f"{limits.max_cells} cells")
+        most = max_payload_bytes(schema, h["rows"])
+        if h["payload_len"] > most:
+            raise MalformedMessage(f"payload of {h['payload_len']} bytes exceeds the {most} "
+                                   f"that {h['rows']} rows of this schema can take")
     elif h["payload_len"] != 0:
         raise MalformedMessage(f"a {family} message has no payload")
     return family
@@ -505,23 +544,21 @@ def _holdings(v: Any, limits: WireLimits) -> str | None:
 
 def _have(v: Any, limits: WireLimits) -> str | None:
     if type(v) is not dict:
-        return "must be a map of sender -> {watermark, extra}"
+        return "must be a map of sender -> {watermark, ranges}"
     total = 0
     for k, h in v.items():
-        bad = f"entry {k!r:.40}: must be node name -> {{watermark: int, extra: [int > watermark]}}"
-        if _name(k, limits) or type(h) is not dict or set(h) != {"watermark", "extra"}:
+        bad = f"entry {k!r:.40}: must be node name -> {{watermark: int, ranges: [[int, int]]}}"
+        if _name(k, limits) or type(h) is not dict or set(h) != {"watermark", "ranges"}:
             return bad
-        w, extra = h["watermark"], h["extra"]
-        if type(w) is not int or not 0 <= w <= _MAX_SEQ or type(extra) is not list:
+        ranges = h["ranges"]
+        if type(ranges) is not list or not all(type(r) is list for r in ranges):
             return bad
-        prev = w
-        for s in extra:
-            if type(s) is not int or not prev < s <= _MAX_SEQ:
-                return bad + " (strictly increasing)"
-            prev = s
-        total += len(extra)
-        if total > limits.max_array_len:
-            return f"lists more than {limits.max_array_len} extra seqs"
+        total += len(ranges)
+        if total > MAX_RANGES:
+            return f"lists more than {MAX_RANGES} ranges"
+        problem = Holding(h["watermark"], tuple(tuple(r) for r in ranges)).problem()
+        if problem:
+            return f"entry {k!r:.40}: {problem}"
     return None
 
 

@@ -211,9 +211,16 @@ def format_twins(r: Mapping[str, Any]) -> str:
     if not senders:
         return "no twins held"
     rows = [[s["sender"], str(s["count"]), str(s.get("watermark", "-")),
-             _scalar(s.get("extra", [])), _counts(s.get("status", {}))] for s in senders]
+             _ranges(s.get("ranges", [])), _counts(s.get("status", {}))] for s in senders]
     return "\n".join(["twins held:", *_table(["SENDER", "COUNT", "CONTIGUOUS TO", "ALSO",
                                               "STATUS"], rows)])
+
+
+def _ranges(ranges: list) -> str:
+    """[[5, 7], [9, 9]] -> "5-7, 9"."""
+    if not ranges:
+        return "(none)"
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in ranges)
 
 
 def format_budget(r: Mapping[str, Any]) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing as mp
+import threading
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,10 +97,20 @@ class Worker:
                                  name=f"twinnode-{job.kind}")
         self._proc.start()
         child.close()
+        idle = threading.Event()  # set while no thread is reading `parent`
+        idle.set()
+
+        def recv() -> Any:
+            try:
+                return parent.recv()
+            finally:
+                idle.set()
+
         try:
             while True:
+                idle.clear()
                 try:
-                    msg = await asyncio.to_thread(parent.recv)
+                    msg = await asyncio.to_thread(recv)
                 except EOFError:
                     raise GeneratorError(f"{job.kind} worker exited without a result "
                                          f"(exit code {self._proc.exitcode})") from None
@@ -114,13 +125,24 @@ class Worker:
             self.cancel()
             raise
         finally:
-            parent.close()
-            await asyncio.to_thread(self._reap)
+            if not idle.is_set():  # abandoned mid-read: end the child so the read returns
+                self.cancel()
+            # the pipe is closed only after the reader thread is done with it: closing it under
+            # a read would let that read's next os.read hit a reused descriptor. Shielded, so a
+            # second cancellation cannot leave the pipe open or the child unreaped.
+            await asyncio.shield(asyncio.to_thread(self._wind_down, parent, idle))
 
     def cancel(self) -> None:
         """Abandon the running job (its ledger charge, if any, stays recorded)."""
         if self._proc is not None and self._proc.is_alive():
             self._proc.terminate()
+
+    def _wind_down(self, parent: Any, idle: threading.Event) -> None:
+        """Reap the child, wait for the reader thread to leave the pipe, then close it."""
+        self._reap()
+        if idle.wait(timeout=30):  # the child is gone, so its end is closed and the read ends
+            parent.close()
+        # else: leave the pipe open (one descriptor leaked) rather than close it under a read
 
     def _reap(self) -> None:
         if self._proc is not None:
