@@ -208,7 +208,9 @@ def _job_line(job: dict[str, Any]) -> str:
         return ""
     progress = job.get("progress")
     if job.get("state") == "running" and progress is not None and job.get("name") == "train":
-        return f"training {int(25 * math.floor(4 * progress))}%"  # a line per quarter
+        phase = "publishing" if str(job.get("detail", "")).startswith("publishing") \
+            else "training"
+        return f"{phase} {int(25 * math.floor(4 * progress))}%"  # a line per quarter
     if job.get("state") == "failed":
         return f"{job['name']} failed: {job.get('error')}"
     return f"{job['name']} {job['state']}"
