@@ -332,6 +332,27 @@ def test_a_lack_shown_by_a_heartbeat_waits_while_live_twins_fill_it_and_asks_onc
     run(main())
 
 
+def test_a_catch_up_batch_is_shared_round_robin_between_senders(party):
+    async def main() -> list[tuple[str, int]]:
+        node = await opened(party)
+        try:
+            # Prepare: 100 twins of alice and 3 of bob; the requester's `have` for alice was
+            # cut short, so everything of alice looks lacking
+            for sender, count in (("alice", 100), ("bob", 3)):
+                for seq in range(1, count + 1):
+                    frames = [f"{sender}{seq}".encode()]
+                    node.store.put(sender, seq, f"{sender}-{seq}".encode().hex(), frames)
+            # Execute
+            return node._missing_for({"alice": Holding(), "bob": Holding()}, 8)
+        finally:
+            await node.stop()
+
+    wanted = run(main())
+    # Assert: bob's three are in the batch, interleaved, lowest seqs first
+    assert wanted == [("alice", 1), ("bob", 1), ("alice", 2), ("bob", 2), ("alice", 3),
+                      ("bob", 3), ("alice", 4), ("alice", 5)]
+
+
 def test_replay_guard_is_rebuilt_from_the_store_so_replays_stay_refused_after_restart(party):
     async def main() -> None:
         frames = signed(make_twins(party.schema, "bob"), party.schema, party.bob)
@@ -378,8 +399,8 @@ def test_published_seqs_are_stored_before_sending_and_never_reused_after_restart
         try:
             second = await request(ask, "publish", {"release": str(write_release(
                 party, tmp_path, seed=1)), "wait": True}, WAIT)
-            with pytest.raises(ControlError, match=r"own twin 0 repeats our twin seq 4 "
-                                                   r"\(duplicate\).*published before"):
+            with pytest.raises(ControlError, match=r"all 3 twins of this release were "
+                                                   r"published before \(duplicate\)"):
                 await request(ask, "publish", {"release": str(write_release(
                     party, tmp_path, seed=1)), "wait": True}, WAIT)
             with pytest.raises(ControlError, match="release is from 'bob', not 'alice'"):
@@ -397,6 +418,50 @@ def test_published_seqs_are_stored_before_sending_and_never_reused_after_restart
         assert status["counters"]["published"] == 6
 
     run(main())
+
+
+def test_a_publish_cut_short_is_completed_by_publishing_the_release_again(party):
+    async def main() -> tuple[list[int], list[int], Any, str]:
+        release = as_release(make_twins(party.schema, "alice", k=4))
+        node = Node(party.config)
+        await node.start()
+        try:
+            # Prepare: only the first two twins went out (as if the publish was cancelled)
+            first = await node.publish_release(replace(release, twins=release.twins[:2]))
+            # Execute
+            rest = await node.publish_release(release)
+            with pytest.raises(ControlError) as again:
+                await node.publish_release(release)
+            held = await asyncio.to_thread(node.store.list, "alice")
+        finally:
+            await node.stop()
+        return first, rest, held, str(again.value)
+
+    first, rest, held, again = run(main())
+    # Assert: twins 2 and 3 follow under new seqs; the whole release is out once
+    assert (first, rest) == ([1, 2], [3, 4])
+    assert [(e.seq, e.k) for e in held] == [(1, 0), (2, 1), (3, 2), (4, 3)]
+    assert "all 4 twins of this release were published before" in again
+
+
+def test_a_twin_published_under_another_release_is_refused_before_anything_is_sent(party):
+    async def main() -> tuple[str, int]:
+        twins = make_twins(party.schema, "alice", k=2)
+        node = Node(party.config)
+        await node.start()
+        try:
+            await node.publish_release(as_release(twins))
+            relabelled = [Twin(replace(t.provenance, release="another"), t.arrays)
+                          for t in twins]
+            with pytest.raises(ControlError) as info:
+                await node.publish_release(as_release(relabelled))
+            count = len(await asyncio.to_thread(node.store.list, "alice"))
+        finally:
+            await node.stop()
+        return str(info.value), count
+
+    message, count = run(main())
+    assert "of another release (duplicate); nothing was sent" in message and count == 2
 
 
 def test_control_socket_is_0600_and_bad_requests_get_clear_errors_while_it_keeps_serving(party):

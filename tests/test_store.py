@@ -190,6 +190,9 @@ def test_an_own_file_reindexed_after_a_crash_raises_the_next_own_seq(tmp_path):
     env_path(tmp_path, "me", 2).write_bytes(pack_envelope(meta, frames))
     with Store.open(tmp_path) as store:
         assert store.own_seq() == 1 and store.next_own_seq("me") == 3
+    env_path(tmp_path, "me", 2).unlink()  # and then its file is lost as well (quarantined)
+    with Store.open(tmp_path) as store:
+        assert not store.has("me", 2) and store.next_own_seq("me") == 3
 
 
 def test_the_same_content_twice_from_one_sender_is_a_duplicate_but_not_across_senders(tmp_path):

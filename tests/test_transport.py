@@ -166,3 +166,32 @@ def test_close_is_safe_twice_and_a_busy_port_is_a_transport_error():
             await first.publish([b"x"])
 
     run(main())
+
+
+def test_replies_to_a_requester_that_stops_reading_are_bounded_then_abandoned(monkeypatch):
+    # Prepare: a reply may wait 0.3 s for room; the requester reads nothing
+    monkeypatch.setattr("twinnode.transport.SEND_TIMEOUT", 0.3)
+
+    async def main() -> int:
+        server_keys, friend_keys = zmq.curve_keypair(), zmq.curve_keypair()
+        server = await started(server_keys, [friend_keys[0]], reply_hwm=4)
+        friend = await started(friend_keys, [], recv_hwm=4)
+        friend.connect("server", server.endpoints["pub"], server.endpoints["router"],
+                       server_keys[0])
+        try:
+            while not await friend.request("server", [b"req:friend", b"have"]):
+                await asyncio.sleep(0.02)
+            routing_id, _ = await asyncio.wait_for(server.recv_request(), WAIT)
+            # Execute: 1 MB replies until one finds no room
+            sent, payload = 0, b"x" * 1_000_000
+            while await server.reply(routing_id, [b"twin:x", payload]):
+                sent += 1
+                assert sent < 200, "replies were queued without bound"
+            return sent
+        finally:
+            server.close()
+            friend.close()
+
+    sent = run(main())
+    # Assert: a handful (both high-water marks plus what the kernel's TCP buffers hold)
+    assert 4 <= sent < 40

@@ -28,9 +28,9 @@ we pin (watermark 0 for none) and waits for the end marker; the server answers w
 only its own) and a signed end, which completes the request only if it comes from the peer
 that was asked; the worker asks again while new twins arrive.
 
-Publishing takes an own seq per twin as it is stored (`Store.next_own_seq`), after checking
-that no twin of the release was published before: a publish cut short or refused leaves no
-gap in our seqs.
+Publishing takes an own seq per twin as it is stored (`Store.next_own_seq`), skipping the
+twins of the release that an earlier publish of it stored: a publish cut short or refused
+leaves no gap in our seqs, and publishing the same release again completes it.
 """
 from __future__ import annotations
 
@@ -153,7 +153,8 @@ class Node:
             self.transport = Transport(
                 self.identity.curve_public, self.identity.curve_secret,
                 [p.curve_key for p in self.config.peers], hwm=net.hwm,
-                max_message_bytes=max_frame_bytes(self.limits), on_denied=self._denied)
+                reply_hwm=net.catchup_batch + 2, max_message_bytes=max_frame_bytes(self.limits),
+                on_denied=self._denied)
             await self.transport.start(net.pub, net.router)
             for peer in self.config.peers:
                 self.transport.connect(peer.name, peer.pub_address or "",
@@ -331,7 +332,7 @@ class Node:
                     concurrent: int = 0) -> None:
         """Receive and handle messages on one channel until cancelled; never dies on input.
         `concurrent` > 0: handle each message in a task of its own, at most that many at
-        once (a requester that stops reading then stalls only its own reply); a message
+        once (a requester that stops reading fills only its own bounded reply queue); a message
         beyond that is dropped and counted as `busy` (its sender asks again later)."""
         while True:
             try:
@@ -536,29 +537,35 @@ class Node:
 
     def _missing_for(self, have: Any, limit: int) -> list[tuple[str, int]]:
         """Up to `limit` (sender, seq) we hold and the requester lacks, of the senders it
-        names in `have` (it names every sender it pins, so it never gets what it refuses)."""
+        names in `have` (it names every sender it pins, so it never gets what it refuses),
+        taken round robin over the senders, lowest seqs first: a sender whose `have` was cut
+        short (`seqset.bounded`) and so looks lacking cannot crowd the others out of a batch."""
         assert self.store is not None
-        out: list[tuple[str, int]] = []
-        for sender in sorted(set(have) & set(self.store.counts())):
-            if len(out) >= limit:
-                break
-            out += [(sender, seq) for seq in
-                    self.store.missing(sender, have[sender], limit - len(out))]
-        return out
+        lacking = {sender: self.store.missing(sender, have[sender], limit)
+                   for sender in sorted(set(have) & set(self.store.counts()))}
+        out = [(sender, seqs[rank]) for rank in range(limit)
+               for sender, seqs in lacking.items() if rank < len(seqs)]
+        return out[:limit]
 
     # ---- publishing and jobs -----------------------------------------------------------
 
     async def publish_release(self, release: Release,
                               progress: Callable[[int, int], None] | None = None) -> list[int]:
-        """Check that no twin of `release` was published before, then per twin: take the next
-        own seq, sign, store (durable), publish. Returns the seqs."""
+        """Check which twins of `release` were published before, then per remaining twin: take
+        the next own seq, sign, store (durable), publish. Returns the new seqs. A publish cut
+        short (cancelled, crashed) is completed by publishing the same release again."""
         assert self.store is not None and self.transport is not None
         if release.sender != self.name:
             raise ControlError(f"this release is from {release.sender!r}, not {self.name!r}; "
                                f"make it with --sender {self.name}")
-        await asyncio.to_thread(self._check_unpublished, release)
+        done = await asyncio.to_thread(self._published_before, release)
+        if done:
+            event(log, "release.resumed", f"{len(done)} of {len(release.twins)} twins were "
+                  "published before; publishing the rest", release=release.receipt.get("release"))
         seqs: list[int] = []
         for i, twin in enumerate(release.twins):
+            if i in done:
+                continue
             async with self._ingest_lock:  # seq taken, signed and stored as one step
                 seq = await asyncio.to_thread(self.store.next_own_seq, self.name)
                 frames = await asyncio.to_thread(encode_twin, twin, self.schema, seq,
@@ -572,26 +579,37 @@ class Node:
             await self.transport.publish(env.frames)
             self.counters["published"] += 1
             if progress is not None:
-                progress(i + 1, len(release.twins))
+                progress(len(done) + len(seqs), len(release.twins))
         event(log, "release.published", release=release.receipt.get("release"),
               k=len(release.twins), seqs=f"{seqs[0]}-{seqs[-1]}" if seqs else "-")
         return seqs
 
-    def _check_unpublished(self, release: Release) -> None:
-        """ControlError naming the first twin whose content we already published (runs in a
-        thread: it encodes every twin's payload)."""
+    def _published_before(self, release: Release) -> set[int]:
+        """Indices of the twins of `release` already stored as ours under this release and
+        index (an earlier publish of it, cut short). ControlError, before anything is sent,
+        if every twin was published, if a twin's content went out under another release or
+        index, or if two twins are identical. Runs in a thread: it encodes every payload."""
         assert self.store is not None
         seen: dict[bytes, int] = {}
+        done: set[int] = set()
         for i, twin in enumerate(release.twins):
             digest = twin_digest(twin, self.schema)
             seq = self.store.has_digest(self.name, digest)
             if seq is not None:
-                raise ControlError(f"own twin {i} repeats our twin seq {seq} (duplicate): this "
-                                   "release was published before; nothing was sent")
+                entry = self.store.get(self.name, seq)
+                p = twin.provenance
+                if entry is None or (entry.release, entry.k) != (p.release, p.index):
+                    raise ControlError(f"own twin {i} repeats our twin seq {seq} of another "
+                                       "release (duplicate); nothing was sent")
+                done.add(i)
             if digest in seen:
                 raise ControlError(f"own twins {seen[digest]} and {i} of this release are "
                                    "identical (duplicate); nothing was sent")
             seen[digest] = i
+        if done and len(done) == len(release.twins):
+            raise ControlError(f"all {len(done)} twins of this release were published before "
+                               "(duplicate); nothing was sent")
+        return done
 
     def start_job(self, name: str, body: Body) -> JobState:
         """Run `body` as the node's one background job; ControlError if one is running."""

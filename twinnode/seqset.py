@@ -10,7 +10,9 @@ costs one range, not one entry per seq held above the gap. A catch-up request li
 `MAX_RANGES` ranges over all senders (`bounded`): beyond that it keeps each sender's lowest
 ranges and drops the rest, so it claims to hold less than it does. The server then sends
 some envelopes the requester already has; those are refused as replays and cost only
-bandwidth, and the gaps, which sit below the dropped ranges, are served first.
+bandwidth, and the gaps, which sit below the dropped ranges, are served first. The server
+fills a batch round robin over the senders (`Node._missing_for`), so one sender whose ranges
+were cut cannot crowd the others out.
 
 The limits below are the one set shared by wire.py (what a peer may send), replay.py (what is
 accepted) and store.py (what is stored).
@@ -115,30 +117,46 @@ class Holding:
 
 
 class SeqSet:
-    """A mutable set of one sender's seqs, kept as watermark + the sparse seqs above it."""
+    """A mutable set of one sender's seqs, kept as watermark + sorted disjoint ranges above it
+    (`add` merges in O(log r + r) for r ranges; `holding` is cached until the next change)."""
 
     def __init__(self) -> None:
         self.watermark = 0
-        self._above: set[int] = set()
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+        self._holding: Holding | None = Holding()
 
     def add(self, seq: int) -> None:
-        if seq <= self.watermark or seq in self._above:
+        if seq in self:
             return
-        if seq != self.watermark + 1:
-            self._above.add(seq)
-            return
-        mark = seq
-        while mark + 1 in self._above:
-            mark += 1
-            self._above.remove(mark)
-        self.watermark = mark
+        i = bisect_right(self._starts, seq)  # ranges before i start at or below seq
+        joins_left = i > 0 and self._ends[i - 1] == seq - 1
+        joins_right = i < len(self._starts) and self._starts[i] == seq + 1
+        if joins_left and joins_right:
+            self._ends[i - 1] = self._ends.pop(i)
+            del self._starts[i]
+        elif joins_left:
+            self._ends[i - 1] = seq
+        elif joins_right:
+            self._starts[i] = seq
+        else:
+            self._starts.insert(i, seq)
+            self._ends.insert(i, seq)
+        if self._starts[0] == self.watermark + 1:  # ranges never touch each other, so once
+            self.watermark = self._ends.pop(0)
+            del self._starts[0]
+        self._holding = None
 
     def __contains__(self, seq: int) -> bool:
-        return 1 <= seq <= self.watermark or seq in self._above
+        if 1 <= seq <= self.watermark:
+            return True
+        i = bisect_right(self._starts, seq) - 1
+        return i >= 0 and self._ends[i] >= seq
 
     def holding(self) -> Holding:
-        # the seqs above are all >= watermark + 2 (watermark + 1 would have been folded in)
-        return Holding(self.watermark, Holding.of(self._above).ranges)
+        if self._holding is None:
+            self._holding = Holding(self.watermark, tuple(zip(self._starts, self._ends)))
+        return self._holding
 
 
 def bounded(have: Mapping[str, Holding], max_ranges: int = MAX_RANGES) -> dict[str, Holding]:

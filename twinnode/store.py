@@ -34,8 +34,8 @@ Recovery in `open`:
   raising StoreError: a damaged file is never read as a twin.
 
 Own sequence numbers: `put(..., own=True)` raises the own-seq counter to the twin's seq in
-the same commit as its index row, and `next_own_seq(name)` is one above both that counter and
-every seq of ours stored now (a re-indexed orphan included). A seq is taken only by storing a
+the same commit as its index row, and `next_own_seq(name)` is one above that counter, every
+seq of ours stored now (a re-indexed orphan included) and every seq of ours quarantined. A seq is taken only by storing a
 twin, so a publish that is cut short or refused leaves no gap; a twin signed but never
 stored never left the process, so signing another under its seq is no equivocation.
 
@@ -358,9 +358,13 @@ class Store:
         return int(row[0]) if row else 0
 
     def next_own_seq(self, own: str) -> int:
-        """The seq for our next twin: above every own seq ever stored (the counter) and every
-        seq of `own` held now (a file re-indexed after a crash included)."""
-        nxt = max(self.own_seq(), self.last_seq(own)) + 1
+        """The seq for our next twin: above every own seq ever stored (the counter), every
+        seq of `own` held now (a file re-indexed after a crash included) and every seq of
+        `own` ever quarantined (a damaged file may have been sent before it was damaged)."""
+        with self._mutex:
+            row = self._conn().execute("SELECT MAX(seq) FROM quarantine WHERE sender=?",
+                                       (own,)).fetchone()
+        nxt = max(self.own_seq(), self.last_seq(own), int(row[0] or 0)) + 1
         if nxt > MAX_SEQ:
             raise StoreError(f"own sequence numbers exhausted (last {nxt - 1})")
         return nxt

@@ -9,9 +9,12 @@ The ZAP handler (`zmq.auth.asyncio.AsyncioAuthenticator`, started before anythin
 CURVE client finish the handshake only if its public key is one of the pinned peers'; anyone
 else never reads a byte and is reported to `on_denied`. Every socket has MAXMSGSIZE (a peer
 sending a bigger frame is disconnected; the node derives it from its schema and [network]
-max_rows), a send high-water mark of `hwm` messages and a receive high-water mark of
-`recv_hwm` (100): what a pinned peer can make us buffer is about recv_hwm x MAXMSGSIZE per
-connection, not the 10,000 x 64 MiB that one HWM for both directions allowed. PUB drops messages for a slow
+max_rows), a receive high-water mark of `recv_hwm` (100) and a send high-water mark of
+`hwm` messages, except the ROUTER's: `reply_hwm` (66, one catch-up batch and its end) per
+requester. So what a pinned peer can make us buffer is about recv_hwm x MAXMSGSIZE inbound
+and reply_hwm x MAXMSGSIZE of replies it does not read, per connection, not the
+10,000 x 64 MiB that one HWM for both directions allowed; a reply that finds the queue full
+for SEND_TIMEOUT is abandoned. PUB drops messages for a slow
 subscriber by design (catch-up repairs that); DEALERs are `immediate`, so a request to a peer
 that is down fails at once instead of queueing and arriving stale. This module never looks
 inside a message: framing, signatures and meaning are `wire.py`'s and the node's.
@@ -34,6 +37,7 @@ ZAP_DOMAIN = "twinnode"
 SUBSCRIPTIONS = (b"twin:", b"hb:")
 SEND_TIMEOUT = 5.0  # seconds a catch-up reply may wait for room in the ROUTER's queue
 RECV_HWM = 100  # messages queued per inbound connection (a catch-up batch is 64 + its end)
+REPLY_HWM = 66  # catch-up reply messages queued per requester (a batch of 64 + its end + 1)
 
 DeniedFn = Callable[[bytes], None]  # called with the Z85 key of a refused CURVE client
 
@@ -60,11 +64,12 @@ class Transport:
     """The four socket roles of one node; `start` binds, `connect` adds a peer, `close` ends."""
 
     def __init__(self, curve_public: bytes, curve_secret: bytes, allowed: Iterable[bytes], *,
-                 hwm: int = 10_000, recv_hwm: int = RECV_HWM, max_message_bytes: int = -1,
-                 on_denied: DeniedFn | None = None) -> None:
+                 hwm: int = 10_000, recv_hwm: int = RECV_HWM, reply_hwm: int = REPLY_HWM,
+                 max_message_bytes: int = -1, on_denied: DeniedFn | None = None) -> None:
         self._public, self._secret = curve_public, curve_secret
         self.allow = AllowList(allowed, on_denied)
         self.hwm, self.recv_hwm, self.max_message_bytes = hwm, recv_hwm, max_message_bytes
+        self.reply_hwm = reply_hwm
         self.ctx: zmq.asyncio.Context | None = None
         self._auth: AsyncioAuthenticator | None = None
         self.pub: zmq.asyncio.Socket | None = None
@@ -83,7 +88,7 @@ class Transport:
             self._auth.start()
             self._auth.configure_curve_callback(ZAP_DOMAIN, credentials_provider=self.allow)
             self.pub = self._server(zmq.PUB, pub, "pub")
-            self.router = self._server(zmq.ROUTER, router, "router")
+            self.router = self._server(zmq.ROUTER, router, "router", sndhwm=self.reply_hwm)
             self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
             self.sub = self._socket(zmq.SUB)
             self._client(self.sub)
@@ -172,8 +177,11 @@ class Transport:
         sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
         return sock
 
-    def _server(self, kind: int, endpoint: str, role: str) -> zmq.asyncio.Socket:
+    def _server(self, kind: int, endpoint: str, role: str,
+                sndhwm: int | None = None) -> zmq.asyncio.Socket:
         sock = self._socket(kind)
+        if sndhwm is not None:  # before bind: a pipe takes the mark it was created with
+            sock.setsockopt(zmq.SNDHWM, sndhwm)
         sock.setsockopt(zmq.CURVE_SERVER, 1)
         sock.setsockopt(zmq.CURVE_SECRETKEY, self._secret)
         sock.setsockopt_string(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
