@@ -157,18 +157,21 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, overrides: dict
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "cells.json").write_text(json.dumps(rows, indent=1) + "\n")
     lines = [f"# Utility study ({len(df)} cells, {seconds / 60:.0f} min on 2 cores)", "",
-             "Command: `.venv/bin/python scripts/utility_study.py "
-             + " ".join(sys.argv[1:]) + "`" + (f" (overrides {overrides})" if overrides else ""),
+             "Command: `" + " ".join([".venv/bin/python scripts/utility_study.py", *sys.argv[1:]])
+             + "`" + ("" if len(sys.argv) > 1 else " (the defaults)")
+             + (f" (overrides {overrides})" if overrides else ""),
              "", "Median share of the local -> oracle gap closed in mean test log-likelihood per "
              "record: `_closed` with the Monte Carlo metric (w ~ N(q̄, T), which also rewards "
              "a smaller T), `_plugin` at w = q̄ (the estimate alone); ok = share of cells where "
              f"the method's MC metric is >= local - {TOLERANCE} nats/row.", "",
              studylib.markdown(table), "", studylib.markdown(summary), ""]
     if skipped:
-        cells = sorted({(sp, n0, why.split(" for ")[0]) for _, sp, n0, why in skipped})
-        lines += ["Not run (the data left after the test set and the peers cannot hold them): "
-                  + "; ".join(f"{sp} n0 = {n0} in {sum(1 for c in skipped if c[1:3] == (sp, n0))}"
-                              f" seed(s) ({why})" for sp, n0, why in cells), ""]
+        groups: dict[tuple[str, int], list[str]] = {}
+        for seed, sp, n0, why in skipped:
+            groups.setdefault((sp, n0), []).append(f"seed {seed}: {why.split(' for ')[0]}")
+        lines += ["Not run (the rows left after the test set and the peers cannot hold them): "
+                  + "; ".join(f"{sp} n0 = {n0} ({', '.join(whys)})"
+                              for (sp, n0), whys in groups.items()), ""]
     (args.out / "README.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
