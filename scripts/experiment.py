@@ -155,7 +155,8 @@ def write(rows: list[dict[str, Any]], args: argparse.Namespace, seconds: float) 
             .agg({"local": "mean", "combined": "mean", "oracle": "mean", "gap_closed": "median",
                   "weight": "median"}).to_frame().T)
     lines = [f"# Experiments on randhie ({seconds / 60:.0f} min on 2 cores)", "",
-             "Command: `.venv/bin/python scripts/experiment.py " + " ".join(sys.argv[1:]) + "`",
+             "Command: `" + " ".join([".venv/bin/python scripts/experiment.py", *sys.argv[1:]])
+             + "`" + ("" if len(sys.argv) > 1 else " (the defaults)"),
              "", f"Seeds: {args.seeds}; K = {args.twins}; mean test log-likelihood per record "
              "(Monte Carlo over the pooled posterior); gap closed = (combined - local) / "
              "(oracle - local), median over seeds.", "",
