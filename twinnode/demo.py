@@ -319,6 +319,8 @@ def table_lines(results: dict[str, Any]) -> list[str]:
                     f"{', '.join(p['flagged_peers']) or '-'}")
     rows.append("mean test log-likelihood per record (higher is better); gap closed = "
                 "(combined - local) / (oracle - local)")
+    rows.append("λ: the twins' weight each party chose by cross-validation on its own rows; "
+                "flagged peers: screening's verdict (policy flag: reported, twins still used)")
     if any(p["malicious"] for p in results["parties"]):
         rows.append("* malicious: publishes twins with a shifted outcome")
     return rows
