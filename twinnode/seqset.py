@@ -40,15 +40,10 @@ class Holding:
     @classmethod
     def of(cls, seqs: Iterable[int]) -> "Holding":
         """The canonical holding of a set of seqs (each >= 1)."""
-        watermark, ranges = 0, []
-        for s in sorted(set(seqs)):
-            if not ranges and s == watermark + 1:
-                watermark = s
-            elif ranges and s == ranges[-1][1] + 1:
-                ranges[-1][1] = s
-            else:
-                ranges.append([s, s])
-        return cls(watermark, tuple((a, b) for a, b in ranges))
+        held = SeqSet()
+        for s in sorted(set(seqs)):  # ascending: each add appends or extends the last range
+            held.add(s)
+        return held.holding()
 
     def has(self, seq: int) -> bool:
         if seq <= self.watermark:

@@ -167,7 +167,6 @@ class Store:
         self._lock_fd: int | None = lock_fd
         self._db: sqlite3.Connection | None = db
         self._mutex = threading.RLock()
-        self._dirs: set[Path] = set()
 
     @classmethod
     def open(cls, state_dir: str | Path) -> "Store":
@@ -238,8 +237,7 @@ class Store:
                 return False
             path = self._path(sender, seq)
             try:
-                self._ensure_dir(path.parent)
-                write_bytes_atomic(path, blob)
+                write_bytes_atomic(path, blob, dir_mode=0o700)
             except OSError as exc:
                 raise StoreError(f"could not write envelope {sender}#{seq}: {exc}") from None
             try:
@@ -389,11 +387,6 @@ class Store:
 
     def _path(self, sender: str, seq: int) -> Path:
         return self.envelopes_dir / check_sender(sender) / f"{check_seq(seq):010d}.env"
-
-    def _ensure_dir(self, directory: Path) -> None:
-        if directory not in self._dirs:
-            mkdir_durable(directory, mode=0o700)
-            self._dirs.add(directory)
 
     @staticmethod
     def _known(db: sqlite3.Connection, sender: str, seq: int, digest: str) -> bool:
