@@ -6,7 +6,9 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
 
+import importlib.util  # noqa: E402
 from pathlib import Path  # noqa: E402
+from types import ModuleType  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -65,3 +67,12 @@ def small_csv(tmp_path: Path, small_schema: Schema, small_frame: pd.DataFrame) -
     path = tmp_path / "small.csv"
     write_table(small_frame, path, small_schema)
     return path
+
+
+def load_script(name: str) -> ModuleType:
+    """A study script from scripts/ as a module (they are not a package), for slow tests."""
+    path = Path(__file__).parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

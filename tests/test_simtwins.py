@@ -1,13 +1,10 @@
 """Simulated (non-DP) twins used by tests and studies, and the coverage study (slow)."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from conftest import make_small_frame
+from conftest import load_script, make_small_frame
 from twinnode.errors import AnalysisError
 from twinnode import simtwins
 from twinnode.simtwins import as_release, poison_frame, posterior_twins, simulate_small
@@ -74,10 +71,7 @@ def test_release_of_simulated_twins_round_trips_through_a_directory(small_schema
 @pytest.mark.slow
 def test_pooled_intervals_cover_the_true_coefficients_at_about_the_nominal_rate():
     # Prepare: the study script, run small (60 repetitions, K = 40)
-    path = Path(__file__).parents[1] / "scripts" / "coverage_study.py"
-    spec = importlib.util.spec_from_file_location("coverage_study", path)
-    study = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(study)
+    study = load_script("coverage_study")
 
     def maker(schema, frame, *, sender, k, epsilon, seed):
         return posterior_twins(schema, frame, sender=sender, k=k, epsilon=epsilon, seed=seed)

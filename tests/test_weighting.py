@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import make_small_frame
+from conftest import load_script, make_small_frame
 from twinnode import pooling, weighting
 from twinnode.analysis import AnalysisOptions, combined_fit, local_fit
 from twinnode.combine import analyze_party
@@ -291,12 +291,7 @@ def test_cli_defaults_repeat_the_analysis_modules_defaults():
 @pytest.mark.slow
 def test_pooled_intervals_at_the_adaptive_weight_cover_the_truth():
     # Prepare: the coverage study script, run small (60 repetitions, K = 40, DP-like twins)
-    import importlib.util
-    from pathlib import Path
-    path = Path(__file__).parents[1] / "scripts" / "coverage_study.py"
-    spec = importlib.util.spec_from_file_location("coverage_study", path)
-    study = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(study)
+    study = load_script("coverage_study")
 
     def maker(schema, frame, *, sender, k, epsilon, seed):
         return posterior_twins(schema, frame, sender=sender, k=k, epsilon=epsilon, seed=seed,
