@@ -65,13 +65,13 @@ def randhie_parties(n_local: int) -> Parties:
 
 
 def run_study(twin_maker: TwinMaker, parties: Parties, attacks: Sequence[str], seeds: int,
-              k: int = 50, epsilon: float = 1.0, threshold: float = 0.01,
+              k: int = 50, epsilon: float = 1.0, threshold: float = 0.01, first_seed: int = 0,
               progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Flag rates and estimate distances per attack over `seeds` seeds."""
     out: dict[str, Any] = {}
     for attack in attacks:
         rows = []
-        for seed in range(seeds):
+        for seed in range(first_seed, first_seed + seeds):
             schema, local, frames = parties(seed)
             peers = {}
             for i, frame in enumerate(frames):
@@ -134,17 +134,21 @@ def main(argv: Sequence[str] | None = None,
                          "generator per party (slow)")
     ap.add_argument("--epochs", type=float, default=None,
                     help="DP training epochs (default: the generator's)")
+    ap.add_argument("--cache", help="dp maker: keep trained releases in this directory and "
+                    "reuse them (re-screen without training again)")
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="seeds run from here (split a long dp study over processes)")
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args(argv)
     if twin_maker is None:
         twin_maker = twin_makers.make(args.twin_maker, inflate=args.inflate,
-                                      epochs=args.epochs)
+                                      epochs=args.epochs, cache_dir=args.cache)
     parties = (small_parties(args.n_local, args.n_peer) if args.data == "small"
                else randhie_parties(args.n_local))
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
     t0 = time.perf_counter()
     out = run_study(twin_maker, parties, attacks, args.seeds, k=args.k, epsilon=args.epsilon,
-                    threshold=args.threshold,
+                    threshold=args.threshold, first_seed=args.first_seed,
                     progress=lambda s: print(f"\r{s:<40}", end="", file=sys.stderr))
     print(file=sys.stderr)
     print(f"screening study: data {args.data}, {HONEST} honest peers + 1 shifted, K = {args.k}, "

@@ -13,14 +13,18 @@ import pandas as pd
 
 from twinnode.schema import Schema
 from twinnode.simtwins import TwinMaker, posterior_twins
-from twinnode.twins import Twin
+from twinnode.twins import Twin, load_release, save_release
 
 MAKERS = ("posterior", "dp")
 
 
 def make(name: str, inflate: float = 1.0, epochs: float | None = None,
-         ledger_root: str | None = None) -> TwinMaker:
-    """The named maker: 'posterior' (simulated, not DP) or 'dp' (train + sample, slow)."""
+         ledger_root: str | None = None, cache_dir: str | None = None) -> TwinMaker:
+    """The named maker: 'posterior' (simulated, not DP) or 'dp' (train + sample, slow).
+
+    With `cache_dir`, the dp maker keeps each release on disk (keyed by party, seed, K, ε,
+    epochs and a hash of the rows), so a later study run re-screens the same twins without
+    training again."""
     if name == "posterior":
         def posterior(schema: Schema, frame: pd.DataFrame, *, sender: str, k: int,
                       epsilon: float, seed: int) -> Sequence[Twin]:
@@ -38,13 +42,20 @@ def make(name: str, inflate: float = 1.0, epochs: float | None = None,
             from twinnode.generator.settings import TrainPlan
 
             key = (sender, seed, k, epsilon, pd.util.hash_pandas_object(frame).sum())
+            stored = None if cache_dir is None else Path(cache_dir) / (
+                f"{sender}-s{seed}-k{k}-e{epsilon:g}-ep{epochs or 'default'}-{key[-1]:x}")
+            if key not in cache and stored is not None and (stored / "receipt.json").exists():
+                cache[key] = load_release(stored, schema).twins
             if key not in cache:
                 # a fresh ledger per (party, seed): each study run is its own data release
                 ledger = Ledger(root / f"{sender}-{seed}")
                 plan = TrainPlan(epsilon=epsilon, **({} if epochs is None else
                                                      {"epochs": epochs}))
                 post = train_posterior(schema, frame, plan, ledger, seed=seed)
-                cache[key] = draw_release(post, schema, k, sender, seed=seed).twins
+                release = draw_release(post, schema, k, sender, seed=seed)
+                if stored is not None:
+                    save_release(release, stored, schema)
+                cache[key] = release.twins
             return cache[key]
         return dp
     raise ValueError(f"unknown twin maker {name!r}; expected one of {MAKERS}")
