@@ -5,53 +5,56 @@ pull the combined fit anywhere. For each peer we compute statistics of its twins
 its own pooled Poisson coefficients (`analysis.twins_fit`) and per-column marginal
 summaries (the mean of each continuous or count column, the rate of 1 of each binary
 column, the rate of each level of each categorical column), each averaged over its K twins
-with a variance v. For each statistic, z = (value - median of the others) / scale, where
+with a noise variance v: max(T, ū), Raghunathan–Reiter T from its K twins with the
+within-twin variance ū as its floor.
 
-    scale² = φ (v_p + (π/2) median(v_others) / n_others) + τ²,
-    τ² = max(0, (1.4826 MAD(values of the others))² - φ median(v_others)),
+v is not the whole noise. A DP generator's noise is drawn once per release, so all K twins
+share it and their spread does not show it; on randhie at ε = 1 honest parties' twins
+disagree 2.5-6 times more (in sd) than their v says, and by very different factors from one
+statistic to the next (a rare binary's coefficient far more than a mean). So each
+statistic s gets its own inflation, estimated from the other peers, with a t reference
+for how few they are. For peer p and the n others q:
 
-i.e. the peer's own noise, the noise of the consensus (the median of n values has about
-π/2 times the variance of their mean), and the spread between honest parties beyond their
-noise (robustly, from the others). The noise v of a statistic is
-max(v_own, v_expected): v_own = max(T, ū) from the peer's own K twins (Raghunathan–Reiter
-T; ū, the within-twin variance, as its floor), and v_expected transfers the others' v_own
-to this peer: median over others q of v_q · (m_q / m_p) · h(ε̃_p) / h(ε_q), with m the
-twins' row count, h(ε) = 1 + 1/ε² (the variance grows as ε falls; an assumed shape, which
-cancels when all peers use one ε) and ε̃_p = max(ε_p, median ε of the others). So a peer
-cannot make its twins look precise by publishing K identical copies, a small peer is
-judged with the larger noise of its small twins, and a peer whose twins really are
-noisier (a low ε) shows it in v_own.
+    center  c = Σ_q x_q / v_q / Σ_q 1 / v_q              (precision-weighted mean)
+    s²      = Σ_q (x_q - c)² / v_q / (n - 1)             (the others' spread over their noise)
+    s̃²      = max(1, (d0 s0² + (n - 1) s²) / (d0 + n - 1))
+    t       = (x_p - c) / sqrt(s̃² (v_p + 1 / Σ_q 1 / v_q)),   df = d0 + n - 1
 
-What a peer merely claims never widens its own tolerance: its N is not used (its twins'
-row count is measured; N is shown beside it), and its ε is floored at the others' median,
-so claiming a tiny ε (or N) leaves its scale where the others' noise puts it, while a
-larger ε than the others' can only narrow it. Measured before this rule (small schema,
-5 honest peers, a peer with the smoker coding flipped): p = 6e-40 claiming ε = 1, p = 1
-claiming ε = 0.001, score 13.4 -> 3.5 claiming N = 20; with it, the same p = 6e-40 for
-all three. The cost: an honest low-ε peer whose generator understates its own noise (its
-twins agree more than its DP noise warrants) is judged like the others and may be
-flagged; `flag`, the default policy, only reports it.
+With 2-5 others one statistic's s² is a poor estimate, so it is moderated toward a prior
+s0² d0 / χ²_d0 fitted to the s² of the statistics of its family (Smyth 2004, limma's
+`fitFDist`: `prior_inflation`): d0 is large when the family's statistics inflate alike
+(then the pooled s0² is used, with many df) and small when they do not (each keeps its own
+s², with few df). The two families, coefficients and marginals, get separate priors: on
+randhie at ε = 1 the coefficients' inflation was 15-33 and the marginals' 6-11, and one
+prior for both made the marginals' tolerance too wide to see a flipped coding. s̃²
+is never below 1: release noise cannot make twins agree better than their own noise. The t
+reference is for the inflation, the larger unknown (v_p, estimated from K twins, is
+bounded below by ū and by the others' noise, see below). A peer's extra spread (heterogeneous parties, a skewed split) shows in the others' s², so it widens
+everyone's tolerance; a shifted peer among the others does the same when an honest peer
+is judged, so disagreeing with an honest peer widens that peer's tolerance rather than
+getting it flagged.
 
-The twins' noise reflects the generator's model, and real parties differ more than that
-(e.g. an overdispersed outcome fitted as Poisson). So each family of statistics
-(outcome: the coefficients and the outcome's mean, which the generator's outcome model
-makes; covariates: the covariates' marginals) gets a dispersion factor
-φ = max(1, median z₀² / 0.455), where z₀ uses the noise terms alone (0.455 is the median
-of χ²₁; "genomic control" over all peers and statistics of the family, robust to the few
-large z of a shifted peer, and never below 1); the noise terms are multiplied by φ and τ²
-becomes the spread beyond φ times the noise. Measured on randhie split 7 ways with simulated twins, honest parties were
-flagged in 5-8% of cases without φ.
+What a peer merely claims never widens its own tolerance: v_p = max(its own v, the
+median over others q of v_q · (m_q / m_p) · h(ε̃_p) / h(ε_q)), with m the twins' row count
+(measured; N is shown beside it), h(ε) = 1 + 1/ε² (the variance grows as ε falls; an
+assumed shape, which cancels when all peers use one ε) and ε̃_p = max(ε_p, median ε of the
+others). So a peer cannot make its twins look precise by publishing K identical copies, a
+small peer is judged with the larger noise of its small twins, and claiming a tiny ε (or
+N) leaves its scale where the others' noise puts it. The cost: an honest low-ε peer whose
+generator understates its own noise is judged like the others and may be flagged;
+`flag`, the default policy, only reports it.
 
-Score = max |z|; the p-value-like measure is Bonferroni over the statistics judged under a
-normal reference, min(1, m · 2 (1 - Φ(score))); a peer is flagged when it is below the
-threshold. The reason names the statistics that are off. Policies: ``off`` (nothing is
-computed, every peer is used), ``flag`` (flags are reported, every peer is used), and
+The p-value-like measure is Bonferroni over the m statistics judged, min(1, m · min_s
+p_s) with p_s the two-sided t p-value; a peer is flagged when it is below the threshold,
+and the reason names the statistics with p_s < threshold / m. Policies: ``off`` (nothing
+is computed, every peer is used), ``flag`` (flags are reported, every peer is used), and
 ``exclude`` (flagged peers are left out of the combined fit). With a local data set the
 report always carries the combined fit with and without the flagged peers. With fewer than
 `min_peers` (3) peers there is no consensus to judge by: the report says so and flags none.
 Peers whose twins are not one whole release (`peerset`: incomplete, duplicated indices, K <
 2, ...) are not judged and not accepted; the report lists them under `left_out`. Each
 judged peer's statistics use all of its own K twins (no common K is needed to judge).
+Measured power and false flags, with simulated and with DP twins: docs/ANALYSIS.md.
 """
 from __future__ import annotations
 
@@ -60,7 +63,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import special, stats
 
 from .analysis import AnalysisOptions, Peers, PooledFit, combined_fit, twins_fit
 from .atomic import jsonable
@@ -70,9 +73,8 @@ from .schema import Schema
 from .twins import Twin
 
 POLICIES = ("off", "flag", "exclude")
+FAMILIES = ("coefficients", "marginals")
 MIN_PEERS = 3
-MAD_TO_SD = 1.4826
-CHI2_1_MEDIAN = float(stats.chi2.ppf(0.5, 1))  # 0.4549
 
 
 @dataclass(frozen=True)
@@ -84,10 +86,18 @@ class Check:
     consensus: float
     scale: float
     z: float
+    df: float = float("inf")   # of the t reference (inf: normal)
+    inflation: float = 1.0     # the others' spread over their noise, moderated (≥ 1)
+
+    @property
+    def p(self) -> float:
+        """Two-sided p-value of z under t with df degrees of freedom."""
+        return float(2 * stats.t.sf(abs(self.z), self.df))
 
     def to_dict(self) -> dict[str, Any]:
         return jsonable({"name": self.name, "value": self.value,
-                           "consensus": self.consensus, "scale": self.scale, "z": self.z})
+                         "consensus": self.consensus, "scale": self.scale, "z": self.z,
+                         "df": self.df, "inflation": self.inflation, "p": self.p})
 
 
 @dataclass(frozen=True)
@@ -142,7 +152,7 @@ class ScreeningReport:
                                "status": self.status, "message": self.message,
                                "flagged": list(self.flagged), "accepted": list(self.accepted),
                                "left_out": dict(self.left_out),
-                               "dispersion": dict(self.dispersion),
+                               "dispersion": jsonable(dict(self.dispersion)),
                                "peers": [p.to_dict() for p in self.peers]}
         for key, fit in (("with_flagged", self.with_flagged),
                          ("without_flagged", self.without_flagged)):
@@ -158,7 +168,7 @@ class PeerStatistics:
     """A peer's statistics averaged over its twins, with the noise variance of each."""
 
     names: tuple[str, ...]
-    families: tuple[str, ...]   # "outcome" (coefficients, outcome mean) or "covariates"
+    families: tuple[str, ...]   # "coefficients" or "marginals" (each has its own prior)
     values: np.ndarray
     variances: np.ndarray
     n: int          # claimed
@@ -232,11 +242,9 @@ def peer_statistics(schema: Schema, twins: Sequence[Twin],
     rr = (1 + 1 / k) * b - u_bar
     names += labels
     values.append(vals.mean(axis=0))
-    variances.append(np.maximum(np.where(rr > 0, rr, 0.0), u_bar))
+    variances.append(np.maximum(rr, u_bar))
     prov = twins[0].provenance
-    outcome = f"mean:{schema.outcome_column().name}"
-    families = tuple("outcome" if n.startswith("coef:") or n == outcome else "covariates"
-                     for n in names)
+    families = tuple("coefficients" if n.startswith("coef:") else "marginals" for n in names)
     return PeerStatistics(names=tuple(names), families=families,
                           values=np.concatenate(values),
                           variances=np.concatenate(variances), n=int(prov.n),
@@ -246,9 +254,10 @@ def peer_statistics(schema: Schema, twins: Sequence[Twin],
 
 def judge(statistics: Mapping[str, PeerStatistics], threshold: float
           ) -> tuple[tuple[PeerScreen, ...], dict[str, float]]:
-    """Leave-one-out robust z-scores per statistic, Bonferroni p-value, flag per peer.
+    """Leave-one-out moderated t per statistic, Bonferroni p-value, flag per peer.
 
-    Also returns the dispersion factor φ applied to each family of statistics."""
+    Also returns, per family, the median over judged peers of the prior inflation s0² and
+    of its df d0."""
     names = list(statistics)
     stat_names = statistics[names[0]].names
     if any(statistics[n].names != stat_names for n in names):
@@ -257,55 +266,101 @@ def judge(statistics: Mapping[str, PeerStatistics], threshold: float
     own_var = np.array([statistics[n].variances for n in names])    # (P, S)
     size = np.array([statistics[n].rows for n in names], float)     # measured, not claimed
     eps = np.array([statistics[n].epsilon for n in names])
-    h = 1.0 + 1.0 / eps ** 2
-    judged_eps = np.empty(len(names))
-    P, S = values.shape
-    # per peer and statistic: distance to the consensus, noise variance, extra spread
-    diff, noise, spread, med_noise = (np.full((P, S), np.nan) for _ in range(4))
-    center = np.full((P, S), np.nan)
-    for i in range(P):
-        others = np.arange(P) != i
-        # a claimed ε below the others' median buys no wider tolerance (module docstring)
-        judged_eps[i] = max(eps[i], float(np.median(eps[others])))
-        h_i = 1.0 + 1.0 / judged_eps[i] ** 2
-        transfer = own_var[others] * (size[others] / size[i])[:, None] * (h_i / h[others])[:, None]
-        v_p = np.fmax(own_var[i], np.nanmedian(transfer, axis=0))
-        for s in range(S):
-            ov, oq = values[others, s], own_var[others, s]
-            good = np.isfinite(ov) & np.isfinite(oq)
-            if not np.isfinite(values[i, s]) or good.sum() < 2 or not np.isfinite(v_p[s]):
-                continue
-            ov, oq = ov[good], oq[good]
-            center[i, s] = np.median(ov)
-            med_noise[i, s] = np.median(oq)
-            diff[i, s] = values[i, s] - center[i, s]
-            noise[i, s] = v_p[s] + np.pi / 2 * med_noise[i, s] / len(ov)
-            spread[i, s] = (MAD_TO_SD * np.median(np.abs(ov - center[i, s]))) ** 2
     family = np.array(statistics[names[0]].families)
-    dispersion = {}
-    with np.errstate(invalid="ignore", divide="ignore"):
-        z2 = diff ** 2 / noise
-        for fam in ("outcome", "covariates"):
-            vals = z2[:, family == fam]
-            vals = vals[np.isfinite(vals)]
-            dispersion[fam] = (float(max(1.0, np.median(vals) / CHI2_1_MEDIAN))
-                               if vals.size else 1.0)
-    phi = np.array([dispersion[f] for f in family])[None, :]
-    tau2 = np.maximum(0.0, spread - phi * med_noise)
-    scale = np.sqrt(phi * noise + tau2)
-    verdicts = []
+    verdicts: list[PeerScreen] = []
+    priors: dict[str, list[tuple[float, float]]] = {}
     for i, name in enumerate(names):
+        others = np.arange(len(names)) != i
+        # a claimed ε below the others' median buys no wider tolerance (module docstring)
+        judged_eps = max(eps[i], float(np.median(eps[others])))
+        transfer = (own_var[others] * (size[others] / size[i])[:, None]
+                    * (_h(judged_eps) / _h(eps[others]))[:, None])
+        v_i = np.fmax(own_var[i], np.nanmedian(transfer, axis=0))
+        center, center_var, s2, d = _others(values[others], own_var[others])
+        usable = np.isfinite(values[i]) & np.isfinite(v_i) & (d >= 1)
+        inflation, df = _moderate(s2, d, family, usable, priors)
+        scale = np.sqrt(inflation * (v_i + center_var))
         checks = []
-        for s, stat in enumerate(stat_names):
-            if not np.isfinite(diff[i, s]):
-                continue
-            d, sc = float(diff[i, s]), float(scale[i, s])
-            z = d / sc if sc > 0 else (0.0 if d == 0 else float(np.inf * np.sign(d)))
-            checks.append(Check(stat, float(values[i, s]), float(center[i, s]), sc, z))
+        for s in np.flatnonzero(usable):
+            diff = float(values[i, s] - center[s])
+            z = (diff / scale[s] if scale[s] > 0 else
+                 0.0 if diff == 0 else float(np.inf * np.sign(diff)))
+            checks.append(Check(stat_names[s], float(values[i, s]), float(center[s]),
+                                float(scale[s]), z, float(df[s]), float(inflation[s])))
         verdicts.append(replace(_verdict(name, statistics[name], checks, threshold),
-                                rows=statistics[name].rows,
-                                judged_epsilon=float(judged_eps[i])))
+                                rows=statistics[name].rows, judged_epsilon=judged_eps))
+    dispersion = {}
+    for fam, fitted in priors.items():
+        d0s, s0s = np.array(fitted).T
+        dispersion[f"{fam}_inflation"] = float(np.median(s0s))
+        dispersion[f"{fam}_df"] = float(np.median(d0s))
     return tuple(verdicts), dispersion
+
+
+def _moderate(s2: np.ndarray, d: np.ndarray, family: np.ndarray, usable: np.ndarray,
+              priors: dict[str, list[tuple[float, float]]]) -> tuple[np.ndarray, np.ndarray]:
+    """Each statistic's inflation s̃² (at least 1) and t df under its family's prior;
+    appends each family's fitted (d0, s0²) to `priors`."""
+    post, df = np.full(s2.shape, np.nan), np.full(s2.shape, np.nan)
+    for fam in FAMILIES:
+        mine = usable & (family == fam)
+        d0, s0 = prior_inflation(s2[mine], d[mine])
+        priors.setdefault(fam, []).append((d0, s0))
+        post[mine] = s0 if np.isinf(d0) else (d0 * s0 + d[mine] * s2[mine]) / (d0 + d[mine])
+        df[mine] = d0 + d[mine]
+    return np.maximum(1.0, post), df
+
+
+def _h(eps: float | np.ndarray) -> float | np.ndarray:
+    """How a statistic's noise variance grows as ε falls (an assumed shape, see above)."""
+    return 1.0 + 1.0 / np.asarray(eps, float) ** 2
+
+
+def _others(x: np.ndarray, v: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per statistic over the other peers: the precision-weighted mean, its noise variance,
+    the inflation s² of their spread over their noise, and its degrees of freedom."""
+    good = np.isfinite(x) & np.isfinite(v) & (v > 0)
+    w = np.where(good, 1.0 / np.where(good, v, 1.0), 0.0)
+    xs = np.where(good, x, 0.0)
+    d = good.sum(axis=0) - 1.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        wsum = w.sum(axis=0)
+        center = (w * xs).sum(axis=0) / wsum
+        s2 = (w * (xs - center) ** 2).sum(axis=0) / d
+    return center, 1.0 / wsum, s2, d
+
+
+def prior_inflation(s2: np.ndarray, d: np.ndarray) -> tuple[float, float]:
+    """Empirical-Bayes prior (d0, s0²) for per-statistic variances s2 with d df each.
+
+    Smyth's (2004, limma `fitFDist`) moments of log s²: s² ~ s0² χ²_d0 / d0 across the
+    statistics. d0 = inf when the s² vary no more than their own sampling allows (every
+    statistic then uses s0²); with fewer than 3 usable s², s0² is their geometric mean."""
+    ok = np.isfinite(s2) & (s2 > 0) & (d >= 1)
+    s2, d = np.asarray(s2[ok], float), np.asarray(d[ok], float)
+    if s2.size == 0:
+        return float("inf"), 1.0
+    e = np.log(s2) - special.digamma(d / 2) + np.log(d / 2)
+    if s2.size < 3:
+        return float("inf"), float(np.exp(e.mean()))
+    excess = e.var(ddof=1) - float(np.mean(special.polygamma(1, d / 2)))
+    if excess <= 0:
+        return float("inf"), float(np.exp(e.mean()))
+    d0 = 2.0 * _trigamma_inverse(excess)
+    return d0, float(np.exp(e.mean() + special.digamma(d0 / 2) - np.log(d0 / 2)))
+
+
+def _trigamma_inverse(x: float) -> float:
+    """y with trigamma(y) = x (Newton's method from limma's starting point)."""
+    y = 0.5 + 1.0 / x
+    for _ in range(50):
+        tri = float(special.polygamma(1, y))
+        step = tri * (1 - tri / x) / float(special.polygamma(2, y))
+        y += step
+        if abs(step) / y < 1e-8:
+            break
+    return y
 
 
 def _verdict(name: str, st: PeerStatistics, checks: list[Check], threshold: float
@@ -313,17 +368,15 @@ def _verdict(name: str, st: PeerStatistics, checks: list[Check], threshold: floa
     if not checks:
         return PeerScreen(name, st.n, st.epsilon, st.k, float("nan"), 1.0, False,
                           "no statistic could be compared", ())
-    zs = np.abs([c.z for c in checks])
-    score = float(zs.max())
+    score = float(np.max(np.abs([c.z for c in checks])))
     m = len(checks)
-    p_value = float(min(1.0, m * 2 * stats.norm.sf(score)))
+    p_value = float(min(1.0, m * min(c.p for c in checks)))
     flagged = p_value < threshold
     reason = ""
     if flagged:
-        critical = stats.norm.isf(threshold / (2 * m))
-        off = sorted((c for c in checks if abs(c.z) > critical), key=lambda c: -abs(c.z))
+        off = sorted((c for c in checks if c.p < threshold / m), key=lambda c: c.p)
         reason = "; ".join(f"{c.name} = {c.value:.4g} vs consensus {c.consensus:.4g} "
-                           f"(z = {c.z:+.1f})" for c in off[:3])
+                           f"(t = {c.z:+.1f}, df {c.df:.0f})" for c in off[:3])
         if len(off) > 3:
             reason += f"; and {len(off) - 3} more"
     return PeerScreen(name, st.n, st.epsilon, st.k, score, p_value, flagged, reason,
