@@ -37,7 +37,8 @@ not read.
   ``failed_replicates``, ``dropped``, ``level``, ``interval``, ``cov_type``, ``weight``,
   ``peers``, ``rows``, ``warnings``.
 - ``screening``: ``policy``, ``threshold``, ``status``, ``message``, ``flagged``,
-  ``accepted``, ``left_out`` (peer -> why its twins are not usable), ``dispersion``,
+  ``accepted``, ``left_out`` (peer -> why its twins are not usable), ``dispersion`` (per
+  family, the prior inflation and its df),
   ``peers`` (per-peer verdicts and checks),
   ``with_flagged`` / ``without_flagged`` (peers and per-term estimate and se, at the same λ).
 - With a test set: ``evaluation`` {``local``, ``combined``} (mean, plug-in, sd, quantiles
