@@ -11,8 +11,13 @@ honest-only estimates (in honest-only standard errors, the largest over terms).
 A 'none' attack (6 honest peers) measures false flags alone.
 
     .venv/bin/python scripts/screening_study.py --seeds 20 --data small
-    .venv/bin/python scripts/screening_study.py --seeds 10 --data randhie \
-        --attacks none,outcome*1.5,flip:idp --twin-maker dp --epochs 200
+    .venv/bin/python scripts/screening_study.py --seeds 20 --data randhie \
+        --attacks none,outcome*1.5,outcome*2,flip:idp --inflate 8          # 12 min
+    # DP twins: 72 trainings of ~2.7 min; split over 2 processes, then re-screen from cache
+    .venv/bin/python scripts/screening_study.py --data randhie --twin-maker dp --k 50 \
+        --attacks none,outcome*1.5,outcome*2,flip:idp --cache dpcache --first-seed 0 --seeds 4
+    .venv/bin/python scripts/screening_study.py ... --first-seed 4 --seeds 4
+    .venv/bin/python scripts/screening_study.py ... --seeds 8 --json dp.json  # from cache
 """
 from __future__ import annotations
 

@@ -242,7 +242,7 @@ def peer_statistics(schema: Schema, twins: Sequence[Twin],
     rr = (1 + 1 / k) * b - u_bar
     names += labels
     values.append(vals.mean(axis=0))
-    variances.append(np.maximum(rr, u_bar))
+    variances.append(np.maximum(np.where(rr > 0, rr, 0.0), u_bar))
     prov = twins[0].provenance
     families = tuple("coefficients" if n.startswith("coef:") else "marginals" for n in names)
     return PeerStatistics(names=tuple(names), families=families,
@@ -334,8 +334,8 @@ def _others(x: np.ndarray, v: np.ndarray
 def prior_inflation(s2: np.ndarray, d: np.ndarray) -> tuple[float, float]:
     """Empirical-Bayes prior (d0, s0²) for per-statistic variances s2 with d df each.
 
-    Smyth's (2004, limma `fitFDist`) moments of log s²: s² ~ s0² χ²_d0 / d0 across the
-    statistics. d0 = inf when the s² vary no more than their own sampling allows (every
+    Smyth's (2004, limma `fitFDist`) moments of log s², for the model σ² ~ s0² d0 / χ²_d0
+    across the statistics and s² ~ σ² χ²_d / d within each. d0 = inf when the s² vary no more than their own sampling allows (every
     statistic then uses s0²); with fewer than 3 usable s², s0² is their geometric mean."""
     ok = np.isfinite(s2) & (s2 > 0) & (d >= 1)
     s2, d = np.asarray(s2[ok], float), np.asarray(d[ok], float)
