@@ -11,7 +11,8 @@ from conftest import make_small_frame
 from twinnode.analysis import combined_fit
 from twinnode.atomic import jsonable
 from twinnode.errors import AnalysisError
-from twinnode.screening import peer_statistics, prior_inflation, screen
+from twinnode.screening import (PeerStatistics, judge, peer_statistics, prior_inflation,
+                                 screen)
 from twinnode.simtwins import poison_frame, posterior_twins
 from twinnode.twins import Twin
 
@@ -211,3 +212,26 @@ def test_prior_inflation_is_infinite_df_when_every_statistic_inflates_alike():
     d0, s0 = prior_inflation(s2, np.full(4000, 4.0))
     assert d0 > 200 and s0 == pytest.approx(3.0, rel=0.05)
     assert prior_inflation(np.array([]), np.array([])) == (float("inf"), 1.0)
+
+
+def test_each_family_gets_its_own_inflation_so_a_shifted_marginal_still_shows():
+    # Prepare: 8 peers, 10 coefficients whose release noise is 4x their own noise (sd) and
+    # 10 marginals with none; the last peer's first marginal is 8 noise sds off
+    rng = np.random.default_rng(11)
+    names = tuple(f"coef:c{j}" for j in range(10)) + tuple(f"mean:m{j}" for j in range(10))
+    families = ("coefficients",) * 10 + ("marginals",) * 10
+    noise_sd = np.r_[np.full(10, 4.0), np.full(10, 1.0)]
+    stats_ = {}
+    for i in range(8):
+        values = rng.normal(0.0, noise_sd)
+        if i == 7:
+            values[10] = 8.0
+        stats_[f"p{i}"] = PeerStatistics(names=names, families=families, values=values,
+                                         variances=np.ones(20), n=1000, epsilon=1.0, k=20,
+                                         rows=1000)
+    # Execute
+    verdicts, dispersion = judge(stats_, 0.01)
+    # Assert: each family's prior is its own, and the shifted marginal is flagged
+    assert dispersion["coefficients_inflation"] > 8 and dispersion["marginals_inflation"] < 2
+    flagged = [v.peer for v in verdicts if v.flagged]
+    assert flagged == ["p7"] and "mean:m0" in verdicts[7].reason
