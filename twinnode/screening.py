@@ -69,6 +69,7 @@ from .analysis import AnalysisOptions, Peers, PooledFit, combined_fit, twins_fit
 from .atomic import jsonable
 from .errors import AnalysisError
 from .peerset import usable_peers
+from .pooling import pool
 from .schema import Schema
 from .twins import Twin
 
@@ -235,20 +236,18 @@ def peer_statistics(schema: Schema, twins: Sequence[Twin],
         v, u, labels = _marginals(schema, twin.arrays)
         per_twin_value.append(v)
         per_twin_var.append(u)
-    vals, within = np.array(per_twin_value), np.array(per_twin_var)
-    k = len(twins)
-    u_bar = within.mean(axis=0)
-    b = vals.var(axis=0, ddof=1) if k > 1 else np.zeros_like(u_bar)
-    rr = (1 + 1 / k) * b - u_bar
+    # the marginals pooled by the same rule as the coefficients
+    marginal = pool(np.array(per_twin_value), np.sqrt(np.array(per_twin_var)),
+                    rule="reiter", fallback="within")
     names += labels
-    values.append(vals.mean(axis=0))
-    variances.append(np.maximum(np.where(rr > 0, rr, 0.0), u_bar))
+    values.append(marginal.estimate)
+    variances.append(np.maximum(marginal.total, marginal.u_bar))
     prov = twins[0].provenance
     families = tuple("coefficients" if n.startswith("coef:") else "marginals" for n in names)
     return PeerStatistics(names=tuple(names), families=families,
                           values=np.concatenate(values),
                           variances=np.concatenate(variances), n=int(prov.n),
-                          epsilon=float(prov.epsilon), k=k,
+                          epsilon=float(prov.epsilon), k=len(twins),
                           rows=int(round(np.mean([t.rows for t in twins]))))
 
 
@@ -278,7 +277,9 @@ def judge(statistics: Mapping[str, PeerStatistics], threshold: float
         v_i = np.fmax(own_var[i], np.nanmedian(transfer, axis=0))
         center, center_var, s2, d = _others(values[others], own_var[others])
         usable = np.isfinite(values[i]) & np.isfinite(v_i) & (d >= 1)
-        inflation, df = _moderate(s2, d, family, usable, priors)
+        inflation, df, fitted = _moderate(s2, d, family, usable)
+        for fam, prior in fitted.items():
+            priors.setdefault(fam, []).append(prior)
         scale = np.sqrt(inflation * (v_i + center_var))
         checks = []
         for s in np.flatnonzero(usable):
@@ -297,18 +298,18 @@ def judge(statistics: Mapping[str, PeerStatistics], threshold: float
     return tuple(verdicts), dispersion
 
 
-def _moderate(s2: np.ndarray, d: np.ndarray, family: np.ndarray, usable: np.ndarray,
-              priors: dict[str, list[tuple[float, float]]]) -> tuple[np.ndarray, np.ndarray]:
-    """Each statistic's inflation s̃² (at least 1) and t df under its family's prior;
-    appends each family's fitted (d0, s0²) to `priors`."""
+def _moderate(s2: np.ndarray, d: np.ndarray, family: np.ndarray, usable: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray, dict[str, tuple[float, float]]]:
+    """Each statistic's inflation s̃² (at least 1) and t df under its family's prior, and
+    each family's fitted prior (d0, s0²)."""
     post, df = np.full(s2.shape, np.nan), np.full(s2.shape, np.nan)
+    fitted = {}
     for fam in FAMILIES:
         mine = usable & (family == fam)
-        d0, s0 = prior_inflation(s2[mine], d[mine])
-        priors.setdefault(fam, []).append((d0, s0))
+        d0, s0 = fitted[fam] = prior_inflation(s2[mine], d[mine])
         post[mine] = s0 if np.isinf(d0) else (d0 * s0 + d[mine] * s2[mine]) / (d0 + d[mine])
         df[mine] = d0 + d[mine]
-    return np.maximum(1.0, post), df
+    return np.maximum(1.0, post), df, fitted
 
 
 def _h(eps: float | np.ndarray) -> float | np.ndarray:
@@ -335,8 +336,9 @@ def prior_inflation(s2: np.ndarray, d: np.ndarray) -> tuple[float, float]:
     """Empirical-Bayes prior (d0, s0²) for per-statistic variances s2 with d df each.
 
     Smyth's (2004, limma `fitFDist`) moments of log s², for the model σ² ~ s0² d0 / χ²_d0
-    across the statistics and s² ~ σ² χ²_d / d within each. d0 = inf when the s² vary no more than their own sampling allows (every
-    statistic then uses s0²); with fewer than 3 usable s², s0² is their geometric mean."""
+    across the statistics and s² ~ σ² χ²_d / d within each. d0 = inf when the s² vary no
+    more than their own sampling allows (every statistic then uses s0²); with fewer than 3
+    usable s², s0² is their geometric mean."""
     ok = np.isfinite(s2) & (s2 > 0) & (d >= 1)
     s2, d = np.asarray(s2[ok], float), np.asarray(d[ok], float)
     if s2.size == 0:
