@@ -19,10 +19,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import numpy as np  # noqa: E402
 import statsmodels.api as sm  # noqa: E402
 
-from twinnode.analysis import AnalysisOptions, combined_fit  # noqa: E402
+from twinnode.analysis.fit import AnalysisOptions, combined_fit  # noqa: E402
+from twinnode.analysis.pooling import pool  # noqa: E402
 from twinnode.data import randhie, split_parties  # noqa: E402
-from twinnode.pooling import pool  # noqa: E402
-from twinnode.simtwins import posterior_twins, simulate_small, small_schema  # noqa: E402
+from twinnode.lab.simtwins import posterior_twins, simulate_small, small_schema  # noqa: E402
 
 
 def setup(data: str, k: int, local_rows: int):
@@ -87,7 +87,7 @@ def main() -> None:
                                                                      design, args.k))
     ref = pool(coef, se, rule="reiter")
     r = fit.replicates
-    print(f"batched (twinnode.analysis.combined_fit, incl. stacking): {t_batch:8.3f} s  "
+    print(f"batched (twinnode.analysis.fit.combined_fit, incl. stacking): {t_batch:8.3f} s  "
           f"{1e3 * t_batch / args.k:6.2f} ms/fit")
     print(f"statsmodels loop (GLM.fit per D_k):                        {t_sm:8.3f} s  "
           f"{1e3 * t_sm / args.k:6.2f} ms/fit")

@@ -9,7 +9,7 @@
 
     python scripts/bench_node.py [--k 100] [--nodes 5] [--rows 0 (party size)] [--keep DIR]
 
-Twins are simulated from randhie party data (twinnode.simtwins; not DP) so that no JAX
+Twins are simulated from randhie party data (twinnode.lab.simtwins; not DP) so that no JAX
 training is timed here; their size on the wire is what a DP release of the same N has.
 """
 from __future__ import annotations
@@ -23,11 +23,11 @@ import time
 from pathlib import Path
 
 from twinnode.data import randhie, split_parties, write_table
-from twinnode.harness import LocalCluster, PartySpec, free_ports
-from twinnode.identity import Identity
-from twinnode.simtwins import as_release, posterior_twins
+from twinnode.lab.harness import LocalCluster, PartySpec, free_ports
+from twinnode.lab.simtwins import as_release, posterior_twins
+from twinnode.trust.identity import Identity
 from twinnode.twins import save_release
-from twinnode.wire import Signer, encode_twin
+from twinnode.wire.envelope import Signer, encode_twin
 
 RAW_SUB = r"""
 import sys, time, zmq

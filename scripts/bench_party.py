@@ -17,10 +17,10 @@ import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from twinnode.analysis import combined_fit  # noqa: E402
-from twinnode.combine import analyze_party  # noqa: E402
+from twinnode.analysis.fit import combined_fit  # noqa: E402
+from twinnode.analysis.party import analyze_party  # noqa: E402
 from twinnode.data import randhie, split_parties  # noqa: E402
-from twinnode.simtwins import posterior_twins  # noqa: E402
+from twinnode.lab.simtwins import posterior_twins  # noqa: E402
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ import tempfile
 import time
 
 from twinnode import store as store_mod
-from twinnode.store import Store
+from twinnode.store.store import Store
 
 
 def run_once(mode: str, puts: int, size: int) -> float:

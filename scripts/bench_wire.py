@@ -22,11 +22,11 @@ from typing import Callable
 import msgpack
 import numpy as np
 
-from twinnode.columnar import _NUMPY, column_dtype, encode_columns
 from twinnode.data import randhie
-from twinnode.identity import Identity, TrustStore
+from twinnode.trust.identity import Identity, TrustStore
 from twinnode.twins import Provenance, Twin
-from twinnode.wire import ReplayGuard, Signer, Verifier, encode_twin
+from twinnode.wire.columnar import _NUMPY, column_dtype, encode_columns
+from twinnode.wire.envelope import ReplayGuard, Signer, Verifier, encode_twin
 
 
 def best_rate(fn: Callable[[], object], megabytes: float, repeat: int) -> float:

@@ -1,7 +1,7 @@
 """Coverage of pooled intervals for the true coefficients of a simulated population.
 
 Each repetition draws fresh party data from the known Poisson model of
-`twinnode.simtwins` (`SMALL_TRUE_COEFFICIENTS`), makes K twins of each peer with a twin
+`twinnode.lab.simtwins` (`SMALL_TRUE_COEFFICIENTS`), makes K twins of each peer with a twin
 maker (default: `simtwins.posterior_twins`, NOT DP; `--twin-maker dp` trains the DP
 generator per party, or pass any maker to `run_study`/`main`), and records whether each pooled interval contains the true value, for:
 
@@ -33,15 +33,19 @@ from typing import Any, Callable, Sequence
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import numpy as np  # noqa: E402
 import twin_makers  # noqa: E402
 
-import numpy as np  # noqa: E402
-
-from twinnode.analysis import (AnalysisOptions, PooledFit, combined_fit, local_fit,  # noqa: E402
-                               repool, twins_fit)
-from twinnode.simtwins import (SMALL_TRUE_COEFFICIENTS, TwinMaker,  # noqa: E402
-                               simulate_small, small_schema)
-from twinnode.weighting import choose_weight  # noqa: E402
+from twinnode.analysis.fit import (  # noqa: E402
+    AnalysisOptions,
+    PooledFit,
+    combined_fit,
+    local_fit,
+    repool,
+    twins_fit,
+)
+from twinnode.analysis.weighting import choose_weight  # noqa: E402
+from twinnode.lab.simtwins import SMALL_TRUE_COEFFICIENTS, TwinMaker, simulate_small, small_schema  # noqa: E402
 
 RULES = ("reiter", "rubin", "mixed")
 INTERVALS = ("t", "normal")

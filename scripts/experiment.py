@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
 import studylib
 
 PEERS = 4
@@ -41,8 +40,8 @@ FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 
 def scores(schema, test, own, peers, weight) -> dict[str, Any]:
     """Test log-likelihood (MC mean) of local only and of the combined fit at `weight`."""
-    from twinnode.analysis import AnalysisOptions, combined_fit, evaluate, local_fit
-    from twinnode.combine import analyze_party
+    from twinnode.analysis.fit import AnalysisOptions, combined_fit, evaluate, local_fit
+    from twinnode.analysis.party import analyze_party
 
     local = evaluate(local_fit(schema, own), schema, test)
     if weight == "auto":
@@ -56,7 +55,7 @@ def scores(schema, test, own, peers, weight) -> dict[str, Any]:
 
 
 def oracle_ll(schema, test, frames) -> float:
-    from twinnode.analysis import evaluate, oracle_fit
+    from twinnode.analysis.fit import evaluate, oracle_fit
 
     return float(evaluate(oracle_fit(schema, frames), schema, test).mean)
 

@@ -3,7 +3,7 @@
 
 Trains the generator on one party of ~3,000 rows (bundled randhie), draws K twins and
 compares each with the real rows: total variation distance of every column's marginal
-(twinnode.fidelity), and the Poisson regression of mdvis on the twins against the real data,
+(twinnode.lab.fidelity), and the Poisson regression of mdvis on the twins against the real data,
 for the coefficients that are clearly non-zero on the real data (|z| > 3).
 
     .venv/bin/python scripts/fidelity.py --epsilon 1 --epochs 200
@@ -47,10 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from twinnode.data import randhie, split_parties
-    from twinnode.fidelity import marginal_tvd
     from twinnode.generator.privacy import Ledger
     from twinnode.generator.release import draw_release, train_posterior
     from twinnode.generator.settings import GeneratorSettings, TrainPlan
+    from twinnode.lab.fidelity import marginal_tvd
 
     schema, frame = randhie()
     real = split_parties(frame, parties=5, seed=args.seed).parties[0].iloc[: args.rows]

@@ -3,10 +3,10 @@
     python scripts/local_cluster.py [--parties 3] [--k 10] [--train --epochs 20]
                                     [--workdir DIR] [--keep-running]
 
-Writes keys and configs per party (twinnode.harness.LocalCluster), starts `twinnode run` for
+Writes keys and configs per party (twinnode.lab.harness.LocalCluster), starts `twinnode run` for
 each, waits until every node hears every peer, has each party publish K twins, waits until
 every node holds all M x K, then prints each node's holdings and the first party's combined
-analysis. Without --train the twins are simulated from each party's rows (twinnode.simtwins:
+analysis. Without --train the twins are simulated from each party's rows (twinnode.lab.simtwins:
 fast, NOT differentially private); with --train every node trains the DP generator itself.
 """
 from __future__ import annotations
@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 from twinnode.data import randhie, split_parties, write_table
-from twinnode.harness import LocalCluster, PartySpec
-from twinnode.simtwins import as_release, posterior_twins
+from twinnode.lab.harness import LocalCluster, PartySpec
+from twinnode.lab.simtwins import as_release, posterior_twins
 from twinnode.twins import save_release
 
 

@@ -31,16 +31,14 @@ from typing import Any, Callable, Sequence
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import twin_makers  # noqa: E402
-
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import twin_makers  # noqa: E402
 
-from twinnode.analysis import AnalysisOptions, combined_fit  # noqa: E402
+from twinnode.analysis.fit import AnalysisOptions, combined_fit  # noqa: E402
+from twinnode.analysis.screening import screen  # noqa: E402
+from twinnode.lab.simtwins import TwinMaker, poison_frame, simulate_small, small_schema  # noqa: E402
 from twinnode.schema import Schema  # noqa: E402
-from twinnode.screening import screen  # noqa: E402
-from twinnode.simtwins import (TwinMaker, poison_frame, simulate_small,  # noqa: E402
-                               small_schema)
 
 HONEST = 5
 Parties = Callable[[int], tuple[Schema, pd.DataFrame, list[pd.DataFrame]]]

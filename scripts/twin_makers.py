@@ -11,8 +11,8 @@ from typing import Sequence
 
 import pandas as pd
 
+from twinnode.lab.simtwins import TwinMaker, posterior_twins
 from twinnode.schema import Schema
-from twinnode.simtwins import TwinMaker, posterior_twins
 from twinnode.twins import Twin, load_release, save_release
 
 MAKERS = ("posterior", "dp")

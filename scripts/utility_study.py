@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-
 import studylib
 
 PEERS, PEER_ROWS = 4, 3000
@@ -57,8 +56,8 @@ def tasks_for(seeds: list[int], epsilons: list[float], gens: list[str], k: int,
 
 def score_cell(schema, test, own, peers_twins, oracle_rows) -> dict[str, float]:
     """local, paper, adaptive and oracle test log-likelihoods for one cell."""
-    from twinnode.analysis import AnalysisOptions, combined_fit, evaluate, local_fit, oracle_fit
-    from twinnode.combine import analyze_party
+    from twinnode.analysis.fit import AnalysisOptions, combined_fit, evaluate, local_fit, oracle_fit
+    from twinnode.analysis.party import analyze_party
 
     local = evaluate(local_fit(schema, own), schema, test)
     paper = evaluate(combined_fit(schema, own, peers_twins, weight=1.0,

@@ -1,7 +1,7 @@
 """How each rule for choosing the twin weight λ does on fresh data: realised gain and losses.
 
 Per scenario and repetition: party 0's rows and 4 peers' rows from the known model of
-`twinnode.simtwins` (or a wrong one), K simulated twins per peer (NOT DP; `--inflate`
+`twinnode.lab.simtwins` (or a wrong one), K simulated twins per peer (NOT DP; `--inflate`
 mimics DP noise). The validation curve is computed once (`weighting.validation_scores`) and
 each selection rule (guarded, one-se, best) picks its λ from it. The final combined fit at
 every grid λ is scored on a large test set from the true model (plug-in log-likelihood per
@@ -25,10 +25,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import numpy as np  # noqa: E402
 
-from twinnode.analysis import combined_fit, evaluate  # noqa: E402
-from twinnode.simtwins import (poison_frame, posterior_twins, simulate_small,  # noqa: E402
-                               small_schema)
-from twinnode.weighting import DEFAULT_GRID, SELECTIONS, select, validation_scores  # noqa: E402
+from twinnode.analysis.fit import combined_fit, evaluate  # noqa: E402
+from twinnode.analysis.weighting import DEFAULT_GRID, SELECTIONS, select, validation_scores  # noqa: E402
+from twinnode.lab.simtwins import poison_frame, posterior_twins, simulate_small, small_schema  # noqa: E402
 
 SCENARIOS = {
     # name: (local rows, peer rows, inflate, attack on every peer)

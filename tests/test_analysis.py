@@ -8,16 +8,23 @@ import numpy as np
 import pandas as pd
 import pytest
 import statsmodels.api as sm
+from conftest import make_small_frame
 from scipy import stats
 
-from conftest import make_small_frame
-from twinnode.analysis import (AnalysisOptions, combined_fit, evaluate, local_fit,
-                               oracle_fit, repool, twins_fit)
-from twinnode.combine import analyze_party
-from twinnode.design import make_design
+from twinnode.analysis.design import make_design
+from twinnode.analysis.fit import (
+    AnalysisOptions,
+    combined_fit,
+    evaluate,
+    local_fit,
+    oracle_fit,
+    repool,
+    twins_fit,
+)
+from twinnode.analysis.party import analyze_party
+from twinnode.analysis.pooling import pool
 from twinnode.errors import AnalysisError
-from twinnode.pooling import pool
-from twinnode.simtwins import poison_frame, posterior_twins
+from twinnode.lab.simtwins import poison_frame, posterior_twins
 from twinnode.twins import Twin
 
 

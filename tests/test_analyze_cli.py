@@ -5,11 +5,11 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import make_small_frame
-from twinnode.cli import main
+
+from twinnode.cli.main import main
 from twinnode.data import write_table
-from twinnode.simtwins import as_release, poison_frame, posterior_twins
+from twinnode.lab.simtwins import as_release, poison_frame, posterior_twins
 from twinnode.twins import save_release
 
 
@@ -105,7 +105,7 @@ def test_analyze_with_a_fixed_weight_uses_it_and_judges_it(workdir, capsys, weig
 
 def test_weight_one_reproduces_the_papers_plain_concatenation(workdir, capsys, small_schema):
     # Prepare: the paper's analysis by hand, every peer (screening off), λ = 1, reiter
-    from twinnode.analysis import AnalysisOptions, combined_fit
+    from twinnode.analysis.fit import AnalysisOptions, combined_fit
     from twinnode.data import read_table
     from twinnode.twins import load_release
     local = read_table(workdir / "local.csv", small_schema)

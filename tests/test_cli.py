@@ -6,12 +6,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import SMALL_SCHEMA
 
 from twinnode import errors
-from twinnode.cli import main
+from twinnode.cli.main import main
 from twinnode.generator.privacy import Ledger
-
-from conftest import SMALL_SCHEMA
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

@@ -14,17 +14,23 @@ from typing import Iterator
 import pytest
 import zmq
 
-from twinnode.cli import main as cli_main
+from twinnode.cli.main import main as cli_main
 from twinnode.data import write_table
 from twinnode.generator.privacy import Ledger
-from twinnode.harness import LocalCluster, PartySpec, free_ports
-from twinnode.identity import Identity
+from twinnode.lab.harness import LocalCluster, PartySpec, free_ports
+from twinnode.lab.simtwins import as_release, posterior_twins, simulate_small, small_schema
 from twinnode.schema import Schema
-from twinnode.simtwins import as_release, posterior_twins, simulate_small, small_schema
-from twinnode.store import Store
+from twinnode.store.store import Store
+from twinnode.trust.identity import Identity
 from twinnode.twins import save_release
-from twinnode.wire import (Heartbeat, ReplayGuard, Signer, Verifier, encode_heartbeat,
-                           encode_twin)
+from twinnode.wire.envelope import (
+    Heartbeat,
+    ReplayGuard,
+    Signer,
+    Verifier,
+    encode_heartbeat,
+    encode_twin,
+)
 
 WAIT = 60.0  # seconds any one convergence may take on a loaded 2-core machine
 K = 3
@@ -74,7 +80,7 @@ def held(c: LocalCluster, name: str) -> dict[str, list[tuple[int, str]]]:
 
 def verify_store(state: Path, world: World, trust_from: LocalCluster, names) -> dict[str, int]:
     """Open a stopped node's store and re-verify every envelope; counts per sender."""
-    from twinnode.identity import TrustStore
+    from twinnode.trust.identity import TrustStore
 
     trust = TrustStore([trust_from.peer(n) for n in names])
     verifier = Verifier(trust, world.schema, ReplayGuard())

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from twinnode.cli import main as cli_main
-from twinnode.config import load_config, parse_config
+from twinnode.cli.main import main as cli_main
 from twinnode.errors import ConfigError
-from twinnode.harness import to_toml
-from twinnode.identity import Identity
+from twinnode.lab.harness import to_toml
+from twinnode.node.config import load_config, parse_config
+from twinnode.trust.identity import Identity
 
 
 @pytest.fixture
@@ -157,6 +157,7 @@ def test_twinnode_run_with_a_bad_config_exits_3_naming_the_key(files, capsys):
 
 
 def test_screening_policies_match_the_screening_module():
-    from twinnode import config, screening
+    from twinnode.analysis import screening
+    from twinnode.node import config
 
     assert config.POLICIES == screening.POLICIES

@@ -13,10 +13,10 @@ from typing import Any, Iterator
 
 import pytest
 
-from twinnode.cli import main
-from twinnode.commands.ctl import format_result, parse_params
-from twinnode.control import ControlServer, check_args, request, request_sync
+from twinnode.cli.ctl import format_result, parse_params
+from twinnode.cli.main import main
 from twinnode.errors import BudgetExceeded, ConfigError, ControlError, NodeNotRunning
+from twinnode.node.control import ControlServer, check_args, request, request_sync
 
 WAIT = 5.0  # every blocking step in these tests is bounded by this
 

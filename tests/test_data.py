@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from twinnode.cli import main
+from twinnode.cli.main import main
 from twinnode.data import randhie, read_table, split_parties
 from twinnode.errors import DataError
 from twinnode.schema import Schema

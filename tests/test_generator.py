@@ -14,8 +14,7 @@ from twinnode.generator.privacy import Calibration, Ledger
 from twinnode.generator.release import draw_release
 from twinnode.generator.sample import sample_twins
 from twinnode.generator.settings import GeneratorSettings, TrainPlan
-from twinnode.generator.train import (binomial_thresholds, draw_batch_count,
-                                      fit)
+from twinnode.generator.train import binomial_thresholds, draw_batch_count, fit
 from twinnode.generator.worker import Job, Worker
 from twinnode.schema import Schema
 

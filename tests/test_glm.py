@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import statsmodels.api as sm
-
 from conftest import make_small_frame
-from twinnode.design import make_design
-from twinnode.glm import estimable_columns, fit_poisson_batch
+
+from twinnode.analysis.design import make_design
+from twinnode.analysis.glm import estimable_columns, fit_poisson_batch
 
 TOL = 1e-6
 

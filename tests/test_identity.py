@@ -12,11 +12,24 @@ import pytest
 import zmq
 import zmq.auth
 
-from twinnode.cli import main
+from twinnode.cli.main import main
 from twinnode.errors import ConfigError, KeyFileError, UnknownSender
-from twinnode.identity import (Identity, KeyPaths, Peer, TrustStore, curve_raw, fingerprint,
-                               format_curve_key, format_sign_key, load_peer, parse_curve_key,
-                               parse_sign_key, save_identity, sign, verify)
+from twinnode.trust.identity import (
+    Identity,
+    KeyPaths,
+    Peer,
+    TrustStore,
+    curve_raw,
+    fingerprint,
+    format_curve_key,
+    format_sign_key,
+    load_peer,
+    parse_curve_key,
+    parse_sign_key,
+    save_identity,
+    sign,
+    verify,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 FINGERPRINT_RE = re.compile(r"^([0-9a-f]{4} ){7}[0-9a-f]{4}$")

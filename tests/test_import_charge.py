@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import make_small_frame
+
 from twinnode.errors import BudgetExceeded, ControlError
 from twinnode.generator.privacy import Ledger
-from twinnode.nodework import charge_import
+from twinnode.node.jobs import charge_import
 from twinnode.twins import Provenance, Release, Twin
 
 

@@ -12,21 +12,31 @@ from pathlib import Path
 from typing import Any, Awaitable
 
 import pytest
-
 from conftest import SMALL_SCHEMA, make_small_frame
-from twinnode.config import NodeConfig, load_config
-from twinnode.control import request, socket_path
+
 from twinnode.data import write_table
 from twinnode.errors import ControlError
-from twinnode.harness import free_ports, to_toml
-from twinnode.identity import Identity, save_identity
-from twinnode.node import Node
-from twinnode.nodework import analyze_job, screen_job
+from twinnode.lab.harness import free_ports, to_toml
+from twinnode.lab.simtwins import as_release, poison_frame, posterior_twins
+from twinnode.node.config import NodeConfig, load_config
+from twinnode.node.control import request, socket_path
+from twinnode.node.core import Node
+from twinnode.node.jobs import analyze_job, screen_job
 from twinnode.schema import Schema
-from twinnode.simtwins import as_release, poison_frame, posterior_twins
+from twinnode.trust.identity import Identity, save_identity
 from twinnode.twins import Provenance, Twin, save_release
-from twinnode.wire import (CatchupEnd, CatchupRequest, Heartbeat, Holding, ReplayGuard, Signer,
-                           Verifier, encode_catchup_request, encode_heartbeat, encode_twin)
+from twinnode.wire.envelope import (
+    CatchupEnd,
+    CatchupRequest,
+    Heartbeat,
+    Holding,
+    ReplayGuard,
+    Signer,
+    Verifier,
+    encode_catchup_request,
+    encode_heartbeat,
+    encode_twin,
+)
 
 WAIT = 10.0
 

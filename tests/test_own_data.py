@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import SMALL_SCHEMA, make_small_frame
+
 from twinnode.data import write_table
-from twinnode.harness import free_ports
+from twinnode.lab.harness import free_ports
 from twinnode.schema import Schema
 
 SITES = ("north", "south", "east")

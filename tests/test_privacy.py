@@ -4,15 +4,25 @@ from __future__ import annotations
 import json
 
 import pytest
-from dp_accounting import (GaussianDpEvent, NeighboringRelation, PoissonSampledDpEvent,
-                           SampledWithoutReplacementDpEvent, SelfComposedDpEvent,
-                           TruncatedSubsampledGaussianDpEvent)
+from dp_accounting import (
+    GaussianDpEvent,
+    NeighboringRelation,
+    PoissonSampledDpEvent,
+    SampledWithoutReplacementDpEvent,
+    SelfComposedDpEvent,
+    TruncatedSubsampledGaussianDpEvent,
+)
 from dp_accounting.pld import PLDAccountant
 from dp_accounting.rdp import RdpAccountant
 
 from twinnode.errors import BudgetExceeded, PrivacyError
-from twinnode.generator.privacy import (Ledger, calibrate, epsilon_for, overflow_bound,
-                                        poisson_max_batch)
+from twinnode.generator.privacy import (
+    Ledger,
+    calibrate,
+    epsilon_for,
+    overflow_bound,
+    poisson_max_batch,
+)
 
 
 def pld_epsilon(event, delta: float) -> float:

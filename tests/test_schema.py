@@ -6,12 +6,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import SMALL_SCHEMA
 
 from twinnode.data import read_table, write_table
 from twinnode.errors import DataError, SchemaError
 from twinnode.schema import Schema
-
-from conftest import SMALL_SCHEMA
 
 
 def test_same_schema_in_another_column_order_has_the_same_hash(small_schema):

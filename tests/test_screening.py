@@ -6,14 +6,19 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-
 from conftest import make_small_frame
-from twinnode.analysis import combined_fit
+
+from twinnode.analysis.fit import combined_fit
+from twinnode.analysis.screening import (
+    PeerStatistics,
+    judge,
+    peer_statistics,
+    prior_inflation,
+    screen,
+)
 from twinnode.atomic import jsonable
 from twinnode.errors import AnalysisError
-from twinnode.screening import (PeerStatistics, judge, peer_statistics, prior_inflation,
-                                 screen)
-from twinnode.simtwins import poison_frame, posterior_twins
+from twinnode.lab.simtwins import poison_frame, posterior_twins
 from twinnode.twins import Twin
 
 

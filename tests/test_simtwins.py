@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import load_script, make_small_frame
+
 from twinnode.errors import AnalysisError
-from twinnode import simtwins
-from twinnode.simtwins import as_release, poison_frame, posterior_twins, simulate_small
+from twinnode.lab import simtwins
+from twinnode.lab.simtwins import as_release, poison_frame, posterior_twins, simulate_small
 from twinnode.twins import load_release, save_release
 
 

@@ -17,9 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from twinnode.errors import StoreError
-from twinnode.seqset import Holding, SeqSet
-from twinnode.store import Store
-from twinnode.storefile import pack_envelope, unpack_envelope
+from twinnode.store.container import pack_envelope, unpack_envelope
+from twinnode.store.store import Store
+from twinnode.trust.seqset import Holding, SeqSet
 
 
 def frames_for(sender: str, seq: int) -> list[bytes]:
@@ -343,7 +343,7 @@ def test_every_truncation_and_bad_header_of_a_container_is_refused():
 
 CHILD = """
 import hashlib, os, random, sys
-from twinnode.store import Store
+from twinnode.store.store import Store
 {frames_src}
 state, log, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
 rng = random.Random(seed)

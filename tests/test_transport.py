@@ -8,7 +8,7 @@ import pytest
 import zmq
 
 from twinnode.errors import TransportError
-from twinnode.transport import Transport
+from twinnode.node.transport import Transport
 
 WAIT = 10.0  # every wait in these tests is bounded by this
 ANY = "tcp://127.0.0.1:*"
@@ -170,7 +170,7 @@ def test_close_is_safe_twice_and_a_busy_port_is_a_transport_error():
 
 def test_replies_to_a_requester_that_stops_reading_are_bounded_then_abandoned(monkeypatch):
     # Prepare: a reply may wait 0.3 s for room; the requester reads nothing
-    monkeypatch.setattr("twinnode.transport.SEND_TIMEOUT", 0.3)
+    monkeypatch.setattr("twinnode.node.transport.SEND_TIMEOUT", 0.3)
 
     async def main() -> int:
         server_keys, friend_keys = zmq.curve_keypair(), zmq.curve_keypair()

@@ -6,18 +6,24 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import load_script, make_small_frame
-from twinnode import pooling, weighting
-from twinnode.analysis import AnalysisOptions, combined_fit, local_fit
-from twinnode.combine import analyze_party
-from twinnode.commands import analyze as analyze_cmd
-from twinnode.design import make_design
+
+from twinnode.analysis import pooling, weighting
+from twinnode.analysis.design import make_design
+from twinnode.analysis.fit import AnalysisOptions, combined_fit, local_fit
+from twinnode.analysis.glm import fit_poisson_batch
+from twinnode.analysis.party import analyze_party
+from twinnode.analysis.weighting import (
+    choose_weight,
+    fixed_weight,
+    parse_weight,
+    select,
+    stratified_folds,
+    validation_scores,
+)
+from twinnode.cli import analyze as analyze_cmd
 from twinnode.errors import AnalysisError
-from twinnode.glm import fit_poisson_batch
-from twinnode.simtwins import poison_frame, posterior_twins
-from twinnode.weighting import (choose_weight, fixed_weight, parse_weight, select,
-                                stratified_folds, validation_scores)
+from twinnode.lab.simtwins import poison_frame, posterior_twins
 
 
 def _peers(schema, count=3, n=1000, k=8, seed=0, attack=None, inflate=1.0):

@@ -10,23 +10,51 @@ from typing import Any
 import msgpack
 import numpy as np
 import pytest
-
 from conftest import make_small_frame
-from twinnode.columnar import column_dtype, float32_bounds
+
 from twinnode.data import randhie
-from twinnode.errors import (DataError, DigestMismatch, DuplicateMessage, EquivocatedMessage,
-                             InvalidSignature, MalformedMessage, MisaddressedMessage,
-                             ReplayedMessage, SchemaMismatch, StaleMessage, UnknownSender,
-                             UnsupportedVersion, WireError)
-from twinnode.identity import Identity, TrustStore
+from twinnode.errors import (
+    DataError,
+    DigestMismatch,
+    DuplicateMessage,
+    EquivocatedMessage,
+    InvalidSignature,
+    MalformedMessage,
+    MisaddressedMessage,
+    ReplayedMessage,
+    SchemaMismatch,
+    StaleMessage,
+    UnknownSender,
+    UnsupportedVersion,
+    WireError,
+)
 from twinnode.schema import Schema
+from twinnode.trust.identity import Identity, TrustStore
+from twinnode.trust.seqset import MAX_RANGES
 from twinnode.twins import Provenance, Twin
-from twinnode.seqset import MAX_RANGES
-from twinnode.wire import (CatchupEnd, CatchupRequest, Heartbeat, Holding, ReplayGuard, Signer,
-                           Verifier, WireLimits, decode_catchup_end, decode_catchup_request,
-                           decode_heartbeat, decode_twin, encode_catchup_end,
-                           encode_catchup_request, encode_heartbeat, encode_twin, limits_for,
-                           rejection_line, seal, twin_digest)
+from twinnode.wire.columnar import column_dtype, float32_bounds
+from twinnode.wire.envelope import (
+    CatchupEnd,
+    CatchupRequest,
+    Heartbeat,
+    Holding,
+    ReplayGuard,
+    Signer,
+    Verifier,
+    WireLimits,
+    decode_catchup_end,
+    decode_catchup_request,
+    decode_heartbeat,
+    decode_twin,
+    encode_catchup_end,
+    encode_catchup_request,
+    encode_heartbeat,
+    encode_twin,
+    limits_for,
+    rejection_line,
+    seal,
+    twin_digest,
+)
 
 NOW = 1_700_000_000.0
 PRE_SIGNATURE = (MalformedMessage, UnsupportedVersion, UnknownSender, InvalidSignature)

@@ -14,17 +14,29 @@ from typing import Any
 
 import msgpack
 import pytest
+from conftest import SMALL_SCHEMA, make_small_frame
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import SMALL_SCHEMA, make_small_frame
 from twinnode.errors import MalformedMessage, SchemaMismatch, UnsupportedVersion, WireError
-from twinnode.identity import Identity, TrustStore
 from twinnode.schema import Schema
+from twinnode.trust.identity import Identity, TrustStore
 from twinnode.twins import Provenance, Twin
-from twinnode.wire import (CatchupEnd, CatchupRequest, Heartbeat, Holding, ReplayGuard, Signer,
-                           Verifier, encode_catchup_end, encode_catchup_request,
-                           encode_heartbeat, encode_twin, seal, signed_message)
+from twinnode.wire.envelope import (
+    CatchupEnd,
+    CatchupRequest,
+    Heartbeat,
+    Holding,
+    ReplayGuard,
+    Signer,
+    Verifier,
+    encode_catchup_end,
+    encode_catchup_request,
+    encode_heartbeat,
+    encode_twin,
+    seal,
+    signed_message,
+)
 
 NOW = 1_700_000_000.0
 SCHEMA = Schema.from_toml(SMALL_SCHEMA)

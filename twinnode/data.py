@@ -14,9 +14,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .atomic import atomic_open
-from .errors import DataError
-from .schema import Schema
+from twinnode.atomic import atomic_open
+from twinnode.errors import DataError
+from twinnode.schema import Schema
 
 SPLITS = ("iid", "skewed")
 

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from .errors import DataError, SchemaError
+from twinnode.errors import DataError, SchemaError
 
 COLUMN_TYPES = ("binary", "categorical", "count", "continuous")
 SCHEMA_FORMAT = "twinnode-schema/1"

@@ -14,10 +14,10 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from .atomic import write_json_atomic
-from .data import read_table, write_table
-from .errors import DataError, SchemaError
-from .schema import Schema
+from twinnode.atomic import write_json_atomic
+from twinnode.data import read_table, write_table
+from twinnode.errors import DataError, SchemaError
+from twinnode.schema import Schema
 
 RECEIPT_FORMAT = "twinnode-receipt/1"
 RELATIONS = ("add-remove", "substitute")

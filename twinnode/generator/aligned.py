@@ -19,11 +19,11 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
 from numpyro.infer.util import potential_energy
 
-from .train import PoissonDPSVI
+from twinnode.generator.train import PoissonDPSVI
 
 LOC, SCALE = "auto_loc", "auto_scale"
 HEAD_SITES = ("coef", "intercept", "concentration")

@@ -11,7 +11,7 @@ from typing import Mapping, NamedTuple
 
 import numpy as np
 
-from ..schema import Schema
+from twinnode.schema import Schema
 
 
 class ModelData(NamedTuple):

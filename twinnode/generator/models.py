@@ -11,7 +11,7 @@ import numpyro
 import numpyro.distributions as dist
 from numpyro.handlers import scale
 
-from .layout import Layout
+from twinnode.generator.layout import Layout
 
 _EPS = 1e-6
 MIN_SCALE = 0.01  # floor on a component's sd (share of the column's range): keeps point masses

@@ -13,11 +13,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..atomic import write_bytes_atomic
-from ..errors import GeneratorError, SchemaError
-from ..schema import Schema
-from .privacy import Calibration
-from .settings import GeneratorSettings
+from twinnode.atomic import write_bytes_atomic
+from twinnode.errors import GeneratorError, SchemaError
+from twinnode.generator.privacy import Calibration
+from twinnode.generator.settings import GeneratorSettings
+from twinnode.schema import Schema
 
 POSTERIOR_FORMAT = "twinnode-posterior/1"
 

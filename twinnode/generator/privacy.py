@@ -24,9 +24,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..atomic import write_json_atomic
-from ..errors import AccountingError, BudgetExceeded, PrivacyError
-from .settings import BATCHINGS
+from twinnode.atomic import write_json_atomic
+from twinnode.errors import AccountingError, BudgetExceeded, PrivacyError
+from twinnode.generator.settings import BATCHINGS
 
 OVERFLOW_SHARE = 0.01  # share of delta allowed for Poisson batch overflow
 LEDGER_FORMAT = "twinnode-ledger/1"

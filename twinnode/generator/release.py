@@ -14,15 +14,15 @@ from typing import Any
 
 import pandas as pd
 
-from ..errors import PrivacyError
-from ..schema import Schema
-from ..twins import RECEIPT_FORMAT, Provenance, Release, Twin
-from .layout import Layout
-from .posterior import Posterior
-from .privacy import Ledger, calibrate
-from .sample import sample_twins
-from .settings import GeneratorSettings, TrainPlan
-from .train import ProgressFn, fit
+from twinnode.errors import PrivacyError
+from twinnode.generator.layout import Layout
+from twinnode.generator.posterior import Posterior
+from twinnode.generator.privacy import Ledger, calibrate
+from twinnode.generator.sample import sample_twins
+from twinnode.generator.settings import GeneratorSettings, TrainPlan
+from twinnode.generator.train import ProgressFn, fit
+from twinnode.schema import Schema
+from twinnode.twins import RECEIPT_FORMAT, Provenance, Release, Twin
 
 
 def train_posterior(schema: Schema, frame: pd.DataFrame, plan: TrainPlan, ledger: Ledger,

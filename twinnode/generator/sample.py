@@ -13,9 +13,9 @@ import numpy as np
 from numpyro.handlers import seed as seed_handler
 from numpyro.infer import Predictive
 
-from .layout import Layout, ModelData
-from .settings import GeneratorSettings
-from .train import make_guide, make_model
+from twinnode.generator.layout import Layout, ModelData
+from twinnode.generator.settings import GeneratorSettings
+from twinnode.generator.train import make_guide, make_model
 
 _ROW_SITES = ("xb", "xn", "xr", "y")
 

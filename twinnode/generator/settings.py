@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..errors import GeneratorError, PrivacyError
+from twinnode.errors import GeneratorError, PrivacyError
 
 BATCHINGS = {"poisson": "add-remove", "fixed": "substitute"}
 OUTCOME_LIKELIHOODS = ("poisson", "negbinomial")

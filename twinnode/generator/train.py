@@ -13,24 +13,23 @@ import time
 from functools import lru_cache, partial
 from typing import Any, Callable, NamedTuple
 
+import d3p.random as secure_rng
 import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
+from d3p.minibatch import subsample_batchify_data
+from d3p.svi import DPSVI
+from d3p.util import sample_from_array
 from numpyro.infer import Trace_ELBO
 from numpyro.infer.autoguide import AutoDiagonalNormal
 from numpyro.infer.initialization import init_to_value
 
-import d3p.random as secure_rng
-from d3p.minibatch import subsample_batchify_data
-from d3p.svi import DPSVI
-from d3p.util import sample_from_array
-
-from ..errors import GeneratorError
-from .layout import Layout, ModelData
-from .models import twin_model
-from .privacy import Calibration
-from .settings import GeneratorSettings
+from twinnode.errors import GeneratorError
+from twinnode.generator.layout import Layout, ModelData
+from twinnode.generator.models import twin_model
+from twinnode.generator.privacy import Calibration
+from twinnode.generator.settings import GeneratorSettings
 
 ProgressFn = Callable[[int, int, float], None]  # (steps done, total steps, ELBO per row)
 
@@ -194,7 +193,7 @@ def _compiled(layout: Layout, n: int, settings: GeneratorSettings, batching: str
                   optim=numpyro.optim.Adam(settings.learning_rate), per_example_loss=Trace_ELBO(),
                   clipping_threshold=settings.clip, dp_scale=sigma, rng_suite=secure_rng)
     if settings.variant == "aligned":
-        from .aligned import AlignedDPSVI
+        from twinnode.generator.aligned import AlignedDPSVI
 
         svi = AlignedDPSVI(expected_batch=expected_batch if batching == "poisson" else size,
                            head_share=settings.head_share, **common)

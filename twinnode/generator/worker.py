@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import GeneratorError, TwinnodeError
-from ..twins import Release
-from .settings import GeneratorSettings, TrainPlan
+from twinnode.errors import GeneratorError, TwinnodeError
+from twinnode.generator.settings import GeneratorSettings, TrainPlan
+from twinnode.twins import Release
 
 Progress = Callable[[int, int, float], None]
 
@@ -42,11 +42,11 @@ class Job:
 
 def run_job(job: Job, progress: Progress | None = None) -> Release:
     """Do the job in this process (the worker's body; also usable directly)."""
-    from ..data import read_table
-    from ..schema import Schema
-    from .posterior import Posterior
-    from .privacy import Ledger
-    from .release import draw_release, train_posterior
+    from twinnode.data import read_table
+    from twinnode.generator.posterior import Posterior
+    from twinnode.generator.privacy import Ledger
+    from twinnode.generator.release import draw_release, train_posterior
+    from twinnode.schema import Schema
 
     schema = Schema.from_toml(job.schema_text, "node schema")
     ledger = Ledger(job.state_dir, cap_epsilon=job.cap_epsilon)
@@ -63,7 +63,7 @@ def run_job(job: Job, progress: Progress | None = None) -> Release:
 
 
 def _child(job: Job, conn: Any) -> None:
-    from ..cpus import pin_to_cpus
+    from twinnode.generator.cpus import pin_to_cpus
 
     try:
         pin_to_cpus(set(job.cpus) if job.cpus else None)
@@ -154,7 +154,7 @@ class Worker:
 
 
 def _job_error(kind: str, message: str) -> TwinnodeError:
-    from .. import errors
+    from twinnode import errors
 
     cls = getattr(errors, kind, None)
     if isinstance(cls, type) and issubclass(cls, TwinnodeError):

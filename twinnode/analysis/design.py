@@ -1,0 +1,95 @@
+"""The analysis model's design: terms fixed by the schema, and arrays -> (X, y).
+
+The term list comes from the schema and the chosen covariates, never from the data, so the
+K fits at one party and the fits at every party share the same columns. Continuous and count
+covariates enter as they are, binary ones as 0/1, categorical ones as dummies of every level
+but the reference (the first level unless chosen). A level that a data set lacks gives an
+all-zero column there, which the fitter drops for that fit and the report counts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from twinnode.errors import AnalysisError, SchemaError
+from twinnode.schema import Schema
+
+INTERCEPT = "Intercept"
+
+
+@dataclass(frozen=True)
+class Design:
+    """Which covariates, which reference levels, and the resulting term names."""
+
+    outcome: str
+    covariates: tuple[str, ...]
+    reference: Mapping[str, str] = field(default_factory=dict)
+    terms: tuple[str, ...] = ()
+    _columns: tuple[tuple[str, str, int], ...] = field(default=(), repr=False)
+
+    @property
+    def p(self) -> int:
+        return len(self.terms)
+
+    def to_dict(self) -> dict:
+        return {"outcome": self.outcome, "covariates": list(self.covariates),
+                "reference": dict(self.reference), "terms": list(self.terms)}
+
+    def matrix(self, arrays: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Numeric arrays in the schema's layout (`Schema.to_arrays`) -> X (n, p), y (n,)."""
+        y = np.asarray(arrays[self.outcome], dtype=np.float64)
+        X = np.empty((len(y), self.p))
+        for j, (name, kind, code) in enumerate(self._columns):
+            if kind == "intercept":
+                X[:, j] = 1.0
+            elif kind == "level":
+                X[:, j] = np.asarray(arrays[name]) == code
+            else:
+                X[:, j] = np.asarray(arrays[name], dtype=np.float64)
+        return X, y
+
+    def frame_matrix(self, schema: Schema, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """A typed frame -> X, y (through `Schema.to_arrays`, so levels map by name)."""
+        return self.matrix(schema.to_arrays(frame))
+
+
+def make_design(schema: Schema, covariates: Sequence[str] | None = None,
+                reference: Mapping[str, str] | None = None) -> Design:
+    """The design for the schema's outcome on `covariates` (default: all other columns)."""
+    outcome = schema.outcome_column().name
+    names = [c.name for c in schema.covariates] if covariates is None else list(covariates)
+    if len(set(names)) != len(names):
+        raise AnalysisError(f"covariates listed twice: {names}")
+    reference = dict(reference or {})
+    columns: list[tuple[str, str, int]] = [(INTERCEPT, "intercept", -1)]
+    terms = [INTERCEPT]
+    refs: dict[str, str] = {}
+    for name in names:
+        try:
+            col = schema.column(name)
+        except SchemaError:
+            raise AnalysisError(f"covariate {name!r} is not a column of the schema "
+                                f"(columns: {', '.join(schema.names)})") from None
+        if name == outcome:
+            raise AnalysisError(f"the outcome {name!r} cannot also be a covariate")
+        if col.type == "categorical":
+            ref = reference.pop(name, col.levels[0])
+            if ref not in col.levels:
+                raise AnalysisError(f"reference level {ref!r} is not a level of {name!r} "
+                                    f"(levels: {', '.join(col.levels)})")
+            refs[name] = ref
+            for code, level in enumerate(col.levels):
+                if level != ref:
+                    columns.append((name, "level", code))
+                    terms.append(f"{name}[{level}]")
+        else:
+            columns.append((name, "value", -1))
+            terms.append(name)
+    if reference:
+        raise AnalysisError(f"reference level given for non-categorical or unused column(s): "
+                            f"{', '.join(sorted(reference))}")
+    return Design(outcome=outcome, covariates=tuple(names), reference=refs,
+                  terms=tuple(terms), _columns=tuple(columns))

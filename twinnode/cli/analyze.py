@@ -1,0 +1,209 @@
+"""`twinnode analyze`: combined Poisson analysis of local rows and peers' twin releases."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from twinnode.errors import AnalysisError, ConfigError
+
+# the analysis modules' defaults, repeated so the CLI starts without scipy and pandas
+# (tests/test_weighting.py checks they agree)
+RULES = ("mixed", "reiter", "rubin")
+DEFAULT_RULE = "mixed"
+SELECTIONS = ("best", "guarded", "one-se")
+DEFAULT_FOLDS = 5
+VALIDATION_REPLICATES = 20
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "analyze", help="pool a Poisson GLM over local rows + peers' twins",
+        description="Screen the peers against each other; choose the weight of the peers' "
+                    "twin rows by cross-validation on the local rows (--weight auto, the "
+                    "default; --weight 1 is the paper's plain concatenation); for k = 1..K "
+                    "fit the schema's outcome on the covariates over the local rows plus "
+                    "twin k of every peer, pool the K fits, and compare with the local-only "
+                    "fit (and, with --test, the mean test log-likelihood). See "
+                    "docs/ANALYSIS.md.")
+    p.add_argument("--schema", required=True, type=Path, help="schema TOML file")
+    p.add_argument("--local", required=True, type=Path, help="local data (CSV or Parquet)")
+    p.add_argument("--twins", required=True, type=Path, nargs="+", metavar="DIR",
+                   help="release directories (receipt.json + twin-NNN.csv), one per peer")
+    p.add_argument("--test", type=Path, help="held-out data for the test log-likelihood")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead")
+    p.add_argument("--covariates", help="comma list of covariates (default: all columns)")
+    p.add_argument("--reference", action="append", default=[], metavar="COL=LEVEL",
+                   help="reference level of a categorical covariate (default: its first)")
+    p.add_argument("--rule", choices=RULES, default=DEFAULT_RULE,
+                   help="pooling rule: mixed (Raghunathan-Reiter on the twins' share of the "
+                        "variance + the local rows' own share; default), reiter (fully "
+                        "synthetic, the paper's), rubin (multiple imputation)")
+    p.add_argument("--fallback", choices=("rubin", "within"), default="rubin",
+                   help="total variance used where the rule's is not positive (rubin)")
+    p.add_argument("--interval", choices=("t", "normal"), default="t",
+                   help="reference distribution of the intervals (t with the rule's df)")
+    p.add_argument("--level", type=float, default=0.95, help="interval level (0.95)")
+    p.add_argument("--weight", default="auto", metavar="auto|W",
+                   help="weight of the peers' twin rows: auto (chosen by cross-validation "
+                        "on the local rows; default) or a number in [0, 1] (1: the paper's "
+                        "plain concatenation, 0: local only; --weight 1 --rule reiter is "
+                        "the paper's whole analysis)")
+    p.add_argument("--folds", type=int, default=DEFAULT_FOLDS,
+                   help=f"cross-validation folds ({DEFAULT_FOLDS})")
+    p.add_argument("--cv-replicates", type=int, default=VALIDATION_REPLICATES, metavar="R",
+                   help=f"twins per validation fit ({VALIDATION_REPLICATES}; at most K)")
+    p.add_argument("--select", choices=SELECTIONS, default="best",
+                   help="how --weight auto picks: best (the best held-out mean; default), "
+                        "guarded (the best only if it beats local only by one standard "
+                        "error), one-se (the smallest weight within one standard error "
+                        "of the best)")
+    p.add_argument("--screen", choices=("off", "flag", "exclude"), default="flag",
+                   help="screening policy (flag: report only; exclude: drop flagged peers)")
+    p.add_argument("--threshold", type=float, default=0.01,
+                   help="flag a peer whose screening p-value is below this (0.01)")
+    p.add_argument("--draws", type=int, default=100, help="Monte Carlo draws (100)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the folds and of the Monte Carlo draws")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from twinnode.analysis.fit import AnalysisOptions
+    from twinnode.analysis.party import analyze_party
+    from twinnode.analysis.weighting import parse_weight
+    from twinnode.data import read_table
+    from twinnode.schema import Schema
+    from twinnode.twins import load_release
+
+    weight = parse_weight(args.weight)
+    schema = Schema.load(args.schema)
+    options = AnalysisOptions(covariates=_covariates(args.covariates),
+                              reference=_references(args.reference), rule=args.rule,
+                              fallback=args.fallback, level=args.level,
+                              interval=args.interval)
+    local = read_table(args.local, schema)
+    peers: dict[str, Any] = {}
+    for directory in args.twins:
+        release = load_release(directory, schema)
+        name = release.sender or directory.name
+        if name in peers:
+            raise AnalysisError(f"{directory}: a second release from peer {name!r}; give one "
+                                "release per peer")
+        peers[name] = release.twins
+    test = read_table(args.test, schema) if args.test is not None else None
+    report = analyze_party(schema, local, peers, weight=weight, test_frame=test,
+                           options=options, policy=args.screen, threshold=args.threshold,
+                           folds=args.folds, replicates=args.cv_replicates,
+                           selection=args.select, seed=args.seed, draws=args.draws)
+    out = report.to_dict()
+    if args.json:
+        print(json.dumps(out, indent=2, allow_nan=False))
+    else:
+        print(render(out))
+    return 0
+
+
+def _covariates(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    names = tuple(x.strip() for x in text.split(",") if x.strip())
+    if not names:
+        raise ConfigError("--covariates needs at least one column name")
+    return names
+
+
+def _references(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        col, sep, level = item.partition("=")
+        if not sep or not col.strip() or not level.strip():
+            raise ConfigError(f"--reference takes COL=LEVEL, got {item!r}")
+        out[col.strip()] = level.strip()
+    return out
+
+
+def render(out: dict[str, Any]) -> str:
+    """The human-readable report: twin weight, coefficients, pooling, screening, scores."""
+    pooling, design = out["pooling"], out["design"]
+    peers = pooling["peers"]
+    level = round(100 * pooling["level"])
+    lines = [f"Poisson GLM of {design['outcome']} on {len(design['covariates'])} covariate(s), "
+             f"robust {pooling['cov_type']} errors; K = {pooling['k']} from {len(peers)} "
+             f"peer(s): {', '.join(peers) or '-'}",
+             f"rows per fit: " + ", ".join(f"{k} {v}" for k, v in pooling["rows"].items()),
+             "", _render_weight(out["weight"]), "",
+             f"{'term':<22}{'estimate':>10}{'SE':>9}  {f'{level}% interval':<24}{'df':>7}"
+             f"{'local est':>11}{'local SE':>9}"]
+    for term, c in out["coefficients"].items():
+        interval = f"[{_num(c['lower'])}, {_num(c['upper'])}]"
+        mark = " *" if c["fallback"] else ""
+        df = ("inf" if c["df"] is None and c["estimate"] is not None else
+              ">1e5" if c["df"] is not None and c["df"] > 1e5 else _num(c["df"], 1))
+        lines.append(f"{term[:21]:<22}{_num(c['estimate']):>10}{_num(c['se']):>9}  "
+                     f"{interval:<24}{df:>7}{_num(c['local_estimate']):>11}"
+                     f"{_num(c['local_se']):>9}{mark}")
+    lines += ["", f"pooling: {pooling['rule']} rule, {pooling['interval']} intervals; "
+                  f"fallback ({pooling['fallback_rule']}) for {pooling['fallback_count']} "
+                  f"term(s){' (marked *)' if pooling['fallback_count'] else ''}; "
+                  f"{pooling['failed_replicates']} failed replicate(s) excluded",
+              "(a small df means T is small against the between-twin variance b: the "
+              "variance estimate is itself uncertain, so the t interval is wide)"]
+    lines += [f"warning: {w}" for w in pooling["warnings"]]
+    lines += ["", _render_screening(out["screening"])]
+    if "ll_local" in out:
+        ev = out["evaluation"]
+        lines += ["", f"test log-likelihood per record ({ev['local']['n_test']} rows, "
+                      f"{ev['local']['draws']} draws of w ~ N(q, T), seed {ev['local']['seed']}):"]
+        for label, key in (("local only", "local"), ("combined", "combined")):
+            e = ev[key]
+            lines.append(f"  {label:<11} mean {_num(e['mean'], 5)}  plug-in "
+                         f"{_num(e['plugin'], 5)}  90% of draws in [{_num(e['q05'], 5)}, "
+                         f"{_num(e['q95'], 5)}]")
+    return "\n".join(lines)
+
+
+def _render_weight(w: dict[str, Any]) -> str:
+    """The chosen λ, the validation curve, and the verdict."""
+    how = {"auto": f"chosen by cross-validation, {w['selection']} rule",
+           "fixed": "fixed by the user", "no-peers": "no peer twins",
+           "unvalidated": "not validated"}[w["mode"]]
+    lines = [f"twin weight λ = {w['chosen']:g} ({how})"]
+    if w["folds"]:
+        lines.append(f"  {w['folds']}-fold cross-validation on {w['n_local']} local rows, "
+                     f"{w['replicates']} twin(s) per fit; held-out plug-in log-likelihood "
+                     f"per record:")
+        lines.append(f"  {'λ':>6}{'mean':>12}{'SE':>9}{'gain vs local':>15}{'SE':>9}")
+        for c in w["curve"]:
+            mark = "  <- chosen" if c["weight"] == w["chosen"] else ""
+            if c["weight"] == w["best"] and c["weight"] != w["chosen"]:
+                mark = "  (best mean)"
+            lines.append(f"  {c['weight']:>6g}{_num(c['mean'], 5):>12}{_num(c['se'], 5):>9}"
+                         f"{_num(c['gain'], 5):>15}{_num(c['gain_se'], 5):>9}{mark}")
+    lines.append(f"does joining help? {w['verdict']}")
+    return "\n".join(lines)
+
+
+def _render_screening(s: dict[str, Any]) -> str:
+    lines = [f"screening ({s['policy']}, flag at p < {s['threshold']:g}): {s['message']}"]
+    if s["peers"]:
+        lines.append(f"  {'peer':<16}{'n':>7}{'eps':>7}{'score':>8}{'p':>10}  verdict")
+        for p in s["peers"]:
+            verdict = "FLAGGED: " + p["reason"] if p["flagged"] else "ok"
+            lines.append(f"  {p['peer'][:15]:<16}{p['n']:>7}{_num(p['epsilon'], 3):>7}"
+                         f"{_num(p['score'], 2):>8}{_num(p['p_value'], 3, 'g'):>10}  {verdict}")
+    if s["flagged"] and s.get("without_flagged"):
+        w, wo = s["with_flagged"]["coefficients"], s["without_flagged"]["coefficients"]
+        lines.append(f"  estimates with / without {', '.join(s['flagged'])}:")
+        for term in w:
+            lines.append(f"    {term[:21]:<22}{_num(w[term]['estimate']):>10}"
+                         f"{_num(wo[term]['estimate']):>10}")
+    return "\n".join(lines)
+
+
+def _num(x: Any, digits: int = 4, fmt: str = "f") -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "NA"
+    return f"{x:.{digits}{fmt}}"

@@ -1,0 +1,269 @@
+"""`twinnode ctl COMMAND [key=value ...]`: ask a running node over its control socket.
+
+Human-readable output by default (a formatter per known result shape, docs/CONTROL.md, and
+a generic `key: value` layout for anything else); `--json` prints the raw result.
+Exit codes: 14 when no node is running, 13 when the command fails.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from twinnode.errors import ConfigError
+from twinnode.node.control import request_sync, socket_path
+
+COMMANDS = ("status", "peers", "twins", "budget", "train", "publish", "screen", "analyze",
+            "shutdown")
+DEFAULT_STATE = "state"
+_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ctl", help="send a command to a running node",
+                       description="Send COMMAND to the node whose state directory is --state "
+                                   "(or whose control socket is --socket) and print the reply. "
+                                   f"Commands: {', '.join(COMMANDS)}. Extra KEY=VALUE "
+                                   "arguments are passed on; values are read as JSON when "
+                                   "they parse (epochs=10 is a number, name=x a string).",
+                       epilog="exit codes: 0 ok, 13 the command failed, 14 no node is running")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--state", type=Path,
+                       help=f"the node's state directory (default $TWINNODE_STATE, else "
+                            f"./{DEFAULT_STATE}); the socket is <state>/control.sock")
+    where.add_argument("--socket", type=Path, help="the control socket itself")
+    p.add_argument("--json", action="store_true", help="print the raw JSON result")
+    p.add_argument("--timeout", type=float, default=30.0,
+                   help="seconds to wait for the reply (default 30)")
+    p.add_argument("cmd", metavar="COMMAND", help=", ".join(COMMANDS))
+    p.add_argument("params", nargs="*", metavar="KEY=VALUE", help="command arguments")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    path = args.socket or socket_path(args.state or os.environ.get("TWINNODE_STATE")
+                                      or DEFAULT_STATE)
+    params = parse_params(args.params)
+    if not args.timeout > 0:
+        raise ConfigError(f"--timeout must be positive, got {args.timeout}")
+    result = request_sync(path, args.cmd, params, timeout=args.timeout)
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        print(format_result(args.cmd, result))
+    return 0
+
+
+def parse_params(words: Sequence[str]) -> dict[str, Any]:
+    """["epochs=10", "name=x"] -> {"epochs": 10, "name": "x"}; JSON values when they parse."""
+    out: dict[str, Any] = {}
+    for word in words:
+        key, sep, text = word.partition("=")
+        if not sep or not _KEY_RE.fullmatch(key):
+            raise ConfigError(f"expected KEY=VALUE, got {word!r}")
+        if key in out:
+            raise ConfigError(f"argument {key!r} given twice")
+        try:
+            out[key] = json.loads(text)
+        except json.JSONDecodeError:
+            out[key] = text
+    return out
+
+
+# ---- human-readable output ------------------------------------------------------------------
+
+def format_result(cmd: str, result: Mapping[str, Any]) -> str:
+    """The result as text: the command's formatter, or the generic layout if it does not fit."""
+    formatter = FORMATTERS.get(cmd, format_generic)
+    try:
+        return formatter(result)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return format_generic(result)
+
+
+def format_generic(value: Any, indent: int = 0) -> str:
+    """Nested `key: value` lines; lists of maps as '-' items."""
+    pad = "  " * indent
+    if isinstance(value, Mapping):
+        if not value:
+            return f"{pad}(empty)"
+        lines = []
+        for key, item in value.items():
+            if isinstance(item, (Mapping, list)) and item and not _scalars(item):
+                lines.append(f"{pad}{key}:")
+                lines.append(format_generic(item, indent + 1))
+            else:
+                lines.append(f"{pad}{key}: {_scalar(item)}")
+        return "\n".join(lines)
+    if isinstance(value, list) and not _scalars(value):
+        lines = []
+        for item in value:
+            body = format_generic(item, indent + 1).lstrip()
+            lines.append(f"{pad}- {body}")
+        return "\n".join(lines)
+    return f"{pad}{_scalar(value)}"
+
+
+def _scalars(value: Any) -> bool:
+    return isinstance(value, list) and all(not isinstance(v, (Mapping, list)) for v in value)
+
+
+def _scalar(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return ", ".join(_scalar(v) for v in value) if value else "(none)"
+    if isinstance(value, Mapping) and not value:
+        return "(none)"
+    return str(value)
+
+
+def _age(seconds: Any) -> str:
+    if seconds is None:
+        return "never"
+    return f"{_duration(seconds)} ago"
+
+
+def _duration(seconds: Any) -> str:
+    s = float(seconds)
+    if s < 60:
+        return f"{s:.1f} s"
+    m, s = divmod(int(s), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def _counts(mapping: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in mapping.items()) if mapping else "none"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    return ["  " + "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()
+            for r in [header, *rows]]
+
+
+def _job(job: Mapping[str, Any] | None) -> str:
+    if not job:
+        return "none"
+    text = f"{job['name']} {job.get('state', '?')}"
+    if job.get("progress") is not None:
+        text += f" {100 * float(job['progress']):.0f}%"
+    if job.get("detail"):
+        text += f" ({job['detail']})"
+    return text
+
+
+def _budget(b: Mapping[str, Any]) -> str:
+    text = f"epsilon spent {float(b['spent']):.2f}"
+    if b.get("cap") is not None:
+        text += f" of {float(b['cap']):.2f}"
+    if b.get("left") is not None:
+        text += f", {float(b['left']):.2f} left"
+    if b.get("delta") is not None:
+        text += f" (delta {float(b['delta']):.3g})"
+    return text
+
+
+def _peer_rows(peers: Sequence[Mapping[str, Any]], detail: bool = False) -> list[str]:
+    if not peers:
+        return ["  (no peers configured)"]
+    header = ["NAME", "CONNECTED", "LAST HEARTBEAT", "LATEST SEQ"]
+    rows = [[p["name"], _scalar(p.get("connected")), _age(p.get("last_heartbeat_age")),
+             _scalar(p.get("latest_seq"))] for p in peers]
+    if detail:
+        header += ["HELD", "ADDRESS"]
+        rows = [r + [_scalar(p.get("held")), _scalar(p.get("address"))]
+                for r, p in zip(rows, peers)]
+    return _table(header, rows)
+
+
+def format_status(r: Mapping[str, Any]) -> str:
+    head = f"node {r['node']}"
+    extras = [f"pid {r['pid']}" if r.get("pid") else "",
+              f"up {_duration(r['uptime'])}" if r.get("uptime") is not None else "",
+              f"own seq {r['own_seq']}" if r.get("own_seq") is not None else ""]
+    if any(extras):
+        head += " (" + ", ".join(e for e in extras if e) + ")"
+    lines = [head, f"job: {_job(r.get('job'))}"]
+    if r.get("budget"):
+        lines.append(f"budget: {_budget(r['budget'])}")
+    lines.append("peers:")
+    lines += _peer_rows(r.get("peers", []))
+    lines.append(f"twins held: {_counts(r.get('twins', {}))}")
+    lines.append(f"rejected: {_counts(r.get('rejected', {}))}")
+    return "\n".join(lines)
+
+
+def format_peers(r: Mapping[str, Any]) -> str:
+    return "\n".join(["peers:", *_peer_rows(r["peers"], detail=True)])
+
+
+def format_twins(r: Mapping[str, Any]) -> str:
+    senders = r["senders"]
+    if not senders:
+        return "no twins held"
+    rows = [[s["sender"], str(s["count"]), str(s.get("watermark", "-")),
+             _ranges(s.get("ranges", [])), _counts(s.get("status", {}))] for s in senders]
+    return "\n".join(["twins held:", *_table(["SENDER", "COUNT", "CONTIGUOUS TO", "ALSO",
+                                              "STATUS"], rows)])
+
+
+def _ranges(ranges: list) -> str:
+    """[[5, 7], [9, 9]] -> "5-7, 9"."""
+    if not ranges:
+        return "(none)"
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in ranges)
+
+
+def format_budget(r: Mapping[str, Any]) -> str:
+    lines = [f"budget: {_budget(r)}"]
+    for e in r.get("entries", []):
+        lines.append(f"  - epsilon {float(e['epsilon']):.2f}, delta {float(e['delta']):.3g}"
+                     + (f": {e['note']}" if e.get("note") else ""))
+    return "\n".join(lines)
+
+
+def format_job(r: Mapping[str, Any]) -> str:
+    lines = [str(r["message"])] if r.get("message") else []
+    if "job" in r:
+        lines.append(f"job: {_job(r['job'])}")
+    rest = {k: v for k, v in r.items() if k not in ("message", "job")}
+    if rest:
+        lines.append(format_generic(rest))
+    return "\n".join(lines) or "ok"
+
+
+def format_screen(r: Mapping[str, Any]) -> str:
+    """A job reply, with the per-peer verdicts as a table."""
+    lines = [format_job({k: v for k, v in r.items() if k != "peers"})]
+    if r.get("peers"):
+        lines += _table(["PEER", "SCORE", "P", "FLAGGED", "REASON"],
+                        [[p["peer"], _scalar(p.get("score")), _scalar(p.get("p_value")),
+                          _scalar(p.get("flagged")), p.get("reason") or ""] for p in r["peers"]])
+    return "\n".join(lines)
+
+
+def format_analyze(r: Mapping[str, Any]) -> str:
+    """A job reply, with the combined and local coefficients as a table."""
+    lines = [format_job({k: v for k, v in r.items() if k != "coefficients"})]
+    if r.get("coefficients"):
+        lines += _table(["TERM", "COMBINED", "SE", "LOCAL", "SE"],
+                        [[term] + [_scalar(c.get(key)) for key in
+                                   ("estimate", "se", "local_estimate", "local_se")]
+                         for term, c in r["coefficients"].items()])
+    return "\n".join(lines)
+
+
+FORMATTERS: dict[str, Callable[[Mapping[str, Any]], str]] = {
+    "status": format_status, "peers": format_peers, "twins": format_twins,
+    "budget": format_budget, "train": format_job, "publish": format_job,
+    "screen": format_screen, "analyze": format_analyze, "shutdown": format_job,
+}

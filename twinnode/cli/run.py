@@ -1,0 +1,42 @@
+"""`twinnode run --config node.toml`: run one party's node until SIGTERM, SIGINT or `shutdown`."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run this party's node (long-lived)",
+                       description="Start the node described by --config: bind its sockets, "
+                                   "connect to the pinned peers, serve the control socket in "
+                                   "its state directory, and exchange signed twins until "
+                                   "SIGTERM/SIGINT or `twinnode ctl shutdown` (exit 0). "
+                                   "docs/NODE.md describes every config key.")
+    p.add_argument("--config", required=True, type=Path, help="node config (TOML)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                   help="override [node] log_level")
+    p.add_argument("--log-format", choices=["kv", "json"], help="override [node] log_format")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from twinnode.eventlog import configure
+    from twinnode.node.config import load_config
+
+    config = load_config(args.config)
+    configure(args.log_level or config.node.log_level,
+              args.log_format or config.node.log_format)
+    asyncio.run(_serve(config))
+    return 0
+
+
+async def _serve(config) -> None:
+    from twinnode.node.core import Node
+
+    node = Node(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, node.request_stop, sig.name)
+    await node.run_until_stopped()

@@ -1,1 +1,0 @@
-"""One module per `twinnode` subcommand; each defines `register(subparsers)`."""

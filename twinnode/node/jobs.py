@@ -1,0 +1,267 @@
+"""The node's jobs: generator runs in a worker process, publishing, and analyses of stored twins.
+
+Each job body is `async fn(node, job, args) -> result dict` and runs as the node's one
+background job (`Node.start_job`); CPU work happens in the generator's spawned worker or in a
+thread, never on the event loop. JAX is imported only inside the worker process.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+from twinnode.atomic import write_json_atomic
+from twinnode.errors import ControlError, PrivacyError, StoreError, WireError
+from twinnode.eventlog import event
+from twinnode.generator.settings import TrainPlan
+from twinnode.generator.worker import Job, Worker
+from twinnode.schema import Schema
+from twinnode.store.store import Store
+from twinnode.trust.identity import TrustStore
+from twinnode.twins import Release, Twin, load_release
+from twinnode.wire.envelope import ReplayGuard, Verifier, WireLimits
+
+if TYPE_CHECKING:
+    from twinnode.generator.privacy import Ledger
+    from twinnode.node.core import Node
+    from twinnode.node.slot import JobState
+
+log = logging.getLogger("twinnode.node")
+
+POSTERIOR_FILE = "posterior.npz"
+
+
+def posterior_path(node: "Node") -> Path:
+    """Where the node keeps its latest trained posterior (sampling from it is free)."""
+    return Path(node.state_dir) / POSTERIOR_FILE
+
+
+# ---- generator ------------------------------------------------------------------------------
+
+async def generate(node: "Node", job: "JobState", kind: str, args: Mapping[str, Any]) -> Release:
+    """Train (kind "train", charges the ledger) or sample ("sample", free) K twins in a
+    spawned worker pinned to [training] cpus; progress goes to `job`."""
+    cfg = node.config
+    plan = TrainPlan(epsilon=float(args.get("epsilon", cfg.privacy.epsilon)),
+                     delta=cfg.privacy.delta, epochs=float(args.get("epochs", cfg.privacy.epochs)),
+                     q=cfg.privacy.q, batching=cfg.privacy.batching)
+    spec = Job(kind=kind, schema_text=node.schema.to_toml(), state_dir=str(node.state_dir),
+               posterior_path=str(posterior_path(node)), k=int(args.get("k", cfg.k)),
+               sender=node.name, data_path=str(cfg.data.path), plan=plan,
+               settings=cfg.generator,
+               cap_epsilon=cfg.privacy.cap_epsilon, cpus=cfg.training.cpus)
+    job.detail = f"{kind}: starting the worker"
+
+    def progress(done: int, total: int, elbo: float) -> None:
+        job.progress = done / total if total else None
+        job.detail = f"{kind}: step {done}/{total}, ELBO/row {elbo:.3f}"
+
+    release = await Worker().run(spec, progress)
+    rid, created = release.receipt.get("release"), float(release.receipt.get("created", 0))
+    receipt = await asyncio.to_thread(_new_receipt_path, Path(node.state_dir) / "releases",
+                                      f"{rid}-{created:.0f}")  # one per draw
+    await asyncio.to_thread(write_json_atomic, receipt, release.receipt)
+    event(log, f"generator.{kind}", release=release.receipt.get("release"),
+          k=len(release.twins), epsilon=release.receipt.get("epsilon"))
+    return release
+
+
+def _new_receipt_path(directory: Path, stem: str) -> Path:
+    """`<stem>.json`, or `<stem>-2.json`, ... if taken: two draws in one second keep both
+    receipts (only one job runs at a time, so checking then writing does not race)."""
+    path, n = directory / f"{stem}.json", 1
+    while path.exists():
+        n += 1
+        path = directory / f"{stem}-{n}.json"
+    return path
+
+
+async def train_job(node: "Node", job: "JobState", args: Mapping[str, Any]) -> dict[str, Any]:
+    """Train, draw K twins, and (unless publish=false) publish them."""
+    release = await generate(node, job, "train", args)
+    if not args.get("publish", True):
+        return {"message": f"trained release {release.receipt.get('release')} "
+                           "(not published; `publish` samples from it for free)",
+                "release": release.receipt.get("release")}
+    return await _publish(node, job, release)
+
+
+async def publish_job(node: "Node", job: "JobState", args: Mapping[str, Any]) -> dict[str, Any]:
+    """Publish `release` (a directory from `twinnode train`), or fresh twins: sampled from
+    the saved posterior when there is one (free), else trained (charges the ledger)."""
+    if "release" in args:
+        directory = Path(args["release"])
+        if not directory.is_absolute():
+            raise ControlError(f"publish: release must be an absolute path (the node does not "
+                               f"know your working directory), got {str(directory)!r}")
+        job.detail = f"loading {directory}"
+        release = await asyncio.to_thread(load_release, directory, node.schema)
+        await asyncio.to_thread(charge_import, node.ledger, release, node.name)
+    else:
+        kind = "sample" if posterior_path(node).exists() else "train"
+        release = await generate(node, job, kind, args)
+    return await _publish(node, job, release)
+
+
+def auto_publish_blocker(node: "Node") -> str | None:
+    """Why [training] auto must not publish at start (None: it may). Sampling a saved
+    posterior is free; training again after a charged run that left no posterior (cancelled,
+    killed, failed) would spend ε without anyone asking, so that waits for `ctl train`."""
+    if posterior_path(node).exists():
+        return None
+    try:
+        entries = node.ledger.snapshot()["entries"]
+    except PrivacyError as exc:
+        return str(exc)
+    charged = [e for e in entries if e.get("kind") == "train" and e.get("epsilon", 0) > 0]
+    if not charged:
+        return None
+    last = charged[-1]
+    return (f"an earlier training run here (ledger entry {last.get('id')}, status "
+            f"{last.get('status')}, epsilon {last.get('epsilon'):g}) left no posterior; "
+            "[training] auto does not spend privacy budget again on its own: run "
+            "`twinnode ctl train` to train again")
+
+
+def charge_import(ledger: "Ledger", release: Release, own: str) -> None:
+    """A release trained elsewhere (e.g. offline with `twinnode train`) counts against this
+    node's budget: charged once, when first published, unless its run is in our ledger."""
+    r = release.receipt
+    if release.sender != own:  # checked again when publishing; here so nothing is charged
+        raise ControlError(f"this release is from {release.sender!r}, not {own!r}; "
+                           f"make it with --sender {own}")
+    if not ledger.has_release(str(r.get("release"))):
+        ledger.charge(float(r["epsilon"]), float(r["delta"]), kind="import",
+                      release=str(r.get("release")), n=r.get("n"), sigma=r.get("sigma"),
+                      relation=r.get("relation"), schema_hash=r.get("schema_hash"),
+                      status_note="trained elsewhere; charged when first published here")
+
+
+async def _publish(node: "Node", job: "JobState", release: Release) -> dict[str, Any]:
+    def progress(done: int, total: int) -> None:
+        job.progress, job.detail = done / total, f"publishing twin {done}/{total}"
+
+    job.progress = 0.0
+    seqs = await node.publish_release(release, progress)
+    return {"message": f"published {len(seqs)} twins (seqs {seqs[0]}-{seqs[-1]})",
+            "release": release.receipt.get("release"), "seqs": [seqs[0], seqs[-1]]}
+
+
+# ---- analyses over stored twins ---------------------------------------------------------------
+
+def stored_peer_twins(store: Store, trust: TrustStore, schema: Schema, own: str,
+                      limits: WireLimits = WireLimits()) -> dict[str, list[Twin]]:
+    """Each peer's latest published release, read back from the store and re-verified
+    (signature, digest, schema; not the replay window, which judged them on arrival): what the
+    analyses use. Runs in a thread."""
+    verifier = Verifier(trust, schema, ReplayGuard(), limits)
+    by_sender: dict[str, list] = {}
+    for entry in store.list():
+        if entry.sender != own and entry.kind == "twin":
+            by_sender.setdefault(entry.sender, []).append(entry)
+    peers: dict[str, list[Twin]] = {}
+    for sender, entries in by_sender.items():
+        latest = entries[-1].release  # entries are in seq order
+        twins = []
+        for entry in entries:
+            if entry.release != latest:
+                continue
+            try:
+                twins.append(verifier.open(store.frames(entry.sender, entry.seq),
+                                           replay=False).twin)
+            except (WireError, StoreError) as exc:
+                event(log, "store.reverify_failed", str(exc), level=logging.WARNING,
+                      peer=entry.sender, seq=entry.seq)
+        if twins:  # one publication: the draw of the highest seq (a release may be re-sampled)
+            created = twins[-1].provenance.created
+            peers[sender] = [t for t in twins if t.provenance.created == created]
+    return peers
+
+
+def screen_report(schema: Schema, peers: Mapping[str, list[Twin]], policy: str,
+                  threshold: float) -> Any:
+    """screening.screen, imported on use (it pulls in the statistics stack)."""
+    from twinnode.analysis.screening import screen
+
+    return screen(schema, peers, policy, threshold)
+
+
+async def _inputs(node: "Node", with_local: bool) -> tuple[dict[str, list[Twin]], Any]:
+    assert node.store is not None
+    peers = await asyncio.to_thread(stored_peer_twins, node.store, node.trust, node.schema,
+                                    node.name, node.limits)
+    local = None
+    if with_local:
+        from twinnode.data import read_table
+        local = await asyncio.to_thread(read_table, node.config.data.path, node.schema)
+    return peers, local
+
+
+async def screen_job(node: "Node", job: "JobState", args: Mapping[str, Any]) -> dict[str, Any]:
+    """Screen each peer's twins against the others; mark stored twins flagged/excluded."""
+    policy = args.get("policy", node.config.screening.policy)
+    threshold = float(args.get("threshold", node.config.screening.threshold))
+    job.detail = "loading stored twins"
+    peers, _ = await _inputs(node, with_local=False)
+    job.detail = f"screening {len(peers)} peers"
+    report = await asyncio.to_thread(screen_report, node.schema, peers, policy, threshold)
+    mark = "excluded" if policy == "exclude" else "flagged"
+    statuses = {name: mark if name in report.flagged else "accepted" for name in peers}
+    await asyncio.to_thread(_set_statuses, node.store, statuses)
+    path = report_path(node, "screening")
+    await asyncio.to_thread(write_json_atomic, path, report.to_dict())
+    return {"message": report.message, "flagged": list(report.flagged), "report": str(path),
+            "peers": [p.to_dict(all_checks=False) for p in report.peers]}
+
+
+def report_path(node: "Node", kind: str) -> Path:
+    """state/reports/<kind>-<UTC time>.json"""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return Path(node.state_dir) / "reports" / f"{kind}-{stamp}.json"
+
+
+def _set_statuses(store: Store | None, statuses: Mapping[str, str]) -> None:
+    assert store is not None
+    for entry in store.list():
+        wanted = statuses.get(entry.sender)
+        if wanted is not None and entry.status != wanted:
+            store.set_status(entry.sender, entry.seq, wanted)
+
+
+async def analyze_job(node: "Node", job: "JobState", args: Mapping[str, Any]) -> dict[str, Any]:
+    """`combine.analyze_party` (what `twinnode analyze` runs) over the local rows and each
+    peer's latest twins; the full report is written to state/reports/."""
+    from twinnode.analysis.party import analyze_party
+
+    policy = args.get("policy", node.config.screening.policy)
+    threshold = float(args.get("threshold", node.config.screening.threshold))
+    job.detail = "loading local data and stored twins"
+    peers, local = await _inputs(node, with_local=True)
+    if "peers" in args:  # a subset, e.g. to see what each peer adds
+        unknown = sorted(set(args["peers"]) - set(peers))
+        if unknown:
+            raise ControlError(f"analyze: no twins held from {', '.join(unknown)}")
+        peers = {name: peers[name] for name in args["peers"]}
+    test = None
+    if "test" in args:
+        from twinnode.data import read_table
+        test = await asyncio.to_thread(read_table, args["test"], node.schema)
+    job.detail = f"screening, choosing the twin weight and fitting over {len(peers)} peers"
+    party = await asyncio.to_thread(analyze_party, node.schema, local, peers,
+                                    weight=args.get("weight", "auto"), policy=policy,
+                                    threshold=threshold, test_frame=test)
+    report = party.to_dict()
+    path = report_path(node, "analysis")
+    await asyncio.to_thread(write_json_atomic, path, report)
+    summary = {term: {key: c[key] for key in ("estimate", "se", "local_estimate", "local_se")}
+               for term, c in report["coefficients"].items()}
+    pooling, weight = report["pooling"], report["weight"]
+    return {"message": f"analysis over {len(pooling['peers'])} peer(s), K = {pooling['k']}, "
+                       f"twin weight {weight['chosen']:g} ({weight['mode']}); "
+                       f"{report['screening']['message']}",
+            "verdict": weight["verdict"], "report": str(path), "peers": pooling["peers"],
+            "coefficients": summary,
+            **({"ll_local": report["ll_local"], "ll_combined": report["ll_combined"]}
+               if test is not None else {})}

@@ -1,0 +1,214 @@
+"""The node's ZeroMQ sockets (zmq.asyncio) with CURVE and a ZAP allow-list: bytes only.
+
+    PUB     bound, CURVE server   own twins and heartbeats, to every subscriber
+    ROUTER  bound, CURVE server   catch-up requests in; stored envelopes + end marker out
+    SUB     connected, CURVE client to every peer's PUB, subscribed to `twin:` and `hb:`
+    DEALER  connected, CURVE client, one per peer's ROUTER: our catch-up requests
+
+The ZAP handler (`zmq.auth.asyncio.AsyncioAuthenticator`, started before anything binds) lets a
+CURVE client finish the handshake only if its public key is one of the pinned peers'; anyone
+else never reads a byte and is reported to `on_denied`. Every socket has MAXMSGSIZE (a peer
+sending a bigger frame is disconnected; the node derives it from its schema and [network]
+max_rows), a receive high-water mark of `recv_hwm` (100) and a send high-water mark of
+`hwm` messages, except the ROUTER's: `reply_hwm` (66, one catch-up batch and its end) per
+requester. So what a pinned peer can make us buffer is about recv_hwm x MAXMSGSIZE inbound
+and reply_hwm x MAXMSGSIZE of replies it does not read, per connection, not the
+10,000 x 64 MiB that one HWM for both directions allowed; a reply that finds the queue full
+for SEND_TIMEOUT is abandoned. PUB drops messages for a slow
+subscriber by design (catch-up repairs that); DEALERs are `immediate`, so a request to a peer
+that is down fails at once instead of queueing and arriving stale. This module never looks
+inside a message: framing, signatures and meaning are `wire.py`'s and the node's.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Callable, Iterable, Sequence
+
+import zmq
+import zmq.asyncio
+from zmq.auth.asyncio import AsyncioAuthenticator
+
+from twinnode.errors import TransportError
+
+log = logging.getLogger("twinnode.transport")
+
+ZAP_DOMAIN = "twinnode"
+SUBSCRIPTIONS = (b"twin:", b"hb:")
+SEND_TIMEOUT = 5.0  # seconds a catch-up reply may wait for room in the ROUTER's queue
+RECV_HWM = 100  # messages queued per inbound connection (a catch-up batch is 64 + its end)
+REPLY_HWM = 66  # catch-up reply messages queued per requester (a batch of 64 + its end + 1)
+
+DeniedFn = Callable[[bytes], None]  # called with the Z85 key of a refused CURVE client
+
+
+class AllowList:
+    """ZAP credentials provider: accept exactly the pinned CURVE public keys (Z85)."""
+
+    def __init__(self, keys: Iterable[bytes], on_denied: DeniedFn | None = None) -> None:
+        self.keys = frozenset(bytes(k) for k in keys)
+        self.on_denied = on_denied
+        self.denied = 0
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        """zmq.auth's hook: `key` is the client's Z85 public key."""
+        if key in self.keys:
+            return True
+        self.denied += 1
+        if self.on_denied is not None:
+            self.on_denied(key)
+        return False
+
+
+class Transport:
+    """The four socket roles of one node; `start` binds, `connect` adds a peer, `close` ends."""
+
+    def __init__(self, curve_public: bytes, curve_secret: bytes, allowed: Iterable[bytes], *,
+                 hwm: int = 10_000, recv_hwm: int = RECV_HWM, reply_hwm: int = REPLY_HWM,
+                 max_message_bytes: int = -1, on_denied: DeniedFn | None = None) -> None:
+        self._public, self._secret = curve_public, curve_secret
+        self.allow = AllowList(allowed, on_denied)
+        self.hwm, self.recv_hwm, self.max_message_bytes = hwm, recv_hwm, max_message_bytes
+        self.reply_hwm = reply_hwm
+        self.ctx: zmq.asyncio.Context | None = None
+        self._auth: AsyncioAuthenticator | None = None
+        self.pub: zmq.asyncio.Socket | None = None
+        self.router: zmq.asyncio.Socket | None = None
+        self.sub: zmq.asyncio.Socket | None = None
+        self.dealers: dict[str, zmq.asyncio.Socket] = {}
+        self.endpoints: dict[str, str] = {}
+
+    async def start(self, pub: str, router: str) -> None:
+        """Start the ZAP handler, then bind PUB and ROUTER and open the SUB socket."""
+        if self.ctx is not None:
+            raise TransportError("transport already started")
+        self.ctx = zmq.asyncio.Context()
+        try:
+            self._auth = AsyncioAuthenticator(self.ctx, log=logging.getLogger("zmq.auth"))
+            self._auth.start()
+            self._auth.configure_curve_callback(ZAP_DOMAIN, credentials_provider=self.allow)
+            self.pub = self._server(zmq.PUB, pub, "pub")
+            self.router = self._server(zmq.ROUTER, router, "router", sndhwm=self.reply_hwm)
+            self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            self.sub = self._socket(zmq.SUB)
+            self._client(self.sub)
+            for prefix in SUBSCRIPTIONS:
+                self.sub.setsockopt(zmq.SUBSCRIBE, prefix)
+        except BaseException:
+            self.close()
+            raise
+
+    def connect(self, peer: str, pub_address: str, router_address: str,
+                server_key: bytes) -> None:
+        """Subscribe to `peer`'s PUB and open a DEALER to its ROUTER (CURVE, its server key)."""
+        if self.sub is None or self.ctx is None:
+            raise TransportError("transport not started")
+        if peer in self.dealers:
+            raise TransportError(f"peer {peer!r} is already connected")
+        try:
+            self.sub.setsockopt(zmq.CURVE_SERVERKEY, server_key)
+            self.sub.connect(pub_address)  # the server key is read at connect time
+            dealer = self._socket(zmq.DEALER)
+            self._client(dealer, server_key)
+            dealer.setsockopt(zmq.IMMEDIATE, 1)
+            dealer.connect(router_address)
+        except zmq.ZMQError as exc:
+            raise TransportError(f"cannot connect to peer {peer!r} at {pub_address} / "
+                                 f"{router_address}: {exc}") from None
+        self.dealers[peer] = dealer
+
+    # ---- traffic (bytes only) ----
+
+    async def publish(self, frames: Sequence[bytes]) -> None:
+        """Send on PUB; never blocks (a slow subscriber loses messages, catch-up repairs)."""
+        await self._need(self.pub).send_multipart(frames)
+
+    async def recv_sub(self) -> list[bytes]:
+        return await self._need(self.sub).recv_multipart()
+
+    async def recv_request(self) -> tuple[bytes, list[bytes]]:
+        """(routing id, frames) of the next message on the ROUTER."""
+        routing_id, *frames = await self._need(self.router).recv_multipart()
+        return routing_id, frames
+
+    async def reply(self, routing_id: bytes, frames: Sequence[bytes]) -> bool:
+        """Send to one requester through the ROUTER; False if it is gone or not reading."""
+        try:
+            await asyncio.wait_for(self._need(self.router).send_multipart(
+                [routing_id, *frames]), SEND_TIMEOUT)
+            return True
+        except (zmq.ZMQError, asyncio.TimeoutError) as exc:
+            log.debug("catch-up reply not sent: %s", exc)
+            return False
+
+    async def request(self, peer: str, frames: Sequence[bytes]) -> bool:
+        """Send to `peer`'s ROUTER; False at once if there is no connection to it."""
+        try:
+            await self._dealer(peer).send_multipart(frames, flags=zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            return False
+
+    async def recv_reply(self, peer: str) -> list[bytes]:
+        return await self._dealer(peer).recv_multipart()
+
+    def close(self) -> None:
+        """Close every socket (linger 0) and stop the ZAP handler; safe to call twice."""
+        for sock in [self.pub, self.router, self.sub, *self.dealers.values()]:
+            if sock is not None:
+                sock.close(linger=0)
+        self.pub = self.router = self.sub = None
+        self.dealers = {}
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+        if self.ctx is not None:
+            self.ctx.destroy(linger=0)
+            self.ctx = None
+
+    # ---- internals ----
+
+    def _socket(self, kind: int) -> zmq.asyncio.Socket:
+        assert self.ctx is not None
+        sock = self.ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, self.hwm)
+        sock.setsockopt(zmq.RCVHWM, self.recv_hwm)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
+        return sock
+
+    def _server(self, kind: int, endpoint: str, role: str,
+                sndhwm: int | None = None) -> zmq.asyncio.Socket:
+        sock = self._socket(kind)
+        if sndhwm is not None:  # before bind: a pipe takes the mark it was created with
+            sock.setsockopt(zmq.SNDHWM, sndhwm)
+        sock.setsockopt(zmq.CURVE_SERVER, 1)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, self._secret)
+        sock.setsockopt_string(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)
+            raise TransportError(f"cannot bind the {role} socket to {endpoint}: {exc}") from None
+        self.endpoints[role] = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        return sock
+
+    def _client(self, sock: zmq.asyncio.Socket, server_key: bytes | None = None) -> None:
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, self._public)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, self._secret)
+        if server_key is not None:
+            sock.setsockopt(zmq.CURVE_SERVERKEY, server_key)
+        sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+
+    def _dealer(self, peer: str) -> zmq.asyncio.Socket:
+        try:
+            return self.dealers[peer]
+        except KeyError:
+            raise TransportError(f"no connection to peer {peer!r}") from None
+
+    @staticmethod
+    def _need(sock: zmq.asyncio.Socket | None) -> zmq.asyncio.Socket:
+        if sock is None:
+            raise TransportError("transport is closed")
+        return sock
