@@ -26,7 +26,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import numpy as np  # noqa: E402
 
 from twinnode.analysis.fit import combined_fit, evaluate  # noqa: E402
-from twinnode.analysis.weighting import DEFAULT_GRID, SELECTIONS, select, validation_scores  # noqa: E402
+from twinnode.analysis.options import DEFAULT_GRID, SELECTIONS  # noqa: E402
+from twinnode.analysis.weighting import select, validation_scores  # noqa: E402
 from twinnode.lab.simtwins import poison_frame, posterior_twins, simulate_small, small_schema  # noqa: E402
 
 SCENARIOS = {

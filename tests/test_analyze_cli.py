@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -178,3 +180,15 @@ def test_a_directory_without_a_receipt_exits_with_the_data_code(workdir, tmp_pat
                  str(workdir / "local.csv"), "--twins", str(tmp_path / "empty")])
     # Assert
     assert code == 5 and "receipt" in capsys.readouterr().err
+
+
+def test_the_command_and_the_analysis_options_load_no_statistics_stack():
+    # Prepare: a fresh interpreter, as `twinnode` starts (and a node reads its config)
+    code = ("import sys, twinnode.analysis.options, twinnode.cli.analyze; "
+            "print(sorted(m for m in ('numpy', 'pandas', 'scipy', 'statsmodels') "
+            "if m in sys.modules))")
+    # Execute
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    # Assert
+    assert out.strip() == "[]"

@@ -154,10 +154,3 @@ def test_twinnode_run_with_a_bad_config_exits_3_naming_the_key(files, capsys):
     assert cli_main(["run", "--config", str(path)]) == 3
     assert f"{path}: [twins] k: must be an integer in 1..100000, got -2" in \
         capsys.readouterr().err
-
-
-def test_screening_policies_match_the_screening_module():
-    from twinnode.analysis import screening
-    from twinnode.node import config
-
-    assert config.POLICIES == screening.POLICIES

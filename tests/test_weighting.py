@@ -21,7 +21,6 @@ from twinnode.analysis.weighting import (
     stratified_folds,
     validation_scores,
 )
-from twinnode.cli import analyze as analyze_cmd
 from twinnode.errors import AnalysisError
 from twinnode.lab.simtwins import poison_frame, posterior_twins
 
@@ -283,15 +282,6 @@ def test_fixed_weight_one_is_the_papers_concatenation(small_schema):
     # Assert
     np.testing.assert_allclose(report.combined.estimate, plain.estimate, rtol=1e-12)
     assert report.weight.mode == "fixed" and report.weight.chosen == 1.0
-
-
-def test_cli_defaults_repeat_the_analysis_modules_defaults():
-    # The command module avoids importing scipy at start-up, so it repeats these
-    assert set(analyze_cmd.RULES) == set(pooling.RULES)
-    assert analyze_cmd.DEFAULT_RULE == pooling.DEFAULT_RULE == AnalysisOptions().rule
-    assert analyze_cmd.SELECTIONS == weighting.SELECTIONS
-    assert analyze_cmd.DEFAULT_FOLDS == weighting.DEFAULT_FOLDS
-    assert analyze_cmd.VALIDATION_REPLICATES == weighting.VALIDATION_REPLICATES
 
 
 @pytest.mark.slow

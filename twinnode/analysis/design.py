@@ -9,11 +9,12 @@ all-zero column there, which the fitter drops for that fit and the report counts
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
+from twinnode.analysis.arrays import Columns, FloatArray
 from twinnode.errors import AnalysisError, SchemaError
 from twinnode.schema import Schema
 
@@ -34,11 +35,11 @@ class Design:
     def p(self) -> int:
         return len(self.terms)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"outcome": self.outcome, "covariates": list(self.covariates),
                 "reference": dict(self.reference), "terms": list(self.terms)}
 
-    def matrix(self, arrays: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def matrix(self, arrays: Columns) -> tuple[FloatArray, FloatArray]:
         """Numeric arrays in the schema's layout (`Schema.to_arrays`) -> X (n, p), y (n,)."""
         y = np.asarray(arrays[self.outcome], dtype=np.float64)
         X = np.empty((len(y), self.p))
@@ -51,7 +52,7 @@ class Design:
                 X[:, j] = np.asarray(arrays[name], dtype=np.float64)
         return X, y
 
-    def frame_matrix(self, schema: Schema, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    def frame_matrix(self, schema: Schema, frame: pd.DataFrame) -> tuple[FloatArray, FloatArray]:
         """A typed frame -> X, y (through `Schema.to_arrays`, so levels map by name)."""
         return self.matrix(schema.to_arrays(frame))
 

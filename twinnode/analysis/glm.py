@@ -16,8 +16,8 @@ Conventions, checked against statsmodels `GLM(y, X, family=Poisson(), var_weight
   and moves smoothly from the local rows' count (twin weight λ -> 0) to all rows (λ = 1)
   instead of jumping as soon as a row's weight is positive. statsmodels 0.14/0.15 label
   plain HC0 as "HC1" for GLM (no `cov_HC1` on GLMResults, so
-  `cov_white_simple(use_correction=False)` is used): its "HC1" equals our "HC0";
-  `tests/test_glm.py` pins both facts.
+  `cov_white_simple(use_correction=False)` is used): its "HC1" equals our "HC0".
+  `tests/test_glm.py` checks our HC0 against statsmodels' and our HC1 factor by hand.
 - Weights are importance (sampling) weights, not frequency weights: a row of weight w is
   one observation whose score counts w times, so its meat term is w^2 (y - mu)^2 x x'
   (a frequency weight would give w (y - mu)^2 x x', as if the row were w observations).
@@ -43,9 +43,12 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import gammaln
 
+from twinnode.analysis.arrays import BoolArray, FloatArray, IntArray
+from twinnode.analysis.options import COV_TYPES, DEFAULT_COV_TYPE
 from twinnode.errors import AnalysisError
 
-COV_TYPES = ("HC0", "HC1", None)
+ACCEPTED_COV_TYPES = (*COV_TYPES, None)
+"""None skips the sandwich (see the module docstring)."""
 RANK_TOL = 1e-9
 """A column whose share of its variance not explained by earlier columns is below this
 (on the rows with positive weight) is dropped as rank deficient."""
@@ -57,32 +60,33 @@ DIVERGED = 50.0
 class BatchFit:
     """K Poisson fits: estimates, robust SEs, and what went wrong with which replicate."""
 
-    coef: np.ndarray          # (K, p), NaN where dropped or not converged
-    se: np.ndarray            # (K, p)
-    var_part: np.ndarray      # (K, p) share of se**2 from rows in `part` (0 without one)
-    dropped: np.ndarray       # (K, p) bool: column not estimable on that replicate
-    converged: np.ndarray     # (K,) bool
-    iterations: np.ndarray    # (K,) int
-    n: np.ndarray             # (K,) rows with positive weight
-    loglik: np.ndarray        # (K,) weighted log-likelihood at the estimate
-    cov: np.ndarray           # (K, p, p) sandwich covariance; se**2 is its diagonal
-    cov_part: np.ndarray      # (K, p, p) its part from rows in `part`; var_part its diagonal
+    coef: FloatArray          # (K, p), NaN where dropped or not converged
+    se: FloatArray            # (K, p)
+    var_part: FloatArray      # (K, p) share of se**2 from rows in `part` (0 without one)
+    dropped: BoolArray       # (K, p) bool: column not estimable on that replicate
+    converged: BoolArray     # (K,) bool
+    iterations: IntArray    # (K,) int
+    n: IntArray             # (K,) rows with positive weight
+    loglik: FloatArray        # (K,) weighted log-likelihood at the estimate
+    cov: FloatArray           # (K, p, p) sandwich covariance; se**2 is its diagonal
+    cov_part: FloatArray      # (K, p, p) its part from rows in `part`; var_part its diagonal
 
     @property
     def k(self) -> int:
         return int(self.coef.shape[0])
 
 
-def poisson_loglik(y: np.ndarray, eta: np.ndarray, weights: np.ndarray | None = None,
-                   axis: int = -1) -> np.ndarray:
+def poisson_loglik(y: FloatArray, eta: FloatArray, weights: FloatArray | None = None,
+                   axis: int = -1) -> FloatArray:
     """Sum over `axis` of w * log Poisson(y | exp(eta)); exact, with the log y! term."""
     ll = y * eta - np.exp(eta) - gammaln(y + 1.0)
     if weights is not None:
         ll = np.where(weights > 0, weights * ll, 0.0)
-    return ll.sum(axis=axis)
+    total: FloatArray = ll.sum(axis=axis)
+    return total
 
 
-def estimable_columns(X: np.ndarray, weights: np.ndarray, tol: float = RANK_TOL) -> np.ndarray:
+def estimable_columns(X: FloatArray, weights: FloatArray, tol: float = RANK_TOL) -> BoolArray:
     """(K, p) bool: columns kept by a Cholesky that drops near-zero pivots, left to right.
 
     X is (K, n, p). The Gram matrix of each replicate's rows with positive weight is scaled
@@ -93,15 +97,15 @@ def estimable_columns(X: np.ndarray, weights: np.ndarray, tol: float = RANK_TOL)
     return _estimable(np.ascontiguousarray(np.swapaxes(X, 1, 2)), weights, tol)
 
 
-def estimable_columns_kpn(Xt: np.ndarray, weights: np.ndarray, tol: float = RANK_TOL
-                          ) -> np.ndarray:
+def estimable_columns_kpn(Xt: FloatArray, weights: FloatArray, tol: float = RANK_TOL
+                          ) -> BoolArray:
     """`estimable_columns` for a design in the fitter's (K, p, n) layout."""
     return _estimable(np.asarray(Xt, np.float64), np.asarray(weights, np.float64), tol)
 
 
-def fit_poisson_batch(X: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None, *,
-                      part: np.ndarray | None = None, cov_type: str | None = "HC1",
-                      start: np.ndarray | None = None, tol: float = 1e-8,
+def fit_poisson_batch(X: FloatArray, y: FloatArray, weights: FloatArray | None = None, *,
+                      part: BoolArray | None = None, cov_type: str | None = DEFAULT_COV_TYPE,
+                      start: FloatArray | None = None, tol: float = 1e-8,
                       max_iter: int = 50) -> BatchFit:
     """Fit K Poisson GLMs (log link) at once: X (K, n, p), y (K, n), weights (K, n).
 
@@ -119,10 +123,10 @@ def fit_poisson_batch(X: np.ndarray, y: np.ndarray, weights: np.ndarray | None =
                                tol=tol, max_iter=max_iter)
 
 
-def fit_poisson_columns(Xt: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None, *,
-                        part: np.ndarray | None = None, cov_type: str | None = "HC1",
-                        start: np.ndarray | None = None, tol: float = 1e-8,
-                        max_iter: int = 50, keep: np.ndarray | None = None) -> BatchFit:
+def fit_poisson_columns(Xt: FloatArray, y: FloatArray, weights: FloatArray | None = None, *,
+                        part: BoolArray | None = None, cov_type: str | None = DEFAULT_COV_TYPE,
+                        start: FloatArray | None = None, tol: float = 1e-8,
+                        max_iter: int = 50, keep: BoolArray | None = None) -> BatchFit:
     """`fit_poisson_batch` with the design given as (K, p, n), the layout the fitter uses.
 
     Each column's values are contiguous, which makes the batched products about 1.5x
@@ -130,8 +134,8 @@ def fit_poisson_columns(Xt: np.ndarray, y: np.ndarray, weights: np.ndarray | Non
     `keep` (K, p) is `estimable_columns` of the same design and the same rows with positive
     weight, for callers that refit them with other positive weights (it skips the check).
     """
-    if cov_type not in COV_TYPES:
-        raise AnalysisError(f"cov_type must be one of {COV_TYPES}, got {cov_type!r}")
+    if cov_type not in ACCEPTED_COV_TYPES:
+        raise AnalysisError(f"cov_type must be one of {ACCEPTED_COV_TYPES}, got {cov_type!r}")
     Xt = np.asarray(Xt, dtype=np.float64)
     K, p, n = Xt.shape
     y = np.asarray(y, dtype=np.float64).reshape(K, n)
@@ -177,11 +181,11 @@ def fit_poisson_columns(Xt: np.ndarray, y: np.ndarray, weights: np.ndarray | Non
                     loglik=np.where(converged, ll_full, np.nan), cov=cov, cov_part=cov_part)
 
 
-def _estimable(Xt: np.ndarray, weights: np.ndarray, tol: float) -> np.ndarray:
+def _estimable(Xt: FloatArray, weights: FloatArray, tol: float) -> BoolArray:
     gram = _gram(Xt, (weights > 0).astype(Xt.dtype))
     K, p, _ = gram.shape
     diag = np.einsum("kpp->kp", gram)
-    keep = diag > 0
+    keep: BoolArray = diag > 0
     scale = np.where(keep, np.sqrt(np.where(keep, diag, 1.0)), 1.0)
     corr = gram / scale[:, :, None] / scale[:, None, :]
     L = np.zeros_like(corr)
@@ -196,8 +200,8 @@ def _estimable(Xt: np.ndarray, weights: np.ndarray, tol: float) -> np.ndarray:
     return keep
 
 
-def _start(y: np.ndarray, w: np.ndarray, keep: np.ndarray, start: np.ndarray | None
-           ) -> np.ndarray:
+def _start(y: FloatArray, w: FloatArray, keep: BoolArray, start: FloatArray | None
+           ) -> FloatArray:
     """Warm start where given, else intercept = log weighted mean outcome.
 
     A start row with no finite value (a failed fit's) gets the default; a NaN entry in a
@@ -215,23 +219,26 @@ def _start(y: np.ndarray, w: np.ndarray, keep: np.ndarray, start: np.ndarray | N
     return beta
 
 
-def _loglik_kernel(y: np.ndarray, eta: np.ndarray, mu: np.ndarray, w: np.ndarray
-                   ) -> np.ndarray:
+def _loglik_kernel(y: FloatArray, eta: FloatArray, mu: FloatArray, w: FloatArray
+                   ) -> FloatArray:
     """Weighted log-likelihood without the constant log y! terms (mu = exp(eta))."""
-    return (w * (y * eta - mu)).sum(axis=1)
+    ll: FloatArray = (w * (y * eta - mu)).sum(axis=1)
+    return ll
 
 
-def _eta(Xt: np.ndarray, beta: np.ndarray) -> np.ndarray:
+def _eta(Xt: FloatArray, beta: FloatArray) -> FloatArray:
     """Linear predictor, clipped so exp() stays finite while a bad step is being halved."""
-    return np.clip(np.einsum("kpn,kp->kn", Xt, beta), -700.0, 700.0)
+    eta: FloatArray = np.einsum("kpn,kp->kn", Xt, beta)
+    return np.clip(eta, -700.0, 700.0)
 
 
-def _gram(Xt: np.ndarray, v: np.ndarray) -> np.ndarray:
+def _gram(Xt: FloatArray, v: FloatArray) -> FloatArray:
     """Batched X' diag(v) X from the (K, p, n) layout, through BLAS matmul."""
-    return np.matmul(Xt * v[:, None, :], np.swapaxes(Xt, 1, 2))
+    gram: FloatArray = np.matmul(Xt * v[:, None, :], np.swapaxes(Xt, 1, 2))
+    return gram
 
 
-def _solve(hess: np.ndarray, grad: np.ndarray) -> np.ndarray:
+def _solve(hess: FloatArray, grad: FloatArray) -> FloatArray:
     """Batched solve; replicate by replicate (NaN where singular) if the batch fails."""
     try:
         return np.linalg.solve(hess, grad[..., None])[..., 0]
@@ -245,7 +252,7 @@ def _solve(hess: np.ndarray, grad: np.ndarray) -> np.ndarray:
         return out
 
 
-def _inverse(hess: np.ndarray) -> np.ndarray:
+def _inverse(hess: FloatArray) -> FloatArray:
     """Batched inverse; NaN for a replicate whose Hessian is numerically singular."""
     try:
         return np.linalg.inv(hess)
@@ -259,9 +266,9 @@ def _inverse(hess: np.ndarray) -> np.ndarray:
         return out
 
 
-def _halve_until_better(y: np.ndarray, w: np.ndarray, eta: np.ndarray, d_eta: np.ndarray,
-                        ll: np.ndarray, tries: int = 30
-                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _halve_until_better(y: FloatArray, w: FloatArray, eta: FloatArray, d_eta: FloatArray,
+                        ll: FloatArray, tries: int = 30
+                        ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
     """Step length t per replicate: 1, halved where the log-likelihood would fall.
 
     The linear predictor is linear in t, so trying a shorter step needs no new product.
@@ -283,9 +290,9 @@ def _halve_until_better(y: np.ndarray, w: np.ndarray, eta: np.ndarray, d_eta: np
     return t, new_eta, new_mu, new_ll
 
 
-def _sandwich(Xt: np.ndarray, y: np.ndarray, w: np.ndarray, beta: np.ndarray, mu: np.ndarray,
-              keep: np.ndarray, converged: np.ndarray, part: np.ndarray | None,
-              cov_type: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _sandwich(Xt: FloatArray, y: FloatArray, w: FloatArray, beta: FloatArray, mu: FloatArray,
+              keep: BoolArray, converged: BoolArray, part: BoolArray | None,
+              cov_type: str | None) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Estimates and robust (HC0/HC1) covariance matrices, whole and the `part` rows' share.
 
     NaN for failed replicates and in the rows and columns of dropped terms; the share is 0
@@ -306,7 +313,7 @@ def _sandwich(Xt: np.ndarray, y: np.ndarray, w: np.ndarray, beta: np.ndarray, mu
     both = kc[:, :, None] & kc[:, None, :]
     hess = _gram(Xc, wc * mu) * both + eye * (~kc)[:, :, None]
     bread = _inverse(hess) * both  # zero rows/columns for dropped terms: they drop out
-    r2 = (wc * (yc - mu)) ** 2
+    r2: FloatArray = np.square(wc * (yc - mu))
     npar = kc.sum(axis=1)
     factor = np.ones(len(idx)) if cov_type == "HC0" else _hc1_factor(wc, npar)
     cov = bread @ _gram(Xc, r2) @ bread * factor[:, None, None]
@@ -320,7 +327,8 @@ def _sandwich(Xt: np.ndarray, y: np.ndarray, w: np.ndarray, beta: np.ndarray, mu
     return coef, cov_all, part_all
 
 
-def _hc1_factor(w: np.ndarray, npar: np.ndarray) -> np.ndarray:
+def _hc1_factor(w: FloatArray, npar: IntArray) -> FloatArray:
     """n_eff / (n_eff - p) per replicate, n_eff = (sum w)^2 / sum w^2 (Kish)."""
-    n_eff = w.sum(axis=1) ** 2 / np.maximum((w ** 2).sum(axis=1), 1e-300)
-    return n_eff / np.maximum(n_eff - npar, 1.0)
+    n_eff: FloatArray = w.sum(axis=1) ** 2 / np.maximum((w ** 2).sum(axis=1), 1e-300)
+    factor: FloatArray = n_eff / np.maximum(n_eff - npar, 1.0)
+    return factor

@@ -61,48 +61,50 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from twinnode.analysis.arrays import BoolArray, FloatArray, IntArray
+from twinnode.analysis.options import (
+    DEFAULT_FALLBACK,
+    DEFAULT_INTERVAL,
+    DEFAULT_LEVEL,
+    DEFAULT_RULE,
+    FALLBACKS,
+    INTERVALS,
+    RULES,
+)
 from twinnode.errors import AnalysisError
-
-RULES = ("reiter", "rubin", "mixed")
-DEFAULT_RULE = "mixed"
-"""The default (see docs/ANALYSIS.md): with D_k = local rows ∪ twins, reiter's T subtracts
-the local rows' variance that b never saw, and with a λ chosen below 1 the local rows carry
-a large share; mixed is reiter on the twins' share and is exact at both ends (no local
-rows; λ = 0)."""
-FALLBACKS = ("rubin", "within")
-INTERVALS = ("t", "normal")
 
 
 @dataclass(frozen=True)
 class Pooled:
     """Per-coefficient pooled values (arrays of length p)."""
 
-    estimate: np.ndarray
-    u_bar: np.ndarray
-    u_part: np.ndarray        # synthetic rows' part of ū (0 when not split)
-    b: np.ndarray
-    total: np.ndarray         # T, after any fallback
-    df: np.ndarray            # inf for the normal reference
-    lower: np.ndarray
-    upper: np.ndarray
-    fallback: np.ndarray      # bool: T <= 0 under the rule, the fallback was used
-    k_used: np.ndarray        # replicates with a finite estimate
+    estimate: FloatArray
+    u_bar: FloatArray
+    u_part: FloatArray        # synthetic rows' part of ū (0 when not split)
+    b: FloatArray
+    total: FloatArray         # T, after any fallback
+    df: FloatArray            # inf for the normal reference
+    lower: FloatArray
+    upper: FloatArray
+    fallback: BoolArray       # bool: T <= 0 under the rule, the fallback was used
+    k_used: IntArray          # replicates with a finite estimate
     rule: str
     fallback_rule: str
     level: float
     interval: str             # "t" or "normal"
-    covariance: np.ndarray    # (p, p) T as a matrix (NaN rows/columns for missing terms)
+    covariance: FloatArray    # (p, p) T as a matrix (NaN rows/columns for missing terms)
     covariance_fallback: bool  # the matrix took the fallback rule's correlations
 
     @property
-    def se(self) -> np.ndarray:
+    def se(self) -> FloatArray:
         return np.sqrt(self.total)
 
 
-def pool(coef: np.ndarray, se: np.ndarray, *, rule: str = DEFAULT_RULE,
-         var_part: np.ndarray | None = None, cov: np.ndarray | None = None,
-         cov_part: np.ndarray | None = None, fallback: str = "rubin", level: float = 0.95,
-         interval: str = "t", min_k: int = 1) -> Pooled:
+def pool(coef: FloatArray, se: FloatArray, *, rule: str = DEFAULT_RULE,
+         var_part: FloatArray | None = None, cov: FloatArray | None = None,
+         cov_part: FloatArray | None = None, fallback: str = DEFAULT_FALLBACK,
+         level: float = DEFAULT_LEVEL, interval: str = DEFAULT_INTERVAL,
+         min_k: int = 1) -> Pooled:
     """Pool K estimates (K, p) with their standard errors (K, p) by `rule`.
 
     `cov` / `cov_part` (K, p, p) are the replicates' covariance matrices and their twin
@@ -159,7 +161,7 @@ def pool(coef: np.ndarray, se: np.ndarray, *, rule: str = DEFAULT_RULE,
                   covariance=matrix, covariance_fallback=matrix_fell)
 
 
-def _rule_total(rule: str, infl: np.ndarray, u: np.ndarray, u_synth: np.ndarray) -> np.ndarray:
+def _rule_total(rule: str, infl: FloatArray, u: FloatArray, u_synth: FloatArray) -> FloatArray:
     """T of one rule from (1 + 1/K) b, the within-replicate variance and its twin-row part
     (vectors or matrices alike)."""
     if rule == "reiter":
@@ -169,7 +171,7 @@ def _rule_total(rule: str, infl: np.ndarray, u: np.ndarray, u_synth: np.ndarray)
     return infl - u_synth + (u - u_synth)  # mixed
 
 
-def _matrices(diagonal: np.ndarray, full: np.ndarray | None) -> np.ndarray:
+def _matrices(diagonal: FloatArray, full: FloatArray | None) -> FloatArray:
     """(K, p, p) per-replicate matrices: `full` as given, or diagonal ones from (K, p)."""
     if full is not None:
         return np.asarray(full, np.float64).reshape(diagonal.shape + diagonal.shape[-1:])
@@ -179,9 +181,9 @@ def _matrices(diagonal: np.ndarray, full: np.ndarray | None) -> np.ndarray:
     return out
 
 
-def _covariance(coef: np.ndarray, ok: np.ndarray, q_bar: np.ndarray, total: np.ndarray,
-                fell: np.ndarray, rule: str, fallback: str, cov: np.ndarray,
-                cov_part: np.ndarray) -> tuple[np.ndarray, bool]:
+def _covariance(coef: FloatArray, ok: BoolArray, q_bar: FloatArray, total: FloatArray,
+                fell: BoolArray, rule: str, fallback: str, cov: FloatArray,
+                cov_part: FloatArray) -> tuple[FloatArray, bool]:
     """T as a (p, p) matrix: the rule's matrix when positive definite, else the reported
     variances with the fallback matrix's correlations (see the module docstring)."""
     p = coef.shape[1]
@@ -209,7 +211,7 @@ def _covariance(coef: np.ndarray, ok: np.ndarray, q_bar: np.ndarray, total: np.n
     return out, True
 
 
-def _positive_definite(a: np.ndarray) -> bool:
+def _positive_definite(a: FloatArray) -> bool:
     try:
         np.linalg.cholesky(a)
     except np.linalg.LinAlgError:
@@ -217,13 +219,13 @@ def _positive_definite(a: np.ndarray) -> bool:
     return True
 
 
-def _correlation(a: np.ndarray) -> np.ndarray:
+def _correlation(a: FloatArray) -> FloatArray:
     """The correlation matrix of symmetric `a`, made positive semi-definite by clipping
     negative eigenvalues and rescaling to a unit diagonal; a zero-variance term gets none."""
     d = np.diag(a).copy()
     pos = d > 0
     s = np.where(pos, np.sqrt(np.where(pos, d, 1.0)), 1.0)
-    c = a / s[:, None] / s[None, :]
+    c: FloatArray = a / s[:, None] / s[None, :]
     c[~pos, :] = 0.0
     c[:, ~pos] = 0.0
     c = (c + c.T) / 2

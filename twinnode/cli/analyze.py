@@ -7,15 +7,26 @@ import math
 from pathlib import Path
 from typing import Any
 
+from twinnode.analysis.options import (
+    DEFAULT_DRAWS,
+    DEFAULT_FALLBACK,
+    DEFAULT_FOLDS,
+    DEFAULT_INTERVAL,
+    DEFAULT_LEVEL,
+    DEFAULT_POLICY,
+    DEFAULT_RULE,
+    DEFAULT_SEED,
+    DEFAULT_SELECTION,
+    DEFAULT_THRESHOLD,
+    DEFAULT_WEIGHT,
+    FALLBACKS,
+    INTERVALS,
+    POLICIES,
+    RULES,
+    SELECTIONS,
+    VALIDATION_REPLICATES,
+)
 from twinnode.errors import AnalysisError, ConfigError
-
-# the analysis modules' defaults, repeated so the CLI starts without scipy and pandas
-# (tests/test_weighting.py checks they agree)
-RULES = ("mixed", "reiter", "rubin")
-DEFAULT_RULE = "mixed"
-SELECTIONS = ("best", "guarded", "one-se")
-DEFAULT_FOLDS = 5
-VALIDATION_REPLICATES = 20
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,12 +52,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="pooling rule: mixed (Raghunathan-Reiter on the twins' share of the "
                         "variance + the local rows' own share; default), reiter (fully "
                         "synthetic, the paper's), rubin (multiple imputation)")
-    p.add_argument("--fallback", choices=("rubin", "within"), default="rubin",
-                   help="total variance used where the rule's is not positive (rubin)")
-    p.add_argument("--interval", choices=("t", "normal"), default="t",
+    p.add_argument("--fallback", choices=FALLBACKS, default=DEFAULT_FALLBACK,
+                   help=f"total variance used where the rule's is not positive "
+                        f"({DEFAULT_FALLBACK})")
+    p.add_argument("--interval", choices=INTERVALS, default=DEFAULT_INTERVAL,
                    help="reference distribution of the intervals (t with the rule's df)")
-    p.add_argument("--level", type=float, default=0.95, help="interval level (0.95)")
-    p.add_argument("--weight", default="auto", metavar="auto|W",
+    p.add_argument("--level", type=float, default=DEFAULT_LEVEL,
+                   help=f"interval level ({DEFAULT_LEVEL:g})")
+    p.add_argument("--weight", default=DEFAULT_WEIGHT, metavar="auto|W",
                    help="weight of the peers' twin rows: auto (chosen by cross-validation "
                         "on the local rows; default) or a number in [0, 1] (1: the paper's "
                         "plain concatenation, 0: local only; --weight 1 --rule reiter is "
@@ -55,17 +68,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"cross-validation folds ({DEFAULT_FOLDS})")
     p.add_argument("--cv-replicates", type=int, default=VALIDATION_REPLICATES, metavar="R",
                    help=f"twins per validation fit ({VALIDATION_REPLICATES}; at most K)")
-    p.add_argument("--select", choices=SELECTIONS, default="best",
+    p.add_argument("--select", choices=SELECTIONS, default=DEFAULT_SELECTION,
                    help="how --weight auto picks: best (the best held-out mean; default), "
                         "guarded (the best only if it beats local only by one standard "
                         "error), one-se (the smallest weight within one standard error "
                         "of the best)")
-    p.add_argument("--screen", choices=("off", "flag", "exclude"), default="flag",
+    p.add_argument("--screen", choices=POLICIES, default=DEFAULT_POLICY,
                    help="screening policy (flag: report only; exclude: drop flagged peers)")
-    p.add_argument("--threshold", type=float, default=0.01,
-                   help="flag a peer whose screening p-value is below this (0.01)")
-    p.add_argument("--draws", type=int, default=100, help="Monte Carlo draws (100)")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                   help=f"flag a peer whose screening p-value is below this "
+                        f"({DEFAULT_THRESHOLD:g})")
+    p.add_argument("--draws", type=int, default=DEFAULT_DRAWS,
+                   help=f"Monte Carlo draws ({DEFAULT_DRAWS})")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED,
                    help="seed of the folds and of the Monte Carlo draws")
     p.set_defaults(func=run)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from twinnode.analysis.options import POLICIES
 from twinnode.errors import ConfigError, TwinnodeError
 from twinnode.generator.settings import BATCHINGS as _BATCHINGS
 from twinnode.generator.settings import OUTCOME_LIKELIHOODS, VARIANTS, GeneratorSettings, TrainPlan
@@ -21,7 +22,6 @@ from twinnode.trust.identity import ADDRESS_RE, Peer, check_name, peer_from_entr
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("kv", "json")
 BATCHINGS = tuple(_BATCHINGS)
-POLICIES = ("off", "flag", "exclude")   # screening.POLICIES (not imported: scipy at start-up)
 SECTIONS = ("node", "data", "privacy", "generator", "twins", "training", "network", "keys",
             "peers", "screening")
 BIND_RE = ADDRESS_RE  # tcp://HOST:PORT or ipc://PATH
