@@ -42,7 +42,7 @@ def setup(data: str, k: int, local_rows: int):
 
 
 def statsmodels_loop(schema, local, peers, design, k):
-    """The reference: one statsmodels GLM per D_k, HC0 errors (statsmodels' "HC1" for GLM)."""
+    """The reference: one statsmodels GLM per D_k, HC0 errors, scaled to HC1 by hand."""
     coef, se = [], []
     local_arrays = schema.to_arrays(local)
     for i in range(k):
@@ -52,7 +52,7 @@ def statsmodels_loop(schema, local, peers, design, k):
         x, y = design.matrix(arrays)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            r = sm.GLM(y, x, family=sm.families.Poisson()).fit(cov_type="HC1")
+            r = sm.GLM(y, x, family=sm.families.Poisson()).fit(cov_type="HC0")
         n, p = x.shape
         coef.append(r.params)
         se.append(r.bse * np.sqrt(n / (n - p)))  # textbook HC1, as ours

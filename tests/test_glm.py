@@ -49,13 +49,25 @@ def test_batched_fit_matches_statsmodels_to_1e6_on_estimates_and_hc_errors(small
         assert hc1.loglik[i] == pytest.approx(ref.llf, abs=1e-6)
 
 
-def test_statsmodels_glm_hc1_is_its_hc0_without_the_small_sample_factor(small_schema):
-    # Prepare
-    x, y = make_design(small_schema).frame_matrix(small_schema, make_small_frame(small_schema))
+def test_hc1_scales_hc0_by_kish_rows_over_rows_less_the_estimated_terms(small_schema):
+    # Prepare: weights 0, 0.5 and 1 (padding and λ-weighted rows), and a replicate that
+    # lacks the level region[east], so it estimates one term fewer
+    X, y, w, _ = _replicates(small_schema, [300, 500])
+    rng = np.random.default_rng(9)
+    w = w * rng.choice([0.0, 0.5, 1.0], size=w.shape)
+    east = make_design(small_schema).terms.index("region[east]")
+    X[1, :, east] = 0.0
     # Execute
-    a, b = _statsmodels(x, y, "HC1"), _statsmodels(x, y, "HC0")
-    # Assert: the fact behind our HC0/HC1 naming (pinned so an upgrade is noticed)
-    np.testing.assert_allclose(a.bse, b.bse, rtol=1e-12)
+    hc0 = fit_poisson_batch(X, y, w, cov_type="HC0")
+    hc1 = fit_poisson_batch(X, y, w, cov_type="HC1")
+    # Assert: HC1 = HC0 * n / (n - p), n = (Σw)² / Σw² (Kish), p = the terms estimated
+    assert hc1.dropped[1, east] and not hc1.dropped[0].any()
+    for i, p in enumerate((5, 4)):
+        n = w[i].sum() ** 2 / (w[i] ** 2).sum()
+        kept = ~hc1.dropped[i]
+        np.testing.assert_allclose(hc1.se[i, kept] ** 2, hc0.se[i, kept] ** 2 * n / (n - p),
+                                   rtol=1e-10)
+        np.testing.assert_allclose(hc1.coef[i], hc0.coef[i], rtol=0, atol=0)
 
 
 def test_weighted_fit_matches_statsmodels_var_weights(small_schema):
