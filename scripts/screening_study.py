@@ -36,7 +36,7 @@ import pandas as pd  # noqa: E402
 import twin_makers  # noqa: E402
 
 from twinnode.analysis.fit import AnalysisOptions, combined_fit  # noqa: E402
-from twinnode.analysis.screening import screen  # noqa: E402
+from twinnode.analysis.party import screen  # noqa: E402
 from twinnode.lab.simtwins import TwinMaker, poison_frame, simulate_small, small_schema  # noqa: E402
 from twinnode.schema import Schema  # noqa: E402
 
@@ -84,8 +84,10 @@ def run_study(twin_maker: TwinMaker, parties: Parties, attacks: Sequence[str], s
                     frame = poison_frame(schema, frame, attack)
                 peers[name] = twin_maker(schema, frame, sender=name, k=k, epsilon=epsilon,
                                          seed=104729 * seed + i)
-            report = screen(schema, peers, "exclude", threshold, local_frame=local,
-                            options=AnalysisOptions())
+            report = screen(schema, peers, "exclude", threshold, options=AnalysisOptions())
+            with_all = combined_fit(schema, local, peers)
+            excluded = with_all if not report.flagged else combined_fit(
+                schema, local, {n: t for n, t in peers.items() if n not in report.flagged})
             honest = {n: t for n, t in peers.items() if n.startswith("honest")}
             reference = combined_fit(schema, local, honest)
             se = reference.se
@@ -96,8 +98,8 @@ def run_study(twin_maker: TwinMaker, parties: Parties, attacks: Sequence[str], s
                          "shifted_flagged": "shifted" in report.flagged,
                          "honest_flagged": sum(n.startswith("honest") for n in report.flagged),
                          "honest_judged": len(honest),
-                         "with_all_se": dist(report.with_flagged),
-                         "excluded_se": dist(report.without_flagged),
+                         "with_all_se": dist(with_all),
+                         "excluded_se": dist(excluded),
                          "shifted_p": next((p.p_value for p in report.peers
                                             if p.peer == "shifted"), None),
                          "reason": next((p.reason for p in report.peers

@@ -11,6 +11,7 @@ import statsmodels.api as sm
 from conftest import make_small_frame
 from scipy import stats
 
+from twinnode.analysis import usable
 from twinnode.analysis.design import make_design
 from twinnode.analysis.fit import (
     AnalysisOptions,
@@ -355,6 +356,31 @@ def test_a_flagged_excluded_peer_with_one_twin_changes_no_partys_fit(small_schem
     assert _smoker(joined) == pytest.approx(_smoker(alone), rel=1e-12)
     assert joined.combined.k == 10 and joined.screening.left_out.keys() == {"bad"}
     assert joined.to_dict()["screening"]["left_out"]["bad"].startswith("K = 1")
+
+
+def test_analyze_party_checks_each_peers_twins_once(small_schema, monkeypatch):
+    # Prepare: four honest peers (one re-sends a twin), a flipped one, one with K = 1
+    local = make_small_frame(small_schema, 300, seed=1)
+    test = make_small_frame(small_schema, 200, seed=2)
+    peers = _party_peers(small_schema, k=6)
+    peers["h0"] = peers["h0"] + [peers["h0"][1]]
+    flipped = poison_frame(small_schema, make_small_frame(small_schema, 400, 50), "flip:smoker")
+    peers["bad"] = posterior_twins(small_schema, flipped, sender="bad", k=6, seed=9)
+    peers["one"] = posterior_twins(small_schema, make_small_frame(small_schema, 400, 51),
+                                   sender="one", k=1, seed=10)
+    checked = []
+    check = usable._check
+
+    def counting(schema, twins):
+        checked.append(twins[0].provenance.sender)
+        return check(schema, twins)
+    monkeypatch.setattr(usable, "_check", counting)
+    # Execute: screening, the weight's validation, fits with and without the flagged
+    report = analyze_party(small_schema, local, peers, policy="exclude", replicates=2,
+                           test_frame=test, draws=5)
+    # Assert
+    assert report.screening.flagged == ("bad",) and "one" in report.screening.left_out
+    assert sorted(checked) == sorted(peers)
 
 
 @pytest.mark.parametrize("same", [True, False])

@@ -9,12 +9,14 @@ import pytest
 from conftest import make_small_frame
 
 from twinnode.analysis.fit import combined_fit
+from twinnode.analysis.party import analyze_party, screen
+from twinnode.analysis.peerstats import peer_statistics
 from twinnode.analysis.screening import (
     PeerStatistics,
     judge,
-    peer_statistics,
     prior_inflation,
-    screen,
+    screening_report,
+    screening_status,
 )
 from twinnode.atomic import jsonable
 from twinnode.errors import AnalysisError
@@ -56,13 +58,14 @@ def test_exclude_policy_drops_the_flagged_peer_and_matches_the_honest_only_fit(s
     peers = _population(small_schema, attack="flip:smoker", k=8)
     local = make_small_frame(small_schema, 200, seed=77)
     honest = {n: t for n, t in peers.items() if n != "shifted"}
-    # Execute
-    report = screen(small_schema, peers, "exclude", local_frame=local)
+    # Execute: the party analysis fits with and without the flagged (screening fits none)
+    report = analyze_party(small_schema, local, peers, weight=1.0, policy="exclude",
+                           replicates=2)
     # Assert: the chosen fit is the honest-only fit; with the shifted peer it is pulled away
     reference = combined_fit(small_schema, local, honest)
-    assert report.accepted == tuple(honest)
-    assert report.chosen is report.without_flagged
-    np.testing.assert_allclose(report.chosen.estimate, reference.estimate, atol=1e-12)
+    assert report.screening.accepted == tuple(honest)
+    assert report.combined is report.without_flagged
+    np.testing.assert_allclose(report.combined.estimate, reference.estimate, atol=1e-12)
     j = reference.terms.index("smoker")
     assert abs(report.with_flagged.estimate[j] - reference.estimate[j]) > 0.1
     assert json.dumps(report.to_dict(), allow_nan=False)
@@ -240,3 +243,30 @@ def test_each_family_gets_its_own_inflation_so_a_shifted_marginal_still_shows():
     assert dispersion["coefficients_inflation"] > 8 and dispersion["marginals_inflation"] < 2
     flagged = [v.peer for v in verdicts if v.flagged]
     assert flagged == ["p7"] and "mean:m0" in verdicts[7].reason
+
+
+@pytest.mark.parametrize("policy, peers, status", [
+    ("off", 5, "off"), ("flag", 2, "insufficient-peers"), ("exclude", 2, "insufficient-peers"),
+    ("flag", 3, "screened"), ("exclude", 6, "screened")])
+def test_screening_status_says_when_peers_are_judged(policy, peers, status):
+    assert screening_status(policy, 0.01, peers) == status
+
+
+def test_screening_judges_given_statistics_and_the_policy_keeps_the_rest():
+    # Prepare: statistics only, no twins: four peers agree, the fifth is far off
+    names = ("coef:a", "mean:b")
+    families = ("coefficients", "marginals")
+    rng = np.random.default_rng(3)
+    stats_ = {f"p{i}": PeerStatistics(names=names, families=families,
+                                      values=rng.normal(0.0, 1.0, 2) + (40.0 if i == 4 else 0),
+                                      variances=np.ones(2), n=500, epsilon=1.0, k=10, rows=500)
+              for i in range(5)}
+    # Execute
+    flag = screening_report(tuple(stats_), stats_, "flag", 0.01, left_out={"q": "no twins"})
+    exclude = screening_report(tuple(stats_), stats_, "exclude", 0.01, left_out={})
+    # Assert
+    assert flag.flagged == exclude.flagged == ("p4",)
+    assert flag.accepted == tuple(stats_) and exclude.accepted == ("p0", "p1", "p2", "p3")
+    assert flag.left_out == {"q": "no twins"} and "1 left out" in flag.message
+    doc = flag.to_dict()
+    assert doc["with_flagged"] is None and doc["without_flagged"] is None

@@ -269,7 +269,7 @@ def test_exclude_policy_chooses_the_weight_without_the_flagged_peer(small_schema
     assert exclude.screening.flagged == ("bad",)
     assert exclude.combined.peers == ("p0", "p1", "p2")
     assert exclude.weight.chosen > flag.weight.chosen
-    assert exclude.screening.with_flagged.weight == exclude.weight.chosen
+    assert exclude.with_flagged.weight == exclude.weight.chosen
 
 
 def test_fixed_weight_one_is_the_papers_concatenation(small_schema):

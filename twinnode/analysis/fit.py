@@ -6,11 +6,13 @@ pooled (`pooling.pool`; the ``mixed`` rule by default, ``reiter`` is the paper's
 local-only fit, the pooled real-data fit (an oracle for experiments) and one peer's twins
 alone go through the same code and give the same report type, `PooledFit`. `evaluate`
 scores a fit on held-out rows. Which peers' twins are usable, and the K a fit shares, is
-`peerset`'s job: a peer with a defective or incomplete release is left out with a
+`usable`'s job: a peer with a defective or incomplete release is left out with a
 warning, never the cause of an error, and K is the smallest among the peers of that fit.
+The fits take the peers as received or as a `usable.PeerSet` already checked (what
+`party.analyze_party` passes, so the peers are checked once per analysis).
 
 Peers' twin rows can carry a weight λ in [0, 1] (here 1, the paper's plain concatenation,
-is the default; `weighting.choose_weight` picks λ, `combine.analyze_party` is the whole
+is the default; `weighting.choose_weight` picks λ, `party.analyze_party` is the whole
 party analysis that the CLI and the node run). What the standard errors then mean: a
 twin row of weight λ is one synthetic draw whose score counts λ times (an importance
 weight), not λ real observations, so the sandwich's meat has λ² for it (`glm`); the
@@ -23,16 +25,26 @@ twins' noise and bias against the local rows' noise. Pure functions: no files, n
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy.special import gammaln
 
+from twinnode.analysis.arrays import BoolArray, FloatArray, IntArray
 from twinnode.analysis.design import Design, make_design
-from twinnode.analysis.glm import fit_poisson_columns
-from twinnode.analysis.pooling import DEFAULT_RULE, Pooled, pool
-from twinnode.analysis.usable import MIN_K, Peers, common_k, usable_peers
+from twinnode.analysis.glm import BatchFit, fit_poisson_columns
+from twinnode.analysis.options import (
+    DEFAULT_COV_TYPE,
+    DEFAULT_DRAWS,
+    DEFAULT_FALLBACK,
+    DEFAULT_INTERVAL,
+    DEFAULT_LEVEL,
+    DEFAULT_RULE,
+    DEFAULT_SEED,
+)
+from twinnode.analysis.pooling import Pooled, pool
+from twinnode.analysis.usable import MIN_K, Peers, PeerSet, common_k, one_peer, usable_peers
 from twinnode.atomic import jsonable
 from twinnode.errors import AnalysisError
 from twinnode.schema import Schema
@@ -51,10 +63,10 @@ class AnalysisOptions:
     covariates: tuple[str, ...] | None = None
     reference: Mapping[str, str] = field(default_factory=dict)
     rule: str = DEFAULT_RULE
-    fallback: str = "rubin"
-    level: float = 0.95
-    interval: str = "t"
-    cov_type: str = "HC1"
+    fallback: str = DEFAULT_FALLBACK
+    level: float = DEFAULT_LEVEL
+    interval: str = DEFAULT_INTERVAL
+    cov_type: str = DEFAULT_COV_TYPE
 
     def design(self, schema: Schema) -> Design:
         return make_design(schema, self.covariates, self.reference)
@@ -70,11 +82,11 @@ class AnalysisOptions:
 class Replicates:
     """The K fits behind a pooled result (NaN where excluded), so they can be re-pooled."""
 
-    coef: np.ndarray        # (K, p)
-    se: np.ndarray          # (K, p)
-    var_part: np.ndarray    # (K, p) the twin rows' part of se**2
-    cov: np.ndarray         # (K, p, p) sandwich covariance matrices (diagonal se**2)
-    cov_part: np.ndarray    # (K, p, p) their twin rows' part (diagonal var_part)
+    coef: FloatArray        # (K, p)
+    se: FloatArray          # (K, p)
+    var_part: FloatArray    # (K, p) the twin rows' part of se**2
+    cov: FloatArray         # (K, p, p) sandwich covariance matrices (diagonal se**2)
+    cov_part: FloatArray    # (K, p, p) their twin rows' part (diagonal var_part)
 
 
 @dataclass(frozen=True)
@@ -99,11 +111,11 @@ class PooledFit:
         return self.design.terms
 
     @property
-    def estimate(self) -> np.ndarray:
+    def estimate(self) -> FloatArray:
         return self.pooled.estimate
 
     @property
-    def se(self) -> np.ndarray:
+    def se(self) -> FloatArray:
         return self.pooled.se
 
     @property
@@ -114,24 +126,26 @@ class PooledFit:
         """One term's pooled values as a JSON-ready dict."""
         j = self.terms.index(term)
         p = self.pooled
-        return jsonable({"estimate": p.estimate[j], "se": p.se[j], "lower": p.lower[j],
-                       "upper": p.upper[j], "df": p.df[j], "u_bar": p.u_bar[j], "b": p.b[j],
-                       "total_variance": p.total[j], "fallback": bool(p.fallback[j]),
-                       "k_used": int(p.k_used[j]), "dropped_in": int(self.dropped.get(term, 0))})
+        row: dict[str, Any] = jsonable({
+            "estimate": p.estimate[j], "se": p.se[j], "lower": p.lower[j], "upper": p.upper[j],
+            "df": p.df[j], "u_bar": p.u_bar[j], "b": p.b[j], "total_variance": p.total[j],
+            "fallback": bool(p.fallback[j]), "k_used": int(p.k_used[j]),
+            "dropped_in": int(self.dropped.get(term, 0))})
+        return row
 
     def pooling_dict(self) -> dict[str, Any]:
         """How the replicates were pooled, and what went wrong with which."""
-        return jsonable({"kind": self.kind, "rule": self.pooled.rule if self.k > 1 else "single",
-                       "fallback_rule": self.pooled.fallback_rule,
-                       "fallback_count": self.fallback_count,
-                       "covariance_fallback": self.pooled.covariance_fallback,
-                       "fallback_terms": [t for t, f in zip(self.terms, self.pooled.fallback)
-                                          if f],
-                       "k": self.k, "failed_replicates": self.failed,
-                       "dropped": dict(self.dropped), "level": self.pooled.level,
-                       "interval": self.pooled.interval, "cov_type": self.options.cov_type,
-                       "weight": self.weight, "peers": list(self.peers),
-                       "rows": dict(self.rows), "warnings": list(self.warnings)})
+        out: dict[str, Any] = jsonable({
+            "kind": self.kind, "rule": self.pooled.rule if self.k > 1 else "single",
+            "fallback_rule": self.pooled.fallback_rule, "fallback_count": self.fallback_count,
+            "covariance_fallback": self.pooled.covariance_fallback,
+            "fallback_terms": [t for t, f in zip(self.terms, self.pooled.fallback) if f],
+            "k": self.k, "failed_replicates": self.failed, "dropped": dict(self.dropped),
+            "level": self.pooled.level, "interval": self.pooled.interval,
+            "cov_type": self.options.cov_type, "weight": self.weight,
+            "peers": list(self.peers), "rows": dict(self.rows),
+            "warnings": list(self.warnings)})
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {"design": self.design.to_dict(), "pooling": self.pooling_dict(),
@@ -142,7 +156,7 @@ class PooledFit:
 class Evaluation:
     """Mean test log-likelihood per record: Monte Carlo over w ~ N(q̄, T), and plug-in."""
 
-    samples: np.ndarray
+    samples: FloatArray
     plugin: float
     n_test: int
     seed: int
@@ -154,16 +168,17 @@ class Evaluation:
 
     def to_dict(self) -> dict[str, Any]:
         q = np.quantile(self.samples, [0.05, 0.5, 0.95])
-        return jsonable({"mean": self.mean, "plugin": self.plugin, "sd": np.std(self.samples),
-                       "q05": q[0], "median": q[1], "q95": q[2], "draws": len(self.samples),
-                       "seed": self.seed, "n_test": self.n_test,
-                       "unestimated_terms": list(self.unestimated),
-                       "samples": list(self.samples)})
+        out: dict[str, Any] = jsonable({
+            "mean": self.mean, "plugin": self.plugin, "sd": np.std(self.samples), "q05": q[0],
+            "median": q[1], "q95": q[2], "draws": len(self.samples), "seed": self.seed,
+            "n_test": self.n_test, "unestimated_terms": list(self.unestimated),
+            "samples": list(self.samples)})
+        return out
 
 
 # ----------------------------------------------------------------------- the fits
-def combined_fit(schema: Schema, local_frame: pd.DataFrame | None, peers: Peers, *,
-                 weight: float = 1.0, options: AnalysisOptions | None = None) -> PooledFit:
+def combined_fit(schema: Schema, local_frame: pd.DataFrame | None, peers: Peers | PeerSet,
+                 *, weight: float = 1.0, options: AnalysisOptions | None = None) -> PooledFit:
     """Pool K fits of D_k = local rows ∪ twin k of each peer (twin rows weighted `weight`)."""
     options = options or AnalysisOptions()
     if not 0.0 <= weight <= 1.0:
@@ -172,24 +187,24 @@ def combined_fit(schema: Schema, local_frame: pd.DataFrame | None, peers: Peers,
     twins, k, warnings = align_peers(schema, peers)
     if twins and k < MIN_K:  # align_peers leaves such peers out; never pool them as synthetic
         raise AnalysisError(f"synthetic pooling needs K >= {MIN_K} twins per peer, got {k}")
-    local = _local_block(schema, design, local_frame)
+    local = None if local_frame is None else _local_block(schema, design, local_frame)
     if not twins:
         if local is None:
             raise AnalysisError("nothing to fit: no local rows and no peer twins")
         warnings.append("no peer twins: the combined fit is the local fit")
-        return _run(design, options, "combined", 1, lambda ks: stack_blocks([[local]]), (),
-                    {"local": len(local[1])}, weight, warnings)
+        return _local_run(design, options, "combined", local, weight, warnings)
     names = tuple(twins)
 
-    def build(ks: Sequence[int]):
+    def build(ks: Sequence[int]) -> Stack:
         blocks = []
         for i in ks:
             row = [] if local is None else [local]
-            row += [(*design.matrix(twins[name][i].arrays), weight, True) for name in names]
+            row += [Block(*design.matrix(twins[name][i].arrays), weight, True)
+                    for name in names]
             blocks.append(row)
         return stack_blocks(blocks)
 
-    rows = {"local": 0 if local is None else len(local[1])}
+    rows = {"local": 0 if local is None else len(local.y)}
     rows |= {name: twins[name][0].rows for name in names}
     kind = "combined" if local is not None else "twins"
     return _run(design, options, kind, k, build, names, rows, weight, warnings)
@@ -201,8 +216,7 @@ def local_fit(schema: Schema, local_frame: pd.DataFrame,
     options = options or AnalysisOptions()
     design = options.design(schema)
     local = _local_block(schema, design, local_frame)
-    return _run(design, options, "local", 1, lambda ks: stack_blocks([[local]]), (),
-                {"local": len(local[1])}, 1.0, [])
+    return _local_run(design, options, "local", local, 1.0, [])
 
 
 def oracle_fit(schema: Schema, frames: Sequence[pd.DataFrame],
@@ -217,17 +231,11 @@ def oracle_fit(schema: Schema, frames: Sequence[pd.DataFrame],
 def twins_fit(schema: Schema, twins: Sequence[Twin],
               options: AnalysisOptions | None = None) -> PooledFit:
     """One peer's twins alone, pooled as fully synthetic data (what screening compares)."""
-    if not twins:
-        raise AnalysisError("no twins to fit")
-    name = twins[0].provenance.sender
-    checked = usable_peers(schema, {name: twins})
-    if name in checked.left_out:
-        raise AnalysisError(f"twins of {name!r} cannot be pooled: {checked.left_out[name]}")
-    return combined_fit(schema, None, checked.twins, options=options)
+    return combined_fit(schema, None, one_peer(schema, twins), options=options)
 
 
-def evaluate(fit: PooledFit, schema: Schema, test_frame: pd.DataFrame, draws: int = 100,
-             seed: int = 0) -> Evaluation:
+def evaluate(fit: PooledFit, schema: Schema, test_frame: pd.DataFrame,
+             draws: int = DEFAULT_DRAWS, seed: int = DEFAULT_SEED) -> Evaluation:
     """Mean Poisson log-likelihood per test record for `draws` seeded w ~ N(q̄, T).
 
     T is the pooled covariance matrix (`Pooled.covariance`), so the draws keep the
@@ -250,16 +258,17 @@ def evaluate(fit: PooledFit, schema: Schema, test_frame: pd.DataFrame, draws: in
                                                                ~missing).T
     const = gammaln(y + 1.0)
 
-    def mean_ll(coefs: np.ndarray) -> np.ndarray:
+    def mean_ll(coefs: FloatArray) -> FloatArray:
         eta = np.clip(coefs @ X.T, -700.0, 700.0)
-        return (y * eta - np.exp(eta) - const).mean(axis=-1)
+        ll: FloatArray = (y * eta - np.exp(eta) - const).mean(axis=-1)
+        return ll
 
     unestimated = tuple(t for t, m in zip(fit.terms, missing) if m)
     return Evaluation(samples=mean_ll(w), plugin=float(mean_ll(mean[None])[0]), n_test=len(y),
                       seed=seed, unestimated=unestimated)
 
 
-def _root(cov: np.ndarray, present: np.ndarray) -> np.ndarray:
+def _root(cov: FloatArray, present: BoolArray) -> FloatArray:
     """L with L L' = cov on the present terms (zero elsewhere), for positive semi-definite
     cov: from its eigen-decomposition, so a singular matrix (a term with no spread) works."""
     p = len(present)
@@ -274,32 +283,47 @@ def _root(cov: np.ndarray, present: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------- internals
-def align_peers(schema: Schema, peers: Peers) -> tuple[dict[str, list[Twin]], int, list[str]]:
+def align_peers(schema: Schema, peers: Peers | PeerSet
+                ) -> tuple[dict[str, list[Twin]], int, list[str]]:
     """The usable peers' twins cut to their common K, and warnings about the rest.
 
-    A peer whose release is defective, incomplete or too small is left out (`peerset`);
+    A peer whose release is defective, incomplete or too small is left out (`usable`);
     K is shared by these peers only, never by peers outside the fit."""
     checked = usable_peers(schema, peers)
     twins, k, warnings = common_k(checked.twins)
     return twins, k, checked.warnings() + warnings
 
 
-Block = tuple[np.ndarray, np.ndarray, float, bool]  # X, y, weight, synthetic?
+class Block(NamedTuple):
+    """Rows of one data set in one replicate: X (n, p), y (n,), their weight, synthetic?"""
+
+    X: FloatArray
+    y: FloatArray
+    weight: float
+    synthetic: bool
 
 
-def _local_block(schema: Schema, design: Design, frame: pd.DataFrame | None) -> Block | None:
-    if frame is None:
-        return None
+class Stack(NamedTuple):
+    """Replicates stacked for the fitter: X (K, p, n), y, weights and synthetic rows (K, n);
+    a replicate shorter than the longest is padded with rows of weight 0."""
+
+    X: FloatArray
+    y: FloatArray
+    w: FloatArray
+    part: BoolArray
+
+
+def _local_block(schema: Schema, design: Design, frame: pd.DataFrame) -> Block:
     if len(frame) == 0:
         raise AnalysisError("the local data set has no rows")
     X, y = design.frame_matrix(schema, frame)
-    return X, y, 1.0, False
+    return Block(X, y, 1.0, False)
 
 
-def stack_blocks(blocks: Sequence[Sequence[Block]]) -> tuple[np.ndarray, ...]:
+def stack_blocks(blocks: Sequence[Sequence[Block]]) -> Stack:
     """Replicates of row blocks -> X (K, p, n), y, weights, part; short ones padded, w = 0."""
-    sizes = [sum(len(b[1]) for b in row) for row in blocks]
-    K, n, p = len(blocks), max(sizes), blocks[0][0][0].shape[1]
+    sizes = [sum(len(b.y) for b in row) for row in blocks]
+    K, n, p = len(blocks), max(sizes), blocks[0][0].X.shape[1]
     X, y = np.zeros((K, p, n)), np.zeros((K, n))
     w, part = np.zeros((K, n)), np.zeros((K, n), bool)
     for i, row in enumerate(blocks):
@@ -309,37 +333,66 @@ def stack_blocks(blocks: Sequence[Sequence[Block]]) -> tuple[np.ndarray, ...]:
             X[i, :, start:stop], y[i, start:stop] = bx.T, by
             w[i, start:stop], part[i, start:stop] = bw, synthetic
             start = stop
-    return X, y, w, part
+    return Stack(X, y, w, part)
+
+
+def _local_run(design: Design, options: AnalysisOptions, kind: str, local: Block,
+               weight: float, warnings: list[str]) -> PooledFit:
+    """The local rows as one replicate (K = 1)."""
+    return _run(design, options, kind, 1, lambda ks: stack_blocks([[local]]), (),
+                {"local": len(local.y)}, weight, warnings)
 
 
 def _run(design: Design, options: AnalysisOptions, kind: str, k: int,
-         build: Callable[[Sequence[int]], tuple[np.ndarray, ...]], peers: tuple[str, ...],
+         build: Callable[[Sequence[int]], Stack], peers: tuple[str, ...],
          rows: Mapping[str, int], weight: float, warnings: list[str]) -> PooledFit:
-    """Fit all replicates chunk by chunk, pool them, and write down what went wrong."""
-    per_rep = max(1, sum(rows.values()) * design.p)
-    chunk = max(1, MAX_ELEMENTS // per_rep)
-    coef, se, part_var, dropped, ok, cov, cov_part = [], [], [], [], [], [], []
-    warm = None
-    if k > 1:  # replicates differ little: one fit is a start from which Newton needs ~3 steps
-        first = fit_poisson_columns(*build([0])[:3], cov_type=options.cov_type)
-        warm = first.coef[0] if first.converged[0] else None
-    for start in range(0, k, chunk):
-        X, y, w, part = build(range(start, min(k, start + chunk)))
-        fit = fit_poisson_columns(X, y, w, part=part, cov_type=options.cov_type, start=warm)
-        coef.append(fit.coef), se.append(fit.se), part_var.append(fit.var_part)
-        cov.append(fit.cov), cov_part.append(fit.cov_part)
-        dropped.append(fit.dropped & fit.converged[:, None]), ok.append(fit.converged)
-    reps = Replicates(*(np.concatenate(a) for a in (coef, se, part_var, cov, cov_part)))
-    converged = np.concatenate(ok)
-    dropped_a = np.concatenate(dropped)
+    """Fit all replicates, pool them, and write down what went wrong."""
+    fits = _fit_replicates(options, k, build, max(1, sum(rows.values()) * design.p))
+
+    def joined(part: Callable[[BatchFit], FloatArray]) -> FloatArray:
+        return np.concatenate([part(f) for f in fits])
+
+    reps = Replicates(coef=joined(lambda f: f.coef), se=joined(lambda f: f.se),
+                      var_part=joined(lambda f: f.var_part), cov=joined(lambda f: f.cov),
+                      cov_part=joined(lambda f: f.cov_part))
+    converged = np.concatenate([f.converged for f in fits])
+    dropped = np.concatenate([f.dropped & f.converged[:, None] for f in fits])
     min_k = MIN_K if peers else 1
     pooled = _pool(reps, options, min_k)
-    warnings = list(warnings)
     failed = int((~converged).sum())
+    counts = {t: int(c) for t, c in zip(design.terms, dropped.sum(axis=0)) if c}
+    warnings = list(warnings)
     if failed:
         warnings.append(f"{failed} of {k} replicate fit(s) did not converge and were excluded")
-    counts = {t: int(c) for t, c in zip(design.terms, dropped_a.sum(axis=0)) if c}
-    estimated = np.isfinite(reps.coef).sum(axis=0)
+    warnings += _dropped_warnings(design, counts, np.isfinite(reps.coef).sum(axis=0), pooled,
+                                  k, min_k)
+    return PooledFit(kind=kind, design=design, pooled=pooled, k=k, failed=failed,
+                     dropped=counts, peers=peers, rows=dict(rows), weight=weight,
+                     options=options, warnings=tuple(warnings), replicates=reps)
+
+
+def _fit_replicates(options: AnalysisOptions, k: int, build: Callable[[Sequence[int]], Stack],
+                    cells: int) -> list[BatchFit]:
+    """The K replicates' fits, in chunks of about MAX_ELEMENTS design cells (`cells` per
+    replicate), each chunk started from the first replicate's estimate."""
+    chunk = max(1, MAX_ELEMENTS // cells)
+    warm = None
+    if k > 1:  # replicates differ little: one fit is a start from which Newton needs ~3 steps
+        one = build([0])
+        first = fit_poisson_columns(one.X, one.y, one.w, cov_type=options.cov_type)
+        warm = first.coef[0] if first.converged[0] else None
+    fits = []
+    for start in range(0, k, chunk):
+        X, y, w, part = build(range(start, min(k, start + chunk)))
+        fits.append(fit_poisson_columns(X, y, w, part=part, cov_type=options.cov_type,
+                                        start=warm))
+    return fits
+
+
+def _dropped_warnings(design: Design, counts: Mapping[str, int], estimated: IntArray,
+                      pooled: Pooled, k: int, min_k: int) -> list[str]:
+    """One line per term not estimable in some replicates: missing, or pooled over fewer."""
+    warnings = []
     for term, c in counts.items():
         j = design.terms.index(term)
         if estimated[j] == 0:
@@ -352,9 +405,7 @@ def _run(design: Design, options: AnalysisOptions, kind: str, k: int,
         else:
             warnings.append(f"term {term!r} was not estimable in {c} of {k} fit(s) and is "
                             "pooled over the others")
-    return PooledFit(kind=kind, design=design, pooled=pooled, k=k, failed=failed,
-                     dropped=counts, peers=peers, rows=dict(rows), weight=weight,
-                     options=options, warnings=tuple(warnings), replicates=reps)
+    return warnings
 
 
 def _pool(r: Replicates, options: AnalysisOptions, min_k: int) -> Pooled:

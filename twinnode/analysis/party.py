@@ -1,13 +1,16 @@
 """One party's whole analysis, as the CLI and the node run it: `analyze_party` -> `PartyReport`.
 
-Steps: screen the peers (policy off | flag | exclude); choose the weight λ of the twin rows
-the policy keeps (`weighting.choose_weight`, or a fixed λ validated against local only);
-fit local rows ∪ λ-weighted twins for every k and pool (`analysis.combined_fit`), with and
-without flagged peers; fit the local rows alone; with a test set, score both. `twinnode
-analyze` and the node both call `analyze_party`, so they give the same report.
+Steps: check the peers' twins once (`usable.usable_peers`; the `PeerSet` goes to every
+step below); screen them (`screen`: their statistics from `peerstats`, judged by
+`screening`; policy off | flag | exclude); choose the weight λ of the twin rows the policy
+keeps (`weighting.choose_weight`, or a fixed λ validated against local only); fit local
+rows ∪ λ-weighted twins for every k and pool (`fit.combined_fit`), with and without the
+flagged peers (this module does every combined fit; screening fits none); fit the local
+rows alone; with a test set, score both. `twinnode analyze` and the node both call
+`analyze_party`, so they give the same report.
 
 Peers are taken as given: a peer whose release is defective, incomplete or has K < 2 is
-left out with the reason (`peerset`; in ``screening.left_out`` and the fits' warnings),
+left out with the reason (`usable`; in ``screening.left_out`` and the fits' warnings),
 and each fit shares K among its own peers only, so a peer outside a fit (flagged and
 excluded, or left out) never changes it. Screening runs here under the analysis's own
 policy and threshold: the statuses a node's `screen` job wrote on its stored twins are
@@ -50,7 +53,7 @@ not read.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import pandas as pd
@@ -58,21 +61,26 @@ import pandas as pd
 from twinnode.analysis.fit import (
     AnalysisOptions,
     Evaluation,
-    Peers,
     PooledFit,
     combined_fit,
     evaluate,
     local_fit,
 )
-from twinnode.analysis.screening import ScreeningReport, screen
-from twinnode.analysis.weighting import (
+from twinnode.analysis.options import (
+    DEFAULT_DRAWS,
     DEFAULT_FOLDS,
     DEFAULT_GRID,
-    WeightChoice,
-    choose_weight,
-    fixed_weight,
-    parse_weight,
+    DEFAULT_POLICY,
+    DEFAULT_SEED,
+    DEFAULT_SELECTION,
+    DEFAULT_THRESHOLD,
+    DEFAULT_WEIGHT,
+    MIN_PEERS,
 )
+from twinnode.analysis.peerstats import statistics_by_peer
+from twinnode.analysis.screening import ScreeningReport, screening_report, screening_status
+from twinnode.analysis.usable import Peers, PeerSet, usable_peers
+from twinnode.analysis.weighting import WeightChoice, choose_weight, fixed_weight, parse_weight
 from twinnode.atomic import jsonable
 from twinnode.schema import Schema
 
@@ -84,38 +92,46 @@ class PartyReport:
     schema_hash: str
     options: AnalysisOptions
     weight: WeightChoice
-    combined: PooledFit
+    with_flagged: PooledFit         # every usable peer, at the chosen λ
+    without_flagged: PooledFit      # the same without the flagged peers (the same fit if none)
     local: PooledFit
     screening: ScreeningReport
     evaluation: Mapping[str, Evaluation] | None = None
     timing: Mapping[str, float] = field(default_factory=dict)
 
+    @property
+    def combined(self) -> PooledFit:
+        """The combined fit the policy selects (without the flagged only under exclude)."""
+        return self.without_flagged if self.screening.policy == "exclude" else self.with_flagged
+
     def to_dict(self) -> dict[str, Any]:
+        screening = self.screening.to_dict() | {
+            "with_flagged": _estimates(self.with_flagged),
+            "without_flagged": _estimates(self.without_flagged)}
         out: dict[str, Any] = {
             "schema": self.schema_hash, "design": self.combined.design.to_dict(),
             "options": self.options.to_dict(), "weight": self.weight.to_dict(),
             "coefficients": side_by_side(self.combined, self.local),
             "pooling": self.combined.pooling_dict(),
-            "local_pooling": self.local.pooling_dict(),
-            "screening": self.screening.to_dict()}
+            "local_pooling": self.local.pooling_dict(), "screening": screening}
         if self.evaluation is not None:
             loc, comb = self.evaluation["local"], self.evaluation["combined"]
             out |= jsonable({"ll_local": loc.mean, "ll_combined": comb.mean,
-                               "ll_local_samples": loc.samples,
-                               "ll_combined_samples": comb.samples,
-                               "ll_local_plugin": loc.plugin, "ll_combined_plugin": comb.plugin})
+                             "ll_local_samples": loc.samples,
+                             "ll_combined_samples": comb.samples,
+                             "ll_local_plugin": loc.plugin, "ll_combined_plugin": comb.plugin})
             out["evaluation"] = {"local": loc.to_dict(), "combined": comb.to_dict()}
         out["timing"] = jsonable(dict(self.timing))
         return out
 
 
-def analyze_party(schema: Schema, local_frame: pd.DataFrame, peers: Peers, *,
-                  weight: str | float = "auto", test_frame: pd.DataFrame | None = None,
-                  options: AnalysisOptions | None = None, policy: str = "flag",
-                  threshold: float = 0.01, grid: Sequence[float] = DEFAULT_GRID,
+def analyze_party(schema: Schema, local_frame: pd.DataFrame, peers: Peers | PeerSet, *,
+                  weight: str | float = DEFAULT_WEIGHT, test_frame: pd.DataFrame | None = None,
+                  options: AnalysisOptions | None = None, policy: str = DEFAULT_POLICY,
+                  threshold: float = DEFAULT_THRESHOLD, grid: Sequence[float] = DEFAULT_GRID,
                   folds: int = DEFAULT_FOLDS, replicates: int | None = None,
-                  selection: str = "best", seed: int = 0, draws: int = 100
-                  ) -> PartyReport:
+                  selection: str = DEFAULT_SELECTION, seed: int = DEFAULT_SEED,
+                  draws: int = DEFAULT_DRAWS) -> PartyReport:
     """Screening, twin weight, combined and local fits (and test scores): one report.
 
     `weight` is "auto" (cross-validated, see `weighting`) or a λ in [0, 1] (1: the paper's
@@ -124,9 +140,10 @@ def analyze_party(schema: Schema, local_frame: pd.DataFrame, peers: Peers, *,
     options = options or AnalysisOptions()
     weight = parse_weight(weight)
     clock = _Clock()
-    report = screen(schema, peers, policy, threshold, options=options)
-    used = {name: peers[name] for name in report.accepted}
+    checked = usable_peers(schema, peers)  # once: every step below takes the PeerSet as it is
+    report = screen(schema, checked, policy, threshold, options=options)
     clock.lap("screening")
+    used = checked.only(report.accepted)
     if weight == "auto":
         choice = choose_weight(schema, local_frame, used, grid=grid, folds=folds, seed=seed,
                                options=options, replicates=replicates, selection=selection)
@@ -135,23 +152,35 @@ def analyze_party(schema: Schema, local_frame: pd.DataFrame, peers: Peers, *,
                               seed=seed, options=options, replicates=replicates)
     clock.lap("weight")
     lam = choice.chosen
-    # each fit checks the peers it is given and shares K among them only
-    with_all = combined_fit(schema, local_frame, peers, weight=lam, options=options)
-    unflagged = {n: t for n, t in peers.items() if n not in report.flagged}
+    # each fit shares K among its own peers only
+    with_all = combined_fit(schema, local_frame, checked, weight=lam, options=options)
     without = (with_all if not report.flagged else
-               combined_fit(schema, local_frame, unflagged, weight=lam, options=options))
-    report = replace(report, with_flagged=with_all, without_flagged=without)
-    combined = report.chosen
+               combined_fit(schema, local_frame, checked.without(report.flagged), weight=lam,
+                            options=options))
     alone = local_fit(schema, local_frame, options)
     clock.lap("fits")
     evaluation = None
     if test_frame is not None:
+        combined = without if policy == "exclude" else with_all
         evaluation = {"local": evaluate(alone, schema, test_frame, draws, seed),
                       "combined": evaluate(combined, schema, test_frame, draws, seed)}
         clock.lap("evaluation")
     return PartyReport(schema_hash=schema.hash, options=options, weight=choice,
-                       combined=combined, local=alone, screening=report,
-                       evaluation=evaluation, timing=clock.laps())
+                       with_flagged=with_all, without_flagged=without, local=alone,
+                       screening=report, evaluation=evaluation, timing=clock.laps())
+
+
+def screen(schema: Schema, peers: Peers | PeerSet, policy: str = DEFAULT_POLICY,
+           threshold: float = DEFAULT_THRESHOLD, *, options: AnalysisOptions | None = None,
+           min_peers: int = MIN_PEERS) -> ScreeningReport:
+    """Judge each usable peer against the others: the peers checked (`usable`), their
+    statistics computed when they are judged (`peerstats`), the verdicts (`screening`)."""
+    checked = usable_peers(schema, peers)
+    names = tuple(checked.twins)
+    status = screening_status(policy, threshold, len(names), min_peers)
+    statistics = statistics_by_peer(schema, checked, options) if status == "screened" else {}
+    return screening_report(names, statistics, policy, threshold, left_out=checked.left_out,
+                            min_peers=min_peers)
 
 
 def side_by_side(combined: PooledFit, alone: PooledFit) -> dict[str, dict[str, Any]]:
@@ -164,6 +193,13 @@ def side_by_side(combined: PooledFit, alone: PooledFit) -> dict[str, dict[str, A
                 "local_lower": loc["lower"], "local_upper": loc["upper"]}
         out[term] = row
     return out
+
+
+def _estimates(fit: PooledFit) -> dict[str, Any]:
+    """A fit's peers and per-term estimate and se (the report's with / without flagged)."""
+    return {"peers": list(fit.peers),
+            "coefficients": {t: jsonable({"estimate": e, "se": s})
+                             for t, e, s in zip(fit.terms, fit.estimate, fit.se)}}
 
 
 class _Clock:

@@ -1,12 +1,11 @@
 """Screening peers' twins against the leave-one-out consensus of the other peers.
 
 A peer that publishes twins from a shifted model (a scaled outcome, a flipped coding) can
-pull the combined fit anywhere. For each peer we compute statistics of its twins alone:
-its own pooled Poisson coefficients (`analysis.twins_fit`) and per-column marginal
-summaries (the mean of each continuous or count column, the rate of 1 of each binary
-column, the rate of each level of each categorical column), each averaged over its K twins
-with a noise variance v: max(T, ū), Raghunathan–Reiter T from its K twins with the
-within-twin variance ū as its floor.
+pull the combined fit anywhere. Each peer is judged by statistics of its twins alone
+(`peerstats`: its own pooled Poisson coefficients and per-column marginal summaries), each
+averaged over its K twins with a noise variance v: max(T, ū), Raghunathan–Reiter T from
+its K twins with the within-twin variance ū as its floor. This module judges statistics
+it is given; it fits nothing.
 
 v is not the whole noise. A DP generator's noise is drawn once per release, so all K twins
 share it and their spread does not show it; on randhie at ε = 1 honest parties' twins
@@ -29,8 +28,9 @@ randhie at ε = 1 the coefficients' inflation was 15-33 and the marginals' 6-11,
 prior for both made the marginals' tolerance too wide to see a flipped coding. s̃²
 is never below 1: release noise cannot make twins agree better than their own noise. The t
 reference is for the inflation, the larger unknown (v_p, estimated from K twins, is
-bounded below by ū and by the others' noise, see below). A peer's extra spread (heterogeneous parties, a skewed split) shows in the others' s², so it widens
-everyone's tolerance; a shifted peer among the others does the same when an honest peer
+bounded below by ū and by the others' noise, see below). A peer's extra spread
+(heterogeneous parties, a skewed split) shows in the others' s², so it widens everyone's
+tolerance; a shifted peer among the others does the same when an honest peer
 is judged, so disagreeing with an honest peer widens that peer's tolerance rather than
 getting it flagged.
 
@@ -48,12 +48,13 @@ The p-value-like measure is Bonferroni over the m statistics judged, min(1, m ·
 p_s) with p_s the two-sided t p-value; a peer is flagged when it is below the threshold,
 and the reason names the statistics with p_s < threshold / m. Policies: ``off`` (nothing
 is computed, every peer is used), ``flag`` (flags are reported, every peer is used), and
-``exclude`` (flagged peers are left out of the combined fit). With a local data set the
-report always carries the combined fit with and without the flagged peers. With fewer than
-`min_peers` (3) peers there is no consensus to judge by: the report says so and flags none.
-Peers whose twins are not one whole release (`peerset`: incomplete, duplicated indices, K <
-2, ...) are not judged and not accepted; the report lists them under `left_out`. Each
-judged peer's statistics use all of its own K twins (no common K is needed to judge).
+``exclude`` (flagged peers are left out of the combined fit). The party analysis
+(`party.analyze_party`) reports the combined fit with and without the flagged peers. With
+fewer than `min_peers` (3) peers there is no consensus to judge by: the report says so and
+flags none (`screening_status` says beforehand whether statistics are needed). Peers whose
+twins are not one whole release (`usable`: incomplete, duplicated indices, K < 2, ...) are
+not judged and not accepted; the report lists them under `left_out`. `party.screen` is the
+whole step: check the peers, compute their statistics, judge them.
 Measured power and false flags, with simulated and with DP twins: docs/ANALYSIS.md.
 """
 from __future__ import annotations
@@ -62,20 +63,30 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-import pandas as pd
+from numpy.typing import NDArray
 from scipy import special, stats
 
-from twinnode.analysis.fit import AnalysisOptions, Peers, PooledFit, combined_fit, twins_fit
-from twinnode.analysis.pooling import pool
-from twinnode.analysis.usable import usable_peers
+from twinnode.analysis.arrays import BoolArray, FloatArray
+from twinnode.analysis.options import MIN_PEERS, POLICIES
 from twinnode.atomic import jsonable
 from twinnode.errors import AnalysisError
-from twinnode.schema import Schema
-from twinnode.twins import Twin
 
-POLICIES = ("off", "flag", "exclude")
 FAMILIES = ("coefficients", "marginals")
-MIN_PEERS = 3
+
+
+@dataclass(frozen=True)
+class PeerStatistics:
+    """A peer's statistics averaged over its twins, with the noise variance of each
+    (`peerstats.peer_statistics` computes them)."""
+
+    names: tuple[str, ...]
+    families: tuple[str, ...]   # "coefficients" or "marginals" (each has its own prior)
+    values: FloatArray
+    variances: FloatArray
+    n: int          # claimed
+    epsilon: float  # claimed
+    k: int
+    rows: int       # measured: the mean row count of its twins
 
 
 @dataclass(frozen=True)
@@ -96,9 +107,11 @@ class Check:
         return float(2 * stats.t.sf(abs(self.z), self.df))
 
     def to_dict(self) -> dict[str, Any]:
-        return jsonable({"name": self.name, "value": self.value,
-                         "consensus": self.consensus, "scale": self.scale, "z": self.z,
-                         "df": self.df, "inflation": self.inflation, "p": self.p})
+        out: dict[str, Any] = jsonable({
+            "name": self.name, "value": self.value, "consensus": self.consensus,
+            "scale": self.scale, "z": self.z, "df": self.df, "inflation": self.inflation,
+            "p": self.p})
+        return out
 
 
 @dataclass(frozen=True)
@@ -118,10 +131,10 @@ class PeerScreen:
     judged_epsilon: float = float("nan")  # ε its expected noise was transferred to
 
     def to_dict(self, all_checks: bool = True) -> dict[str, Any]:
-        out = jsonable({"peer": self.peer, "n": self.n, "epsilon": self.epsilon,
-                        "rows": self.rows, "judged_epsilon": self.judged_epsilon,
-                        "k": self.k, "score": self.score, "p_value": self.p_value,
-                        "flagged": self.flagged, "reason": self.reason})
+        out: dict[str, Any] = jsonable({
+            "peer": self.peer, "n": self.n, "epsilon": self.epsilon, "rows": self.rows,
+            "judged_epsilon": self.judged_epsilon, "k": self.k, "score": self.score,
+            "p_value": self.p_value, "flagged": self.flagged, "reason": self.reason})
         if all_checks:
             out["checks"] = [c.to_dict() for c in self.checks]
         return out
@@ -129,7 +142,7 @@ class PeerScreen:
 
 @dataclass(frozen=True)
 class ScreeningReport:
-    """Per-peer verdicts, the peers the policy keeps, and fits with and without the flagged."""
+    """Per-peer verdicts, the peers the policy keeps, and the peers whose twins are unusable."""
 
     policy: str
     threshold: float
@@ -140,115 +153,56 @@ class ScreeningReport:
     accepted: tuple[str, ...]
     dispersion: Mapping[str, float] = field(default_factory=dict)
     left_out: Mapping[str, str] = field(default_factory=dict)  # peer -> why not usable
-    with_flagged: PooledFit | None = None
-    without_flagged: PooledFit | None = None
-
-    @property
-    def chosen(self) -> PooledFit | None:
-        """The combined fit the policy selects (without the flagged only under exclude)."""
-        return self.without_flagged if self.policy == "exclude" else self.with_flagged
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"policy": self.policy, "threshold": self.threshold,
-                               "status": self.status, "message": self.message,
-                               "flagged": list(self.flagged), "accepted": list(self.accepted),
-                               "left_out": dict(self.left_out),
-                               "dispersion": jsonable(dict(self.dispersion)),
-                               "peers": [p.to_dict() for p in self.peers]}
-        for key, fit in (("with_flagged", self.with_flagged),
-                         ("without_flagged", self.without_flagged)):
-            out[key] = None if fit is None else {
-                "peers": list(fit.peers),
-                "coefficients": {t: jsonable({"estimate": e, "se": s})
-                                 for t, e, s in zip(fit.terms, fit.estimate, fit.se)}}
-        return out
+        """JSON-ready; ``with_flagged`` and ``without_flagged`` are null here: the party
+        analysis, which fits them, fills them in (`party.PartyReport.to_dict`)."""
+        return {"policy": self.policy, "threshold": self.threshold, "status": self.status,
+                "message": self.message, "flagged": list(self.flagged),
+                "accepted": list(self.accepted), "left_out": dict(self.left_out),
+                "dispersion": jsonable(dict(self.dispersion)),
+                "peers": [p.to_dict() for p in self.peers],
+                "with_flagged": None, "without_flagged": None}
 
 
-@dataclass(frozen=True)
-class PeerStatistics:
-    """A peer's statistics averaged over its twins, with the noise variance of each."""
-
-    names: tuple[str, ...]
-    families: tuple[str, ...]   # "coefficients" or "marginals" (each has its own prior)
-    values: np.ndarray
-    variances: np.ndarray
-    n: int          # claimed
-    epsilon: float  # claimed
-    k: int
-    rows: int       # measured: the mean row count of its twins
-
-
-def screen(schema: Schema, peers: Peers, policy: str = "flag", threshold: float = 0.01, *,
-           local_frame: pd.DataFrame | None = None, options: AnalysisOptions | None = None,
-           weight: float = 1.0, min_peers: int = MIN_PEERS) -> ScreeningReport:
-    """Judge each peer against the others; with `local_frame`, fit with and without flags."""
+def screening_status(policy: str, threshold: float, peers: int,
+                     min_peers: int = MIN_PEERS) -> str:
+    """off | insufficient-peers | screened: whether `peers` usable peers are judged (only
+    then are their statistics needed). A policy or threshold out of range is an error."""
     if policy not in POLICIES:
         raise AnalysisError(f"unknown screening policy {policy!r}; expected one of "
                             f"{', '.join(POLICIES)}")
     if not 0 < threshold < 1:
         raise AnalysisError(f"screening threshold must be in (0, 1), got {threshold}")
-    options = options or AnalysisOptions()
-    checked = usable_peers(schema, peers)
-    twins = checked.twins
-    names = tuple(twins)
     if policy == "off":
-        status, message, verdicts = "off", "screening is off: every peer is used", ()
-        dispersion: dict[str, float] = {}
-    elif len(names) < min_peers:
-        status = "insufficient-peers"
+        return "off"
+    return "insufficient-peers" if peers < min_peers else "screened"
+
+
+def screening_report(peers: Sequence[str], statistics: Mapping[str, PeerStatistics],
+                     policy: str, threshold: float, *, left_out: Mapping[str, str],
+                     min_peers: int = MIN_PEERS) -> ScreeningReport:
+    """The verdicts on the usable `peers` (in order) from their `statistics` (needed when
+    `screening_status` is "screened"), the peers the policy keeps, and those left out."""
+    status = screening_status(policy, threshold, len(peers), min_peers)
+    verdicts: tuple[PeerScreen, ...] = ()
+    dispersion: dict[str, float] = {}
+    if status == "off":
+        message = "screening is off: every peer is used"
+    elif status == "insufficient-peers":
         message = (f"screening needs at least {min_peers} peers to form a consensus, got "
-                   f"{len(names)}: no peer judged, none flagged")
-        verdicts, dispersion = (), {}
+                   f"{len(peers)}: no peer judged, none flagged")
     else:
-        statistics = {name: peer_statistics(schema, twins[name], options) for name in names}
-        verdicts, dispersion = judge(statistics, threshold)
+        verdicts, dispersion = judge({name: statistics[name] for name in peers}, threshold)
         n_flag = sum(v.flagged for v in verdicts)
-        status = "screened"
-        message = f"{len(names)} peers screened, {n_flag} flagged (p < {threshold:g})"
+        message = f"{len(peers)} peers screened, {n_flag} flagged (p < {threshold:g})"
     flagged = tuple(v.peer for v in verdicts if v.flagged)
-    accepted = tuple(n for n in names if policy != "exclude" or n not in flagged)
-    if checked.left_out:
-        message += f"; {len(checked.left_out)} left out (twins not usable)"
-    report = ScreeningReport(policy=policy, threshold=threshold, status=status,
-                             message=message, peers=tuple(verdicts), flagged=flagged,
-                             accepted=accepted, dispersion=dispersion,
-                             left_out=dict(checked.left_out))
-    if local_frame is None:
-        return report
-    # each fit checks its peers and shares K among them only
-    with_all = combined_fit(schema, local_frame, peers, weight=weight, options=options)
-    without = with_all if not flagged else combined_fit(
-        schema, local_frame, {n: t for n, t in peers.items() if n not in flagged},
-        weight=weight, options=options)
-    return replace(report, with_flagged=with_all, without_flagged=without)
-
-
-def peer_statistics(schema: Schema, twins: Sequence[Twin],
-                    options: AnalysisOptions | None = None) -> PeerStatistics:
-    """One peer's pooled coefficients and marginal summaries, each with its noise variance."""
-    options = options or AnalysisOptions()
-    fit = twins_fit(schema, twins, replace(options, rule="reiter", fallback="within"))
-    names = [f"coef:{t}" for t in fit.terms]
-    values = [fit.estimate]
-    variances = [np.maximum(fit.pooled.total, fit.pooled.u_bar)]
-    per_twin_value, per_twin_var = [], []
-    for twin in twins:
-        v, u, labels = _marginals(schema, twin.arrays)
-        per_twin_value.append(v)
-        per_twin_var.append(u)
-    # the marginals pooled by the same rule as the coefficients
-    marginal = pool(np.array(per_twin_value), np.sqrt(np.array(per_twin_var)),
-                    rule="reiter", fallback="within")
-    names += labels
-    values.append(marginal.estimate)
-    variances.append(np.maximum(marginal.total, marginal.u_bar))
-    prov = twins[0].provenance
-    families = tuple("coefficients" if n.startswith("coef:") else "marginals" for n in names)
-    return PeerStatistics(names=tuple(names), families=families,
-                          values=np.concatenate(values),
-                          variances=np.concatenate(variances), n=int(prov.n),
-                          epsilon=float(prov.epsilon), k=len(twins),
-                          rows=int(round(np.mean([t.rows for t in twins]))))
+    accepted = tuple(n for n in peers if policy != "exclude" or n not in flagged)
+    if left_out:
+        message += f"; {len(left_out)} left out (twins not usable)"
+    return ScreeningReport(policy=policy, threshold=threshold, status=status,
+                           message=message, peers=verdicts, flagged=flagged,
+                           accepted=accepted, dispersion=dispersion, left_out=dict(left_out))
 
 
 def judge(statistics: Mapping[str, PeerStatistics], threshold: float
@@ -291,19 +245,19 @@ def judge(statistics: Mapping[str, PeerStatistics], threshold: float
         verdicts.append(replace(_verdict(name, statistics[name], checks, threshold),
                                 rows=statistics[name].rows, judged_epsilon=judged_eps))
     dispersion = {}
-    for fam, fitted in priors.items():
-        d0s, s0s = np.array(fitted).T
+    for fam, pairs in priors.items():
+        d0s, s0s = np.array(pairs).T
         dispersion[f"{fam}_inflation"] = float(np.median(s0s))
         dispersion[f"{fam}_df"] = float(np.median(d0s))
     return tuple(verdicts), dispersion
 
 
-def _moderate(s2: np.ndarray, d: np.ndarray, family: np.ndarray, usable: np.ndarray
-              ) -> tuple[np.ndarray, np.ndarray, dict[str, tuple[float, float]]]:
+def _moderate(s2: FloatArray, d: FloatArray, family: NDArray[np.str_], usable: BoolArray
+              ) -> tuple[FloatArray, FloatArray, dict[str, tuple[float, float]]]:
     """Each statistic's inflation s̃² (at least 1) and t df under its family's prior, and
     each family's fitted prior (d0, s0²)."""
     post, df = np.full(s2.shape, np.nan), np.full(s2.shape, np.nan)
-    fitted = {}
+    fitted: dict[str, tuple[float, float]] = {}
     for fam in FAMILIES:
         mine = usable & (family == fam)
         d0, s0 = fitted[fam] = prior_inflation(s2[mine], d[mine])
@@ -312,13 +266,14 @@ def _moderate(s2: np.ndarray, d: np.ndarray, family: np.ndarray, usable: np.ndar
     return np.maximum(1.0, post), df, fitted
 
 
-def _h(eps: float | np.ndarray) -> float | np.ndarray:
+def _h(eps: float | FloatArray) -> FloatArray:
     """How a statistic's noise variance grows as ε falls (an assumed shape, see above)."""
-    return 1.0 + 1.0 / np.asarray(eps, float) ** 2
+    out: FloatArray = 1.0 + 1.0 / np.asarray(eps, float) ** 2
+    return out
 
 
-def _others(x: np.ndarray, v: np.ndarray
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _others(x: FloatArray, v: FloatArray
+            ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
     """Per statistic over the other peers: the precision-weighted mean, its noise variance,
     the inflation s² of their spread over their noise, and its degrees of freedom."""
     good = np.isfinite(x) & np.isfinite(v) & (v > 0)
@@ -332,7 +287,7 @@ def _others(x: np.ndarray, v: np.ndarray
     return center, 1.0 / wsum, s2, d
 
 
-def prior_inflation(s2: np.ndarray, d: np.ndarray) -> tuple[float, float]:
+def prior_inflation(s2: FloatArray, d: FloatArray) -> tuple[float, float]:
     """Empirical-Bayes prior (d0, s0²) for per-statistic variances s2 with d df each.
 
     Smyth's (2004, limma `fitFDist`) moments of log s², for the model σ² ~ s0² d0 / χ²_d0
@@ -383,34 +338,3 @@ def _verdict(name: str, st: PeerStatistics, checks: list[Check], threshold: floa
             reason += f"; and {len(off) - 3} more"
     return PeerScreen(name, st.n, st.epsilon, st.k, score, p_value, flagged, reason,
                       tuple(checks))
-
-
-def _marginals(schema: Schema, arrays: Mapping[str, np.ndarray]
-               ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Per-column summaries of one twin, the variance of each, and their names."""
-    values, variances, labels = [], [], []
-    for col in schema.columns:
-        a = np.asarray(arrays[col.name])
-        n = len(a)
-        if col.type in ("continuous", "count"):
-            x = a.astype(np.float64)
-            values.append(x.mean())
-            variances.append(max(x.var(ddof=1) if n > 1 else 0.0, _unit_floor(col)) / n)
-            labels.append(f"mean:{col.name}")
-            continue
-        levels = ("1",) if col.type == "binary" else col.levels
-        codes = (1,) if col.type == "binary" else range(len(col.levels))
-        for code, level in zip(codes, levels):
-            count = float(np.sum(a == code))
-            r = (count + 0.5) / (n + 1.0)  # keeps the variance positive at rate 0 or 1
-            values.append(count / n)
-            variances.append(r * (1 - r) / n)
-            labels.append(f"rate:{col.name}={level}")
-    return np.array(values), np.array(variances), labels
-
-
-def _unit_floor(col) -> float:
-    """A tiny variance floor so a constant column cannot give a zero scale."""
-    if col.type == "count":
-        return 0.25
-    return ((col.upper - col.lower) / 1000.0) ** 2

@@ -21,19 +21,26 @@ The K of one fit is shared by the peers in that fit only (`common_k`): the small
 among them, each peer cut to its first K twins by index (twins are exchangeable). A peer
 whose K is below half the median K of the fit's peers is left out of that fit instead, so
 that one peer cannot shrink everyone's K (a peer with K = 3 among peers with K = 100
-would leave b with 2 degrees of freedom). Pure functions.
+would leave b with 2 degrees of freedom).
+
+An analysis checks its peers once (`usable_peers` at its entry) and passes the `PeerSet` to
+every step below (screening's statistics, the weight's validation, each combined fit);
+`usable_peers` returns a `PeerSet` as it is, so a step given one checks nothing again.
+Pure functions.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Collection, Mapping, Sequence
 
 import numpy as np
 
+from twinnode.errors import AnalysisError
 from twinnode.schema import Schema
 from twinnode.twins import Twin
 
 Peers = Mapping[str, Sequence[Twin]]
+"""Each peer's twins as received: not yet checked."""
 MIN_K = 2
 """Fully synthetic pooling needs at least two twins per peer (b has K - 1 degrees of freedom)."""
 MIN_K_SHARE = 0.5
@@ -44,21 +51,44 @@ MIN_K_SHARE = 0.5
 class PeerSet:
     """The peers whose twins are usable (whole releases, by index) and why others are not."""
 
+    schema_hash: str                     # the schema the twins were checked under
     twins: Mapping[str, tuple[Twin, ...]]
-    left_out: Mapping[str, str]          # peer -> reason
-    notes: tuple[str, ...] = ()          # about peers that are used (e.g. re-sent copies)
+    left_out: Mapping[str, str] = field(default_factory=dict)  # peer -> reason
+    notes: Mapping[str, str] = field(default_factory=dict)     # peer -> e.g. re-sent copies
 
     def warnings(self) -> list[str]:
         """One line per peer left out, then the notes."""
         return ([f"peer {name!r} left out: {why}" for name, why in self.left_out.items()]
-                + list(self.notes))
+                + [f"peer {name!r}: {note}" for name, note in self.notes.items()])
+
+    def without(self, names: Collection[str]) -> PeerSet:
+        """These peers less `names`: what checking the peers without them would give."""
+        return self._keep(lambda name: name not in names)
+
+    def only(self, names: Collection[str]) -> PeerSet:
+        """These peers restricted to `names`."""
+        return self._keep(lambda name: name in names)
+
+    def _keep(self, wanted: Callable[[str], bool]) -> PeerSet:
+        return PeerSet(self.schema_hash,
+                       {n: t for n, t in self.twins.items() if wanted(n)},
+                       {n: w for n, w in self.left_out.items() if wanted(n)},
+                       {n: w for n, w in self.notes.items() if wanted(n)})
 
 
-def usable_peers(schema: Schema, peers: Peers) -> PeerSet:
-    """Check each peer's twins as one whole release under `schema` (see the docstring)."""
+def usable_peers(schema: Schema, peers: Peers | PeerSet) -> PeerSet:
+    """Check each peer's twins as one whole release under `schema` (see the docstring).
+
+    A `PeerSet` is returned as it is (it was checked when it was made), after making sure
+    it was checked under `schema`."""
+    if isinstance(peers, PeerSet):
+        if peers.schema_hash != schema.hash:
+            raise AnalysisError(f"peers were checked under another schema than "
+                                f"{schema.short_hash}")
+        return peers
     usable: dict[str, tuple[Twin, ...]] = {}
     left_out: dict[str, str] = {}
-    notes: list[str] = []
+    notes: dict[str, str] = {}
     for name, twins in peers.items():
         why, kept, note = _check(schema, list(twins))
         if why is None:
@@ -66,8 +96,20 @@ def usable_peers(schema: Schema, peers: Peers) -> PeerSet:
         else:
             left_out[name] = why
         if note:
-            notes.append(f"peer {name!r}: {note}")
-    return PeerSet(usable, left_out, tuple(notes))
+            notes[name] = note
+    return PeerSet(schema.hash, usable, left_out, notes)
+
+
+def one_peer(schema: Schema, twins: Sequence[Twin]) -> PeerSet:
+    """One peer's twins (named by their sender) checked as a release that can be pooled on
+    its own; an AnalysisError says why not."""
+    if not twins:
+        raise AnalysisError("no twins to fit")
+    name = twins[0].provenance.sender
+    checked = usable_peers(schema, {name: twins})
+    if name in checked.left_out:
+        raise AnalysisError(f"twins of {name!r} cannot be pooled: {checked.left_out[name]}")
+    return checked
 
 
 def common_k(twins: Mapping[str, Sequence[Twin]]
@@ -125,7 +167,7 @@ def _check(schema: Schema, twins: list[Twin]
     return None, tuple(by_index[i] for i in range(k)), note
 
 
-def _facts(twin: Twin) -> tuple:
+def _facts(twin: Twin) -> tuple[int, int, float, float, str]:
     p = twin.provenance
     return (p.k, p.n, p.epsilon, p.delta, p.relation)
 

@@ -39,11 +39,12 @@ The guards give up half to three quarters of the gain to avoid losses that ``bes
 rarely makes and keeps small: it lost against local only in no repetition with 100 or 300
 local rows and faithful twins, in 5% with 3000 faithful rows (mean loss 0.03) and with 300
 rows and DP-like twins (0.76), in 17% with 3000 rows and DP-like twins (0.32; λ = 1 lost
-in 53%), and once in 40 with wrong twins (19.5; λ = 1 lost 67.9 every time). With few local rows the validation is noisy (100
-rows: the gain's SE is about as large as the gain), and the guard then fails exactly when
-the local fit is worst and joining matters most. So the party's expected outcome is never
-worse than its own in any scenario (within Monte Carlo error), which is the headline goal;
-no rule can promise it run by run without global data. The verdict still says when the
+in 53%), and once in 40 with wrong twins (19.5; λ = 1 lost 67.9 every time). With few
+local rows the validation is noisy (100 rows: the gain's SE is about as large as the
+gain), and the guard then fails exactly when the local fit is worst and joining matters
+most. So the party's expected outcome is never worse than its own in any scenario (within
+Monte Carlo error), which is the headline goal; no rule can promise it run by run without
+global data. The verdict still says when the
 gain is within one standard error ("unclear").
 
 Plug-in, not the Monte Carlo score over w ~ N(q̄, T) that `analysis.evaluate` reports: the
@@ -77,22 +78,35 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy.special import gammaln
 
-from twinnode.analysis.fit import MAX_ELEMENTS, AnalysisOptions, Peers, align_peers, stack_blocks
-from twinnode.analysis.glm import estimable_columns_kpn, fit_poisson_columns
+from twinnode.analysis.arrays import FloatArray, IntArray
+from twinnode.analysis.fit import (
+    MAX_ELEMENTS,
+    AnalysisOptions,
+    Block,
+    Stack,
+    align_peers,
+    stack_blocks,
+)
+from twinnode.analysis.glm import BatchFit, estimable_columns_kpn, fit_poisson_columns
+from twinnode.analysis.options import (
+    DEFAULT_FOLDS,
+    DEFAULT_GRID,
+    DEFAULT_SEED,
+    DEFAULT_SELECTION,
+    SELECTIONS,
+    VALIDATION_REPLICATES,
+)
+from twinnode.analysis.usable import Peers, PeerSet
 from twinnode.atomic import jsonable
 from twinnode.errors import AnalysisError
 from twinnode.schema import Schema
 
-DEFAULT_GRID = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
-DEFAULT_FOLDS = 5
-VALIDATION_REPLICATES = 20
-SELECTIONS = ("best", "guarded", "one-se")
 MIN_ROWS_PER_FOLD = 2
 MIN_ROWS = 4
 MODES = ("auto", "fixed", "no-peers", "unvalidated")
@@ -110,11 +124,11 @@ class WeightChoice:
     best: float | None         # the grid's best mean (None without validation)
     selection: str
     grid: tuple[float, ...]
-    mean: np.ndarray           # (G,) held-out log-likelihood per record
-    se: np.ndarray             # (G,) its standard error (pointwise)
-    gain: np.ndarray           # (G,) mean of l_i(λ) - l_i(0)
-    gain_se: np.ndarray        # (G,) its paired standard error
-    fold_means: np.ndarray     # (F, G) mean held-out log-likelihood per fold
+    mean: FloatArray           # (G,) held-out log-likelihood per record
+    se: FloatArray             # (G,) its standard error (pointwise)
+    gain: FloatArray           # (G,) mean of l_i(λ) - l_i(0)
+    gain_se: FloatArray        # (G,) its paired standard error
+    fold_means: FloatArray     # (F, G) mean held-out log-likelihood per fold
     folds: int
     replicates: int
     n_local: int
@@ -127,13 +141,14 @@ class WeightChoice:
         curve = [{"weight": lam, "mean": m, "se": s, "gain": g, "gain_se": gs}
                  for lam, m, s, g, gs in zip(self.grid, self.mean, self.se, self.gain,
                                              self.gain_se)]
-        return jsonable({"mode": self.mode, "chosen": self.chosen, "best": self.best,
-                           "selection": self.selection, "grid": list(self.grid),
-                           "curve": curve, "verdict": self.verdict, "helps": self.helps,
-                           "folds": self.folds, "replicates": self.replicates,
-                           "n_local": self.n_local, "seed": self.seed,
-                           "fold_means": self.fold_means,
-                           "score": "plug-in mean held-out log-likelihood per record"})
+        out: dict[str, Any] = jsonable({
+            "mode": self.mode, "chosen": self.chosen, "best": self.best,
+            "selection": self.selection, "grid": list(self.grid), "curve": curve,
+            "verdict": self.verdict, "helps": self.helps, "folds": self.folds,
+            "replicates": self.replicates, "n_local": self.n_local, "seed": self.seed,
+            "fold_means": self.fold_means,
+            "score": "plug-in mean held-out log-likelihood per record"})
+        return out
 
 
 def parse_weight(value: str | float) -> str | float:
@@ -153,51 +168,53 @@ def parse_weight(value: str | float) -> str | float:
     return value
 
 
-def choose_weight(schema: Schema, local_frame: pd.DataFrame, peers: Peers, *,
+def choose_weight(schema: Schema, local_frame: pd.DataFrame, peers: Peers | PeerSet, *,
                   grid: Sequence[float] = DEFAULT_GRID, folds: int = DEFAULT_FOLDS,
-                  seed: int = 0, options: AnalysisOptions | None = None,
-                  replicates: int | None = None, selection: str = "best") -> WeightChoice:
+                  seed: int = DEFAULT_SEED, options: AnalysisOptions | None = None,
+                  replicates: int | None = None, selection: str = DEFAULT_SELECTION
+                  ) -> WeightChoice:
     """λ for the peers' twin rows by F-fold cross-validation on the local rows (see above)."""
     if selection not in SELECTIONS:
         raise AnalysisError(f"unknown selection {selection!r}; expected one of "
                             f"{', '.join(SELECTIONS)}")
-    grid = _grid(grid)
-    early = _trivial(schema, local_frame, peers, "auto", grid, selection, folds, seed)
+    values = _grid(grid)
+    early = _trivial(schema, local_frame, peers, "auto", values, selection, folds, seed)
     if early is not None:
         return early
-    scores, fold, r = validation_scores(schema, local_frame, peers, grid=grid, folds=folds,
+    scores, fold, r = validation_scores(schema, local_frame, peers, grid=values, folds=folds,
                                         seed=seed, options=options, replicates=replicates)
     f = int(fold.max()) + 1
-    chosen, best = select(grid, scores, selection)
+    chosen, best = select(values, scores, selection)
     curve = _curve(scores)
-    gain, gain_se = curve[2], curve[3]
+    gain, gain_se = curve.gain, curve.gain_se
     n = len(local_frame)
     where = f"{f}-fold cross-validation on {n} local rows, {r} twin(s) per fit"
     g, gs = gain[chosen], gain_se[chosen]
+    helps: bool | None
     if chosen > 0 and g > gs:
         helps = True
-        verdict = (f"yes: λ = {grid[chosen]:g} improves held-out log-likelihood by "
+        verdict = (f"yes: λ = {values[chosen]:g} improves held-out log-likelihood by "
                    f"{g:.4f} ± {gs:.4f} nats/row over local only ({where})")
     elif chosen > 0:
         helps = None
-        verdict = (f"unclear: λ = {grid[chosen]:g} is best in validation but gains only "
+        verdict = (f"unclear: λ = {values[chosen]:g} is best in validation but gains only "
                    f"{g:.4f} ± {gs:.4f} nats/row over local only, within one standard error "
                    f"({where})")
     elif best > 0:
         helps = False
-        verdict = (f"no: local only is chosen; the best λ = {grid[best]:g} gains "
+        verdict = (f"no: local only is chosen; the best λ = {values[best]:g} gains "
                    f"{gain[best]:.4f} ± {gain_se[best]:.4f} nats/row, within one standard "
                    f"error ({where})")
     else:
         helps = False
-        verdict = (f"no: local only is best; λ = {grid[-1]:g} changes held-out "
+        verdict = (f"no: local only is best; λ = {values[-1]:g} changes held-out "
                    f"log-likelihood by {gain[-1]:.4f} ± {gain_se[-1]:.4f} nats/row ({where})")
-    return WeightChoice("auto", grid[chosen], grid[best], selection, grid, *curve,
-                        _fold_means(scores, fold), f, r, n, seed, helps, verdict)
+    return _validated("auto", values[chosen], values[best], selection, values, curve,
+                      _fold_means(scores, fold), r, n, seed, helps, verdict)
 
 
-def fixed_weight(schema: Schema, local_frame: pd.DataFrame, peers: Peers, weight: float, *,
-                 folds: int = DEFAULT_FOLDS, seed: int = 0,
+def fixed_weight(schema: Schema, local_frame: pd.DataFrame, peers: Peers | PeerSet,
+                 weight: float, *, folds: int = DEFAULT_FOLDS, seed: int = DEFAULT_SEED,
                  options: AnalysisOptions | None = None,
                  replicates: int | None = None) -> WeightChoice:
     """A λ given by the user, validated against local only (grid 0, λ) to judge it."""
@@ -215,8 +232,9 @@ def fixed_weight(schema: Schema, local_frame: pd.DataFrame, peers: Peers, weight
                                         seed=seed, options=options, replicates=replicates)
     f = int(fold.max()) + 1
     curve = _curve(scores)
-    g, gs = float(curve[2][1]), float(curve[3][1])
+    g, gs = float(curve.gain[1]), float(curve.gain_se[1])
     where = f"{f}-fold cross-validation on {n} local rows, {r} twin(s) per fit"
+    helps: bool | None
     if g > gs:
         helps, text = True, f"yes: the fixed λ = {weight:g} improves held-out log-likelihood by"
     elif g < -gs:
@@ -226,12 +244,12 @@ def fixed_weight(schema: Schema, local_frame: pd.DataFrame, peers: Peers, weight
         helps, text = None, (f"unclear: the fixed λ = {weight:g} changes held-out "
                              "log-likelihood, within one standard error, by")
     verdict = f"{text} {g:.4f} ± {gs:.4f} nats/row against local only ({where})"
-    best = grid[int(np.argmax(curve[0]))]
-    return WeightChoice("fixed", weight, best, "fixed", grid, *curve, _fold_means(scores, fold),
-                        f, r, n, seed, helps, verdict)
+    best = grid[int(np.argmax(curve.mean))]
+    return _validated("fixed", weight, best, "fixed", grid, curve, _fold_means(scores, fold),
+                      r, n, seed, helps, verdict)
 
 
-def stratified_folds(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
+def stratified_folds(y: FloatArray, folds: int, seed: int) -> IntArray:
     """Fold label per row: rows sorted by outcome (ties in seeded random order) are dealt
     in blocks of `folds`, each block in a seeded random order, so every fold spans the
     outcome's range and fold sizes differ by at most one."""
@@ -247,10 +265,10 @@ def stratified_folds(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
     return out
 
 
-def validation_scores(schema: Schema, local_frame: pd.DataFrame, peers: Peers, *,
-                      grid: Sequence[float], folds: int, seed: int = 0,
+def validation_scores(schema: Schema, local_frame: pd.DataFrame, peers: Peers | PeerSet, *,
+                      grid: Sequence[float], folds: int, seed: int = DEFAULT_SEED,
                       options: AnalysisOptions | None = None, replicates: int | None = None
-                      ) -> tuple[np.ndarray, np.ndarray, int]:
+                      ) -> tuple[FloatArray, IntArray, int]:
     """Each local row's held-out plug-in log-likelihood per λ (n, G), its fold, and R.
 
     `grid` must start with 0 and be increasing (as `_grid` makes it)."""
@@ -266,50 +284,63 @@ def validation_scores(schema: Schema, local_frame: pd.DataFrame, peers: Peers, *
     r = min(k, VALIDATION_REPLICATES if replicates is None else int(replicates))
     if r < 1:
         raise AnalysisError(f"validation needs at least one replicate, got {replicates}")
-    G = len(grid)
     # λ = 0: the local rows alone, one fit per fold, all folds in one batch
     train = (fold[None, :] != np.arange(folds)[:, None]).astype(np.float64)
     local0 = fit_poisson_columns(np.repeat(XL.T[None], folds, axis=0),
                                  np.repeat(yL[None], folds, axis=0), train, cov_type=None)
-    sums, counts = np.zeros((folds, G, p)), np.zeros((folds, G, p))
+    sums, counts = np.zeros((folds, len(grid), p)), np.zeros((folds, len(grid), p))
     sums[:, 0], counts[:, 0] = np.nan_to_num(local0.coef), np.isfinite(local0.coef)
-    names = tuple(twins)
-    n_twin = sum(twins[name][0].rows for name in names)
+    local = Block(XL, yL, 1.0, False)
+    n_twin = sum(t[0].rows for t in twins.values())
     chunk = max(1, MAX_ELEMENTS // max(1, (n + n_twin) * p))
     for start in range(0, r, chunk):
-        ks = range(start, min(r, start + chunk))
-        X, y, w, part = stack_blocks(
-            [[(XL, yL, 1.0, False)] + [(*design.matrix(twins[name][i].arrays), 1.0, True)
-                                       for name in names] for i in ks])
-        twin_rows = (part & (w > 0)).astype(np.float64)
-        position = np.full(X.shape[2], -1)
-        position[:n] = fold
-        for f in range(folds):
-            local_rows = np.broadcast_to((position != f) & (position >= 0), w.shape)
-            warm = (np.broadcast_to(local0.coef[f], (len(ks), p))
-                    if local0.converged[f] else None)
-            keep = estimable_columns_kpn(X, local_rows + twin_rows)  # the same rows for every λ > 0
-            for j in range(1, G):
-                fit = fit_poisson_columns(X, y, local_rows + grid[j] * twin_rows,
-                                          cov_type=None, start=warm, tol=FIT_TOL, keep=keep)
-                ok = np.isfinite(fit.coef)
-                sums[f, j] += np.where(ok, fit.coef, 0.0).sum(axis=0)
-                counts[f, j] += ok.sum(axis=0)
-                if fit.converged.any():
-                    base = fit.coef if warm is None else warm
-                    warm = np.where(fit.converged[:, None], fit.coef, base)
+        stack = stack_blocks([[local] + [Block(*design.matrix(t[i].arrays), 1.0, True)
+                                         for t in twins.values()]
+                              for i in range(start, min(r, start + chunk))])
+        _add_fold_fits(stack, fold, grid, local0, sums, counts)
     with np.errstate(invalid="ignore", divide="ignore"):
         coef = np.where(counts > 0, sums / counts, 0.0)                  # (F, G, p)
-    scores = np.empty((n, G))
+    return _held_out_scores(XL, yL, fold, coef), fold, r
+
+
+def _add_fold_fits(stack: Stack, fold: IntArray, grid: Sequence[float], local0: BatchFit,
+                   sums: FloatArray, counts: FloatArray) -> None:
+    """Fit a chunk of replicates for every fold and λ > 0, adding their estimates into
+    `sums` and their number into `counts` (F, G, p). Each λ starts from the previous λ's
+    estimates (the first from the fold's local fit)."""
+    X, y, w, part = stack
+    reps, p, n_all = X.shape
+    twin_rows = (part & (w > 0)).astype(np.float64)
+    position = np.full(n_all, -1)
+    position[:len(fold)] = fold
+    for f in range(sums.shape[0]):
+        local_rows = np.broadcast_to((position != f) & (position >= 0), w.shape)
+        warm = np.broadcast_to(local0.coef[f], (reps, p)) if local0.converged[f] else None
+        keep = estimable_columns_kpn(X, local_rows + twin_rows)  # the same rows for every λ > 0
+        for j in range(1, len(grid)):
+            fit = fit_poisson_columns(X, y, local_rows + grid[j] * twin_rows,
+                                      cov_type=None, start=warm, tol=FIT_TOL, keep=keep)
+            ok = np.isfinite(fit.coef)
+            sums[f, j] += np.where(ok, fit.coef, 0.0).sum(axis=0)
+            counts[f, j] += ok.sum(axis=0)
+            if fit.converged.any():
+                base = fit.coef if warm is None else warm
+                warm = np.where(fit.converged[:, None], fit.coef, base)
+
+
+def _held_out_scores(XL: FloatArray, yL: FloatArray, fold: IntArray, coef: FloatArray
+                     ) -> FloatArray:
+    """(n, G) each local row's plug-in log-likelihood at its held-out fold's estimates."""
+    scores = np.empty((len(yL), coef.shape[1]))
     const = gammaln(yL + 1.0)
-    for f in range(folds):
+    for f in range(coef.shape[0]):
         held = fold == f
         eta = np.clip(XL[held] @ coef[f].T, -700.0, 700.0)              # (n_f, G)
         scores[held] = yL[held, None] * eta - np.exp(eta) - const[held, None]
-    return scores, fold, r
+    return scores
 
 
-def select(grid: Sequence[float], scores: np.ndarray, selection: str = "best"
+def select(grid: Sequence[float], scores: FloatArray, selection: str = DEFAULT_SELECTION
            ) -> tuple[int, int]:
     """(chosen, best) grid indices from held-out scores (n, G), grid[0] = 0, by `selection`."""
     mean = scores.mean(axis=0)
@@ -339,27 +370,47 @@ def _folds(n: int, folds: int) -> int:
     return max(2, min(folds, n // MIN_ROWS_PER_FOLD))
 
 
-def _curve(scores: np.ndarray) -> tuple[np.ndarray, ...]:
-    """mean, se, gain over λ = 0 and its paired se, per grid point, from (n, G) scores."""
+class Curve(NamedTuple):
+    """Per grid point: mean held-out score, its se, the gain over λ = 0 and its paired se."""
+
+    mean: FloatArray
+    se: FloatArray
+    gain: FloatArray
+    gain_se: FloatArray
+
+
+def _curve(scores: FloatArray) -> Curve:
+    """The validation curve from (n, G) held-out scores."""
     n = scores.shape[0]
     gains = scores - scores[:, [0]]
-    return (scores.mean(axis=0), scores.std(axis=0, ddof=1) / math.sqrt(n),
-            gains.mean(axis=0), gains.std(axis=0, ddof=1) / math.sqrt(n))
+    return Curve(scores.mean(axis=0), scores.std(axis=0, ddof=1) / math.sqrt(n),
+                 gains.mean(axis=0), gains.std(axis=0, ddof=1) / math.sqrt(n))
 
 
-def _fold_means(scores: np.ndarray, fold: np.ndarray) -> np.ndarray:
+def _fold_means(scores: FloatArray, fold: IntArray) -> FloatArray:
     """(F, G) mean held-out score per fold, for the report."""
     return np.array([scores[fold == f].mean(axis=0) for f in range(int(fold.max()) + 1)])
+
+
+def _validated(mode: str, chosen: float, best: float, selection: str, grid: tuple[float, ...],
+               curve: Curve, fold_means: FloatArray, replicates: int, n: int, seed: int,
+               helps: bool | None, verdict: str) -> WeightChoice:
+    return WeightChoice(mode=mode, chosen=chosen, best=best, selection=selection, grid=grid,
+                        mean=curve.mean, se=curve.se, gain=curve.gain, gain_se=curve.gain_se,
+                        fold_means=fold_means, folds=len(fold_means), replicates=replicates,
+                        n_local=n, seed=seed, helps=helps, verdict=verdict)
 
 
 def _unjudged(mode: str, chosen: float, grid: tuple[float, ...], selection: str, n: int,
               seed: int, verdict: str) -> WeightChoice:
     empty = np.full(len(grid), np.nan)
-    return WeightChoice(mode, chosen, None, selection, grid, empty, empty, empty, empty,
-                        np.empty((0, len(grid))), 0, 0, n, seed, None, verdict)
+    return WeightChoice(mode=mode, chosen=chosen, best=None, selection=selection, grid=grid,
+                        mean=empty, se=empty, gain=empty, gain_se=empty,
+                        fold_means=np.empty((0, len(grid))), folds=0, replicates=0, n_local=n,
+                        seed=seed, helps=None, verdict=verdict)
 
 
-def _trivial(schema: Schema, local_frame: pd.DataFrame, peers: Peers, mode: str,
+def _trivial(schema: Schema, local_frame: pd.DataFrame, peers: Peers | PeerSet, mode: str,
              grid: tuple[float, ...], selection: str, folds: int, seed: int,
              fixed: float | None = None) -> WeightChoice | None:
     """The choice when there is nothing to validate (no peers, too few rows), else None."""

@@ -183,7 +183,7 @@ def stored_peer_twins(store: Store, trust: TrustStore, schema: Schema, own: str,
 def screen_report(schema: Schema, peers: Mapping[str, list[Twin]], policy: str,
                   threshold: float) -> Any:
     """screening.screen, imported on use (it pulls in the statistics stack)."""
-    from twinnode.analysis.screening import screen
+    from twinnode.analysis.party import screen
 
     return screen(schema, peers, policy, threshold)
 
