@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import stat
@@ -13,18 +14,26 @@ import zmq
 import zmq.auth
 
 from twinnode.cli.main import main
+from zmq.utils import z85
+
 from twinnode.errors import ConfigError, KeyFileError, UnknownSender
+from twinnode.trust.certs import (
+    curve_keypair,
+    curve_public,
+    curve_raw,
+    format_curve_key,
+    parse_curve_key,
+    z85_decode,
+    z85_encode,
+)
 from twinnode.trust.identity import (
     Identity,
     KeyPaths,
     Peer,
     TrustStore,
-    curve_raw,
     fingerprint,
-    format_curve_key,
     format_sign_key,
     load_peer,
-    parse_curve_key,
     parse_sign_key,
     save_identity,
     sign,
@@ -212,6 +221,56 @@ def test_malformed_signing_key_strings_are_refused(text):
 def test_malformed_curve_key_strings_are_refused(text):
     with pytest.raises(KeyFileError):
         parse_curve_key(text)
+
+
+# ------------------------------------------------------------------ CURVE without libzmq
+def test_the_local_z85_codec_agrees_with_pyzmqs():
+    rng = random.Random(85)
+    for size in (0, 4, 32, 64, 400):
+        for _ in range(50):
+            raw = rng.randbytes(size)
+            assert z85_encode(raw) == z85.encode(raw)
+            assert z85_decode(z85.encode(raw)) == raw
+    assert z85_encode(b"\x86\x4f\xd2\x6f\xb5\x59\xf7\x5b") == b"HelloWorld"  # ZeroMQ RFC 32
+
+
+@pytest.mark.parametrize("text", [b"Hell", b"HelloWorl", b"Hello~orld", b"%%%%%", b"#####"])
+def test_the_local_z85_codec_refuses_what_is_not_z85(text):
+    with pytest.raises(ValueError):
+        z85_decode(text)
+
+
+def test_curve_keys_are_derived_as_libzmq_derives_them():
+    rng = random.Random(25519)
+    for _ in range(200):
+        secret = z85.encode(rng.randbytes(32))  # unclamped secrets too: both clamp
+        assert curve_public(secret) == zmq.curve_public(secret)
+    for _ in range(50):
+        public, secret = zmq.curve_keypair()
+        assert curve_public(secret) == public
+    public, secret = curve_keypair()
+    assert zmq.curve_public(secret) == public and public != curve_keypair()[0]
+
+
+def test_a_curve_handshake_succeeds_with_keys_made_here():
+    server_public, server_secret = curve_keypair()
+    client_public, client_secret = curve_keypair()
+    ctx = zmq.Context()
+    server, client = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+    try:
+        server.setsockopt(zmq.CURVE_SERVER, 1)
+        server.setsockopt(zmq.CURVE_SECRETKEY, server_secret)
+        server.bind("tcp://127.0.0.1:*")
+        client.setsockopt(zmq.CURVE_SERVERKEY, server_public)
+        client.setsockopt(zmq.CURVE_PUBLICKEY, client_public)
+        client.setsockopt(zmq.CURVE_SECRETKEY, client_secret)
+        client.connect(server.getsockopt(zmq.LAST_ENDPOINT).decode())
+        client.send(b"ping")
+        assert server.poll(5000) and server.recv() == b"ping"
+    finally:
+        for sock in (server, client):
+            sock.close(linger=0)
+        ctx.term()
 
 
 def test_fingerprint_is_stable_and_short():

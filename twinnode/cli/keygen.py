@@ -4,12 +4,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from twinnode.trust.certs import curve_raw, format_curve_key
 from twinnode.trust.identity import (
     Identity,
     check_name,
-    curve_raw,
     fingerprint,
-    format_curve_key,
     format_sign_key,
     save_identity,
 )

@@ -60,7 +60,8 @@ from twinnode.node.slot import Body, JobSlot, JobState
 from twinnode.node.transport import Transport
 from twinnode.schema import Schema
 from twinnode.store.store import Store
-from twinnode.trust.identity import Identity, TrustStore, curve_raw, fingerprint
+from twinnode.trust.certs import curve_raw
+from twinnode.trust.identity import Identity, TrustStore, fingerprint
 from twinnode.twins import Release
 from twinnode.wire.envelope import (
     END,

@@ -12,6 +12,10 @@ CURVE key encrypts and authenticates the ZeroMQ connections. Peers are pinned by
 both public keys: the `TrustStore`. Public keys travel as text: `ed25519:<base64>` for signing
 keys and the 40-character Z85 string ZeroMQ uses for CURVE keys. A fingerprint is the first
 128 bits of SHA-256 of the raw 32-byte key in hex groups, read aloud to compare out of band.
+
+The CURVE half (Z85 text, key pairs, certificate files) is `trust.certs`, the safe reading and
+writing of key files `trust.keyfiles`; like them, this module needs `cryptography` and no
+ZeroMQ, so the bytes layer (`wire`) can check signatures without loading a network library.
 """
 from __future__ import annotations
 
@@ -19,16 +23,12 @@ import base64
 import binascii
 import datetime
 import hashlib
-import os
 import re
-import stat
-import struct
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
-import zmq
 from cryptography.exceptions import InvalidSignature as _CryptoInvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import (
@@ -37,20 +37,27 @@ from cryptography.hazmat.primitives.serialization import (
     PrivateFormat,
     PublicFormat,
 )
-from zmq.utils import z85
 
 from twinnode.atomic import fsync_dir, mkdir_durable
 from twinnode.errors import ConfigError, KeyFileError, UnknownSender
+from twinnode.trust.certs import (
+    curve_keypair,
+    curve_raw,
+    format_curve_key,
+    parse_curve_key,
+    parse_public_certificate,
+    parse_secret_certificate,
+    render_certificates,
+)
+from twinnode.trust.keyfiles import in_file, parse_fields, read_key_file, write_new
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 SIGN_FORMAT = "twinnode-ed25519/1"
 SIGN_PREFIX = "ed25519:"
 SIGN_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
-CURVE_Z85_CHARS = 40
 ADDRESS_RE = re.compile(r"^(tcp://[^\s/]+:\d{1,5}|ipc://\S+|inproc://\S+)$")
 PEER_FIELDS = ("name", "sign_key", "curve_key", "pub_address", "router_address")
-_MAX_KEY_FILE_BYTES = 16 * 1024
 _KEYGEN_HINT = "create keys with: twinnode keygen {name} --dir {dir}"
 
 
@@ -75,32 +82,6 @@ def parse_sign_key(text: Any) -> bytes:
     raw = _b64(text[len(SIGN_PREFIX):], "signing key")
     _ed25519_public(raw)  # rejects encodings OpenSSL will not load
     return raw
-
-
-def format_curve_key(z85_key: bytes) -> str:
-    """Z85 CURVE public key (bytes, as zmq returns it) -> its config string."""
-    return z85_key.decode("ascii")
-
-
-def parse_curve_key(text: Any) -> bytes:
-    """40-character Z85 CURVE key string -> the Z85 bytes zmq socket options take."""
-    if isinstance(text, str):
-        text = text.encode("ascii", "replace")
-    if not isinstance(text, bytes) or len(text) != CURVE_Z85_CHARS:
-        raise KeyFileError(f"CURVE key must be a {CURVE_Z85_CHARS}-character Z85 string, "
-                           f"got {text!r:.60}")
-    try:
-        raw = z85.decode(text)
-    except (KeyError, ValueError, TypeError, struct.error):
-        raise KeyFileError(f"CURVE key {text!r} is not valid Z85") from None
-    if len(raw) != 32 or z85.encode(raw) != text:
-        raise KeyFileError(f"CURVE key {text!r} is not a canonical 32-byte Z85 key")
-    return text
-
-
-def curve_raw(z85_key: bytes) -> bytes:
-    """Z85 CURVE key -> its raw 32 bytes (what ZAP hands a handler)."""
-    return z85.decode(z85_key)
 
 
 def fingerprint(raw: bytes) -> str:
@@ -247,20 +228,21 @@ def peer_from_entry(entry: Any, position: int = 0) -> Peer:
         name = check_name(entry["name"])
     except ConfigError as exc:
         raise ConfigError(f"{label}: field 'name': {exc}") from None
-    keys = {}
+    keys: dict[str, bytes] = {}
     for key, parse in (("sign_key", parse_sign_key), ("curve_key", parse_curve_key)):
         try:
             keys[key] = parse(entry[key])
         except KeyFileError as exc:
             raise ConfigError(f"{label}: field '{key}': {exc}") from None
-    addresses = {}
+    addresses: dict[str, str | None] = {}
     for key in ("pub_address", "router_address"):
         value = entry.get(key)
         if value is not None and (not isinstance(value, str) or not ADDRESS_RE.match(value)):
             raise ConfigError(f"{label}: field '{key}': {value!r} is not an address like "
                               "tcp://HOST:PORT")
         addresses[key] = value
-    return Peer(name=name, **keys, **addresses)
+    return Peer(name, keys["sign_key"], keys["curve_key"], addresses["pub_address"],
+                addresses["router_address"])
 
 
 # ------------------------------------------------------------------ own identity
@@ -296,7 +278,7 @@ class Identity:
     def generate(cls, name: str) -> "Identity":
         """Fresh Ed25519 and CURVE key pairs, in memory only."""
         check_name(name)
-        curve_public, curve_secret = zmq.curve_keypair()
+        curve_public, curve_secret = curve_keypair()
         return cls(name, Ed25519PrivateKey.generate(), curve_public, curve_secret)
 
     @classmethod
@@ -305,11 +287,10 @@ class Identity:
         check_name(name)
         paths = KeyPaths.of(directory, name)
         hint = _KEYGEN_HINT.format(name=name, dir=directory)
-        sign_doc = _read_key_file(paths.sign_secret, secret=True, hint=hint)
+        sign_doc = read_key_file(paths.sign_secret, secret=True, hint=hint)
         secret = _parse_sign_secret(sign_doc, paths.sign_secret, name)
-        curve_public, curve_secret = _parse_curve_file(
-            _read_key_file(paths.curve_secret, secret=True, hint=hint), paths.curve_secret,
-            secret=True)
+        curve_public, curve_secret = parse_secret_certificate(
+            read_key_file(paths.curve_secret, secret=True, hint=hint), paths.curve_secret)
         return cls(name, secret, curve_public, curve_secret)
 
     @property
@@ -332,12 +313,12 @@ def load_peer(directory: str | Path, name: str, pub_address: str | None = None,
     check_name(name)
     paths = KeyPaths.of(directory, name)
     hint = f"ask {name} for the public files {paths.sign_public.name} and {paths.curve_public.name}"
-    doc = _parse_fields(_read_key_file(paths.sign_public, secret=False, hint=hint),
-                        paths.sign_public, {"format", "name", "public-key"})
+    doc = parse_fields(read_key_file(paths.sign_public, secret=False, hint=hint),
+                       paths.sign_public, {"format", "name", "public-key"})
     _check_sign_doc(doc, paths.sign_public, name)
-    sign_key = _reraise(paths.sign_public, parse_sign_key, doc["public-key"])
-    curve_key, _ = _parse_curve_file(_read_key_file(paths.curve_public, secret=False, hint=hint),
-                                     paths.curve_public, secret=False)
+    sign_key = in_file(paths.sign_public, parse_sign_key, doc["public-key"])
+    curve_key = parse_public_certificate(
+        read_key_file(paths.curve_public, secret=False, hint=hint), paths.curve_public)
     return Peer(name, sign_key, curve_key, pub_address, router_address)
 
 
@@ -354,7 +335,7 @@ def save_identity(identity: Identity, directory: str | Path) -> KeyPaths:
     written: list[Path] = []
     try:
         for path, (text, secret) in zip(paths.all(), contents):
-            _write_new(path, text, 0o600 if secret else 0o644)
+            write_new(path, text, 0o600 if secret else 0o644)
             written.append(path)
     except BaseException:
         for path in written:
@@ -366,90 +347,26 @@ def save_identity(identity: Identity, directory: str | Path) -> KeyPaths:
 
 # ------------------------------------------------------------------ file formats
 def _render_key_files(identity: Identity) -> list[tuple[str, bool]]:
+    """The texts of the four key files, in `KeyPaths.all()` order, and whether each is secret."""
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    banner = f"#   ****  Generated on {now} by twinnode keygen  ****\n"
     name = identity.name
     sign_pub = format_sign_key(identity.sign_public)
     seed = identity.sign_secret.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
-    sign_fp = fingerprint(identity.sign_public)
-    curve_fp = fingerprint(curve_raw(identity.curve_public))
     body = f'format = "{SIGN_FORMAT}"\nname = "{name}"\npublic-key = "{sign_pub}"\n'
-    sign_public = (f"#   ****  Generated on {now} by twinnode keygen  ****\n"
-                   f'#   twinnode Ed25519 public signing key of "{name}"\n'
-                   f"#   fingerprint: {sign_fp}\n"
+    sign_public = (banner + f'#   twinnode Ed25519 public signing key of "{name}"\n'
+                   f"#   fingerprint: {fingerprint(identity.sign_public)}\n"
                    "#   Share it; peers pin it after comparing the fingerprint out of band.\n\n"
                    + body)
-    sign_secret = (f"#   ****  Generated on {now} by twinnode keygen  ****\n"
-                   f'#   twinnode Ed25519 **SECRET** signing key of "{name}"\n'
+    sign_secret = (banner + f'#   twinnode Ed25519 **SECRET** signing key of "{name}"\n'
                    "#   DO NOT share, copy, commit, or loosen the permissions (0600) of this "
                    "file.\n"
                    f'#   Whoever holds it can publish twins in the name of "{name}".\n\n'
                    + body + f'secret-key = "{base64.b64encode(seed).decode("ascii")}"\n')
-    cert = ("metadata\n"
-            f'    name = "{name}"\n'
-            "curve\n"
-            f'    public-key = "{identity.curve_public.decode("ascii")}"\n')
-    curve_public = (f"#   ****  Generated on {now} by twinnode keygen  ****\n"
-                    "#   ZeroMQ CURVE Public Certificate\n"
-                    f"#   fingerprint: {curve_fp}\n"
-                    "#   Exchange securely, or compare the fingerprint out of band.\n\n" + cert)
-    curve_secret = (f"#   ****  Generated on {now} by twinnode keygen  ****\n"
-                    "#   ZeroMQ CURVE **Secret** Certificate\n"
-                    "#   DO NOT PROVIDE THIS FILE TO OTHER USERS nor change its permissions "
-                    "(0600).\n\n"
-                    + cert + f'    secret-key = "{identity.curve_secret.decode("ascii")}"\n')
+    curve_public, curve_secret = render_certificates(
+        name, identity.curve_public, identity.curve_secret, banner,
+        fingerprint(curve_raw(identity.curve_public)))
     return [(sign_public, False), (sign_secret, True), (curve_public, False), (curve_secret, True)]
-
-
-def _write_new(path: Path, text: str, mode: int) -> None:
-    """Create `path` exclusively with `mode` from the first byte on, and fsync it."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
-    try:
-        os.write(fd, text.encode("utf-8"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _read_key_file(path: Path, secret: bool, hint: str) -> str:
-    """The text of a key file, after checking it exists, is a file, and (secret) is 0600."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise KeyFileError(f"{path}: key file not found; {hint}") from None
-    except OSError as exc:
-        raise KeyFileError(f"{path}: cannot read key file: {exc.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise KeyFileError(f"{path}: not a regular file")
-    if secret and st.st_mode & 0o077:
-        raise KeyFileError(f"{path}: secret key file is accessible by group/others "
-                           f"(mode {stat.S_IMODE(st.st_mode):04o}); it must be 0600 or "
-                           f"stricter. Fix with: chmod 600 {path}")
-    if st.st_size > _MAX_KEY_FILE_BYTES:
-        raise KeyFileError(f"{path}: {st.st_size} bytes is too large for a key file")
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise KeyFileError(f"{path}: malformed key file (not UTF-8 text)") from None
-    except OSError as exc:
-        raise KeyFileError(f"{path}: cannot read key file: {exc.strerror}") from None
-
-
-def _parse_fields(text: str, path: Path, allowed: set[str],
-                  sections: frozenset[str] = frozenset()) -> dict[str, str]:
-    """`key = "value"` lines (comments, blanks and bare section names skipped), strictly."""
-    out: dict[str, str] = {}
-    for lineno, line in enumerate(text.splitlines(), 1):
-        s = line.strip()
-        if not s or s.startswith("#") or s in sections:
-            continue
-        key, sep, value = s.partition("=")
-        key, value = key.strip(), value.strip()
-        if not sep or len(value) < 2 or value[0] != '"' or value[-1] != '"' or key not in allowed:
-            raise KeyFileError(f"{path}: malformed key file at line {lineno}: {s[:60]!r}")
-        if key in out:
-            raise KeyFileError(f"{path}: malformed key file: '{key}' given twice")
-        out[key] = value[1:-1]
-    return out
 
 
 def _check_sign_doc(doc: dict[str, str], path: Path, name: str) -> None:
@@ -462,37 +379,13 @@ def _check_sign_doc(doc: dict[str, str], path: Path, name: str) -> None:
 
 
 def _parse_sign_secret(text: str, path: Path, name: str) -> Ed25519PrivateKey:
-    doc = _parse_fields(text, path, {"format", "name", "public-key", "secret-key"})
+    doc = parse_fields(text, path, {"format", "name", "public-key", "secret-key"})
     _check_sign_doc(doc, path, name)
     if "secret-key" not in doc:
         raise KeyFileError(f"{path}: malformed key file: no secret-key line")
-    seed = _reraise(path, _b64, doc["secret-key"], "secret-key")
+    seed = in_file(path, _b64, doc["secret-key"], "secret-key")
     secret = Ed25519PrivateKey.from_private_bytes(seed)
-    public = _reraise(path, parse_sign_key, doc["public-key"])
+    public = in_file(path, parse_sign_key, doc["public-key"])
     if secret.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw) != public:
         raise KeyFileError(f"{path}: public-key does not belong to secret-key (file corrupted?)")
     return secret
-
-
-def _parse_curve_file(text: str, path: Path, secret: bool) -> tuple[bytes, bytes | None]:
-    allowed = {"public-key", "secret-key", "name"} if secret else {"public-key", "name"}
-    doc = _parse_fields(text, path, allowed, frozenset({"metadata", "curve"}))
-    if "public-key" not in doc:
-        raise KeyFileError(f"{path}: malformed CURVE certificate: no public-key line")
-    public = _reraise(path, parse_curve_key, doc["public-key"])
-    if not secret:
-        return public, None
-    if "secret-key" not in doc:
-        raise KeyFileError(f"{path}: malformed CURVE certificate: no secret-key line")
-    secret_key = _reraise(path, parse_curve_key, doc["secret-key"])
-    if zmq.curve_public(secret_key) != public:
-        raise KeyFileError(f"{path}: public-key does not belong to secret-key (file corrupted?)")
-    return public, secret_key
-
-
-def _reraise(path: Path, fn: Any, *args: Any) -> Any:
-    """Call a parser; a KeyFileError it raises gets the file's path in front."""
-    try:
-        return fn(*args)
-    except KeyFileError as exc:
-        raise KeyFileError(f"{path}: malformed key file: {exc}") from None
