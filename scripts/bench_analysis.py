@@ -21,7 +21,7 @@ import statsmodels.api as sm  # noqa: E402
 
 from twinnode.analysis.fit import AnalysisOptions, combined_fit  # noqa: E402
 from twinnode.analysis.pooling import pool  # noqa: E402
-from twinnode.data import randhie, split_parties  # noqa: E402
+from twinnode.data import frame_to_arrays, randhie, split_parties  # noqa: E402
 from twinnode.lab.simtwins import posterior_twins, simulate_small, small_schema  # noqa: E402
 
 
@@ -44,7 +44,7 @@ def setup(data: str, k: int, local_rows: int):
 def statsmodels_loop(schema, local, peers, design, k):
     """The reference: one statsmodels GLM per D_k, HC0 errors, scaled to HC1 by hand."""
     coef, se = [], []
-    local_arrays = schema.to_arrays(local)
+    local_arrays = frame_to_arrays(schema, local)
     for i in range(k):
         arrays = {c: np.concatenate([local_arrays[c]] +
                                     [np.asarray(peers[p][i].arrays[c]) for p in peers])

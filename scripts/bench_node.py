@@ -25,8 +25,8 @@ from pathlib import Path
 from twinnode.data import randhie, split_parties, write_table
 from twinnode.lab.harness import LocalCluster, PartySpec, free_ports
 from twinnode.lab.simtwins import as_release, posterior_twins
+from twinnode.releasedir import save_release
 from twinnode.trust.identity import Identity
-from twinnode.twins import save_release
 from twinnode.wire.envelope import Signer, encode_twin
 
 RAW_SUB = r"""

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     from d3p.minibatch import subsample_batchify_data
     from numpyro.infer import SVI, Trace_ELBO
 
-    from twinnode.data import randhie
+    from twinnode.data import frame_to_arrays, randhie
     from twinnode.generator.layout import Layout
     from twinnode.generator.privacy import calibrate
     from twinnode.generator.settings import GeneratorSettings
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     schema, frame = randhie()
     frame = frame.iloc[: args.rows]
     layout = Layout.from_schema(schema)
-    data = layout.encode(schema.to_arrays(frame))
+    data = layout.encode(frame_to_arrays(schema, frame))
     n, batch = len(frame), max(1, round(args.q * len(frame)))
     settings = GeneratorSettings(components=args.components, chunk=500)
     chunks = max(1, args.steps // settings.chunk)

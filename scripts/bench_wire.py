@@ -22,7 +22,7 @@ from typing import Callable
 import msgpack
 import numpy as np
 
-from twinnode.data import randhie
+from twinnode.data import frame_to_arrays, randhie
 from twinnode.trust.identity import Identity, TrustStore
 from twinnode.twins import Provenance, Twin
 from twinnode.wire.columnar import _NUMPY, column_dtype, encode_columns
@@ -51,7 +51,7 @@ def main() -> None:
     args = parser.parse_args()
 
     schema, frame = randhie()
-    all_arrays = schema.to_arrays(frame)
+    all_arrays = frame_to_arrays(schema, frame)
     me = Identity.generate("alice")
     signer = Signer(me)
     verifier = Verifier(TrustStore([me.peer()]), schema, ReplayGuard())

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clip", type=float, default=None)
     args = ap.parse_args(argv)
 
-    from twinnode.data import randhie, split_parties
+    from twinnode.data import randhie, split_parties, twin_frame
     from twinnode.generator.privacy import Ledger
     from twinnode.generator.release import draw_release, train_posterior
     from twinnode.generator.settings import GeneratorSettings, TrainPlan
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as state:
         post = train_posterior(schema, real, plan, Ledger(state), settings, seed=args.seed)
         release = draw_release(post, schema, args.twins, "fidelity", seed=args.seed)
-    twins = [t.frame(schema) for t in release.twins]
+    twins = [twin_frame(t, schema) for t in release.twins]
     tvd = pd.DataFrame([marginal_tvd(schema, real, t) for t in twins]).mean()
     print(f"randhie, {len(real)} rows, epsilon={args.epsilon:g}, sigma={post.calibration.sigma:.3f}, "
           f"{plan.epochs:g} epochs (q={plan.q}, {post.calibration.steps} steps), "

@@ -20,7 +20,7 @@ from pathlib import Path
 from twinnode.data import randhie, split_parties, write_table
 from twinnode.lab.harness import LocalCluster, PartySpec
 from twinnode.lab.simtwins import as_release, posterior_twins
-from twinnode.twins import save_release
+from twinnode.releasedir import save_release
 
 
 def main() -> int:

@@ -13,7 +13,8 @@ import pandas as pd
 
 from twinnode.lab.simtwins import TwinMaker, posterior_twins
 from twinnode.schema import Schema
-from twinnode.twins import Twin, load_release, save_release
+from twinnode.releasedir import load_release, save_release
+from twinnode.twins import Twin
 
 MAKERS = ("posterior", "dp")
 

@@ -14,6 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
+from twinnode.data import arrays_to_frame  # noqa: E402
 from twinnode.schema import Schema  # noqa: E402
 
 SMALL_SCHEMA = """
@@ -52,7 +53,7 @@ def make_small_frame(schema: Schema, n: int = 200, seed: int = 0) -> pd.DataFram
     rate = np.exp(0.2 + 0.8 * smoker + 0.02 * (age - 50) + np.array([0.0, 0.3, -0.3])[region])
     visits = np.minimum(rng.poisson(rate), 50)
     arrays = {"age": age, "smoker": smoker, "region": region, "visits": visits}
-    return schema.from_arrays(arrays)
+    return arrays_to_frame(schema, arrays)
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ from twinnode.analysis.fit import (
 )
 from twinnode.analysis.party import analyze_party
 from twinnode.analysis.pooling import pool
+from twinnode.data import twin_frame
 from twinnode.errors import AnalysisError
 from twinnode.lab.simtwins import poison_frame, posterior_twins
 from twinnode.twins import Twin
@@ -177,7 +178,7 @@ def test_combined_fit_pools_the_same_numbers_as_a_statsmodels_loop(small_schema)
     # Assert: each D_k fitted by statsmodels and pooled by hand gives the same numbers
     coefs, ses = [], []
     for k in range(6):
-        frames = [local] + [peers[p][k].frame(small_schema) for p in peers]
+        frames = [local] + [twin_frame(peers[p][k], small_schema) for p in peers]
         x, y = design.frame_matrix(small_schema, pd.concat(frames, ignore_index=True))
         r = sm.GLM(y, x, family=sm.families.Poisson()).fit(cov_type="HC1", tol=1e-12)
         coefs.append(r.params)

@@ -12,7 +12,7 @@ from conftest import make_small_frame
 from twinnode.cli.main import main
 from twinnode.data import write_table
 from twinnode.lab.simtwins import as_release, poison_frame, posterior_twins
-from twinnode.twins import save_release
+from twinnode.releasedir import save_release
 
 
 @pytest.fixture
@@ -109,7 +109,7 @@ def test_weight_one_reproduces_the_papers_plain_concatenation(workdir, capsys, s
     # Prepare: the paper's analysis by hand, every peer (screening off), λ = 1, reiter
     from twinnode.analysis.fit import AnalysisOptions, combined_fit
     from twinnode.data import read_table
-    from twinnode.twins import load_release
+    from twinnode.releasedir import load_release
     local = read_table(workdir / "local.csv", small_schema)
     peers = {f"hosp{i}": load_release(workdir / f"release-{i}", small_schema).twins
              for i in range(4)}

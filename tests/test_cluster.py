@@ -19,10 +19,10 @@ from twinnode.data import write_table
 from twinnode.generator.privacy import Ledger
 from twinnode.lab.harness import LocalCluster, PartySpec, free_ports
 from twinnode.lab.simtwins import as_release, posterior_twins, simulate_small, small_schema
+from twinnode.releasedir import save_release
 from twinnode.schema import Schema
 from twinnode.store.store import Store
 from twinnode.trust.identity import Identity
-from twinnode.twins import save_release
 from twinnode.wire.envelope import (
     Heartbeat,
     ReplayGuard,

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from twinnode.data import frame_to_arrays
 from twinnode.errors import BudgetExceeded, GeneratorError, SchemaError
 from twinnode.generator.layout import Layout
 from twinnode.generator.posterior import Posterior
@@ -37,7 +38,7 @@ def trained(request):
     schema = Schema.from_toml(SMALL_SCHEMA)
     frame = make_small_frame(schema, n=200, seed=1)
     layout = Layout.from_schema(schema)
-    data = layout.encode(schema.to_arrays(frame))
+    data = layout.encode(frame_to_arrays(schema, frame))
     runs = {seed: fit(data, layout, calibration(200, 1.0), SETTINGS, seed=seed) for seed in (1, 2)}
     return schema, frame, layout, data, runs
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 from conftest import make_small_frame
 
+from twinnode.data import frame_to_arrays
 from twinnode.errors import BudgetExceeded, ControlError
 from twinnode.generator.privacy import Ledger
 from twinnode.node.jobs import charge_import
@@ -13,7 +14,7 @@ from twinnode.twins import Provenance, Release, Twin
 def release(schema, sender="alice", rid="offline-1", epsilon=0.7) -> Release:
     prov = Provenance(sender=sender, schema_hash=schema.hash, epsilon=epsilon, delta=1e-3,
                       n=20, k=1, index=0, relation="add-remove", release=rid, created=1.0)
-    twin = Twin(prov, schema.to_arrays(make_small_frame(schema, n=20)))
+    twin = Twin(prov, frame_to_arrays(schema, make_small_frame(schema, n=20)))
     return Release(receipt={"sender": sender, "release": rid, "epsilon": epsilon,
                             "delta": 1e-3, "n": 20, "relation": "add-remove"}, twins=(twin,))
 

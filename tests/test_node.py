@@ -14,7 +14,7 @@ from typing import Any, Awaitable
 import pytest
 from conftest import SMALL_SCHEMA, make_small_frame
 
-from twinnode.data import write_table
+from twinnode.data import frame_to_arrays, write_table
 from twinnode.errors import ControlError
 from twinnode.lab.harness import free_ports, to_toml
 from twinnode.lab.simtwins import as_release, poison_frame, posterior_twins
@@ -22,9 +22,10 @@ from twinnode.node.config import NodeConfig, load_config
 from twinnode.node.control import request, socket_path
 from twinnode.node.core import Node
 from twinnode.node.jobs import analyze_job, screen_job
+from twinnode.releasedir import save_release
 from twinnode.schema import Schema
 from twinnode.trust.identity import Identity, save_identity
-from twinnode.twins import Provenance, Twin, save_release
+from twinnode.twins import Provenance, Twin
 from twinnode.wire.envelope import (
     CatchupEnd,
     CatchupRequest,
@@ -77,7 +78,7 @@ def make_twins(schema: Schema, sender: str, k: int = 3, seed: int = 0) -> list[T
                 relation="add-remove", release=f"{sender}-r{seed}", created=1000.0 + seed,
                 generator={"components": 2})
     return [Twin(Provenance(index=i, **prov),
-                 schema.to_arrays(make_small_frame(schema, n=20, seed=100 * seed + i)))
+                 frame_to_arrays(schema, make_small_frame(schema, n=20, seed=100 * seed + i)))
             for i in range(k)]
 
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from conftest import SMALL_SCHEMA
 
-from twinnode.data import read_table, write_table
+from twinnode.data import frame_to_arrays, read_table, write_table
 from twinnode.errors import DataError, SchemaError
 from twinnode.schema import Schema
 
@@ -124,7 +124,7 @@ def test_many_bad_values_are_summarised_not_listed_forever(tmp_path, small_schem
 
 
 def test_check_arrays_rejects_codes_outside_levels(small_schema, small_frame):
-    arrays = small_schema.to_arrays(small_frame)
+    arrays = frame_to_arrays(small_schema, small_frame)
     arrays["region"] = arrays["region"].copy()
     arrays["region"][7] = 3
     with pytest.raises(DataError, match="region.*row 7"):

@@ -19,6 +19,7 @@ from twinnode.analysis.screening import (
     screening_status,
 )
 from twinnode.atomic import jsonable
+from twinnode.data import arrays_to_frame, frame_to_arrays
 from twinnode.errors import AnalysisError
 from twinnode.lab.simtwins import poison_frame, posterior_twins
 from twinnode.twins import Twin
@@ -166,12 +167,12 @@ def test_a_claimed_small_epsilon_or_n_buys_a_shifted_peer_no_tolerance(small_sch
 def _overdispersed_frame(schema, n, seed):
     """The known model's rows with a gamma-mixed rate (variance about mu + 2 mu^2)."""
     frame = make_small_frame(schema, n, seed=seed)
-    arrays = {k: np.array(v) for k, v in schema.to_arrays(frame).items()}
+    arrays = {k: np.array(v) for k, v in frame_to_arrays(schema, frame).items()}
     rng = np.random.default_rng(seed)
     rate = np.exp(0.2 + 0.8 * arrays["smoker"] + 0.02 * (arrays["age"] - 50)
                   + np.array([0.0, 0.3, -0.3])[arrays["region"]])
     arrays["visits"] = np.minimum(rng.poisson(rate * rng.gamma(0.5, 2.0, n)), 50)
-    return schema.from_arrays(arrays)
+    return arrays_to_frame(schema, arrays)
 
 
 def test_noise_understated_by_every_peer_is_calibrated_away_but_a_shift_still_shows(

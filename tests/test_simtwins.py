@@ -8,7 +8,7 @@ from conftest import load_script, make_small_frame
 from twinnode.errors import AnalysisError
 from twinnode.lab import simtwins
 from twinnode.lab.simtwins import as_release, poison_frame, posterior_twins, simulate_small
-from twinnode.twins import load_release, save_release
+from twinnode.releasedir import load_release, save_release
 
 
 def test_posterior_twins_have_the_release_facts_and_the_source_size(small_schema):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import make_small_frame
 
-from twinnode.data import randhie
+from twinnode.data import frame_to_arrays, randhie
 from twinnode.errors import (
     DataError,
     DigestMismatch,
@@ -78,7 +78,7 @@ def trust(alice: Identity, bob: Identity) -> TrustStore:
 
 def make_twin(schema: Schema, sender: str = "alice", rows: int = 20, seed: int = 0,
               index: int = 0) -> Twin:
-    arrays = schema.to_arrays(make_small_frame(schema, n=rows, seed=seed))
+    arrays = frame_to_arrays(schema, make_small_frame(schema, n=rows, seed=seed))
     prov = Provenance(sender=sender, schema_hash=schema.hash, epsilon=1.0, delta=1e-3, n=rows,
                       k=5, index=index, relation="add-remove", release="run-1",
                       created=NOW - 3600, generator={"components": 16, "epochs": [4, 8]})
@@ -243,7 +243,7 @@ def test_continuous_values_at_a_bound_float32_rounds_past_stay_inside(alice):
 def test_randhie_twin_payload_is_a_quarter_of_float64_msgpack(alice):
     # Prepare
     schema, frame = randhie()
-    arrays = {k: v[:2000] for k, v in schema.to_arrays(frame).items()}
+    arrays = {k: v[:2000] for k, v in frame_to_arrays(schema, frame).items()}
     prov = Provenance("alice", schema.hash, 1.0, 1e-4, 2000, 1, 0, "add-remove", "r", NOW, {})
     # Execute
     frames = encode_twin(Twin(prov, arrays), schema, 1, Signer(alice))

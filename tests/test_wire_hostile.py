@@ -18,6 +18,7 @@ from conftest import SMALL_SCHEMA, make_small_frame
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from twinnode.data import frame_to_arrays
 from twinnode.errors import MalformedMessage, SchemaMismatch, UnsupportedVersion, WireError
 from twinnode.schema import Schema
 from twinnode.trust.identity import Identity, TrustStore
@@ -52,7 +53,7 @@ def verifier() -> Verifier:
 
 
 def valid_messages() -> dict[str, list[bytes]]:
-    arrays = SCHEMA.to_arrays(make_small_frame(SCHEMA, n=12, seed=3))
+    arrays = frame_to_arrays(SCHEMA, make_small_frame(SCHEMA, n=12, seed=3))
     prov = Provenance("alice", SCHEMA.hash, 1.0, 1e-3, 12, 2, 1, "substitute", "r", NOW, {"a": 1})
     return {
         "twin": encode_twin(Twin(prov, arrays), SCHEMA, 1, SIGNER),

@@ -1,9 +1,13 @@
-"""The shared public schema: column types, a stable hash, and row validation.
+"""The shared public schema: column types, levels and bounds, a stable hash, the array layout.
 
 Every party holds the same schema file. Levels and bounds come from it, never from private
 data: anything learned from the data outside the accountant (its levels, its mean) leaks.
 Columns are kept in canonical order (sorted by name) so the same schema text in any column
-order gives the same hash and the same array layout.
+order gives the same hash and the same array layout: one numeric array per column, named by
+it, categorical values as integer level codes (`check_arrays` checks it).
+
+This module needs numpy only, so the bytes layer (`wire`) can use it; data frames, the
+validation of raw cells and the CSV form are `twinnode.data`'s.
 """
 from __future__ import annotations
 
@@ -17,7 +21,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-import pandas as pd
 
 from twinnode.errors import DataError, SchemaError
 
@@ -27,9 +30,6 @@ MAX_LEVELS = 1000
 MAX_COUNT_BOUND = 2**31 - 1
 MAX_COLUMNS = 1000
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$")
-_TRUE = {"1", "1.0", "true"}
-_FALSE = {"0", "0.0", "false"}
-_ERRORS_SHOWN = 5
 
 
 @dataclass(frozen=True)
@@ -51,8 +51,15 @@ class Column:
         if self.type == "categorical":
             return len(self.levels)
         if self.type == "count":
-            return int(self.upper) + 1
+            return int(self.bounds[1]) + 1
         raise ValueError(f"column {self.name!r} is continuous")
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """The public bounds of a count (0, upper) or continuous (lower, upper) column."""
+        if self.upper is None:
+            raise ValueError(f"column {self.name!r} is {self.type}: it has no bounds")
+        return (0 if self.lower is None else self.lower), self.upper
 
     def canonical(self) -> dict[str, Any]:
         """The hashed description: every fact that changes what a value means."""
@@ -60,10 +67,10 @@ class Column:
         if self.type == "categorical":
             out["levels"] = list(self.levels)
         elif self.type == "count":
-            out["upper"] = int(self.upper)
+            out["upper"] = int(self.bounds[1])
         elif self.type == "continuous":
-            out["lower"] = repr(float(self.lower))
-            out["upper"] = repr(float(self.upper))
+            out["lower"] = repr(float(self.bounds[0]))
+            out["upper"] = repr(float(self.bounds[1]))
         return out
 
 
@@ -173,88 +180,16 @@ class Schema:
             if c.type == "categorical":
                 lines.append("levels = [" + ", ".join(json.dumps(v) for v in c.levels) + "]")
             if c.type == "continuous":
-                lines.append(f"lower = {float(c.lower)!r}")
+                lines.append(f"lower = {float(c.bounds[0])!r}")
             if c.type in ("count",):
-                lines.append(f"upper = {int(c.upper)}")
+                lines.append(f"upper = {int(c.bounds[1])}")
             if c.type == "continuous":
-                lines.append(f"upper = {float(c.upper)!r}")
+                lines.append(f"upper = {float(c.bounds[1])!r}")
             if c.description:
                 lines.append(f"description = {json.dumps(c.description)}")
         return "\n".join(lines) + "\n"
 
-    # ----------------------------------------------------------- validation
-    def validate_frame(self, raw: pd.DataFrame, source: str = "<data>",
-                       first_line: int = 2) -> pd.DataFrame:
-        """Check every cell of a frame of raw strings; return the typed frame.
-
-        `first_line` is the file line of the first data row (2 for a CSV with a header),
-        so errors name the line a user sees in an editor.
-        """
-        header = [str(c) for c in raw.columns]
-        missing = [n for n in self.names if n not in header]
-        extra = [n for n in header if n not in self.names]
-        if missing or extra:
-            parts = []
-            if missing:
-                parts.append("missing column(s): " + ", ".join(missing))
-            if extra:
-                parts.append("column(s) not in the schema: " + ", ".join(extra))
-            raise DataError(f"{source}: " + "; ".join(parts))
-        dupes = sorted({n for n in header if header.count(n) > 1})
-        if dupes:
-            raise DataError(f"{source}: duplicated column(s): {', '.join(dupes)}")
-        if len(raw) == 0:
-            raise DataError(f"{source}: no data rows")
-        typed: dict[str, Any] = {}
-        problems: list[tuple[int, str]] = []
-        for col in self.columns:
-            values = raw[col.name].astype(str).str.strip()
-            parsed, bad, rule = _parse_values(col, values)
-            if bad.any():
-                idx = np.flatnonzero(bad)
-                for i in idx[:_ERRORS_SHOWN]:
-                    problems.append((int(i), f"line {int(i) + first_line}, column '{col.name}': "
-                                             f"value {values.iloc[i]!r} {rule}"))
-                if len(idx) > _ERRORS_SHOWN:
-                    problems.append((int(idx[_ERRORS_SHOWN]),
-                                     f"... and {len(idx) - _ERRORS_SHOWN} more bad value(s) "
-                                     f"in column '{col.name}'"))
-            typed[col.name] = parsed
-        if problems:
-            problems.sort(key=lambda p: p[0])
-            shown = [msg for _, msg in problems[: 2 * _ERRORS_SHOWN]]
-            raise DataError(f"{source}: " + "\n  ".join(shown))
-        return self._frame(typed)
-
-    def _frame(self, typed: Mapping[str, np.ndarray]) -> pd.DataFrame:
-        out = {}
-        for col in self.columns:
-            v = typed[col.name]
-            if col.type == "categorical":
-                out[col.name] = pd.Categorical.from_codes(np.asarray(v, dtype=np.int64),
-                                                          categories=list(col.levels))
-            elif col.type == "binary":
-                out[col.name] = np.asarray(v, dtype=np.int8)
-            elif col.type == "count":
-                out[col.name] = np.asarray(v, dtype=np.int64)
-            else:
-                out[col.name] = np.asarray(v, dtype=np.float64)
-        return pd.DataFrame(out, columns=self.names)
-
-    def to_arrays(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
-        """Typed frame -> numeric arrays (categorical as int codes), canonical order."""
-        out = {}
-        for col in self.columns:
-            s = frame[col.name]
-            if col.type == "categorical":
-                out[col.name] = np.asarray(pd.Categorical(s, categories=list(col.levels)).codes,
-                                           dtype=np.int64)
-            elif col.type == "continuous":
-                out[col.name] = np.asarray(s, dtype=np.float64)
-            else:
-                out[col.name] = np.asarray(s, dtype=np.int64)
-        return out
-
+    # ----------------------------------------------------------- arrays
     def check_arrays(self, arrays: Mapping[str, np.ndarray], source: str = "<arrays>") -> int:
         """Check numeric arrays against the schema; return the row count."""
         if set(arrays) != set(self.names):
@@ -265,7 +200,8 @@ class Schema:
         for col in self.columns:
             a = np.asarray(arrays[col.name])
             if col.type == "continuous":
-                ok = np.isfinite(a) & (a >= col.lower) & (a <= col.upper)
+                lo, hi = col.bounds
+                ok = np.isfinite(a) & (a >= lo) & (a <= hi)
             else:
                 if not np.issubdtype(a.dtype, np.integer):
                     raise DataError(f"{source}: column '{col.name}' must hold integers")
@@ -275,19 +211,6 @@ class Schema:
                 raise DataError(f"{source}: column '{col.name}' row {i}: value {a[i]!r} "
                                 "outside the schema")
         return lengths.pop()
-
-    def from_arrays(self, arrays: Mapping[str, np.ndarray]) -> pd.DataFrame:
-        """Numeric arrays (as `to_arrays` gives) -> typed frame, after checking them."""
-        self.check_arrays(arrays)
-        return self._frame(arrays)
-
-    def to_csv_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """A typed frame as it is written to CSV (levels as strings)."""
-        out = frame[self.names].copy()
-        for col in self.columns:
-            if col.type == "categorical":
-                out[col.name] = out[col.name].astype(str)
-        return out
 
 
 def _parse_column(name: Any, spec: Any, source: str) -> Column:
@@ -330,41 +253,19 @@ def _parse_column(name: Any, spec: Any, source: str) -> Column:
             raise SchemaError(f"{where}: count needs an integer 'upper' bound in "
                               f"1..{MAX_COUNT_BOUND}")
         return Column(name, ctype, upper=upper, description=desc)
-    lower, upper = spec.get("lower"), spec.get("upper")
-    for key, v in (("lower", lower), ("upper", upper)):
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-            raise SchemaError(f"{where}: continuous needs a finite number '{key}' "
-                              "(a public bound, not one read off the data)")
+    lower, upper = _public_bound(spec, "lower", where), _public_bound(spec, "upper", where)
     if not lower < upper:
-        raise SchemaError(f"{where}: lower ({lower}) must be below upper ({upper})")
-    return Column(name, ctype, lower=float(lower), upper=float(upper), description=desc)
+        raise SchemaError(f"{where}: lower ({spec['lower']}) must be below upper "
+                          f"({spec['upper']})")
+    return Column(name, ctype, lower=lower, upper=upper, description=desc)
 
 
-def _parse_values(col: Column, values: pd.Series) -> tuple[np.ndarray, np.ndarray, str]:
-    """Parse one column of raw strings: (parsed values, bad-mask, the rule broken)."""
-    missing = values.isin(["", "nan", "NaN", "NA", "None", "null"])
-    if col.type == "categorical":
-        lookup = {lvl: i for i, lvl in enumerate(col.levels)}
-        codes = values.map(lookup)
-        bad = codes.isna().to_numpy()
-        shown = ", ".join(col.levels[:10]) + (", ..." if len(col.levels) > 10 else "")
-        return (codes.fillna(0).to_numpy(np.int64), bad,
-                f"is not a level of this categorical column (levels: {shown})")
-    if col.type == "binary":
-        low = values.str.lower()
-        is_true, is_false = low.isin(_TRUE).to_numpy(), low.isin(_FALSE).to_numpy()
-        return is_true.astype(np.int8), ~(is_true | is_false), "is not binary (0 or 1)"
-    num = pd.to_numeric(values.where(~missing, None), errors="coerce").to_numpy(np.float64)
-    nonnum = ~np.isfinite(num)
-    if col.type == "count":
-        with np.errstate(invalid="ignore"):
-            bad = nonnum | (num != np.round(num)) | (num < 0) | (num > col.upper)
-        return (np.where(bad, 0, num).astype(np.int64), bad,
-                f"is not a whole number in 0..{int(col.upper)} (count column)")
-    with np.errstate(invalid="ignore"):
-        bad = nonnum | (num < col.lower) | (num > col.upper)
-    return (np.where(bad, col.lower, num), bad,
-            f"is not a finite number in [{col.lower!r}, {col.upper!r}] (continuous column)")
+def _public_bound(spec: Mapping[str, Any], key: str, where: str) -> float:
+    value = spec.get(key)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise SchemaError(f"{where}: continuous needs a finite number '{key}' "
+                          "(a public bound, not one read off the data)")
+    return float(value)
 
 
 def load_schema(path: str | Path) -> Schema:

@@ -14,4 +14,4 @@ FloatArray = NDArray[np.float64]
 BoolArray = NDArray[np.bool_]
 IntArray = NDArray[np.signedinteger[Any]]
 Columns = Mapping[str, NDArray[Any]]
-"""A data set as numeric arrays in the schema's layout (`Schema.to_arrays`, `Twin.arrays`)."""
+"""A data set as numeric arrays in the schema's layout (`Schema.check_arrays`, `Twin.arrays`)."""

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from twinnode.analysis.arrays import Columns, FloatArray
+from twinnode.data import frame_to_arrays
 from twinnode.errors import AnalysisError, SchemaError
 from twinnode.schema import Schema
 
@@ -40,7 +41,7 @@ class Design:
                 "reference": dict(self.reference), "terms": list(self.terms)}
 
     def matrix(self, arrays: Columns) -> tuple[FloatArray, FloatArray]:
-        """Numeric arrays in the schema's layout (`Schema.to_arrays`) -> X (n, p), y (n,)."""
+        """Numeric arrays in the schema's layout (`Schema.check_arrays`) -> X (n, p), y (n,)."""
         y = np.asarray(arrays[self.outcome], dtype=np.float64)
         X = np.empty((len(y), self.p))
         for j, (name, kind, code) in enumerate(self._columns):
@@ -53,8 +54,8 @@ class Design:
         return X, y
 
     def frame_matrix(self, schema: Schema, frame: pd.DataFrame) -> tuple[FloatArray, FloatArray]:
-        """A typed frame -> X, y (through `Schema.to_arrays`, so levels map by name)."""
-        return self.matrix(schema.to_arrays(frame))
+        """A typed frame -> X, y (through `data.frame_to_arrays`, so levels map by name)."""
+        return self.matrix(frame_to_arrays(schema, frame))
 
 
 def make_design(schema: Schema, covariates: Sequence[str] | None = None,

@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     from twinnode.analysis.weighting import parse_weight
     from twinnode.data import read_table
     from twinnode.schema import Schema
-    from twinnode.twins import load_release
+    from twinnode.releasedir import load_release
 
     weight = parse_weight(args.weight)
     schema = Schema.load(args.schema)

@@ -126,7 +126,7 @@ def run_sample(args: argparse.Namespace) -> int:
 
 def _write_release(args: argparse.Namespace, posterior, schema, ledger) -> int:
     from twinnode.generator.release import draw_release
-    from twinnode.twins import save_release
+    from twinnode.releasedir import save_release
 
     release = draw_release(posterior, schema, args.twins, _sender(args), args.seed, ledger)
     save_release(release, args.out, schema)

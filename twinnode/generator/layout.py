@@ -59,7 +59,7 @@ class Layout:
         return tuple(names)
 
     def encode(self, arrays: Mapping[str, np.ndarray]) -> ModelData:
-        """Schema arrays (`Schema.to_arrays`) -> model arrays."""
+        """Schema arrays (`Schema.check_arrays` layout) -> model arrays."""
         n = len(arrays[self.outcome])
         return ModelData(
             xb=_stack([arrays[c] for c in self.binary], n, np.float32),

@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from twinnode.data import frame_to_arrays
 from twinnode.errors import PrivacyError
 from twinnode.generator.layout import Layout
 from twinnode.generator.posterior import Posterior
@@ -38,7 +39,8 @@ def train_posterior(schema: Schema, frame: pd.DataFrame, plan: TrainPlan, ledger
                           steps=cal.steps, clip=settings.clip, relation=cal.relation,
                           schema_hash=schema.hash, data=data_fingerprint(frame))
     try:
-        result = fit(layout.encode(schema.to_arrays(frame)), layout, cal, settings, seed, progress)
+        result = fit(layout.encode(frame_to_arrays(schema, frame)), layout, cal, settings, seed,
+                     progress)
     except BaseException:
         ledger.set_status(entry["id"], "failed (still charged)")
         raise

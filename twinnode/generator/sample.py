@@ -23,7 +23,7 @@ _ROW_SITES = ("xb", "xn", "xr", "y")
 def sample_twins(params: Mapping[str, np.ndarray], layout: Layout, n: int, k: int,
                  settings: GeneratorSettings, seed: int | None = None,
                  group: int = 10) -> list[dict[str, np.ndarray]]:
-    """K twins of n rows, as schema arrays (`Schema.to_arrays` layout)."""
+    """K twins of n rows, as schema arrays (`Schema.check_arrays` layout)."""
     key = jax.random.PRNGKey(np.random.SeedSequence(seed).generate_state(1)[0])
     model = make_model(layout, n, settings)
     guide = make_guide(model, layout, settings)

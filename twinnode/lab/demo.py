@@ -25,7 +25,8 @@ from twinnode.data import SPLITS, randhie, read_table, split_parties, write_tabl
 from twinnode.errors import ConfigError, TwinnodeError
 from twinnode.generator.settings import TrainPlan
 from twinnode.lab.harness import LocalCluster, PartySpec
-from twinnode.twins import Release, Twin, load_release, save_release
+from twinnode.releasedir import load_release, save_release
+from twinnode.twins import Release, Twin
 
 Say = Callable[[str], None]
 DEMO_FRACTIONS = (0.1, 0.25, 0.5, 1.0, 1.0)

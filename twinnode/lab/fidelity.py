@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from twinnode.data import frame_to_arrays
 from twinnode.schema import Column, Schema
 
 CONTINUOUS_BINS = 20
@@ -31,6 +32,6 @@ def _histogram(col: Column, values: np.ndarray) -> np.ndarray:
 
 def marginal_tvd(schema: Schema, real: pd.DataFrame, twin: pd.DataFrame) -> dict[str, float]:
     """Total variation distance between real and twin marginals, per column (0 = equal)."""
-    r, t = schema.to_arrays(real), schema.to_arrays(twin)
+    r, t = frame_to_arrays(schema, real), frame_to_arrays(schema, twin)
     return {c.name: 0.5 * float(np.abs(_histogram(c, r[c.name]) - _histogram(c, t[c.name])).sum())
             for c in schema.columns}

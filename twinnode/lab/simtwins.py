@@ -20,6 +20,7 @@ import pandas as pd
 
 from twinnode.analysis.design import make_design
 from twinnode.analysis.glm import fit_poisson_batch
+from twinnode.data import arrays_to_frame, frame_to_arrays
 from twinnode.errors import AnalysisError
 from twinnode.schema import Schema
 from twinnode.twins import RECEIPT_FORMAT, Provenance, Release, Twin
@@ -70,8 +71,8 @@ def simulate_small(schema: Schema, n: int, seed: int) -> pd.DataFrame:
     region = rng.integers(0, 3, n)
     rate = np.exp(0.2 + 0.8 * smoker + 0.02 * (age - 50) + np.array([0.0, 0.3, -0.3])[region])
     visits = np.minimum(rng.poisson(rate), 50)
-    return schema.from_arrays({"age": age, "smoker": smoker, "region": region,
-                               "visits": visits})
+    return arrays_to_frame(schema, {"age": age, "smoker": smoker, "region": region,
+                                    "visits": visits})
 
 
 def posterior_twins(schema: Schema, frame: pd.DataFrame, *, sender: str, k: int,
@@ -80,7 +81,7 @@ def posterior_twins(schema: Schema, frame: pd.DataFrame, *, sender: str, k: int,
     if k < 1 or len(frame) == 0:
         raise AnalysisError("need k >= 1 and a non-empty frame to make twins")
     rng = np.random.default_rng(seed)
-    arrays = schema.to_arrays(frame)
+    arrays = frame_to_arrays(schema, frame)
     design = make_design(schema)
     X, y = design.matrix(arrays)
     fit = fit_poisson_batch(X, y)
@@ -118,7 +119,7 @@ def posterior_twins(schema: Schema, frame: pd.DataFrame, *, sender: str, k: int,
 def poison_frame(schema: Schema, frame: pd.DataFrame, attack: str) -> pd.DataFrame:
     """A party's rows under a shifted model: 'outcome*F' scales the outcome by F (clipped to
     its bound), 'flip:COL' swaps 0 and 1 in a binary column (a flipped coding)."""
-    arrays = {k: np.array(v, copy=True) for k, v in schema.to_arrays(frame).items()}
+    arrays = {k: np.array(v, copy=True) for k, v in frame_to_arrays(schema, frame).items()}
     if attack.startswith("outcome*"):
         factor = float(attack.split("*", 1)[1])
         col = schema.outcome_column()
@@ -131,11 +132,11 @@ def poison_frame(schema: Schema, frame: pd.DataFrame, attack: str) -> pd.DataFra
         arrays[name] = 1 - arrays[name]
     else:
         raise AnalysisError(f"unknown attack {attack!r} (use 'outcome*F' or 'flip:COL')")
-    return schema.from_arrays(arrays)
+    return arrays_to_frame(schema, arrays)
 
 
 def as_release(twins: Sequence[Twin]) -> Release:
-    """Wrap one peer's twins with the receipt `twins.save_release` writes."""
+    """Wrap one peer's twins with the receipt `releasedir.save_release` writes."""
     prov = twins[0].provenance
     receipt = {"format": RECEIPT_FORMAT, "sender": prov.sender, "schema_hash": prov.schema_hash,
                "epsilon": prov.epsilon, "delta": prov.delta, "n": prov.n, "k": len(twins),

@@ -17,10 +17,11 @@ from twinnode.errors import ControlError, PrivacyError, StoreError, WireError
 from twinnode.eventlog import event
 from twinnode.generator.settings import TrainPlan
 from twinnode.generator.worker import Job, Worker
+from twinnode.releasedir import load_release
 from twinnode.schema import Schema
 from twinnode.store.store import Store
 from twinnode.trust.identity import TrustStore
-from twinnode.twins import Release, Twin, load_release
+from twinnode.twins import Release, Twin
 from twinnode.wire.envelope import ReplayGuard, Verifier, WireLimits
 
 if TYPE_CHECKING:

@@ -69,7 +69,7 @@ def float32_bounds(col: Column) -> tuple[np.float32, np.float32]:
 
 
 def encode_columns(arrays: Mapping[str, np.ndarray], schema: Schema) -> tuple[bytes, int]:
-    """Arrays in `Schema.to_arrays` layout -> (payload bytes, rows); DataError if they misfit."""
+    """Arrays in `Schema.check_arrays` layout -> (payload bytes, rows); DataError if they misfit."""
     rows = schema.check_arrays(arrays, source="twin")
     out: list[list[Any]] = []
     for col in schema.columns:
@@ -107,7 +107,7 @@ def unpack_columns(payload: bytes, max_columns: int) -> list[tuple[str, str, byt
 
 def decode_columns(columns: list[tuple[str, str, bytes]], rows: int,
                    schema: Schema) -> dict[str, np.ndarray]:
-    """Typed column bytes -> arrays in `Schema.to_arrays` layout; SchemaMismatch on misfit."""
+    """Typed column bytes -> arrays in `Schema.check_arrays` layout; SchemaMismatch on misfit."""
     names = [c[0] for c in columns]
     if names != schema.names:
         raise SchemaMismatch(f"columns {names[:20]} do not match the schema's {schema.names[:20]}")
