@@ -27,7 +27,7 @@ from twinnode.lab.harness import LocalCluster, PartySpec, free_ports
 from twinnode.lab.simtwins import as_release, posterior_twins
 from twinnode.releasedir import save_release
 from twinnode.trust.identity import Identity
-from twinnode.wire.envelope import Signer, encode_twin
+from twinnode.wire import Signer, encode_twin
 
 RAW_SUB = r"""
 import sys, time, zmq

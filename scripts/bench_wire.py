@@ -25,8 +25,8 @@ import numpy as np
 from twinnode.data import frame_to_arrays, randhie
 from twinnode.trust.identity import Identity, TrustStore
 from twinnode.twins import Provenance, Twin
+from twinnode.wire import ReplayGuard, Signer, Verifier, encode_twin
 from twinnode.wire.columnar import _NUMPY, column_dtype, encode_columns
-from twinnode.wire.envelope import ReplayGuard, Signer, Verifier, encode_twin
 
 
 def best_rate(fn: Callable[[], object], megabytes: float, repeat: int) -> float:

@@ -23,7 +23,7 @@ from twinnode.releasedir import save_release
 from twinnode.schema import Schema
 from twinnode.store.store import Store
 from twinnode.trust.identity import Identity
-from twinnode.wire.envelope import (
+from twinnode.wire import (
     Heartbeat,
     ReplayGuard,
     Signer,

@@ -26,7 +26,7 @@ from twinnode.releasedir import save_release
 from twinnode.schema import Schema
 from twinnode.trust.identity import Identity, save_identity
 from twinnode.twins import Provenance, Twin
-from twinnode.wire.envelope import (
+from twinnode.wire import (
     CatchupEnd,
     CatchupRequest,
     Heartbeat,

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import hashlib
 import random
+import subprocess
+import sys
 import time
 from dataclasses import replace
 from typing import Any
@@ -32,8 +34,7 @@ from twinnode.schema import Schema
 from twinnode.trust.identity import Identity, TrustStore
 from twinnode.trust.seqset import MAX_RANGES
 from twinnode.twins import Provenance, Twin
-from twinnode.wire.columnar import column_dtype, float32_bounds
-from twinnode.wire.envelope import (
+from twinnode.wire import (
     CatchupEnd,
     CatchupRequest,
     Heartbeat,
@@ -55,6 +56,7 @@ from twinnode.wire.envelope import (
     seal,
     twin_digest,
 )
+from twinnode.wire.columnar import column_dtype, float32_bounds
 
 NOW = 1_700_000_000.0
 PRE_SIGNATURE = (MalformedMessage, UnsupportedVersion, UnknownSender, InvalidSignature)
@@ -672,3 +674,13 @@ def test_created_time_is_not_judged_for_twins(small_schema, alice, trust):
     verifier = Verifier(trust, small_schema, ReplayGuard(), clock=lambda: time.time() + 10**7)
     frames = encode_twin(make_twin(small_schema), small_schema, 1, Signer(alice))
     assert verifier.open(frames).twin.provenance.created == NOW - 3600
+
+
+def test_the_bytes_layer_loads_no_network_frames_or_jax_library():
+    # The import contract checks the source; this checks what a fresh interpreter loads.
+    code = ("import sys, twinnode.wire, twinnode.trust.identity, twinnode.trust.certs\n"
+            "print(','.join(sorted(m for m in ('zmq', 'pandas', 'jax', 'numpyro', 'd3p', "
+            "'statsmodels') if m in sys.modules)))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    assert loaded == ""

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from twinnode.schema import Schema
 from twinnode.trust.identity import Identity, TrustStore
 from twinnode.twins import Provenance, Twin
-from twinnode.wire.envelope import (
+from twinnode.wire import (
     CatchupEnd,
     CatchupRequest,
     Heartbeat,

@@ -23,7 +23,7 @@ from twinnode.errors import MalformedMessage, SchemaMismatch, UnsupportedVersion
 from twinnode.schema import Schema
 from twinnode.trust.identity import Identity, TrustStore
 from twinnode.twins import Provenance, Twin
-from twinnode.wire.envelope import (
+from twinnode.wire import (
     CatchupEnd,
     CatchupRequest,
     Heartbeat,

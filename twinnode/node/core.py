@@ -63,7 +63,7 @@ from twinnode.store.store import Store
 from twinnode.trust.certs import curve_raw
 from twinnode.trust.identity import Identity, TrustStore, fingerprint
 from twinnode.twins import Release
-from twinnode.wire.envelope import (
+from twinnode.wire import (
     END,
     HEARTBEAT,
     REQUEST,

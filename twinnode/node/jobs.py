@@ -22,7 +22,7 @@ from twinnode.schema import Schema
 from twinnode.store.store import Store
 from twinnode.trust.identity import TrustStore
 from twinnode.twins import Release, Twin
-from twinnode.wire.envelope import ReplayGuard, Verifier, WireLimits
+from twinnode.wire import ReplayGuard, Verifier, WireLimits
 
 if TYPE_CHECKING:
     from twinnode.generator.privacy import Ledger

@@ -13,7 +13,8 @@ under an accepted (sender, seq): the sender signed two messages with one seq. It
 from a plain replay while the first twin's digest is among the last `max_digests` accepted.
 
 Nothing is recorded until `accept`, which the node calls after the twin is durably stored, so a
-twin refused by a later check (schema) is not burnt. `wire.py` re-exports this module's API.
+twin refused by a later check (schema) is not burnt. `twinnode.wire` re-exports this module's
+API (a `Verifier` is built with a `ReplayGuard`).
 """
 from __future__ import annotations
 

@@ -14,8 +14,8 @@ bandwidth, and the gaps, which sit below the dropped ranges, are served first. T
 fills a batch round robin over the senders (`Node._missing_for`), so one sender whose ranges
 were cut cannot crowd the others out.
 
-The limits below are the one set shared by wire.py (what a peer may send), replay.py (what is
-accepted) and store.py (what is stored).
+The limits below are the one set shared by the wire (what a peer may send), trust.replay (what
+is accepted) and the store (what is stored).
 """
 from __future__ import annotations
 

@@ -20,6 +20,7 @@ from typing import Any, Mapping
 
 import msgpack
 import numpy as np
+from numpy.typing import NDArray
 
 from twinnode.errors import MalformedMessage, SchemaMismatch
 from twinnode.schema import Column, Schema
@@ -59,16 +60,17 @@ def max_payload_bytes(schema: Schema, rows: int) -> int:
 def float32_bounds(col: Column) -> tuple[np.float32, np.float32]:
     """The float32 values closest to the column's bounds from the inside."""
     finfo = np.finfo(np.float32)
-    lo = np.float32(max(col.lower, float(finfo.min)))
-    hi = np.float32(min(col.upper, float(finfo.max)))
-    if float(lo) < col.lower:
+    lower, upper = col.bounds
+    lo = np.float32(max(lower, float(finfo.min)))
+    hi = np.float32(min(upper, float(finfo.max)))
+    if float(lo) < lower:
         lo = np.nextafter(lo, np.float32(np.inf))
-    if float(hi) > col.upper:
+    if float(hi) > upper:
         hi = np.nextafter(hi, np.float32(-np.inf))
     return lo, hi
 
 
-def encode_columns(arrays: Mapping[str, np.ndarray], schema: Schema) -> tuple[bytes, int]:
+def encode_columns(arrays: Mapping[str, NDArray[Any]], schema: Schema) -> tuple[bytes, int]:
     """Arrays in `Schema.check_arrays` layout -> (payload bytes, rows); DataError if they misfit."""
     rows = schema.check_arrays(arrays, source="twin")
     out: list[list[Any]] = []
@@ -106,12 +108,12 @@ def unpack_columns(payload: bytes, max_columns: int) -> list[tuple[str, str, byt
 
 
 def decode_columns(columns: list[tuple[str, str, bytes]], rows: int,
-                   schema: Schema) -> dict[str, np.ndarray]:
+                   schema: Schema) -> dict[str, NDArray[Any]]:
     """Typed column bytes -> arrays in `Schema.check_arrays` layout; SchemaMismatch on misfit."""
     names = [c[0] for c in columns]
     if names != schema.names:
         raise SchemaMismatch(f"columns {names[:20]} do not match the schema's {schema.names[:20]}")
-    arrays: dict[str, np.ndarray] = {}
+    arrays: dict[str, NDArray[Any]] = {}
     for col, (name, dtype, data) in zip(schema.columns, columns):
         want = column_dtype(col)
         if dtype != want:
@@ -124,7 +126,7 @@ def decode_columns(columns: list[tuple[str, str, bytes]], rows: int,
     return arrays
 
 
-def _decode_one(col: Column, dtype: str, data: bytes, rows: int) -> np.ndarray:
+def _decode_one(col: Column, dtype: str, data: bytes, rows: int) -> NDArray[Any]:
     raw = np.frombuffer(data, dtype=np.uint8 if dtype == "bits" else _NUMPY[dtype])
     if dtype == "bits":
         if rows % 8 and raw[-1] >> (rows % 8):
@@ -132,11 +134,12 @@ def _decode_one(col: Column, dtype: str, data: bytes, rows: int) -> np.ndarray:
         return np.unpackbits(raw, count=rows, bitorder="little").astype(np.int64)
     if dtype == "f4":
         values = raw.astype(np.float64)
-        bad = ~(np.isfinite(values) & (values >= col.lower) & (values <= col.upper))
+        lower, upper = col.bounds
+        bad = ~(np.isfinite(values) & (values >= lower) & (values <= upper))
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             raise SchemaMismatch(f"column '{col.name}' row {i}: {values[i]!r} is not a finite "
-                                 f"number in [{col.lower!r}, {col.upper!r}]")
+                                 f"number in [{lower!r}, {upper!r}]")
         return values
     bad = raw >= col.cardinality
     if bad.any():

@@ -1,0 +1,126 @@
+"""Opening inbound frames: every check of the protocol, in order, and one WireError on refusal.
+
+`Verifier.open` checks, in this order, raising exactly one WireError subclass: frame count and
+sizes -> version -> header fields and topic (a twin's rows = its n, within `max_rows`, its
+payload within what that many rows can take) -> sender pinned -> signature -> replay/duplicate
+(twins: `ReplayGuard`; others: freshness window, nonce, recipient) -> the twin header's schema
+hash -> payload digest -> payload decode -> columns against the schema. The structural checks
+are `wire.checks`', the decoding `wire.codec`'s. Pure: no sockets, no clocks except the
+injectable one, no pickles. `rejection_line` is the log line a refusal gets.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from typing import Any, Callable, Mapping, Sequence
+
+from twinnode.errors import (
+    DigestMismatch,
+    InvalidSignature,
+    MisaddressedMessage,
+    ReplayedMessage,
+    SchemaMismatch,
+    StaleMessage,
+    WireError,
+)
+from twinnode.schema import Schema
+from twinnode.trust.identity import NAME_RE, TrustStore, verify
+from twinnode.trust.replay import ReplayGuard
+from twinnode.wire.checks import Frames, check_header, check_version, split_frames, unpack_header
+from twinnode.wire.codec import read_message
+from twinnode.wire.envelope import TWIN, Envelope, signed_message
+from twinnode.wire.limits import WireLimits
+
+__all__ = ["Verifier", "rejection_line"]
+
+
+class Verifier:
+    """Opens inbound frames: every check of the protocol, in order; one WireError on refusal.
+
+    Twins are recorded as seen only by `accept(envelope)`, once the caller has stored them;
+    heartbeats and catch-up messages are judged by freshness and remembered on success.
+    """
+
+    def __init__(self, trust: TrustStore, schema: Schema, guard: ReplayGuard,
+                 limits: WireLimits = WireLimits(), *, local: str | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.trust, self.schema, self.guard, self.limits = trust, schema, guard, limits
+        self.local = local
+        self.clock = clock
+        self._nonces: OrderedDict[tuple[str, bytes], float] = OrderedDict()
+
+    def open(self, frames: Sequence[bytes], *, replay: bool = True) -> Envelope:
+        """Check and decode one inbound multipart message, in the module docstring's order.
+        `replay=False` skips the replay guard (not the freshness of other families): for
+        re-reading twins this node stored itself, which were checked when they arrived."""
+        topic_frame, header_bytes, payload, signature = split_frames(frames, self.limits)
+        header = unpack_header(header_bytes, self.limits)
+        sender, seq = header.get("sender"), header.get("seq")
+        try:
+            return self._open(header, (topic_frame, header_bytes, payload, signature), replay)
+        except WireError as exc:
+            exc.sender, exc.seq = sender, seq  # type: ignore[attr-defined]  # for rejection_line
+            raise
+
+    def accept(self, envelope: Envelope) -> None:
+        """Record a stored twin as seen, so a re-send is a replay and its content a duplicate."""
+        if envelope.family == TWIN:
+            self.guard.accept(envelope.sender, envelope.header["seq"], envelope.digest)
+
+    def _open(self, header: dict[Any, Any], frames: Frames, replay: bool) -> Envelope:
+        topic_frame, header_bytes, payload, signature = frames
+        check_version(header)
+        family = check_header(header, topic_frame, self.limits, self.schema)
+        sender, digest = header["sender"], header["payload_digest"]
+        peer = self.trust.get(sender)
+        if not verify(peer.verifier, signature, signed_message(header_bytes, digest)):
+            raise InvalidSignature(f"signature ({len(signature)} bytes) does not verify under "
+                                   f"{sender}'s pinned key")
+        if family == TWIN:
+            if replay:
+                self.guard.check(sender, header["seq"], digest)
+            if header["schema_hash"] != self.schema.hash:  # signed: no need to hash the payload
+                raise SchemaMismatch(f"twin was made under schema {header['schema_hash'][:12]}, "
+                                     f"ours is {self.schema.short_hash}")
+        else:
+            self._check_fresh(header)
+        if len(payload) != header["payload_len"]:
+            raise DigestMismatch(f"payload is {len(payload)} bytes, header says "
+                                 f"{header['payload_len']}")
+        if hashlib.sha256(payload).digest() != digest:
+            raise DigestMismatch("payload does not match the signed SHA-256 digest")
+        message = read_message(family, header, payload, self.schema, self.limits.max_columns)
+        if family != TWIN:
+            self._remember(sender, header["nonce"], header["created"])
+        return Envelope(family, sender, header, frames, digest, message)
+
+    def _check_fresh(self, header: Mapping[str, Any]) -> None:
+        age = self.clock() - header["created"]
+        if abs(age) > self.limits.freshness_s:
+            raise StaleMessage(f"{header['type']} message is stale: created {age:.0f} s ago, "
+                               f"accepted within +-{self.limits.freshness_s:.0f} s (clocks "
+                               "apart?)")
+        if (header["sender"], header["nonce"]) in self._nonces:
+            raise ReplayedMessage(f"{header['type']} message nonce already seen")
+        to = header.get("to")
+        if to is not None and self.local is not None and to != self.local:
+            raise MisaddressedMessage(f"{header['type']} message is addressed to {to!r}, "
+                                      f"not {self.local!r}")
+
+    def _remember(self, sender: str, nonce: bytes, created: float) -> None:
+        self._nonces[(sender, nonce)] = created
+        horizon = self.clock() - self.limits.freshness_s
+        while self._nonces and (len(self._nonces) > self.limits.max_nonces
+                                or next(iter(self._nonces.values())) < horizon):
+            self._nonces.popitem(last=False)
+
+
+def rejection_line(exc: WireError) -> str:
+    """The log line for a refused message: `REJECTED (<reason>) peer=... seq=...: detail`."""
+    sender = getattr(exc, "sender", None)
+    peer = sender if isinstance(sender, str) and NAME_RE.match(sender) else (
+        "?" if sender is None else repr(sender)[:40])
+    seq = getattr(exc, "seq", None)
+    seq_text = str(seq) if isinstance(seq, int) and not isinstance(seq, bool) else "-"
+    return f"REJECTED ({exc.reason}) peer={peer} seq={seq_text}: {exc}"
