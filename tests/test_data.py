@@ -1,13 +1,15 @@
-"""The bundled randhie example and the deterministic party splitter."""
+"""Frames and arrays, twins as frames, the bundled randhie example and the party splitter."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from twinnode.cli.main import main
-from twinnode.data import randhie, read_table, split_parties
-from twinnode.errors import DataError
+from twinnode.data import frame_to_arrays, randhie, read_table, split_parties, twin_frame
+from twinnode.errors import DataError, SchemaError
 from twinnode.schema import Schema
+from twinnode.twins import Provenance, Twin
 
 
 @pytest.fixture(scope="module")
@@ -60,3 +62,23 @@ def test_example_command_writes_files_that_load(tmp_path, capsys):
     assert sizes[0] < 300 < sizes[1] == sizes[2]
     assert "party-2.csv" in capsys.readouterr().out
     assert np.isfinite(read_table(tmp_path / "test.csv", schema)["disea"]).all()
+
+
+def test_a_twin_becomes_the_typed_frame_it_was_made_from(small_schema, small_frame):
+    arrays = frame_to_arrays(small_schema, small_frame)
+    prov = Provenance(sender="alice", schema_hash=small_schema.hash, epsilon=1.0, delta=1e-3,
+                      n=len(small_frame), k=1, index=0, relation="add-remove", release="r",
+                      created=1.0)
+    frame = twin_frame(Twin(prov, arrays), small_schema)
+    pd.testing.assert_frame_equal(frame, small_frame)
+    assert frame["region"].dtype == "category"
+    assert list(frame["region"].cat.categories) == ["north", "south", "east"]
+
+
+def test_a_twin_made_under_another_schema_is_not_read_as_a_frame(small_schema, small_frame):
+    prov = Provenance(sender="bob", schema_hash="0" * 64, epsilon=1.0, delta=1e-3,
+                      n=len(small_frame), k=1, index=0, relation="add-remove", release="r",
+                      created=1.0)
+    twin = Twin(prov, frame_to_arrays(small_schema, small_frame))
+    with pytest.raises(SchemaError, match="twin from bob was made under schema 000000000000"):
+        twin_frame(twin, small_schema)

@@ -136,3 +136,12 @@ def test_write_table_leaves_no_temp_file_behind(tmp_path, small_schema, small_fr
     assert [p.name for p in tmp_path.iterdir()] == ["x.csv"]
     assert np.isclose(read_table(tmp_path / "x.csv", small_schema)["age"].sum(),
                       small_frame["age"].sum())
+
+
+def test_column_bounds_are_the_public_ones_and_only_counts_and_continuous_have_them(small_schema):
+    assert small_schema.column("visits").bounds == (0, 50)
+    assert small_schema.column("age").bounds == (18.0, 90.0)
+    for name in ("smoker", "region"):
+        with pytest.raises(ValueError, match="no bounds"):
+            small_schema.column(name).bounds
+
