@@ -38,9 +38,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from twinnode.data import frame_to_arrays, randhie
     from twinnode.generator.layout import Layout
+    from twinnode.generator.models import make_guide, make_model
     from twinnode.generator.privacy import calibrate
     from twinnode.generator.settings import GeneratorSettings
-    from twinnode.generator.train import fit, make_guide, make_model
+    from twinnode.generator.train import fit
 
     schema, frame = randhie()
     frame = frame.iloc[: args.rows]

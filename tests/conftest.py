@@ -10,50 +10,21 @@ import importlib.util  # noqa: E402
 from pathlib import Path  # noqa: E402
 from types import ModuleType  # noqa: E402
 
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from twinnode.data import arrays_to_frame  # noqa: E402
+from twinnode.lab.simtwins import SMALL_SCHEMA_TOML, simulate_small  # noqa: E402
 from twinnode.schema import Schema  # noqa: E402
 
-SMALL_SCHEMA = """
-name = "small"
-outcome = "visits"
-
-[columns.visits]
-type = "count"
-upper = 50
-
-[columns.age]
-type = "continuous"
-lower = 18.0
-upper = 90.0
-
-[columns.smoker]
-type = "binary"
-
-[columns.region]
-type = "categorical"
-levels = ["north", "south", "east"]
-"""
+# The small test schema and its known generating model live once, in the lab (studies use
+# them too); the tests know them by these names.
+SMALL_SCHEMA = SMALL_SCHEMA_TOML
+make_small_frame = simulate_small
 
 
 @pytest.fixture
 def small_schema() -> Schema:
     return Schema.from_toml(SMALL_SCHEMA, "small.toml")
-
-
-def make_small_frame(schema: Schema, n: int = 200, seed: int = 0) -> pd.DataFrame:
-    """Rows from a known Poisson model: log E[visits] = 0.2 + 0.8*smoker + 0.02*(age-50) + region."""
-    rng = np.random.default_rng(seed)
-    age = rng.uniform(18, 90, n)
-    smoker = rng.integers(0, 2, n)
-    region = rng.integers(0, 3, n)
-    rate = np.exp(0.2 + 0.8 * smoker + 0.02 * (age - 50) + np.array([0.0, 0.3, -0.3])[region])
-    visits = np.minimum(rng.poisson(rate), 50)
-    arrays = {"age": age, "smoker": smoker, "region": region, "visits": visits}
-    return arrays_to_frame(schema, arrays)
 
 
 @pytest.fixture

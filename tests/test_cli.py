@@ -1,6 +1,7 @@
 """The command line as a user meets it: clear errors, the right exit codes, no tracebacks."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -87,10 +88,21 @@ def test_no_command_is_a_usage_error():
     assert res.returncode == 2 and "usage: twinnode" in res.stderr
 
 
-def test_every_error_class_has_a_documented_exit_code():
+def test_every_error_class_has_a_documented_exit_code_and_is_drawn_under_its_base():
+    # Prepare: the tree in errors.py's docstring, as {class drawn: class it hangs under}
+    drawn: dict[str, str] = {}
+    stack: list[tuple[int, str]] = []
+    for line in (errors.__doc__ or "").splitlines():
+        m = re.match(r"[ │├└─]*(\w+)", line)
+        if m is None or not isinstance(getattr(errors, m.group(1), None), type):
+            continue
+        while stack and stack[-1][0] >= m.start(1):
+            stack.pop()
+        drawn[m.group(1)] = stack[-1][1] if stack else "Exception"
+        stack.append((m.start(1), m.group(1)))
     classes = [c for c in vars(errors).values()
                if isinstance(c, type) and issubclass(c, errors.TwinnodeError)]
     assert len(classes) > 10
     for cls in classes:
         assert cls.exit_code in errors.EXIT_CODES, cls
-        assert cls.__doc__ or cls.__base__.__doc__
+        assert drawn.get(cls.__name__) == cls.__base__.__name__, cls

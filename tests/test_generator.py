@@ -64,7 +64,8 @@ def test_masked_update_adds_noise_of_std_sigma_c_over_expected_batch(trained):
     import numpyro
     from numpyro.infer import Trace_ELBO
 
-    from twinnode.generator.train import PoissonDPSVI, make_guide, make_model
+    from twinnode.generator.dpsvi import PoissonDPSVI
+    from twinnode.generator.models import make_guide, make_model
 
     schema, frame, layout, data, runs = trained
     n, sigma, clip, expected = 200, 3.0, 2.0, 10.0
@@ -192,8 +193,8 @@ def _aligned_svi(layout, settings, sigma=3.0, clip=2.0, expected=10.0, n=200, he
     import numpyro
     from numpyro.infer import Trace_ELBO
 
-    from twinnode.generator.aligned import AlignedDPSVI
-    from twinnode.generator.train import make_guide, make_model
+    from twinnode.generator.dpsvi import AlignedDPSVI
+    from twinnode.generator.models import make_guide, make_model
 
     model = make_model(layout, n, settings)
     return AlignedDPSVI(model, make_guide(model, layout, settings), numpyro.optim.SGD(1.0),
@@ -254,3 +255,16 @@ def test_aligned_released_sum_changes_by_at_most_c_when_one_row_leaves(trained, 
         head = svi._head_mask
         assert np.linalg.norm(g[0, head]) == pytest.approx(2.0 * np.sqrt(0.5), rel=1e-5)
         assert np.linalg.norm(g[0, ~head]) == pytest.approx(2.0 * np.sqrt(0.5), rel=1e-5)
+
+
+def test_the_node_and_its_worker_module_load_without_jax():
+    # JAX starts threads and takes seconds to import: only the spawned worker may load it.
+    import subprocess
+    import sys
+
+    code = ("import sys, twinnode.node.core, twinnode.generator.worker\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'jax', 'jaxlib', 'numpyro', 'd3p'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True)
+    assert out.stdout.strip() == "[]"

@@ -5,9 +5,11 @@ import numpy as np
 import pytest
 from conftest import load_script, make_small_frame
 
+from twinnode.analysis.design import make_design
+from twinnode.analysis.glm import fit_poisson_batch
 from twinnode.errors import AnalysisError
-from twinnode.lab import simtwins
-from twinnode.lab.simtwins import as_release, poison_frame, posterior_twins, simulate_small
+from twinnode.lab.simtwins import (SMALL_TRUE_COEFFICIENTS, as_release, poison_frame,
+                                   posterior_twins, simulate_small)
 from twinnode.releasedir import load_release, save_release
 
 
@@ -35,12 +37,16 @@ def test_inflated_posterior_spreads_twins_wider(small_schema):
     assert spread(9.0) > 1.5 * spread(1.0)
 
 
-def test_simulated_population_is_the_tests_model_under_the_same_schema(small_schema):
+def test_simulated_population_follows_its_stated_true_coefficients(small_schema):
+    # Prepare: a large sample from the small schema's known model
+    frame = simulate_small(small_schema, 20_000, seed=4)
+    design = make_design(small_schema)
     # Execute
-    own = simtwins.small_schema()
-    # Assert: same hash, and the same rows for the same seed as conftest's make_small_frame
-    assert own.hash == small_schema.hash
-    assert simulate_small(small_schema, 50, 4).equals(make_small_frame(small_schema, 50, 4))
+    fit = fit_poisson_batch(*design.frame_matrix(small_schema, frame))
+    # Assert: each stated coefficient within 4 standard errors of the fitted one
+    truth = np.array([SMALL_TRUE_COEFFICIENTS[t] for t in design.terms])
+    assert sorted(design.terms) == sorted(SMALL_TRUE_COEFFICIENTS)
+    assert np.all(np.abs(fit.coef[0] - truth) < 4 * fit.se[0]), (fit.coef[0], truth)
 
 
 def test_poisoning_scales_the_outcome_or_flips_a_binary_column(small_schema):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 from types import TracebackType
+from typing import Any
 
 
 class TrainProgress:
@@ -10,12 +11,13 @@ class TrainProgress:
 
     def __init__(self, desc: str = "DP training") -> None:
         self.desc = desc
-        self.bar = None
+        self.bar: Any = None  # a tqdm bar, made on the first update at a terminal
 
     def __enter__(self) -> "TrainProgress":
         return self
 
     def update(self, done: int, total: int, elbo: float) -> None:
+        """Show `done` of `total` steps and the ELBO per row (nothing when not a tty)."""
         if not sys.stderr.isatty():
             return
         if self.bar is None:

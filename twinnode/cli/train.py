@@ -4,8 +4,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from twinnode.errors import ConfigError
+
+if TYPE_CHECKING:
+    from twinnode.schema import Schema
+    from twinnode.twins import Release
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -95,7 +100,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     from twinnode.cli.progress import TrainProgress
     from twinnode.generator.privacy import Ledger
-    from twinnode.generator.release import train_posterior
+    from twinnode.generator.release import train_and_release
 
     ledger = Ledger(args.state or args.out.resolve().parent, cap_epsilon=args.budget)
     if not ledger.snapshot()["entries"]:
@@ -106,29 +111,29 @@ def run_train(args: argparse.Namespace) -> int:
           f"epsilon={plan.epsilon:g}, {plan.epochs:g} epochs, {plan.batching} batching, "
           f"CPUs {sorted(pinned)}", file=sys.stderr)
     with TrainProgress() as bar:
-        posterior = train_posterior(schema, frame, plan, ledger, settings, args.seed, bar.update)
-    args.out.mkdir(parents=True, exist_ok=True)
-    posterior.save(args.out / "posterior.npz")
-    return _write_release(args, posterior, schema, ledger)
+        release = train_and_release(schema, frame, plan, ledger, args.out / "posterior.npz",
+                                    args.twins, _sender(args), settings, args.seed, bar.update)
+    return _write_release(args, release, schema)
 
 
 def run_sample(args: argparse.Namespace) -> int:
     from twinnode.generator.posterior import Posterior
     from twinnode.generator.privacy import Ledger
+    from twinnode.generator.release import draw_release
     from twinnode.schema import Schema
 
     schema = Schema.load(args.schema)
     posterior = Posterior.load(args.posterior, schema)
     _check_out(args.out)
     ledger = Ledger(args.state or args.out.resolve().parent)
-    return _write_release(args, posterior, schema, ledger)
+    release = draw_release(posterior, schema, args.twins, _sender(args), args.seed, ledger)
+    return _write_release(args, release, schema)
 
 
-def _write_release(args: argparse.Namespace, posterior, schema, ledger) -> int:
-    from twinnode.generator.release import draw_release
+def _write_release(args: argparse.Namespace, release: Release, schema: Schema) -> int:
+    """Save the twins and receipt in OUT and say what was written."""
     from twinnode.releasedir import save_release
 
-    release = draw_release(posterior, schema, args.twins, _sender(args), args.seed, ledger)
     save_release(release, args.out, schema)
     r = release.receipt
     print(f"wrote {args.twins} twins of {r['n']} rows to {args.out}/ "

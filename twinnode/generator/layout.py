@@ -11,7 +11,8 @@ from typing import Mapping, NamedTuple
 
 import numpy as np
 
-from twinnode.schema import Schema
+from twinnode.errors import SchemaError
+from twinnode.schema import Column, Schema
 
 
 class ModelData(NamedTuple):
@@ -42,11 +43,10 @@ class Layout:
         return cls(
             binary=tuple(c.name for c in cov if c.type == "binary"),
             categorical=tuple((c.name, len(c.levels)) for c in cov if c.type == "categorical"),
-            count=tuple((c.name, int(c.upper)) for c in cov if c.type == "count"),
-            continuous=tuple((c.name, float(c.lower), float(c.upper))
-                             for c in cov if c.type == "continuous"),
+            count=tuple((c.name, c.cardinality - 1) for c in cov if c.type == "count"),
+            continuous=tuple((c.name, *_bounds(c)) for c in cov if c.type == "continuous"),
             outcome=out.name,
-            outcome_upper=int(out.upper),
+            outcome_upper=out.cardinality - 1,
         )
 
     @property
@@ -95,7 +95,14 @@ class Layout:
                          np.zeros((1,), np.float32))
 
 
-def _stack(columns: list, n: int, dtype: type) -> np.ndarray:
+def _bounds(col: Column) -> tuple[float, float]:
+    """A continuous column's public (lower, upper); a valid schema always has both."""
+    if col.lower is None or col.upper is None:
+        raise SchemaError(f"continuous column {col.name!r} has no public bounds")
+    return float(col.lower), float(col.upper)
+
+
+def _stack(columns: list[np.ndarray], n: int, dtype: type) -> np.ndarray:
     if not columns:
         return np.zeros((n, 0), dtype)
     return np.stack([np.asarray(c) for c in columns], axis=1).astype(dtype)

@@ -1,7 +1,9 @@
 """From a private table to a privacy receipt and K twins: the generator's public entry points.
 
-`train_posterior` calibrates the noise, charges the ledger (before training starts), and
-trains; `draw_release` samples K twins from a posterior, which costs no privacy.
+`train_and_release` is the one train -> save -> draw flow, used by a node's worker and by
+`twinnode train` alike. Its steps: `train_posterior` calibrates the noise, charges the ledger
+(before training starts), and trains; `draw_release` samples K twins from a posterior, which
+costs no privacy (and is all a `sample` job or `twinnode sample` does).
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import platform
 import time
 from dataclasses import asdict
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -24,6 +27,16 @@ from twinnode.generator.settings import GeneratorSettings, TrainPlan
 from twinnode.generator.train import ProgressFn, fit
 from twinnode.schema import Schema
 from twinnode.twins import RECEIPT_FORMAT, Provenance, Release, Twin
+
+
+def train_and_release(schema: Schema, frame: pd.DataFrame, plan: TrainPlan, ledger: Ledger,
+                      posterior_file: str | Path, k: int, sender: str,
+                      settings: GeneratorSettings = GeneratorSettings(),
+                      seed: int | None = None, progress: ProgressFn | None = None) -> Release:
+    """Train on `frame` (the ledger charged first), save the posterior, draw K twins."""
+    posterior = train_posterior(schema, frame, plan, ledger, settings, seed, progress)
+    posterior.save(posterior_file)
+    return draw_release(posterior, schema, k, sender, seed, ledger)
 
 
 def train_posterior(schema: Schema, frame: pd.DataFrame, plan: TrainPlan, ledger: Ledger,

@@ -14,8 +14,8 @@ from numpyro.handlers import seed as seed_handler
 from numpyro.infer import Predictive
 
 from twinnode.generator.layout import Layout, ModelData
+from twinnode.generator.models import make_guide, make_model
 from twinnode.generator.settings import GeneratorSettings
-from twinnode.generator.train import make_guide, make_model
 
 _ROW_SITES = ("xb", "xn", "xr", "y")
 

@@ -12,7 +12,6 @@ import multiprocessing as mp
 import threading
 import traceback
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 from twinnode.errors import GeneratorError, TwinnodeError
@@ -45,21 +44,19 @@ def run_job(job: Job, progress: Progress | None = None) -> Release:
     from twinnode.data import read_table
     from twinnode.generator.posterior import Posterior
     from twinnode.generator.privacy import Ledger
-    from twinnode.generator.release import draw_release, train_posterior
+    from twinnode.generator.release import draw_release, train_and_release
     from twinnode.schema import Schema
 
     schema = Schema.from_toml(job.schema_text, "node schema")
     ledger = Ledger(job.state_dir, cap_epsilon=job.cap_epsilon)
     if job.kind == "train":
-        frame = read_table(job.data_path, schema)
-        posterior = train_posterior(schema, frame, job.plan, ledger, job.settings, job.seed,
-                                    progress)
-        posterior.save(job.posterior_path)
-    elif job.kind == "sample":
+        return train_and_release(schema, read_table(job.data_path, schema), job.plan, ledger,
+                                 job.posterior_path, job.k, job.sender, job.settings, job.seed,
+                                 progress)
+    if job.kind == "sample":
         posterior = Posterior.load(job.posterior_path, schema)
-    else:
-        raise GeneratorError(f"unknown job kind {job.kind!r}")
-    return draw_release(posterior, schema, job.k, job.sender, job.seed, ledger)
+        return draw_release(posterior, schema, job.k, job.sender, job.seed, ledger)
+    raise GeneratorError(f"unknown job kind {job.kind!r}")
 
 
 def _child(job: Job, conn: Any) -> None:
@@ -161,7 +158,3 @@ def _job_error(kind: str, message: str) -> TwinnodeError:
         return cls(message)
     return GeneratorError(f"generator job failed: {message}")
 
-
-def posterior_path(state_dir: str | Path, name: str = "posterior.npz") -> str:
-    """Where a node keeps its latest trained posterior."""
-    return str(Path(state_dir) / name)

@@ -21,11 +21,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from twinnode.data import SPLITS, randhie, read_table, split_parties, write_table
+from twinnode.data import SPLITS, Partition, randhie, read_table, split_parties, write_table
 from twinnode.errors import ConfigError, TwinnodeError
 from twinnode.generator.settings import TrainPlan
 from twinnode.lab.harness import LocalCluster, PartySpec
 from twinnode.releasedir import load_release, save_release
+from twinnode.schema import Schema
 from twinnode.twins import Release, Twin
 
 Say = Callable[[str], None]
@@ -219,15 +220,14 @@ def _job_line(job: dict[str, Any]) -> str:
 
 def shift_outcome(release_dir: Path, schema_path: Path, factor: float) -> None:
     """Poison a release: multiply every twin's outcome by `factor` (within the bound)."""
-    from twinnode.schema import Schema
-
     schema = Schema.load(schema_path)
     release = load_release(release_dir, schema)
     out = schema.outcome_column()
     twins = []
     for t in release.twins:
         arrays = dict(t.arrays)
-        arrays[out.name] = np.minimum(np.rint(arrays[out.name] * factor), out.upper).astype(np.int64)
+        upper = out.cardinality - 1  # the outcome is a count: 0..upper
+        arrays[out.name] = np.minimum(np.rint(arrays[out.name] * factor), upper).astype(np.int64)
         twins.append(Twin(t.provenance, arrays))
     save_release(Release(release.receipt, tuple(twins)), release_dir, schema)
 
@@ -245,8 +245,8 @@ def _join_curves(cluster: LocalCluster, parties: list[Party], test: Path,
                  settings: DemoSettings, say: Say, t0: float) -> None:
     """Fig. 2 of the paper: the test log-likelihood as peers join one at a time (λ = 1)."""
     rng = np.random.default_rng(settings.seed)
-    orders = {p.name: [q.name for q in rng.permutation(parties) if q.name != p.name]
-              for p in parties}
+    orders = {p.name: [parties[i].name for i in rng.permutation(len(parties))
+                       if parties[i].name != p.name] for p in parties}
     for p in parties:
         p.result["join_order"] = orders[p.name]
         p.result["join_curve"] = [p.result["analysis"]["ll_local"]]
@@ -269,7 +269,7 @@ def _on_all(cluster: LocalCluster, args: dict[str, dict[str, Any]],
         return {name: f.result() for name, f in futures.items()}
 
 
-def _oracle(schema, split, honest: list[Party]) -> dict[str, Any]:
+def _oracle(schema: Schema, split: Partition, honest: list[Party]) -> dict[str, Any]:
     """The pooled real data of the honest parties, fitted and scored like a party's analysis."""
     from twinnode.analysis.fit import evaluate, oracle_fit
 

@@ -16,15 +16,16 @@ COUNT_BINS = 30
 
 
 def _histogram(col: Column, values: np.ndarray) -> np.ndarray:
-    if col.type == "continuous":
+    """Shares of `values` per bin: 20 over a continuous column's bounds, counts coarsened
+    beyond COUNT_BINS // 2, every value of a binary, categorical or small count column."""
+    if col.type == "continuous" and col.lower is not None and col.upper is not None:
         edges = np.linspace(col.lower, col.upper, CONTINUOUS_BINS + 1)
-    elif col.type == "count" and col.upper > COUNT_BINS:
+    elif col.type == "count" and col.cardinality - 1 > COUNT_BINS:
         # fine at the low end where counts live, coarse beyond
         edges = np.unique(np.concatenate([np.arange(0, COUNT_BINS // 2 + 1),
-                                          np.geomspace(COUNT_BINS // 2 + 1, col.upper + 1,
+                                          np.geomspace(COUNT_BINS // 2 + 1, col.cardinality,
                                                        COUNT_BINS // 2)]))
     else:
-        edges = np.arange(col.cardinality + 1) - 0.5
         return np.bincount(np.asarray(values, np.int64), minlength=col.cardinality) / len(values)
     hist, _ = np.histogram(np.asarray(values, np.float64), bins=edges)
     return hist / max(len(values), 1)

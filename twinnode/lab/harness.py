@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -130,7 +131,7 @@ class LocalCluster:
                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                     start_new_session=True)
         for name in chosen:
-            self.wait_until(lambda n=name: self._answers(n), timeout, f"{name} to start",
+            self.wait_until(partial(self._answers, name), timeout, f"{name} to start",
                             names=[name])
 
     def running(self, name: str) -> bool:

@@ -59,12 +59,17 @@ class TwinMaker(Protocol):
 
 
 def small_schema() -> Schema:
-    """The four-column example schema with a Poisson outcome (same as the tests' fixture)."""
+    """The four-column example schema with a Poisson outcome (the tests' `small_schema`)."""
     return Schema.from_toml(SMALL_SCHEMA_TOML, "simtwins.small")
 
 
-def simulate_small(schema: Schema, n: int, seed: int) -> pd.DataFrame:
-    """n rows from the known model `SMALL_TRUE_COEFFICIENTS` (as tests' make_small_frame)."""
+def simulate_small(schema: Schema, n: int = 200, seed: int = 0) -> pd.DataFrame:
+    """n rows from the known model `SMALL_TRUE_COEFFICIENTS` (the tests' `make_small_frame`).
+
+    age ~ Uniform(18, 90), smoker ~ Bernoulli(1/2), region uniform over its three levels,
+    visits ~ Poisson(exp(0.2 + 0.8 smoker + 0.02 (age - 50) + (0, 0.3, -0.3)[region])),
+    capped at the schema's bound of 50.
+    """
     rng = np.random.default_rng(seed)
     age = rng.uniform(18, 90, n)
     smoker = rng.integers(0, 2, n)
@@ -97,7 +102,7 @@ def posterior_twins(schema: Schema, frame: pd.DataFrame, *, sender: str, k: int,
     if inflate > 1:  # the release's one draw of "DP noise", from the same covariance shape
         beta[keep] += np.sqrt((inflate - 1) / inflate) * (chol @ rng.standard_normal(
             int(keep.sum())))
-    n, upper = len(y), int(schema.outcome_column().upper)
+    n, upper = len(y), schema.outcome_column().cardinality - 1  # counts run 0..upper
     release = f"{sender}-sim-{seed}"
     twins = []
     for index in range(k):
