@@ -16,7 +16,9 @@ import pytest
 from twinnode.cli.ctl import format_result, parse_params
 from twinnode.cli.main import main
 from twinnode.errors import BudgetExceeded, ConfigError, ControlError, NodeNotRunning
-from twinnode.node.control import ControlServer, check_args, request, request_sync
+from twinnode.node.control_client import request, request_sync
+from twinnode.node.control_protocol import check_args
+from twinnode.node.control_server import ControlServer
 
 WAIT = 5.0  # every blocking step in these tests is bounded by this
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from twinnode.errors import ControlError, TwinnodeError
-from twinnode.node.control import request_sync, socket_path
+from twinnode.node.control_client import request_sync, socket_path
 from twinnode.trust.identity import Identity, Peer, format_curve_key, format_sign_key, save_identity
 
 POLL = 0.05  # seconds between two polls of a condition
