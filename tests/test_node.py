@@ -247,6 +247,31 @@ def test_analyze_job_pools_local_rows_with_each_peers_latest_publication(party, 
     node_factory.run(main(), 6 * WAIT)
 
 
+def test_a_screening_and_two_analyses_decode_each_stored_twin_once(party, node_factory):
+    async def main() -> None:
+        # Prepare: 3 twins each from bob and carol
+        node = await node_factory.opened(party.config)
+        for seed, name in enumerate(("bob", "carol")):
+            for f in signed(make_twins(party.schema, name, seed=seed), party.schema,
+                            getattr(party, name)):
+                assert await node.handle_frames(f) is not None
+        # Execute: three jobs over the same stored twins
+        results = []
+        for name, body, args in (("screen", screen_job, {}),
+                                 ("analyze", analyze_job, {"policy": "off", "weight": 1.0}),
+                                 ("analyze", analyze_job, {"policy": "off", "weight": 1.0})):
+            node.start_job(name, lambda job, body=body, args=args: body(node, job, args))
+            job = await node.wait_job()
+            assert job.state == "done", job.error
+            results.append(job.result)
+        # Assert: each twin decoded by the first job only; the two analyses agree exactly
+        assert node.counters["twins_decoded"] == 6
+        assert (node.stored_twins.decoded, node.stored_twins.reused) == (6, 12)
+        assert results[1]["coefficients"] == results[2]["coefficients"]
+
+    node_factory.run(main(), 6 * WAIT)
+
+
 def test_analyze_job_scores_a_test_set_and_restricts_to_named_peers(party, tmp_path, node_factory):
     async def main() -> None:
         # Prepare: twins from bob and carol, a held-out test file

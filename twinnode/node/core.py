@@ -39,7 +39,6 @@ import os
 import time
 from collections import Counter
 from functools import partial
-from pathlib import Path
 from typing import Any, Coroutine, Mapping, Sequence
 
 from twinnode.errors import (
@@ -133,10 +132,6 @@ class Node:
     def peers(self) -> Mapping[str, PeerState]:
         """What this node knows of each pinned peer (the catch-up state)."""
         return self.catchup.peers
-
-    @property
-    def state_dir(self) -> Path:
-        return self.layout.root
 
     # ---- lifecycle ---------------------------------------------------------------------
 
