@@ -3,11 +3,11 @@ decisions with the node's sockets and store.
 
 `node.catchup` decides (which peer to wake, whether a lack is still filling, whether an end
 marker completes a request, whether to serve, what to send); this module runs it, as in
-pyzmq's split of a protocol core from its asyncio adapter: our heartbeats, a worker per peer that waits to be
-woken and asks, the periodic timer, the grace periods of a recheck, one request at a time to
-a peer with its end marker awaited, and the answer to a peer's request. `node.core` composes
-it: it feeds it the heartbeats and end markers that ingest opened, spawns its tasks while
-started, and passes in the transport, store and replay guard they use.
+pyzmq's split of a protocol core from its asyncio adapter: our heartbeats, a worker per peer
+that waits to be woken and asks, the periodic timer, the grace periods of a recheck, one
+request at a time to a peer with its end marker awaited, and the answer to a peer's request.
+`node.core` composes it: it feeds it the heartbeats and end markers that ingest opened, spawns
+its tasks while started, and passes in the transport, store and replay guard they use.
 """
 from __future__ import annotations
 

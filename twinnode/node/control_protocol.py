@@ -51,24 +51,26 @@ def encode_request(cmd: str, args: Mapping[str, Any] | None = None) -> bytes:
 
 
 def parse_request(line: bytes, commands: Collection[str]) -> tuple[str, dict[str, Any], Any]:
-    """(cmd, args, id) from one request line; RequestRefused with a clear message if it is not one."""
+    """(cmd, args, id) from one request line; RequestRefused with a clear message if it is
+    not one."""
     try:
         doc = json.loads(line.decode("utf-8"))
     except UnicodeDecodeError:
         raise RequestRefused("malformed", "request is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
         if not line.strip():
-            raise RequestRefused("bad-request", f"empty request line; send e.g. {EXAMPLE}") from None
+            raise RequestRefused("bad-request",
+                                 f"empty request line; send e.g. {EXAMPLE}") from None
         raise RequestRefused("malformed", f"request is not valid JSON ({exc.msg} at column "
-                                    f"{exc.colno}); send one object per line, e.g. "
-                                    f"{EXAMPLE}") from None
+                                          f"{exc.colno}); send one object per line, e.g. "
+                                          f"{EXAMPLE}") from None
     except RecursionError:
         raise RequestRefused("malformed", "request is nested too deeply") from None
     except ValueError as exc:  # e.g. an integer of more digits than Python converts
         raise RequestRefused("malformed", f"request is not valid JSON ({exc})") from None
     if not isinstance(doc, dict):
         raise RequestRefused("bad-request", f"request must be a JSON object like {EXAMPLE}, "
-                                      f"not {type(doc).__name__}")
+                                            f"not {type(doc).__name__}")
     rid = doc.get("id")
     try:
         encode_reply({"id": rid})
@@ -76,20 +78,21 @@ def parse_request(line: bytes, commands: Collection[str]) -> tuple[str, dict[str
         raise RequestRefused("malformed", "request id is nested too deeply to echo") from None
     unknown = sorted(set(doc) - REQUEST_FIELDS)
     if unknown:
-        raise RequestRefused("bad-request", f"unknown request field(s) {', '.join(map(repr, unknown))}"
-                                      f"; a request has cmd, args and optionally id", rid)
+        names = ", ".join(map(repr, unknown))
+        raise RequestRefused("bad-request", f"unknown request field(s) {names}; a request "
+                                            "has cmd, args and optionally id", rid)
     cmd, args = doc.get("cmd"), doc.get("args", {})
     if not isinstance(cmd, str) or not cmd:
         raise RequestRefused("bad-request", f"request needs \"cmd\" (a command name), "
-                                      f"e.g. {EXAMPLE}", rid)
+                                            f"e.g. {EXAMPLE}", rid)
     if cmd not in commands:
         raise RequestRefused("unknown-command", f"unknown command {cmd!r}; commands: "
-                                          f"{', '.join(sorted(commands))}", rid)
+                                                f"{', '.join(sorted(commands))}", rid)
     if args is None:
         args = {}
     if not isinstance(args, dict):
         raise RequestRefused("bad-request", f"\"args\" must be a JSON object, not "
-                                      f"{type(args).__name__}", rid)
+                                            f"{type(args).__name__}", rid)
     return cmd, args, rid
 
 

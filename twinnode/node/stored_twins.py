@@ -1,5 +1,5 @@
 """Peers' twins for the analyses, read back from the store: each sender's latest publication,
-each twin's payload decoded once per process.
+each twin's payload decoded once per process (while the bounded cache holds it).
 
 Which twins: `Store.latest_releases` (a query over what arrival indexed: sender, seq, release,
 k) gives the twins of each peer's latest release; of those, the analysis takes one
@@ -9,18 +9,21 @@ release id and differ in their signed `created` time).
 Decoded once: a twin is verified and decoded when it arrives, stored byte for byte, and never
 changes under its (sender, seq, digest). The first analysis that needs it reads it back (the
 store checks the file's size and SHA-256), opens it with a `Verifier` (signature, digest,
-schema, and the decode with its range checks) and keeps the decoded columns in a bounded LRU
-cache, in the compact dtypes the wire carries them in (u1/u2/u4, f4; bits as u1); later
-analyses reuse them. Why a cache of compact columns, and not the decoded arrays themselves or
-no cache: measured on randhie-sized twins (K = 100 twins of 3,230 rows from 4 peers, 28 MB on
-disk), reading and decoding all 400 took 0.53 s a time; the decoded int64/float64 arrays take
-103 MB, the compact ones 32 MB, and widening the compact ones back to the exact arrays the
-decode gives takes 0.12 s. A node lives long and analyses now and then, so it keeps the third
-of the memory and pays the widening; every analysis gets fresh arrays, as before, so nothing
-downstream can alter the cache. The first read verifies again rather than trusting the file:
-the signature check costs microseconds a twin, and it keeps the analysis's input tied to the
-peer's key, not to our disk. Arrival does not fill the cache: a node relays far more twins
-than it analyses (old releases, its own), and those would only take memory.
+schema, and the decode with its range checks) and keeps the decoded columns in an LRU cache,
+in the compact dtypes the wire carries them in (u1/u2/u4, f4; bits as u1); later analyses
+reuse them. CACHE_BYTES bounds it, far above one analysis's working set (the peers' latest K
+twins).
+
+Why a cache of compact columns, and not of the decoded arrays, nor no cache: measured on
+randhie-sized twins (K = 100 twins of 3,230 rows from 4 peers, 28 MB on disk), reading and
+decoding all 400 took 0.53 s a time; the decoded int64/float64 arrays take 103 MB, the compact
+ones 32 MB, and widening the compact ones back to the exact arrays the decode gives takes
+0.12 s. A node lives long and analyses now and then, so it keeps a third of the memory and
+pays the widening; every analysis gets fresh arrays, as before, so nothing downstream can
+alter the cache. The first read verifies again rather than trusting the file: the signature
+check costs microseconds a twin, and it keeps the analysis's input tied to the peer's key, not
+to our disk. Arrival does not fill the cache: a node relays far more twins than it analyses
+(old releases, its own), and those would only take memory.
 
 `decoded` counts the payloads decoded here over the process's lifetime (the node reports it
 as the `twins_decoded` counter), `reused` the twins served from the cache.
@@ -49,8 +52,9 @@ from twinnode.wire.envelope import Verifier, WireLimits
 log = logging.getLogger("twinnode.node")
 
 CACHE_BYTES = 256 << 20  # compact columns kept: ~3,000 randhie-sized twins
-_COMPACT: dict[str, np.dtype[Any]] = {"bits": np.dtype("u1"), "u1": np.dtype("u1"), "u2": np.dtype("<u2"),
-            "u4": np.dtype("<u4"), "f4": np.dtype("<f4")}
+_COMPACT: dict[str, np.dtype[Any]] = {  # wire dtype -> the dtype its values are kept in
+    "bits": np.dtype("u1"), "u1": np.dtype("u1"), "u2": np.dtype("<u2"), "u4": np.dtype("<u4"),
+    "f4": np.dtype("<f4")}
 
 Key = tuple[str, int, str]  # sender, seq, digest
 
