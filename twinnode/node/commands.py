@@ -14,10 +14,10 @@ import time
 from functools import partial
 from typing import Any, Awaitable, Callable, Mapping
 
+from twinnode.analysis.options import POLICIES
 from twinnode.errors import ControlError, PrivacyError
 from twinnode.node import jobs
 from twinnode.node.command_names import COMMANDS
-from twinnode.node.config import POLICIES
 from twinnode.node.context import NodeContext
 from twinnode.node.control_protocol import Handler, check_args
 from twinnode.node.slot import JobState

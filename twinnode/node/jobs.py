@@ -148,7 +148,7 @@ async def _publish(ctx: NodeContext, job: JobState, release: Release) -> dict[st
 
 def screen_report(schema: Schema, peers: Mapping[str, list[Twin]], policy: str,
                   threshold: float) -> Any:
-    """screening.screen, imported on use (it pulls in the statistics stack)."""
+    """party.screen, imported on use (it pulls in the statistics stack)."""
     from twinnode.analysis.party import screen
 
     return screen(schema, peers, policy, threshold)
@@ -200,7 +200,7 @@ def _set_statuses(store: Store, statuses: Mapping[str, str]) -> None:
 
 
 async def analyze_job(ctx: NodeContext, job: JobState, args: Mapping[str, Any]) -> dict[str, Any]:
-    """`combine.analyze_party` (what `twinnode analyze` runs) over the local rows and each
+    """`analysis.party.analyze_party` (what `twinnode analyze` runs) over the local rows and each
     peer's latest twins; the full report is written to state/reports/."""
     from twinnode.analysis.party import analyze_party
 
