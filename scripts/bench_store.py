@@ -1,6 +1,6 @@
 """Store.put throughput with the index at synchronous=FULL vs NORMAL, measured side by side.
 
-Why: store.py chooses FULL (every commit fsyncs the WAL) so that acknowledgements and reserved
+Why: the store chooses FULL (every commit fsyncs the WAL) so that acknowledgements and reserved
 sequence numbers survive a power loss, not only a SIGKILL; this shows what that costs.
 Usage: python scripts/bench_store.py [--puts 200] [--size 20000] [--rounds 3]
 """
@@ -11,13 +11,13 @@ import hashlib
 import tempfile
 import time
 
-from twinnode import store as store_mod
+from twinnode.store import index as index_mod
 from twinnode.store.store import Store
 
 
 def run_once(mode: str, puts: int, size: int) -> float:
     """Seconds for `puts` fresh envelopes of `size` bytes into a new store at `mode`."""
-    store_mod.SYNCHRONOUS = mode
+    index_mod.SYNCHRONOUS = mode
     with tempfile.TemporaryDirectory() as tmp, Store.open(tmp) as store:
         payload = bytes(size)
         start = time.perf_counter()

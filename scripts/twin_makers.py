@@ -12,8 +12,8 @@ from typing import Sequence
 import pandas as pd
 
 from twinnode.lab.simtwins import TwinMaker, posterior_twins
-from twinnode.schema import Schema
 from twinnode.releasedir import load_release, save_release
+from twinnode.schema import Schema
 from twinnode.twins import Twin
 
 MAKERS = ("posterior", "dp")

@@ -16,7 +16,9 @@ import pytest
 from twinnode.cli.ctl import format_result, parse_params
 from twinnode.cli.main import main
 from twinnode.errors import BudgetExceeded, ConfigError, ControlError, NodeNotRunning
-from twinnode.node.control import ControlServer, check_args, request, request_sync
+from twinnode.node.control_client import request, request_sync
+from twinnode.node.control_protocol import check_args
+from twinnode.node.control_server import ControlServer
 
 WAIT = 5.0  # every blocking step in these tests is bounded by this
 
@@ -400,3 +402,25 @@ def test_results_that_do_not_fit_a_formatter_fall_back_to_key_value_lines():
 
     assert text == "uptime: 5\npeers: several"
     assert other == "a: 1\nb:\n  c: 1, 2\n  d: -\ne:\n  - f: yes"
+
+
+def test_ctl_offers_exactly_the_commands_the_node_implements():
+    from twinnode.cli import ctl
+    from twinnode.node.command_names import COMMANDS
+    from twinnode.node.commands import handlers
+
+    assert ctl.COMMANDS is COMMANDS  # one definition, no copy
+    assert tuple(handlers(object())) == COMMANDS  # type: ignore[arg-type]
+    assert set(ctl.FORMATTERS) == set(COMMANDS)
+
+
+def test_ctl_imports_neither_the_node_nor_the_store_nor_zmq():
+    import subprocess
+    import sys
+
+    code = ("import sys, twinnode.cli.ctl; "
+            "print(sorted(m for m in ('zmq', 'sqlite3', 'twinnode.node.core', "
+            "'twinnode.store.store', 'jax', 'pandas') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60)
+    assert out.stdout.strip() == "[]"

@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 import zmq
 import zmq.auth
-
-from twinnode.cli.main import main
 from zmq.utils import z85
 
+from twinnode.cli.main import main
 from twinnode.errors import ConfigError, KeyFileError, UnknownSender
 from twinnode.trust.certs import (
     curve_keypair,

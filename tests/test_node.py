@@ -9,18 +9,18 @@ import socket
 import stat
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Awaitable
+from typing import Any
 
 import pytest
 from conftest import SMALL_SCHEMA, make_small_frame
+from node_fixtures import node_factory  # noqa: F401  (a fixture)
 
 from twinnode.data import frame_to_arrays, write_table
 from twinnode.errors import ControlError
 from twinnode.lab.harness import free_ports, to_toml
 from twinnode.lab.simtwins import as_release, poison_frame, posterior_twins
 from twinnode.node.config import NodeConfig, load_config
-from twinnode.node.control import request, socket_path
-from twinnode.node.core import Node
+from twinnode.node.control_client import request, socket_path
 from twinnode.node.jobs import analyze_job, screen_job
 from twinnode.releasedir import save_release
 from twinnode.schema import Schema
@@ -86,19 +86,9 @@ def signed(twins: list[Twin], schema: Schema, signer: Identity, first_seq: int =
     return [encode_twin(t, schema, first_seq + i, Signer(signer)) for i, t in enumerate(twins)]
 
 
-def run(coro: Awaitable[Any]) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, 6 * WAIT))
-
-
-async def opened(party: Party) -> Node:
-    node = Node(party.config)
-    await node.open()
-    return node
-
-
-def test_a_peers_twin_is_stored_then_accepted_and_a_resend_counts_as_replay(party):
+def test_a_peers_twin_is_stored_then_accepted_and_a_resend_counts_as_replay(party, node_factory):
     async def main() -> None:
-        node = await opened(party)
+        node = await node_factory.opened(party.config)
         frames = signed(make_twins(party.schema, "bob"), party.schema, party.bob)
         # Execute
         first = [await node.handle_frames(f) for f in frames]
@@ -109,15 +99,14 @@ def test_a_peers_twin_is_stored_then_accepted_and_a_resend_counts_as_replay(part
         assert node.store.frames("bob", 2) == frames[1]  # stored byte for byte
         assert node.verifier.guard.latest("bob") == 3
         assert dict(node.rejected) == {"replay": 1}
-        await node.stop()
 
-    run(main())
+    node_factory.run(main(), 6 * WAIT)
 
 
 def test_forged_garbage_unpinned_misrouted_and_foreign_schema_messages_are_counted_by_reason(
-        party, caplog):
+        party, caplog, node_factory):
     async def main() -> None:
-        node = await opened(party)
+        node = await node_factory.opened(party.config)
         bob_twins = make_twins(party.schema, "bob")
         as_bob = Identity("bob", party.mallory.sign_secret, party.mallory.curve_public,
                           party.mallory.curve_secret)  # mallory's key, bob's name
@@ -148,15 +137,15 @@ def test_forged_garbage_unpinned_misrouted_and_foreign_schema_messages_are_count
                    "router channel" in m for m in lines)
         # an honest twin still goes through afterwards
         assert (await node.handle_frames(signed(bob_twins, party.schema, party.bob)[0])).seq == 1
-        await node.stop()
 
-    run(main())
+    node_factory.run(main(), 6 * WAIT)
 
 
-def test_catchup_request_is_answered_with_missing_stored_envelopes_then_an_end_marker(party):
+def test_catchup_request_is_answered_with_missing_stored_envelopes_then_an_end_marker(
+        party, node_factory):
     async def main() -> None:
         # Prepare: alice holds bob's 1..3 and mallory's 1..3
-        node = await opened(party)
+        node = await node_factory.opened(party.config)
         stored = {name: signed(make_twins(party.schema, name, seed=seed), party.schema,
                                getattr(party, name))
                   for seed, name in enumerate(("bob", "mallory"))}
@@ -181,14 +170,13 @@ def test_catchup_request_is_answered_with_missing_stored_envelopes_then_an_end_m
             replies[1]).message
         assert isinstance(end, CatchupEnd) and end.count == 1 and end.sender == "alice"
         assert node.counters["served"] == 1
-        await node.stop()
 
-    run(main())
+    node_factory.run(main(), 6 * WAIT)
 
 
-def test_catchup_serves_only_the_senders_the_requester_names(party):
+def test_catchup_serves_only_the_senders_the_requester_names(party, node_factory):
     async def main() -> None:
-        node = await opened(party)
+        node = await node_factory.opened(party.config)
         for seed, name in enumerate(("bob", "mallory")):
             for f in signed(make_twins(party.schema, name, seed=seed), party.schema,
                             getattr(party, name)):
@@ -205,15 +193,14 @@ def test_catchup_serves_only_the_senders_the_requester_names(party):
         await node.handle_frames(req, channel="router", reply=reply)
         # Assert: her three twins and the end marker; none of bob's
         assert [f[0] for f in replies] == [b"twin:mallory"] * 3 + [b"end:alice"]
-        await node.stop()
 
-    run(main())
+    node_factory.run(main(), 6 * WAIT)
 
 
-def test_screen_job_flags_a_shifted_peer_and_marks_its_stored_twins(party):
+def test_screen_job_flags_a_shifted_peer_and_marks_its_stored_twins(party, node_factory):
     async def main() -> None:
         # Prepare: bob and carol from the known model, mallory with smoker coded backwards
-        node = await opened(party)
+        node = await node_factory.opened(party.config)
         for seed, name in enumerate(("bob", "carol", "mallory")):
             frame = make_small_frame(party.schema, n=800, seed=seed)
             if name == "mallory":
@@ -229,15 +216,14 @@ def test_screen_job_flags_a_shifted_peer_and_marks_its_stored_twins(party):
         statuses = {(e.sender, e.status) for e in node.store.list()}
         assert statuses == {("bob", "accepted"), ("carol", "accepted"), ("mallory", "flagged")}
         assert json.loads(Path(job.result["report"]).read_text())["flagged"] == ["mallory"]
-        await node.stop()
 
-    run(main())
+    node_factory.run(main(), 6 * WAIT)
 
 
-def test_analyze_job_pools_local_rows_with_each_peers_latest_publication(party):
+def test_analyze_job_pools_local_rows_with_each_peers_latest_publication(party, node_factory):
     async def main() -> None:
         # Prepare: bob published twice from one release id (a re-sample); carol once
-        node = await opened(party)
+        node = await node_factory.opened(party.config)
         bob_old = make_twins(party.schema, "bob", seed=0)
         bob_new = [Twin(replace(t.provenance, created=2000.0), t.arrays)
                    for t in make_twins(party.schema, "bob", seed=7)]
@@ -258,15 +244,39 @@ def test_analyze_job_pools_local_rows_with_each_peers_latest_publication(party):
         assert report["pooling"]["rows"] == {"local": 200, "bob": 20, "carol": 20}
         assert report["local_pooling"]["kind"] == "local"
         assert report["weight"]["mode"] == "auto" and "twin weight" in job.result["message"]
-        await node.stop()
 
-    run(main())
+    node_factory.run(main(), 6 * WAIT)
 
 
-def test_analyze_job_scores_a_test_set_and_restricts_to_named_peers(party, tmp_path):
+def test_a_screening_and_two_analyses_decode_each_stored_twin_once(party, node_factory):
+    async def main() -> None:
+        # Prepare: 3 twins each from bob and carol
+        node = await node_factory.opened(party.config)
+        for seed, name in enumerate(("bob", "carol")):
+            for f in signed(make_twins(party.schema, name, seed=seed), party.schema,
+                            getattr(party, name)):
+                assert await node.handle_frames(f) is not None
+        # Execute: three jobs over the same stored twins
+        results = []
+        for name, body, args in (("screen", screen_job, {}),
+                                 ("analyze", analyze_job, {"policy": "off", "weight": 1.0}),
+                                 ("analyze", analyze_job, {"policy": "off", "weight": 1.0})):
+            node.start_job(name, lambda job, body=body, args=args: body(node, job, args))
+            job = await node.wait_job()
+            assert job.state == "done", job.error
+            results.append(job.result)
+        # Assert: each twin decoded by the first job only; the two analyses agree exactly
+        assert node.counters["twins_decoded"] == 6
+        assert (node.stored_twins.decoded, node.stored_twins.reused) == (6, 12)
+        assert results[1]["coefficients"] == results[2]["coefficients"]
+
+    node_factory.run(main(), 6 * WAIT)
+
+
+def test_analyze_job_scores_a_test_set_and_restricts_to_named_peers(party, tmp_path, node_factory):
     async def main() -> None:
         # Prepare: twins from bob and carol, a held-out test file
-        node = await opened(party)
+        node = await node_factory.opened(party.config)
         for seed, name in enumerate(("bob", "carol")):
             for f in signed(make_twins(party.schema, name, seed=seed), party.schema,
                             getattr(party, name)):
@@ -288,16 +298,16 @@ def test_analyze_job_scores_a_test_set_and_restricts_to_named_peers(party, tmp_p
         node.start_job("analyze", lambda job: analyze_job(node, job, {"peers": ["zed"]}))
         job = await node.wait_job()
         assert job.state == "failed" and "no twins held from zed" in str(job.error)
-        await node.stop()
 
-    run(main())
+    node_factory.run(main(), 6 * WAIT)
 
 
-def test_heartbeat_showing_twins_we_lack_wakes_catchup_for_that_peer_once_per_state(party):
+def test_heartbeat_showing_twins_we_lack_wakes_catchup_for_that_peer_once_per_state(
+        party, node_factory):
     async def main() -> None:
-        node = await opened(party)
+        node = await node_factory.opened(party.config)
         bob = Signer(party.bob)
-        wanted = node.peers["bob"].wanted
+        wanted = node.catchup_runner.wanted["bob"]
         # Execute / Assert: the first heartbeat always wakes catch-up
         await node.handle_frames(encode_heartbeat(Heartbeat("bob", 0, {}), bob))
         assert wanted.is_set() and node.peers["bob"].last_heartbeat is not None
@@ -309,16 +319,15 @@ def test_heartbeat_showing_twins_we_lack_wakes_catchup_for_that_peer_once_per_st
         wanted.clear()
         await node.handle_frames(encode_heartbeat(Heartbeat("bob", 2, {"mallory": 4}), bob))
         assert not wanted.is_set()  # same state: the periodic catch-up covers a lost reply
-        await node.stop()
 
-    run(main())
+    node_factory.run(main(), 6 * WAIT)
 
 
 def test_a_lack_shown_by_a_heartbeat_waits_while_live_twins_fill_it_and_asks_once_stalled(
-        party):
+        party, node_factory):
     async def main() -> None:
         # Prepare: we hold bob's seq 1; his heartbeat says he has 3
-        node = await opened(party)
+        node = await node_factory.opened(party.config)
         frames = signed(make_twins(party.schema, "bob", k=5), party.schema, party.bob)
         await node.handle_frames(frames[0])
         bob, peer = Signer(party.bob), node.peers["bob"]
@@ -333,47 +342,45 @@ def test_a_lack_shown_by_a_heartbeat_waits_while_live_twins_fill_it_and_asks_onc
 
         # Execute / Assert: filled by live traffic, so no request
         delivery = asyncio.create_task(live())
-        assert await node._still_lacking(peer) is False
+        assert await node.catchup_runner.still_lacking("bob", node.verifier.guard) is False
         await delivery
         # 4 and 5 never come: the lack stalls and a request is due
         await node.handle_frames(encode_heartbeat(Heartbeat("bob", 5, {"bob": 5}), bob))
-        assert await node._still_lacking(peer) is True
-        await node.stop()
+        assert await node.catchup_runner.still_lacking("bob", node.verifier.guard) is True
 
-    run(main())
+    node_factory.run(main(), 6 * WAIT)
 
 
-def test_a_catch_up_batch_is_shared_round_robin_between_senders(party):
+def test_a_catch_up_batch_is_shared_round_robin_between_senders(party, node_factory):
     async def main() -> list[tuple[str, int]]:
-        node = await opened(party)
-        try:
-            # Prepare: 100 twins of alice and 3 of bob; the requester's `have` for alice was
-            # cut short, so everything of alice looks lacking
-            for sender, count in (("alice", 100), ("bob", 3)):
-                for seq in range(1, count + 1):
-                    frames = [f"{sender}{seq}".encode()]
-                    node.store.put(sender, seq, f"{sender}-{seq}".encode().hex(), frames)
-            # Execute
-            return node._missing_for({"alice": Holding(), "bob": Holding()}, 8)
-        finally:
-            await node.stop()
+        node = await node_factory.opened(party.config)
+        # Prepare: 100 twins of alice and 3 of bob; the requester's `have` for alice was
+        # cut short, so everything of alice looks lacking
+        for sender, count in (("alice", 100), ("bob", 3)):
+            for seq in range(1, count + 1):
+                frames = [f"{sender}{seq}".encode()]
+                node.store.put(sender, seq, f"{sender}-{seq}".encode().hex(), frames)
+        # Execute
+        have = {"alice": Holding(), "bob": Holding()}
+        return node.catchup_runner.missing_for(node.store, have, 8)
 
-    wanted = run(main())
+    wanted = node_factory.run(main(), 6 * WAIT)
     # Assert: bob's three are in the batch, interleaved, lowest seqs first
     assert wanted == [("alice", 1), ("bob", 1), ("alice", 2), ("bob", 2), ("alice", 3),
                       ("bob", 3), ("alice", 4), ("alice", 5)]
 
 
-def test_replay_guard_is_rebuilt_from_the_store_so_replays_stay_refused_after_restart(party):
+def test_replay_guard_is_rebuilt_from_the_store_so_replays_stay_refused_after_restart(
+        party, node_factory):
     async def main() -> None:
         frames = signed(make_twins(party.schema, "bob"), party.schema, party.bob)
-        node = await opened(party)
+        node = await node_factory.opened(party.config)
         for f in frames:
             await node.handle_frames(f)
         await node.stop()
         await node.stop()  # safe twice
         # Execute: a new process's node on the same state, the first twin again
-        again = await opened(party)
+        again = await node_factory.opened(party.config)
         replayed = await again.handle_frames(frames[0])
         # Assert
         assert replayed is None and dict(again.rejected) == {"replay": 1}
@@ -382,12 +389,12 @@ def test_replay_guard_is_rebuilt_from_the_store_so_replays_stay_refused_after_re
         lost = again.store.envelopes_dir / "bob" / f"{2:010d}.env"
         await again.stop()
         lost.unlink()
-        third = await opened(party)
+        third = await node_factory.opened(party.config)
         assert third.store.counts() == {"bob": 2}
         assert (await third.handle_frames(frames[1])).seq == 2
         await third.stop()
 
-    run(main())
+    node_factory.run(main(), 6 * WAIT)
 
 
 def write_release(party: Party, tmp: Path, sender: str = "alice", seed: int = 0) -> Path:
@@ -395,10 +402,11 @@ def write_release(party: Party, tmp: Path, sender: str = "alice", seed: int = 0)
                         tmp / f"release-{sender}-{seed}", party.schema)
 
 
-def test_published_seqs_are_stored_before_sending_and_never_reused_after_restart(party, tmp_path):
+def test_published_seqs_are_stored_before_sending_and_never_reused_after_restart(
+        party, tmp_path, node_factory):
     async def main() -> None:
         ask = socket_path(party.config.state_dir)
-        node = Node(party.config)
+        node = node_factory(party.config)
         await node.start()
         try:
             # Execute
@@ -428,13 +436,13 @@ def test_published_seqs_are_stored_before_sending_and_never_reused_after_restart
         assert status["rejected"] == {}  # our own refusals are errors, not network refusals
         assert status["counters"]["published"] == 6
 
-    run(main())
+    node_factory.run(main(), 6 * WAIT)
 
 
-def test_a_publish_cut_short_is_completed_by_publishing_the_release_again(party):
+def test_a_publish_cut_short_is_completed_by_publishing_the_release_again(party, node_factory):
     async def main() -> tuple[list[int], list[int], Any, str]:
         release = as_release(make_twins(party.schema, "alice", k=4))
-        node = Node(party.config)
+        node = node_factory(party.config)
         await node.start()
         try:
             # Prepare: only the first two twins went out (as if the publish was cancelled)
@@ -448,17 +456,18 @@ def test_a_publish_cut_short_is_completed_by_publishing_the_release_again(party)
             await node.stop()
         return first, rest, held, str(again.value)
 
-    first, rest, held, again = run(main())
+    first, rest, held, again = node_factory.run(main(), 6 * WAIT)
     # Assert: twins 2 and 3 follow under new seqs; the whole release is out once
     assert (first, rest) == ([1, 2], [3, 4])
     assert [(e.seq, e.k) for e in held] == [(1, 0), (2, 1), (3, 2), (4, 3)]
     assert "all 4 twins of this release were published before" in again
 
 
-def test_a_twin_published_under_another_release_is_refused_before_anything_is_sent(party):
+def test_a_twin_published_under_another_release_is_refused_before_anything_is_sent(
+        party, node_factory):
     async def main() -> tuple[str, int]:
         twins = make_twins(party.schema, "alice", k=2)
-        node = Node(party.config)
+        node = node_factory(party.config)
         await node.start()
         try:
             await node.publish_release(as_release(twins))
@@ -471,13 +480,14 @@ def test_a_twin_published_under_another_release_is_refused_before_anything_is_se
             await node.stop()
         return str(info.value), count
 
-    message, count = run(main())
+    message, count = node_factory.run(main(), 6 * WAIT)
     assert "of another release (duplicate); nothing was sent" in message and count == 2
 
 
-def test_control_socket_is_0600_and_bad_requests_get_clear_errors_while_it_keeps_serving(party):
+def test_control_socket_is_0600_and_bad_requests_get_clear_errors_while_it_keeps_serving(
+        party, node_factory):
     async def main() -> None:
-        node = Node(party.config)
+        node = node_factory(party.config)
         await node.start()
         path = socket_path(party.config.state_dir)
         try:
@@ -500,7 +510,7 @@ def test_control_socket_is_0600_and_bad_requests_get_clear_errors_while_it_keeps
             await node.stop()
         assert not path.exists()
 
-    run(main())
+    node_factory.run(main(), 6 * WAIT)
 
 
 def raw_exchange(path: Path, lines: list[bytes]) -> list[dict]:
@@ -518,9 +528,9 @@ def raw_exchange(path: Path, lines: list[bytes]) -> list[dict]:
         return out
 
 
-def test_shutdown_command_replies_then_stops_the_node(party):
+def test_shutdown_command_replies_then_stops_the_node(party, node_factory):
     async def main() -> None:
-        node = Node(party.config)
+        node = node_factory(party.config)
         runner = asyncio.create_task(node.run_until_stopped())
         path = socket_path(party.config.state_dir)
         while not path.exists():
@@ -530,4 +540,4 @@ def test_shutdown_command_replies_then_stops_the_node(party):
         await asyncio.wait_for(runner, WAIT)
         assert reply == {"message": "stopping"} and not path.exists()
 
-    run(main())
+    node_factory.run(main(), 6 * WAIT)

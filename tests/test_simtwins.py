@@ -8,8 +8,13 @@ from conftest import load_script, make_small_frame
 from twinnode.analysis.design import make_design
 from twinnode.analysis.glm import fit_poisson_batch
 from twinnode.errors import AnalysisError
-from twinnode.lab.simtwins import (SMALL_TRUE_COEFFICIENTS, as_release, poison_frame,
-                                   posterior_twins, simulate_small)
+from twinnode.lab.simtwins import (
+    SMALL_TRUE_COEFFICIENTS,
+    as_release,
+    poison_frame,
+    posterior_twins,
+    simulate_small,
+)
 from twinnode.releasedir import load_release, save_release
 
 

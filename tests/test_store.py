@@ -489,3 +489,90 @@ def test_a_format_1_index_is_migrated_and_an_unknown_format_refused(tmp_path):
     assert migrated == ("r1", frames_for("alice", 1), 4) and shared
     with pytest.raises(StoreError, match="format 7"):
         Store.open(tmp_path / "a")
+
+
+# ---- the format across the renovation --------------------------------------------------------
+
+FIXTURE = Path(__file__).parent / "fixtures" / "store-9c89b38"
+
+
+def fixture_module():
+    """tests/fixtures/make_store_9c89b38.py (its frames function made the fixture's files)."""
+    import importlib.util
+
+    path = FIXTURE.with_name("make_store_9c89b38.py")
+    spec = importlib.util.spec_from_file_location("make_store_9c89b38", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_store_written_before_the_renovation_opens_and_reads_as_it_was_written(tmp_path):
+    # Prepare: a copy of the state directory the pre-renovation store (9c89b38) wrote
+    import shutil
+
+    made = fixture_module()
+    state = tmp_path / "state"
+    shutil.copytree(FIXTURE, state)
+    files = {p.relative_to(state): p.read_bytes() for p in state.glob("store/envelopes/*/*")}
+    # Execute
+    with Store.open(state) as store:
+        entries = store.list()
+        frames = {(e.sender, e.seq): store.frames(e.sender, e.seq) for e in entries}
+        facts = (store.own_seq(), store.next_own_seq("me"), store.counts(),
+                 [(q["sender"], q["seq"], q["reason"]) for q in store.quarantined()],
+                 store.holdings()["bob"], store.recovery)
+        latest = [(e.sender, e.seq) for e in store.latest_releases(exclude="me")]
+        assert store.put("bob", 2, made.fixture_digest(made.fixture_frames("bob", 2)),
+                         made.fixture_frames("bob", 2), k=2, release="bob-r1")
+    # Assert: every envelope exactly as written, with its index facts
+    assert sorted(frames) == sorted(made.CONTENT)
+    assert all(f == made.fixture_frames(*key) for key, f in frames.items())
+    assert all(e.digest == made.fixture_digest(made.fixture_frames(e.sender, e.seq)).hex()
+               and e.k == e.seq % 3 and e.release == f"{e.sender}-r1" for e in entries)
+    assert {(e.sender, e.seq) for e in entries if e.status == "flagged"} == {("alice", 2)}
+    assert facts == (3, 4, {"alice": 3, "bob": 2, "me": 2}, [("me", 3, "file missing")],
+                     Holding(1, ((3, 3),)), {"temp_removed": 0, "reindexed": 0,
+                                             "duplicates_removed": 0, "quarantined": 0})
+    assert latest == [("alice", 1), ("alice", 2), ("alice", 3), ("bob", 1), ("bob", 3)]
+    # nothing was rewritten, the index kept its format, and the new put reopens
+    new_file = Path("store/envelopes/bob") / f"{2:010d}.env"
+    assert {p.relative_to(state): p.read_bytes() for p in state.glob("store/envelopes/*/*")
+            if p.relative_to(state) != new_file} == files
+    db = sqlite3.connect(state / "store" / "index.sqlite3")
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    db.close()
+    with Store.open(state) as store:
+        assert store.frames("bob", 2) == made.fixture_frames("bob", 2)
+
+
+def test_a_container_is_the_byte_layout_its_docstring_documents():
+    # Prepare: the bytes built by hand from store/container.py's table
+    import json
+    import struct
+
+    meta = {"sender": "alice", "seq": 7, "digest": "ab", "kind": "twin", "k": 1,
+            "release": "r", "status": "accepted", "received": 1.5}
+    frames = [b"twin:alice", b"", b"\x00\x01payload"]
+    meta_bytes = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
+    body = b"TNEV" + struct.pack(">H", 1) + struct.pack(">I", len(meta_bytes)) + meta_bytes
+    body += struct.pack(">I", len(frames))
+    for frame in frames:
+        body += struct.pack(">Q", len(frame)) + frame
+    handmade = body + hashlib.sha256(body).digest()
+    # Execute / Assert
+    assert pack_envelope(meta, frames) == handmade
+    assert unpack_envelope(handmade) == (meta, frames)
+
+
+def test_latest_releases_are_each_senders_twins_of_the_release_of_its_highest_seq(tmp_path):
+    with Store.open(tmp_path) as store:
+        for sender, seq, release, kind in (("alice", 1, "a1", "twin"), ("alice", 2, "a2", "twin"),
+                                           ("alice", 3, "a1", "twin"), ("alice", 4, "a2", "twin"),
+                                           ("bob", 1, "b1", "twin"), ("bob", 2, None, "note"),
+                                           ("me", 1, "m1", "twin")):
+            put(store, sender, seq, release=release, kind=kind)
+        # Execute / Assert: alice's a2 (seq 4 is highest), bob's b1 (his note is no twin)
+        assert [(e.sender, e.seq) for e in store.latest_releases(exclude="me")] == \
+            [("alice", 2), ("alice", 4), ("bob", 1)]
+        assert [e.sender for e in store.latest_releases()].count("me") == 1

@@ -90,8 +90,8 @@ def run(args: argparse.Namespace) -> int:
     from twinnode.analysis.party import analyze_party
     from twinnode.analysis.weighting import parse_weight
     from twinnode.data import read_table
-    from twinnode.schema import Schema
     from twinnode.releasedir import load_release
+    from twinnode.schema import Schema
 
     weight = parse_weight(args.weight)
     schema = Schema.load(args.schema)

@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from twinnode.errors import ConfigError
-from twinnode.node.control import request_sync, socket_path
+from twinnode.node.command_names import COMMANDS
+from twinnode.node.control_client import request_sync, socket_path
 
-COMMANDS = ("status", "peers", "twins", "budget", "train", "publish", "screen", "analyze",
-            "shutdown")
 DEFAULT_STATE = "state"
 _KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
 

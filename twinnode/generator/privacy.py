@@ -27,10 +27,11 @@ from typing import Any, Iterator
 from twinnode.atomic import write_json_atomic
 from twinnode.errors import AccountingError, BudgetExceeded, PrivacyError
 from twinnode.generator.settings import BATCHINGS
+from twinnode.store.layout import LEDGER_NAME, StateLayout
 
 OVERFLOW_SHARE = 0.01  # share of delta allowed for Poisson batch overflow
 LEDGER_FORMAT = "twinnode-ledger/1"
-LEDGER_FILE = "ledger.json"
+LEDGER_FILE = LEDGER_NAME  # the file name, for messages
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,7 @@ class Ledger:
 
     def __init__(self, state_dir: str | Path, cap_epsilon: float | None = None) -> None:
         self.dir = Path(state_dir)
-        self.path = self.dir / LEDGER_FILE
+        self.path = StateLayout.of(self.dir).ledger
         if cap_epsilon is not None and not (cap_epsilon > 0 and math.isfinite(cap_epsilon)):
             raise PrivacyError(f"budget cap must be a positive number, got {cap_epsilon}")
         self._cap_override = cap_epsilon
@@ -136,7 +137,7 @@ class Ledger:
     @contextmanager
     def _locked(self) -> Iterator[dict[str, Any]]:
         self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / ".ledger.lock", "a") as lock:
+        with open(StateLayout.of(self.dir).ledger_lock, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield self._read()
@@ -163,7 +164,8 @@ class Ledger:
 
     def history_traces(self) -> list[Path]:
         """Files that only exist once something was trained with this ledger beside them."""
-        found = [p for p in (self.dir / "posterior.npz", self.dir / "releases") if p.exists()]
+        layout = StateLayout.of(self.dir)
+        found = [p for p in (layout.posterior, layout.receipts) if p.exists()]
         return found + sorted(self.dir.glob("*/receipt.json"))[:1]
 
     def has_release(self, release: str) -> bool:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from twinnode.errors import ControlError, TwinnodeError
-from twinnode.node.control import request_sync, socket_path
+from twinnode.node.control_client import request_sync, socket_path
 from twinnode.trust.certs import format_curve_key
 from twinnode.trust.identity import Identity, Peer, format_sign_key, save_identity
 

@@ -2,7 +2,8 @@
 
 Read-only commands (status, peers, twins, budget) answer from the node's state; job commands
 (train, publish, screen, analyze) start the node's one background job and answer at once, or
-with `wait=true` when the job has ended (its error, if any, is the reply's error).
+with `wait=true` when the job has ended (its error, if any, is the reply's error). Each is
+`async fn(ctx, args) -> result`; they see the node through `node.context.NodeContext`.
 """
 from __future__ import annotations
 
@@ -10,151 +11,166 @@ import asyncio
 import math
 import os
 import time
-from typing import TYPE_CHECKING, Any, Mapping
+from functools import partial
+from typing import Any, Awaitable, Callable, Mapping
 
+from twinnode.analysis.options import POLICIES
 from twinnode.errors import ControlError, PrivacyError
-from twinnode.node.config import POLICIES
-from twinnode.node.control import Handler, check_args
+from twinnode.node import jobs
+from twinnode.node.command_names import COMMANDS
+from twinnode.node.context import NodeContext
+from twinnode.node.control_protocol import Handler, check_args
+from twinnode.node.slot import JobState
+from twinnode.store.index import EntryMeta
 from twinnode.trust.seqset import Holding
-
-if TYPE_CHECKING:
-    from twinnode.node.core import Node
-    from twinnode.node.slot import JobState
 
 MAX_K = 1_000  # twins per release from a control command: 10x the paper's K = 100. The worker
                # holds all K twins of N rows in memory and pipes them back, so k = 10**8 would
                # exhaust memory; [twins] k in the config file (up to 100,000) is the operator's
                # own choice and is not capped here.
-COMMANDS = ("status", "peers", "twins", "budget", "train", "publish", "screen", "analyze",
-            "shutdown")
+
+Command = Callable[[NodeContext, dict[str, Any]], Awaitable[Mapping[str, Any]]]
 
 
-def handlers(node: "Node") -> dict[str, Handler]:
-    """command name -> async handler, for ControlServer."""
-    from twinnode.node import jobs as nodework
-
-    async def status(args: dict[str, Any]) -> Mapping[str, Any]:
-        check_args("status", args, {})
-        return {"node": node.name, "pid": os.getpid(),
-                "uptime": node.uptime(), "own_seq": node.own_latest(),
-                "peers": _peer_rows(node), "twins": _store(node).counts(),
-                "rejected": dict(sorted(node.rejected.items())),
-                "budget": await _budget(node, entries=False),
-                "job": node.jobs.current.to_dict() if node.jobs.current else None,
-                "counters": dict(sorted(node.counters.items())),
-                "endpoints": dict(node.transport.endpoints) if node.transport else {}}
-
-    async def peers(args: dict[str, Any]) -> Mapping[str, Any]:
-        check_args("peers", args, {})
-        return {"peers": _peer_rows(node)}
-
-    async def twins(args: dict[str, Any]) -> Mapping[str, Any]:
-        args = check_args("twins", args, {"detail": bool})
-        entries = await asyncio.to_thread(_store(node).list)
-        by_sender: dict[str, list] = {}
-        for e in entries:
-            by_sender.setdefault(e.sender, []).append(e)
-        senders = []
-        for sender, es in by_sender.items():
-            held = Holding.of(e.seq for e in es)
-            row: dict[str, Any] = {"sender": sender, "count": len(es),
-                                   "watermark": held.watermark,
-                                   "ranges": [list(r) for r in held.ranges], "status": {}}
-            for e in es:
-                row["status"][e.status] = row["status"].get(e.status, 0) + 1
-            if args.get("detail"):
-                row["entries"] = [{"seq": e.seq, "digest": e.digest, "k": e.k,
-                                   "release": e.release, "status": e.status,
-                                   "received": e.received} for e in es]
-            senders.append(row)
-        return {"senders": senders}
-
-    async def budget(args: dict[str, Any]) -> Mapping[str, Any]:
-        check_args("budget", args, {})
-        return await _budget(node, entries=True)
-
-    async def train(args: dict[str, Any]) -> Mapping[str, Any]:
-        args = check_args("train", args, {"epochs": float, "epsilon": float, "k": int,
-                                          "publish": bool, "wait": bool})
-        _positive("train", args, "epochs", "epsilon", "k")
-        _bounded_k("train", args)
-        await asyncio.to_thread(node.ledger.check, args.get("epsilon",
-                                                            node.config.privacy.epsilon))
-        return await _job(node, "train", args, nodework.train_job)
-
-    async def publish(args: dict[str, Any]) -> Mapping[str, Any]:
-        args = check_args("publish", args, {"release": str, "k": int, "epochs": float,
-                                            "epsilon": float, "wait": bool})
-        _positive("publish", args, "k", "epochs", "epsilon")
-        _bounded_k("publish", args)
-        if "release" not in args and not nodework.posterior_path(node).exists():
-            await asyncio.to_thread(node.ledger.check, args.get("epsilon",
-                                                                node.config.privacy.epsilon))
-        return await _job(node, "publish", args, nodework.publish_job)
-
-    async def screen(args: dict[str, Any]) -> Mapping[str, Any]:
-        args = check_args("screen", args, {"policy": str, "threshold": float, "wait": bool})
-        _screening_args("screen", args)
-        return await _job(node, "screen", args, nodework.screen_job)
-
-    async def analyze(args: dict[str, Any]) -> Mapping[str, Any]:
-        args = check_args("analyze", args, {"policy": str, "threshold": float,
-                                            "weight": (float, str), "wait": bool,
-                                            "test": str, "peers": list})
-        _screening_args("analyze", args)
-        if "test" in args and not os.path.isabs(args["test"]):
-            raise ControlError(f"analyze: test must be an absolute path to a CSV file, "
-                               f"got {args['test']!r}")
-        if "peers" in args and not all(isinstance(p, str) for p in args["peers"]):
-            raise ControlError("analyze: peers must be a list of peer names")
-        if "weight" in args and args["weight"] != "auto" and not (
-                isinstance(args["weight"], float | int) and 0 <= args["weight"] <= 1):
-            raise ControlError(f"analyze: weight must be auto or a number in [0, 1], "
-                               f"got {args['weight']!r}")
-        return await _job(node, "analyze", args, nodework.analyze_job)
-
-    async def shutdown(args: dict[str, Any]) -> Mapping[str, Any]:
-        check_args("shutdown", args, {})
-        node.request_stop("shutdown command")
-        return {"message": "stopping"}
-
-    table = {"status": status, "peers": peers, "twins": twins, "budget": budget,
-             "train": train, "publish": publish, "screen": screen, "analyze": analyze,
-             "shutdown": shutdown}
-    assert tuple(table) == COMMANDS
-    return table
+def handlers(ctx: NodeContext) -> dict[str, Handler]:
+    """command name -> async handler, for ControlServer: every name in COMMANDS, bound to `ctx`."""
+    if tuple(_COMMANDS) != COMMANDS:
+        raise RuntimeError(f"node.commands implements {tuple(_COMMANDS)}, "
+                           f"command_names says {COMMANDS}")
+    return {name: partial(command, ctx) for name, command in _COMMANDS.items()}
 
 
-async def _job(node: "Node", name: str, args: dict[str, Any], body: Any) -> dict[str, Any]:
+# ---- read-only commands ---------------------------------------------------------------------
+
+async def status(ctx: NodeContext, args: dict[str, Any]) -> Mapping[str, Any]:
+    check_args("status", args, {})
+    job = ctx.current_job()
+    return {"node": ctx.name, "pid": os.getpid(),
+            "uptime": ctx.uptime(), "own_seq": ctx.own_latest(),
+            "peers": _peer_rows(ctx), "twins": ctx.require_store().counts(),
+            "rejected": dict(sorted(ctx.rejected.items())),
+            "budget": await _budget(ctx, entries=False),
+            "job": job.to_dict() if job else None,
+            "counters": dict(sorted(ctx.counters.items())),
+            "endpoints": ctx.endpoints()}
+
+
+async def peers(ctx: NodeContext, args: dict[str, Any]) -> Mapping[str, Any]:
+    check_args("peers", args, {})
+    return {"peers": _peer_rows(ctx)}
+
+
+async def twins(ctx: NodeContext, args: dict[str, Any]) -> Mapping[str, Any]:
+    args = check_args("twins", args, {"detail": bool})
+    entries = await asyncio.to_thread(ctx.require_store().list)
+    by_sender: dict[str, list[EntryMeta]] = {}
+    for e in entries:
+        by_sender.setdefault(e.sender, []).append(e)
+    return {"senders": [_sender_row(sender, es, bool(args.get("detail")))
+                        for sender, es in by_sender.items()]}
+
+
+def _sender_row(sender: str, es: list[EntryMeta], detail: bool) -> dict[str, Any]:
+    held = Holding.of(e.seq for e in es)
+    row: dict[str, Any] = {"sender": sender, "count": len(es), "watermark": held.watermark,
+                           "ranges": [list(r) for r in held.ranges], "status": {}}
+    for e in es:
+        row["status"][e.status] = row["status"].get(e.status, 0) + 1
+    if detail:
+        row["entries"] = [{"seq": e.seq, "digest": e.digest, "k": e.k, "release": e.release,
+                           "status": e.status, "received": e.received} for e in es]
+    return row
+
+
+async def budget(ctx: NodeContext, args: dict[str, Any]) -> Mapping[str, Any]:
+    check_args("budget", args, {})
+    return await _budget(ctx, entries=True)
+
+
+# ---- job commands ---------------------------------------------------------------------------
+
+async def train(ctx: NodeContext, args: dict[str, Any]) -> Mapping[str, Any]:
+    args = check_args("train", args, {"epochs": float, "epsilon": float, "k": int,
+                                      "publish": bool, "wait": bool})
+    _positive("train", args, "epochs", "epsilon", "k")
+    _bounded_k("train", args)
+    await asyncio.to_thread(ctx.ledger.check, args.get("epsilon", ctx.config.privacy.epsilon))
+    return await _job(ctx, "train", args, jobs.train_job)
+
+
+async def publish(ctx: NodeContext, args: dict[str, Any]) -> Mapping[str, Any]:
+    args = check_args("publish", args, {"release": str, "k": int, "epochs": float,
+                                        "epsilon": float, "wait": bool})
+    _positive("publish", args, "k", "epochs", "epsilon")
+    _bounded_k("publish", args)
+    if "release" not in args and not jobs.posterior_path(ctx).exists():
+        await asyncio.to_thread(ctx.ledger.check, args.get("epsilon",
+                                                           ctx.config.privacy.epsilon))
+    return await _job(ctx, "publish", args, jobs.publish_job)
+
+
+async def screen(ctx: NodeContext, args: dict[str, Any]) -> Mapping[str, Any]:
+    args = check_args("screen", args, {"policy": str, "threshold": float, "wait": bool})
+    _screening_args("screen", args)
+    return await _job(ctx, "screen", args, jobs.screen_job)
+
+
+async def analyze(ctx: NodeContext, args: dict[str, Any]) -> Mapping[str, Any]:
+    args = check_args("analyze", args, {"policy": str, "threshold": float,
+                                        "weight": (float, str), "wait": bool,
+                                        "test": str, "peers": list})
+    _screening_args("analyze", args)
+    if "test" in args and not os.path.isabs(args["test"]):
+        raise ControlError(f"analyze: test must be an absolute path to a CSV file, "
+                           f"got {args['test']!r}")
+    if "peers" in args and not all(isinstance(p, str) for p in args["peers"]):
+        raise ControlError("analyze: peers must be a list of peer names")
+    if "weight" in args and args["weight"] != "auto" and not (
+            isinstance(args["weight"], float | int) and 0 <= args["weight"] <= 1):
+        raise ControlError(f"analyze: weight must be auto or a number in [0, 1], "
+                           f"got {args['weight']!r}")
+    return await _job(ctx, "analyze", args, jobs.analyze_job)
+
+
+async def shutdown(ctx: NodeContext, args: dict[str, Any]) -> Mapping[str, Any]:
+    check_args("shutdown", args, {})
+    ctx.request_stop("shutdown command")
+    return {"message": "stopping"}
+
+
+_COMMANDS: dict[str, Command] = {
+    "status": status, "peers": peers, "twins": twins, "budget": budget, "train": train,
+    "publish": publish, "screen": screen, "analyze": analyze, "shutdown": shutdown}
+
+
+JobBody = Callable[[NodeContext, JobState, Mapping[str, Any]], Awaitable[dict[str, Any]]]
+
+
+async def _job(ctx: NodeContext, name: str, args: dict[str, Any],
+               body: JobBody) -> dict[str, Any]:
     wait = args.pop("wait", False)
-    job: JobState = node.start_job(name, lambda j: body(node, j, args))
+    job = ctx.start_job(name, lambda j: body(ctx, j, args))
     if not wait:
         return {"message": f"{name} started", "job": job.to_dict()}
-    job = await node.wait_job()
+    job = await ctx.wait_job()
     if job.error is not None:
         raise job.error
     return {**job.result, "job": job.to_dict()}
 
 
-def _store(node: "Node") -> Any:
-    if node.store is None:
-        raise ControlError("the node's store is not open")
-    return node.store
-
-
-def _peer_rows(node: "Node") -> list[dict[str, Any]]:
-    interval = node.config.network.heartbeat_interval
-    held = _store(node).counts()
+def _peer_rows(ctx: NodeContext) -> list[dict[str, Any]]:
+    interval = ctx.config.network.heartbeat_interval
+    held = ctx.require_store().counts()
     now = time.monotonic()
-    return [{"name": p.name, "address": p.address, "connected": p.alive(interval),
+    return [{"name": p.name, "address": p.address, "connected": p.alive(interval, now),
              "last_heartbeat_age": None if p.last_heartbeat is None else now - p.last_heartbeat,
              "latest_seq": p.latest, "held": held.get(p.name, 0)}
-            for p in node.peers.values()]
+            for p in ctx.peers.values()]
 
 
-async def _budget(node: "Node", entries: bool) -> dict[str, Any]:
+async def _budget(ctx: NodeContext, entries: bool) -> dict[str, Any]:
     try:
-        snap = await asyncio.to_thread(node.ledger.snapshot)
+        snap = await asyncio.to_thread(ctx.ledger.snapshot)
     except PrivacyError as exc:
         return {"error": str(exc)}
     out: dict[str, Any] = {"spent": snap["spent_epsilon"], "cap": snap["cap_epsilon"],

@@ -11,7 +11,7 @@ import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, overload
 
 from twinnode.analysis.options import POLICIES
 from twinnode.errors import ConfigError, TwinnodeError
@@ -127,23 +127,52 @@ def parse_config(text: str, path: str | Path) -> NodeConfig:
         raise ConfigError(f"{path}: unknown section(s) {', '.join(unknown)} "
                           f"(sections: {', '.join(SECTIONS)})")
     base = path.resolve().parent
-    node = _Section(doc, "node", path, base)
+
+    def section(name: str) -> _Section:
+        return _Section(doc, name, path, base)
+
+    node = _node_section(section("node"))
+    data = section("data")
+    data_s = DataSection(path=data.path("path", required=True, must_exist=True),
+                         schema=data.path("schema", required=True, must_exist=True))
+    data.finish()
+    privacy = _privacy_section(section("privacy"))
+    generator = _generator_section(section("generator"))
+    tw = section("twins")
+    k = tw.integer("k", 100, lo=1, hi=100_000)
+    tw.finish()
+    tr = section("training")
+    training = TrainingSection(auto=tr.get("auto", bool, False), cpus=tr.cpus("cpus"))
+    tr.finish()
+    network = _network_section(section("network"))
+    ke = section("keys")
+    keys_dir = ke.path("dir", "keys")
+    ke.finish()
+    peers = _peers(doc.get("peers", []), path, node.name, network)
+    sc = section("screening")
+    screening = ScreeningSection(policy=sc.choice("policy", POLICIES, "flag"),
+                                 threshold=sc.number("threshold", 0.01, lo=0.0, hi=1.0,
+                                                     lo_open=True, hi_open=True))
+    sc.finish()
+    return NodeConfig(path=path, node=node, data=data_s, privacy=privacy, generator=generator,
+                      k=k, training=training, network=network, keys_dir=keys_dir, peers=peers,
+                      screening=screening)
+
+
+def _node_section(node: _Section) -> NodeSection:
     name = node.get("name", str, required=True)
     try:
         check_name(name)
     except ConfigError as exc:
         raise node.error("name", str(exc)) from None
-    node_s = NodeSection(name=name, state_dir=node.path("state_dir", "state"),
-                         log_level=node.choice("log_level", LOG_LEVELS, "info"),
-                         log_format=node.choice("log_format", LOG_FORMATS, "kv"))
+    out = NodeSection(name=name, state_dir=node.path("state_dir", "state"),
+                      log_level=node.choice("log_level", LOG_LEVELS, "info"),
+                      log_format=node.choice("log_format", LOG_FORMATS, "kv"))
     node.finish()
+    return out
 
-    data = _Section(doc, "data", path, base)
-    data_s = DataSection(path=data.path("path", required=True, must_exist=True),
-                         schema=data.path("schema", required=True, must_exist=True))
-    data.finish()
 
-    pr = _Section(doc, "privacy", path, base)
+def _privacy_section(pr: _Section) -> PrivacySection:
     privacy = PrivacySection(
         epsilon=pr.number("epsilon", _PLAN.epsilon, lo=0.0, lo_open=True),
         delta=pr.number("delta", None, lo=0.0, hi=1.0, lo_open=True, hi_open=True),
@@ -155,8 +184,10 @@ def parse_config(text: str, path: str | Path) -> NodeConfig:
         raise pr.error("epsilon", f"{privacy.epsilon:g} exceeds cap_epsilon "
                                   f"{privacy.cap_epsilon:g}: no run could ever train")
     pr.finish()
+    return privacy
 
-    ge = _Section(doc, "generator", path, base)
+
+def _generator_section(ge: _Section) -> GeneratorSettings:
     generator = GeneratorSettings(
         components=ge.integer("components", _GEN.components, lo=1, hi=1000),
         outcome=ge.choice("outcome", OUTCOME_LIKELIHOODS, _GEN.outcome),
@@ -166,16 +197,10 @@ def parse_config(text: str, path: str | Path) -> NodeConfig:
         variant=ge.choice("variant", VARIANTS, _GEN.variant),
         head_share=ge.number("head_share", _GEN.head_share, lo=0.0, hi=1.0, hi_open=True))
     ge.finish()
+    return generator
 
-    tw = _Section(doc, "twins", path, base)
-    k = tw.integer("k", 100, lo=1, hi=100_000)
-    tw.finish()
 
-    tr = _Section(doc, "training", path, base)
-    training = TrainingSection(auto=tr.get("auto", bool, False), cpus=tr.cpus("cpus"))
-    tr.finish()
-
-    ne = _Section(doc, "network", path, base)
+def _network_section(ne: _Section) -> NetworkSection:
     network = NetworkSection(
         pub=ne.address("pub"), router=ne.address("router"),
         heartbeat_interval=ne.number("heartbeat_interval", 1.0, lo=0.01, hi=300.0),
@@ -186,21 +211,7 @@ def parse_config(text: str, path: str | Path) -> NodeConfig:
     if network.pub == network.router:
         raise ne.error("router", f"{network.router} is also the pub address")
     ne.finish()
-
-    ke = _Section(doc, "keys", path, base)
-    keys_dir = ke.path("dir", "keys")
-    ke.finish()
-
-    peers = _peers(doc.get("peers", []), path, name, network)
-
-    sc = _Section(doc, "screening", path, base)
-    screening = ScreeningSection(policy=sc.choice("policy", POLICIES, "flag"),
-                                 threshold=sc.number("threshold", 0.01, lo=0.0, hi=1.0,
-                                                     lo_open=True, hi_open=True))
-    sc.finish()
-    return NodeConfig(path=path, node=node_s, data=data_s, privacy=privacy, generator=generator,
-                      k=k, training=training, network=network, keys_dir=keys_dir, peers=peers,
-                      screening=screening)
+    return network
 
 
 def _peers(entries: Any, path: Path, own: str, network: NetworkSection) -> tuple[Peer, ...]:
@@ -261,6 +272,14 @@ class _Section:
             raise self.error(key, f"must be {_KIND_NAMES.get(kind, kind.__name__)}, "
                                   f"got {value!r:.60}")
         return value
+
+    @overload
+    def number(self, key: str, default: float, *, lo: float = ..., hi: float = ...,
+               lo_open: bool = ..., hi_open: bool = ...) -> float: ...
+
+    @overload
+    def number(self, key: str, default: None, *, lo: float = ..., hi: float = ...,
+               lo_open: bool = ..., hi_open: bool = ...) -> float | None: ...
 
     def number(self, key: str, default: float | None, *, lo: float = -math.inf,
                hi: float = math.inf, lo_open: bool = False, hi_open: bool = False

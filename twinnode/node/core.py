@@ -1,4 +1,4 @@
-"""The asyncio node: one long-lived process per party that composes store, wire and transport.
+"""The asyncio node: one long-lived process per party; the one module that composes the node.
 
     start()   open the store (lock, crash recovery) and rebuild the replay guard from it;
               bind PUB + ROUTER behind the ZAP allow-list, subscribe to every peer; serve the
@@ -19,18 +19,16 @@ exception out of a loop. The replay guard is rebuilt from the store's index at s
 saved beside it: the index is what was acknowledged, so the two cannot disagree after a crash,
 and an envelope the store quarantined can be fetched again.
 
-Catch-up (the ZeroMQ Guide's Clone pattern): a peer's first heartbeat, a heartbeat showing
-seqs we lack (once live traffic stops filling the lack), and a periodic timer (one live peer
-per `catchup_interval`, round robin, unless twins are arriving live) wake that peer's
-catch-up worker, which sends a signed request with what we `have` of every sender
-we pin (watermark 0 for none) and waits for the end marker; the server answers with up to
-`catchup_batch` stored original envelopes of the senders named in `have` (any of them, not
-only its own) and a signed end, which completes the request only if it comes from the peer
-that was asked; the worker asks again while new twins arrive.
+Catch-up (the Clone pattern): `node.catchup` holds its state and decides, loop-free;
+`node.catchup_runner` carries the decisions out (heartbeats, a worker per peer, the periodic
+timer, requests, answers). This module feeds them what ingest opened and runs their tasks.
 
 Publishing takes an own seq per twin as it is stored (`Store.next_own_seq`), skipping the
-twins of the release that an earlier publish of it stored: a publish cut short or refused
-leaves no gap in our seqs, and publishing the same release again completes it.
+twins of the release that an earlier publish of it stored (`node.own_releases`): a publish cut
+short or refused leaves no gap in our seqs, and publishing the same release again completes it.
+
+Jobs (`node.jobs`) and control commands (`node.commands`) see this node as a
+`node.context.NodeContext`; the receive loops are `node.receiving`'s.
 """
 from __future__ import annotations
 
@@ -40,25 +38,32 @@ import math
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any, Coroutine, Mapping, Sequence
 
 from twinnode.errors import (
     ControlError,
     DuplicateMessage,
     MalformedMessage,
-    MisaddressedMessage,
     StoreError,
     WireError,
 )
 from twinnode.eventlog import event
 from twinnode.generator.privacy import Ledger
+from twinnode.node.catchup import Catchup, PeerState
+from twinnode.node.catchup_runner import CatchupRunner
+from twinnode.node.commands import handlers
 from twinnode.node.config import NodeConfig
-from twinnode.node.control import ControlServer, socket_path
+from twinnode.node.context import Progress
+from twinnode.node.control_server import ControlServer
+from twinnode.node.jobs import auto_publish_blocker, publish_job
+from twinnode.node.own_releases import published_before
+from twinnode.node.receiving import Reply, receive_loop
 from twinnode.node.slot import Body, JobSlot, JobState
+from twinnode.node.stored_twins import StoredTwins
 from twinnode.node.transport import Transport
 from twinnode.schema import Schema
+from twinnode.store.layout import StateLayout
 from twinnode.store.store import Store
 from twinnode.trust.certs import curve_raw
 from twinnode.trust.identity import Identity, TrustStore, fingerprint
@@ -76,47 +81,18 @@ from twinnode.wire import (
     Signer,
     Verifier,
     WireLimits,
-    encode_catchup_end,
-    encode_catchup_request,
-    encode_heartbeat,
     encode_twin,
     limits_for,
     rejection_line,
-    twin_digest,
 )
 
 log = logging.getLogger("twinnode.node")
 
 CHANNELS = {"sub": (TWIN, HEARTBEAT), "router": (REQUEST,), "dealer": (TWIN, END),
             "local": (TWIN,)}
-CATCHUP_GAP = 0.2        # seconds between two requests of ours to one peer
-CATCHUP_TIMEOUT = 15.0   # seconds to wait for a peer's end marker
-SERVE_GAP = 0.1          # a peer asking more often than this gets an empty reply
 MAX_SERVING = 4          # catch-up requests answered at once; more are dropped (`busy`)
 OFFLOAD_BYTES = 64 * 1024  # messages with a larger payload are verified in a thread
-RECHECKS = 20            # grace periods a heartbeat-shown lack may wait on live traffic
 QUIET_REASONS = ("replay", "duplicate")  # expected when catch-up overlaps live traffic
-
-Reply = Callable[[Sequence[bytes]], Awaitable[bool]]
-
-
-@dataclass
-class PeerState:
-    """What this node knows of one pinned peer, from its heartbeats and our requests."""
-
-    name: str
-    address: str
-    last_heartbeat: float | None = None    # time.monotonic()
-    latest: int | None = None
-    holdings: dict[str, int] = field(default_factory=dict)
-    asked: Any = None                      # the heartbeat state that last woke catch-up
-    recheck: bool = False                  # woken by a lack: check again after a grace
-    last_served: float = -math.inf
-    wanted: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def alive(self, interval: float) -> bool:
-        return (self.last_heartbeat is not None
-                and time.monotonic() - self.last_heartbeat < 3 * interval + 1.0)
 
 
 class Node:
@@ -125,31 +101,38 @@ class Node:
     def __init__(self, config: NodeConfig, limits: WireLimits = WireLimits()) -> None:
         self.config = config
         self.name = config.name
-        self.state_dir = config.state_dir
+        self.layout = StateLayout.of(config.state_dir)
         self.schema = Schema.load(config.data.schema)
         self.limits = limits_for(self.schema, config.network.max_rows, limits)
         self.identity = Identity.load(config.keys_dir, self.name)
         me = self.identity.peer(config.network.pub, config.network.router)
         self.trust = TrustStore([me, *config.peers])  # pinned: our twins come back via peers
         self.signer = Signer(self.identity)
-        self.ledger = Ledger(self.state_dir, cap_epsilon=config.privacy.cap_epsilon)
-        self.peers = {p.name: PeerState(p.name, p.pub_address or "") for p in config.peers}
+        self.ledger = Ledger(self.layout.root, cap_epsilon=config.privacy.cap_epsilon)
         self.rejected: Counter[str] = Counter()
         self.counters: Counter[str] = Counter()
+        self.catchup = Catchup([(p.name, p.pub_address or "") for p in config.peers],
+                               self.trust.names, config.network.heartbeat_interval)
+        self.catchup_runner = CatchupRunner(self.catchup, self.name, self.signer, config.network,
+                                            self.counters, self.rejected)
+        self.stored_twins = StoredTwins(self.trust, self.schema, self.limits)
         self.store: Store | None = None
         self.verifier: Verifier | None = None
         self.transport: Transport | None = None
         self.control: ControlServer | None = None
         self.jobs = JobSlot()
-        self._tasks: list[asyncio.Task] = []
-        self._pending: dict[bytes, tuple[str, asyncio.Future]] = {}
-        self._serving: set[asyncio.Task] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._serving: set[asyncio.Task[None]] = set()
         self._ingest_lock = asyncio.Lock()
         self._stop_requested = asyncio.Event()
         self._started = time.monotonic()
         self._stopping = False
         self._denied_logged: dict[bytes, float] = {}
-        self._last_live = -math.inf  # when a twin last arrived live (SUB)
+
+    @property
+    def peers(self) -> Mapping[str, PeerState]:
+        """What this node knows of each pinned peer (the catch-up state)."""
+        return self.catchup.peers
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -157,7 +140,7 @@ class Node:
         """Open the store and rebuild the replay guard from its index (no sockets)."""
         if self.store is not None:
             return
-        self.store = await asyncio.to_thread(Store.open, self.state_dir)
+        self.store = await asyncio.to_thread(Store.open, self.layout.root)
         guard = ReplayGuard()
         for entry in await asyncio.to_thread(self.store.list):
             guard.accept(entry.sender, entry.seq, bytes.fromhex(entry.digest))
@@ -165,32 +148,16 @@ class Node:
 
     async def start(self) -> None:
         """Open the store, bind and connect the sockets, serve control, start the tasks."""
-        from twinnode.node.commands import handlers  # control handlers read this node's state
-
         if self.transport is not None:
             raise ControlError(f"node {self.name} is already started")
         self._started = time.monotonic()
         self._stop_requested.clear()
         try:
             await self.open()
-            net = self.config.network
-            self.transport = Transport(
-                self.identity.curve_public, self.identity.curve_secret,
-                [p.curve_key for p in self.config.peers], hwm=net.hwm,
-                reply_hwm=net.catchup_batch + 2, max_message_bytes=max_frame_bytes(self.limits),
-                on_denied=self._denied)
-            await self.transport.start(net.pub, net.router)
-            for peer in self.config.peers:
-                self.transport.connect(peer.name, peer.pub_address or "",
-                                       peer.router_address or "", peer.curve_key)
-            self.control = ControlServer(socket_path(self.state_dir), handlers(self))
+            self.transport = await self._connect()
+            self.control = ControlServer(self.layout.control_socket, handlers(self))
             await self.control.start()
-            self._spawn(self._loop("sub", self._from_sub),
-                        self._loop("router", self._from_router, concurrent=MAX_SERVING),
-                        self._heartbeat_loop(), self._periodic_catchup())
-            for name in self.peers:
-                self._spawn(self._loop("dealer", self._from_dealer(name)),
-                            self._catchup_worker(name))
+            self._run_tasks()
         except BaseException:
             await self.stop()
             raise
@@ -199,12 +166,50 @@ class Node:
               router=self.transport.endpoints.get("router"), peers=",".join(self.peers),
               held=sum(held.values()), own_seq=self.own_latest(), pid=os.getpid())
         if self.config.training.auto and held.get(self.name, 0) == 0:
-            from twinnode.node.jobs import auto_publish_blocker, publish_job
             why = await asyncio.to_thread(auto_publish_blocker, self)
             if why is None:
                 self.start_job("publish", lambda job: publish_job(self, job, {}))
             else:
                 event(log, "training.auto_skipped", why, level=logging.WARNING)
+
+    async def _connect(self) -> Transport:
+        """Bind PUB and ROUTER behind the ZAP allow-list, connect to every pinned peer."""
+        net = self.config.network
+        transport = self.transport = Transport(
+            self.identity.curve_public, self.identity.curve_secret,
+            [p.curve_key for p in self.config.peers], hwm=net.hwm,
+            reply_hwm=net.catchup_batch + 2, max_message_bytes=max_frame_bytes(self.limits),
+            on_denied=self._denied)
+        await transport.start(net.pub, net.router)
+        for peer in self.config.peers:
+            transport.connect(peer.name, peer.pub_address or "", peer.router_address or "",
+                              peer.curve_key)
+        return transport
+
+    def _run_tasks(self) -> None:
+        """The receive loops, and catch-up's tasks (`CatchupRunner`)."""
+        transport, runner = self.transport, self.catchup_runner
+        assert transport is not None and self.verifier is not None
+        guard = self.verifier.guard
+
+        async def from_sub() -> tuple[list[bytes], Reply | None]:
+            return await transport.recv_sub(), None
+
+        async def from_router() -> tuple[list[bytes], Reply | None]:
+            routing_id, frames = await transport.recv_request()
+            return frames, partial(transport.reply, routing_id)
+
+        async def from_dealer(peer: str) -> tuple[list[bytes], Reply | None]:
+            return await transport.recv_reply(peer), None
+
+        self._spawn(receive_loop("sub", from_sub, self._receive, self.rejected),
+                    receive_loop("router", from_router, self._receive, self.rejected,
+                                 serving=self._serving, concurrent=MAX_SERVING),
+                    runner.heartbeats(transport, guard), runner.periodic())
+        for name in self.peers:
+            self._spawn(receive_loop("dealer", partial(from_dealer, name), self._receive,
+                                     self.rejected),
+                        runner.worker(name, transport, guard))
 
     async def stop(self) -> None:
         """Abandon the job, cancel the tasks, close control socket, sockets and store.
@@ -230,7 +235,7 @@ class Node:
                 await asyncio.to_thread(self.store.close)
         finally:
             self.control = self.transport = self.store = self.verifier = None
-            self._pending.clear()
+            self.catchup_runner.reset()
             self._stopping = False
         event(log, "node.stopped", node=self.name, accepted=self.counters["accepted"],
               rejected=sum(self.rejected.values()))
@@ -252,8 +257,33 @@ class Node:
         """Seconds since `start()`."""
         return time.monotonic() - self._started
 
-    def _spawn(self, *coros: Awaitable[None]) -> None:
+    def _spawn(self, *coros: Coroutine[Any, Any, None]) -> None:
         self._tasks += [asyncio.create_task(c) for c in coros]
+
+    # ---- what jobs and commands see (node.context.NodeContext) ---------------------------
+
+    def require_store(self) -> Store:
+        """The open store; ControlError when it is not open."""
+        if self.store is None:
+            raise ControlError("the node's store is not open")
+        return self.store
+
+    def endpoints(self) -> dict[str, str]:
+        """The bound addresses, or {} when the sockets are closed."""
+        return dict(self.transport.endpoints) if self.transport else {}
+
+    def current_job(self) -> JobState | None:
+        return self.jobs.current
+
+    def start_job(self, name: str, body: Body) -> JobState:
+        """Run `body` as the node's one background job; ControlError if one is running."""
+        if self._stopping:
+            raise ControlError("the node is stopping")
+        return self.jobs.start(name, body)
+
+    async def wait_job(self) -> JobState:
+        """Wait for the current job to end."""
+        return await self.jobs.wait()
 
     # ---- receiving ---------------------------------------------------------------------
 
@@ -266,6 +296,11 @@ class Node:
         """
         try:
             env = await self._ingest(frames, channel)
+            if isinstance(env.message, CatchupEnd):
+                try:
+                    self.catchup_runner.on_end(env.message, env.sender)
+                except WireError as exc:
+                    raise _tagged(exc, env) from None
         except WireError as exc:
             self._reject(exc, channel)
             return None
@@ -273,19 +308,10 @@ class Node:
             self.rejected["store"] += 1
             event(log, "store.failed", str(exc), level=logging.ERROR, channel=channel)
             return None
-        if env.family == HEARTBEAT:
-            self._on_heartbeat(env.message)  # type: ignore[arg-type]
-        elif env.family == REQUEST:
-            await self._serve(env.message, reply)  # type: ignore[arg-type]
-        elif env.family == END:
-            asked, future = self._pending.get(env.message.request_id,  # type: ignore[union-attr]
-                                              (None, None))
-            if future is not None and asked != env.sender:
-                self._reject(_tagged(MisaddressedMessage(
-                    f"end marker for a request to {asked} came from {env.sender}"), env), channel)
-                return None
-            if future is not None and not future.done():
-                future.set_result(env.message)
+        if isinstance(env.message, Heartbeat) and self.verifier is not None:
+            self.catchup_runner.on_heartbeat(env.message, self.verifier.guard)
+        elif isinstance(env.message, CatchupRequest):
+            await self.catchup_runner.serve(env.message, reply, self.require_store())
         return env
 
     async def _ingest(self, frames: Sequence[bytes], channel: str) -> Envelope:
@@ -321,8 +347,9 @@ class Node:
 
     async def _store(self, env: Envelope, channel: str) -> None:
         assert self.store is not None and self.verifier is not None
-        p = env.twin.provenance
-        stored = await asyncio.to_thread(self.store.put, env.sender, env.seq, env.digest,
+        p, seq = env.twin.provenance, env.seq
+        assert seq is not None  # a twin's header always has one
+        stored = await asyncio.to_thread(self.store.put, env.sender, seq, env.digest,
                                          env.frames, kind="twin", k=p.index, release=p.release,
                                          own=env.sender == self.name)
         if not stored:
@@ -331,7 +358,7 @@ class Node:
         self.verifier.accept(env)
         self.counters["accepted"] += 1
         if channel == "sub":
-            self._last_live = time.monotonic()
+            self.catchup.on_live_twin()
         event(log, "twin.accepted", peer=env.sender, seq=env.seq, k=p.index,
               release=p.release, channel=channel, level=logging.DEBUG)
 
@@ -351,50 +378,7 @@ class Node:
             event(log, "zap.denied", "DENIED (unpinned CURVE key)", level=logging.WARNING,
                   key_fingerprint=fingerprint(curve_raw(key)), count=self.rejected["zap-denied"])
 
-    async def _loop(self, channel: str,
-                    receive: Callable[[], Awaitable[tuple[list[bytes], Reply | None]]],
-                    concurrent: int = 0) -> None:
-        """Receive and handle messages on one channel until cancelled; never dies on input.
-        `concurrent` > 0: handle each message in a task of its own, at most that many at
-        once (a requester that stops reading fills only its own bounded reply queue); a message
-        beyond that is dropped and counted as `busy` (its sender asks again later)."""
-        while True:
-            try:
-                frames, reply = await receive()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # a socket error: log, count, go on (never a hot loop)
-                self.rejected["internal"] += 1
-                log.exception("receiving on %s failed", channel)
-                await asyncio.sleep(0.1)
-                continue
-            if not concurrent:
-                await self._receive(frames, channel, reply)
-            elif len(self._serving) >= concurrent:
-                self.rejected["busy"] += 1
-                event(log, "busy", f"{concurrent} requests in progress; one dropped",
-                      level=logging.DEBUG, channel=channel)
-            else:
-                task = asyncio.create_task(self._receive(frames, channel, reply))
-                self._serving.add(task)
-                task.add_done_callback(self._serving.discard)
-
-    async def _from_sub(self) -> tuple[list[bytes], Reply | None]:
-        assert self.transport is not None
-        return await self.transport.recv_sub(), None
-
-    async def _from_router(self) -> tuple[list[bytes], Reply | None]:
-        assert self.transport is not None
-        routing_id, frames = await self.transport.recv_request()
-        return frames, partial(self.transport.reply, routing_id)
-
-    def _from_dealer(self, peer: str) -> Callable[[], Awaitable[tuple[list[bytes], None]]]:
-        async def receive() -> tuple[list[bytes], None]:
-            assert self.transport is not None
-            return await self.transport.recv_reply(peer), None
-        return receive
-
-    # ---- heartbeats and catch-up -------------------------------------------------------
+    # ---- what heartbeats say ----------------------------------------------------------
 
     def own_latest(self) -> int:
         """The highest own seq held (our heartbeat's `latest`)."""
@@ -404,177 +388,10 @@ class Node:
         assert self.verifier is not None
         return self.verifier.guard.holding(sender).latest
 
-    async def _heartbeat_loop(self) -> None:
-        assert self.transport is not None and self.verifier is not None
-        while True:
-            hb = Heartbeat(self.name, self.own_latest(), self.verifier.guard.holdings())
-            await self.transport.publish(encode_heartbeat(hb, self.signer))
-            await asyncio.sleep(self.config.network.heartbeat_interval)
-
-    def _on_heartbeat(self, hb: Heartbeat) -> None:
-        peer = self.peers.get(hb.sender)
-        if peer is None:
-            return  # our own heartbeat, forwarded: nothing to learn
-        self.counters["heartbeats"] += 1
-        first = peer.last_heartbeat is None
-        peer.last_heartbeat, peer.latest, peer.holdings = (time.monotonic(), hb.latest,
-                                                           dict(hb.holdings))
-        state = (hb.latest, tuple(sorted(hb.holdings.items())))
-        if first:
-            event(log, "peer.heartbeat", "first heartbeat", peer=hb.sender, latest=hb.latest)
-            peer.asked = state
-            peer.wanted.set()
-        elif state != peer.asked and self._lacks(hb.sender, state):
-            peer.asked, peer.recheck = state, True
-            peer.wanted.set()
-
-    def _lacks(self, sender: str, state: tuple[int, tuple[tuple[str, int], ...]]) -> bool:
-        """Whether a heartbeat state (latest, holdings) of `sender` shows twins we lack."""
-        assert self.verifier is not None
-        guard = self.verifier.guard
-        latest, holdings = state
-        if latest and guard.missing(sender, latest, limit=1):
-            return True
-        return any(s in self.trust and guard.missing(s, w, limit=1) for s, w in holdings)
-
-    async def _periodic_catchup(self) -> None:
-        """Wake one live peer's catch-up per interval, round robin; skipped while twins
-        arrive live (a request then fetches what is already on its way; a real gap shows
-        in the heartbeats)."""
-        turn = 0
-        interval = self.config.network.catchup_interval
-        beat = self.config.network.heartbeat_interval
-        while True:
-            await asyncio.sleep(interval)
-            if time.monotonic() - self._last_live < 2 * beat:
-                continue
-            alive = [p for p in self.peers.values() if p.alive(beat)]
-            if alive:
-                alive[turn % len(alive)].wanted.set()
-                turn += 1
-
-    async def _catchup_worker(self, name: str) -> None:
-        peer = self.peers[name]
-        while True:
-            await peer.wanted.wait()
-            peer.wanted.clear()
-            if peer.recheck:
-                peer.recheck = False
-                if not await self._still_lacking(peer):
-                    continue
-            try:
-                await self.catch_up(name)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                self.rejected["internal"] += 1
-                log.exception("catch-up from %s failed", name)
-            await asyncio.sleep(CATCHUP_GAP)
-
-    async def _still_lacking(self, peer: PeerState) -> bool:
-        """After a heartbeat showed a lack: wait while live traffic is still filling it
-        (our holdings grow from one grace period to the next); True once it stalls."""
-        assert self.verifier is not None
-        grace = max(self.config.network.heartbeat_interval, 0.5)
-        before = self.verifier.guard.holdings()
-        for _ in range(RECHECKS):
-            await asyncio.sleep(grace)
-            if not self._lacks(peer.name, peer.asked):
-                return False
-            now = self.verifier.guard.holdings()
-            if now == before:
-                return True
-            before = now
-        return True
-
-    async def catch_up(self, peer: str) -> int:
-        """Ask `peer` for every stored envelope we lack, batch after batch; return how many
-        new twins arrived (0 when it is not connected or does not answer)."""
-        assert self.transport is not None and self.verifier is not None
-        total = 0
-        while True:
-            guard = self.verifier.guard
-            have = {s: guard.holding(s) for s in self.trust.names}
-            req = CatchupRequest(self.name, peer, have)
-            future = self._expect_end(peer, req.request_id)
-            before = self.counters["accepted"]
-            try:
-                if not await self.transport.request(peer, encode_catchup_request(req,
-                                                                                 self.signer)):
-                    event(log, "catchup.skipped", "peer not connected", peer=peer,
-                          level=logging.DEBUG)
-                    return total
-                self.counters["catchup_requests"] += 1
-                end: CatchupEnd = await asyncio.wait_for(future, CATCHUP_TIMEOUT)
-            except asyncio.TimeoutError:
-                event(log, "catchup.timeout", f"no end marker within {CATCHUP_TIMEOUT:g} s",
-                      level=logging.WARNING, peer=peer)
-                return total
-            finally:
-                self._pending.pop(req.request_id, None)
-            new = self.counters["accepted"] - before
-            total += new
-            event(log, "catchup.done", peer=peer, sent=end.count, new=new,
-                  level=logging.INFO if end.count else logging.DEBUG)
-            if end.count == 0 or new == 0:
-                return total
-            await asyncio.sleep(CATCHUP_GAP)
-
-    def _expect_end(self, peer: str, request_id: bytes) -> asyncio.Future:
-        """A future that `peer`'s end marker for `request_id` completes (and no one else's)."""
-        future = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = (peer, future)
-        return future
-
-    async def _serve(self, req: CatchupRequest, reply: Reply | None) -> None:
-        """Answer a catch-up request: stored envelopes the requester lacks, then the end."""
-        assert self.store is not None
-        if reply is None:
-            return
-        peer = self.peers.get(req.sender)
-        now = time.monotonic()
-        if peer is not None and now - peer.last_served < SERVE_GAP:
-            self.rejected["throttled"] += 1
-            await reply(encode_catchup_end(CatchupEnd(self.name, req.sender, req.request_id, 0),
-                                           self.signer))
-            return
-        if peer is not None:
-            peer.last_served = now
-        wanted = await asyncio.to_thread(self._missing_for, req.have,
-                                         self.config.network.catchup_batch)
-        sent = 0
-        for sender, seq in wanted:
-            try:
-                frames = await asyncio.to_thread(self.store.frames, sender, seq)
-            except StoreError as exc:
-                event(log, "store.unreadable", str(exc), level=logging.ERROR, peer=sender,
-                      seq=seq)
-                continue
-            if not await reply(frames):
-                return
-            sent += 1
-        await reply(encode_catchup_end(CatchupEnd(self.name, req.sender, req.request_id, sent),
-                                       self.signer))
-        self.counters["served"] += sent
-        event(log, "catchup.served", peer=req.sender, sent=sent,
-              level=logging.INFO if sent else logging.DEBUG)
-
-    def _missing_for(self, have: Any, limit: int) -> list[tuple[str, int]]:
-        """Up to `limit` (sender, seq) we hold and the requester lacks, of the senders it
-        names in `have` (it names every sender it pins, so it never gets what it refuses),
-        taken round robin over the senders, lowest seqs first: a sender whose `have` was cut
-        short (`seqset.bounded`) and so looks lacking cannot crowd the others out of a batch."""
-        assert self.store is not None
-        lacking = {sender: self.store.missing(sender, have[sender], limit)
-                   for sender in sorted(set(have) & set(self.store.counts()))}
-        out = [(sender, seqs[rank]) for rank in range(limit)
-               for sender, seqs in lacking.items() if rank < len(seqs)]
-        return out[:limit]
-
-    # ---- publishing and jobs -----------------------------------------------------------
+    # ---- publishing --------------------------------------------------------------------
 
     async def publish_release(self, release: Release,
-                              progress: Callable[[int, int], None] | None = None) -> list[int]:
+                              progress: Progress | None = None) -> list[int]:
         """Check which twins of `release` were published before, then per remaining twin: take
         the next own seq, sign, store (durable), publish. Returns the new seqs. A publish cut
         short (cancelled, crashed) is completed by publishing the same release again."""
@@ -582,7 +399,8 @@ class Node:
         if release.sender != self.name:
             raise ControlError(f"this release is from {release.sender!r}, not {self.name!r}; "
                                f"make it with --sender {self.name}")
-        done = await asyncio.to_thread(self._published_before, release)
+        done = await asyncio.to_thread(published_before, self.store, self.schema, self.name,
+                                      release)
         if done:
             event(log, "release.resumed", f"{len(done)} of {len(release.twins)} twins were "
                   "published before; publishing the rest", release=release.receipt.get("release"))
@@ -607,43 +425,6 @@ class Node:
         event(log, "release.published", release=release.receipt.get("release"),
               k=len(release.twins), seqs=f"{seqs[0]}-{seqs[-1]}" if seqs else "-")
         return seqs
-
-    def _published_before(self, release: Release) -> set[int]:
-        """Indices of the twins of `release` already stored as ours under this release and
-        index (an earlier publish of it, cut short). ControlError, before anything is sent,
-        if every twin was published, if a twin's content went out under another release or
-        index, or if two twins are identical. Runs in a thread: it encodes every payload."""
-        assert self.store is not None
-        seen: dict[bytes, int] = {}
-        done: set[int] = set()
-        for i, twin in enumerate(release.twins):
-            digest = twin_digest(twin, self.schema)
-            seq = self.store.has_digest(self.name, digest)
-            if seq is not None:
-                entry = self.store.get(self.name, seq)
-                p = twin.provenance
-                if entry is None or (entry.release, entry.k) != (p.release, p.index):
-                    raise ControlError(f"own twin {i} repeats our twin seq {seq} of another "
-                                       "release (duplicate); nothing was sent")
-                done.add(i)
-            if digest in seen:
-                raise ControlError(f"own twins {seen[digest]} and {i} of this release are "
-                                   "identical (duplicate); nothing was sent")
-            seen[digest] = i
-        if done and len(done) == len(release.twins):
-            raise ControlError(f"all {len(done)} twins of this release were published before "
-                               "(duplicate); nothing was sent")
-        return done
-
-    def start_job(self, name: str, body: Body) -> JobState:
-        """Run `body` as the node's one background job; ControlError if one is running."""
-        if self._stopping:
-            raise ControlError("the node is stopping")
-        return self.jobs.start(name, body)
-
-    async def wait_job(self) -> JobState:
-        """Wait for the current job to end."""
-        return await self.jobs.wait()
 
 
 def max_frame_bytes(limits: WireLimits) -> int:

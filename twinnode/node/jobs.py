@@ -1,8 +1,9 @@
 """The node's jobs: generator runs in a worker process, publishing, and analyses of stored twins.
 
-Each job body is `async fn(node, job, args) -> result dict` and runs as the node's one
-background job (`Node.start_job`); CPU work happens in the generator's spawned worker or in a
-thread, never on the event loop. JAX is imported only inside the worker process.
+Each job body is `async fn(ctx, job, args) -> result dict` and runs as the node's one
+background job (`NodeContext.start_job`); CPU work happens in the generator's spawned worker
+or in a thread, never on the event loop. JAX is imported only inside the worker process. Jobs
+see the node through `node.context.NodeContext`, never the core.
 """
 from __future__ import annotations
 
@@ -10,47 +11,41 @@ import asyncio
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 from twinnode.atomic import write_json_atomic
-from twinnode.errors import ControlError, PrivacyError, StoreError, WireError
+from twinnode.errors import ControlError, PrivacyError
 from twinnode.eventlog import event
+from twinnode.generator.privacy import Ledger
 from twinnode.generator.settings import TrainPlan
 from twinnode.generator.worker import Job, Worker
+from twinnode.node.context import NodeContext
+from twinnode.node.slot import JobState
 from twinnode.releasedir import load_release
 from twinnode.schema import Schema
 from twinnode.store.store import Store
-from twinnode.trust.identity import TrustStore
 from twinnode.twins import Release, Twin
-from twinnode.wire import ReplayGuard, Verifier, WireLimits
-
-if TYPE_CHECKING:
-    from twinnode.generator.privacy import Ledger
-    from twinnode.node.core import Node
-    from twinnode.node.slot import JobState
 
 log = logging.getLogger("twinnode.node")
 
-POSTERIOR_FILE = "posterior.npz"
 
-
-def posterior_path(node: "Node") -> Path:
+def posterior_path(ctx: NodeContext) -> Path:
     """Where the node keeps its latest trained posterior (sampling from it is free)."""
-    return Path(node.state_dir) / POSTERIOR_FILE
+    return ctx.layout.posterior
 
 
 # ---- generator ------------------------------------------------------------------------------
 
-async def generate(node: "Node", job: "JobState", kind: str, args: Mapping[str, Any]) -> Release:
+async def generate(ctx: NodeContext, job: JobState, kind: str, args: Mapping[str, Any]) -> Release:
     """Train (kind "train", charges the ledger) or sample ("sample", free) K twins in a
     spawned worker pinned to [training] cpus; progress goes to `job`."""
-    cfg = node.config
+    cfg = ctx.config
     plan = TrainPlan(epsilon=float(args.get("epsilon", cfg.privacy.epsilon)),
                      delta=cfg.privacy.delta, epochs=float(args.get("epochs", cfg.privacy.epochs)),
                      q=cfg.privacy.q, batching=cfg.privacy.batching)
-    spec = Job(kind=kind, schema_text=node.schema.to_toml(), state_dir=str(node.state_dir),
-               posterior_path=str(posterior_path(node)), k=int(args.get("k", cfg.k)),
-               sender=node.name, data_path=str(cfg.data.path), plan=plan,
+    spec = Job(kind=kind, schema_text=ctx.schema.to_toml(), state_dir=str(ctx.layout.root),
+               posterior_path=str(posterior_path(ctx)), k=int(args.get("k", cfg.k)),
+               sender=ctx.name, data_path=str(cfg.data.path), plan=plan,
                settings=cfg.generator,
                cap_epsilon=cfg.privacy.cap_epsilon, cpus=cfg.training.cpus)
     job.detail = f"{kind}: starting the worker"
@@ -61,7 +56,7 @@ async def generate(node: "Node", job: "JobState", kind: str, args: Mapping[str, 
 
     release = await Worker().run(spec, progress)
     rid, created = release.receipt.get("release"), float(release.receipt.get("created", 0))
-    receipt = await asyncio.to_thread(_new_receipt_path, Path(node.state_dir) / "releases",
+    receipt = await asyncio.to_thread(_new_receipt_path, ctx.layout.receipts,
                                       f"{rid}-{created:.0f}")  # one per draw
     await asyncio.to_thread(write_json_atomic, receipt, release.receipt)
     event(log, f"generator.{kind}", release=release.receipt.get("release"),
@@ -79,17 +74,17 @@ def _new_receipt_path(directory: Path, stem: str) -> Path:
     return path
 
 
-async def train_job(node: "Node", job: "JobState", args: Mapping[str, Any]) -> dict[str, Any]:
+async def train_job(ctx: NodeContext, job: JobState, args: Mapping[str, Any]) -> dict[str, Any]:
     """Train, draw K twins, and (unless publish=false) publish them."""
-    release = await generate(node, job, "train", args)
+    release = await generate(ctx, job, "train", args)
     if not args.get("publish", True):
         return {"message": f"trained release {release.receipt.get('release')} "
                            "(not published; `publish` samples from it for free)",
                 "release": release.receipt.get("release")}
-    return await _publish(node, job, release)
+    return await _publish(ctx, job, release)
 
 
-async def publish_job(node: "Node", job: "JobState", args: Mapping[str, Any]) -> dict[str, Any]:
+async def publish_job(ctx: NodeContext, job: JobState, args: Mapping[str, Any]) -> dict[str, Any]:
     """Publish `release` (a directory from `twinnode train`), or fresh twins: sampled from
     the saved posterior when there is one (free), else trained (charges the ledger)."""
     if "release" in args:
@@ -98,22 +93,22 @@ async def publish_job(node: "Node", job: "JobState", args: Mapping[str, Any]) ->
             raise ControlError(f"publish: release must be an absolute path (the node does not "
                                f"know your working directory), got {str(directory)!r}")
         job.detail = f"loading {directory}"
-        release = await asyncio.to_thread(load_release, directory, node.schema)
-        await asyncio.to_thread(charge_import, node.ledger, release, node.name)
+        release = await asyncio.to_thread(load_release, directory, ctx.schema)
+        await asyncio.to_thread(charge_import, ctx.ledger, release, ctx.name)
     else:
-        kind = "sample" if posterior_path(node).exists() else "train"
-        release = await generate(node, job, kind, args)
-    return await _publish(node, job, release)
+        kind = "sample" if posterior_path(ctx).exists() else "train"
+        release = await generate(ctx, job, kind, args)
+    return await _publish(ctx, job, release)
 
 
-def auto_publish_blocker(node: "Node") -> str | None:
+def auto_publish_blocker(ctx: NodeContext) -> str | None:
     """Why [training] auto must not publish at start (None: it may). Sampling a saved
     posterior is free; training again after a charged run that left no posterior (cancelled,
     killed, failed) would spend ε without anyone asking, so that waits for `ctl train`."""
-    if posterior_path(node).exists():
+    if posterior_path(ctx).exists():
         return None
     try:
-        entries = node.ledger.snapshot()["entries"]
+        entries = ctx.ledger.snapshot()["entries"]
     except PrivacyError as exc:
         return str(exc)
     charged = [e for e in entries if e.get("kind") == "train" and e.get("epsilon", 0) > 0]
@@ -126,7 +121,7 @@ def auto_publish_blocker(node: "Node") -> str | None:
             "`twinnode ctl train` to train again")
 
 
-def charge_import(ledger: "Ledger", release: Release, own: str) -> None:
+def charge_import(ledger: Ledger, release: Release, own: str) -> None:
     """A release trained elsewhere (e.g. offline with `twinnode train`) counts against this
     node's budget: charged once, when first published, unless its run is in our ledger."""
     r = release.receipt
@@ -140,106 +135,80 @@ def charge_import(ledger: "Ledger", release: Release, own: str) -> None:
                       status_note="trained elsewhere; charged when first published here")
 
 
-async def _publish(node: "Node", job: "JobState", release: Release) -> dict[str, Any]:
+async def _publish(ctx: NodeContext, job: JobState, release: Release) -> dict[str, Any]:
     def progress(done: int, total: int) -> None:
         job.progress, job.detail = done / total, f"publishing twin {done}/{total}"
 
     job.progress = 0.0
-    seqs = await node.publish_release(release, progress)
+    seqs = await ctx.publish_release(release, progress)
     return {"message": f"published {len(seqs)} twins (seqs {seqs[0]}-{seqs[-1]})",
             "release": release.receipt.get("release"), "seqs": [seqs[0], seqs[-1]]}
 
 
 # ---- analyses over stored twins ---------------------------------------------------------------
 
-def stored_peer_twins(store: Store, trust: TrustStore, schema: Schema, own: str,
-                      limits: WireLimits = WireLimits()) -> dict[str, list[Twin]]:
-    """Each peer's latest published release, read back from the store and re-verified
-    (signature, digest, schema; not the replay window, which judged them on arrival): what the
-    analyses use. Runs in a thread."""
-    verifier = Verifier(trust, schema, ReplayGuard(), limits)
-    by_sender: dict[str, list] = {}
-    for entry in store.list():
-        if entry.sender != own and entry.kind == "twin":
-            by_sender.setdefault(entry.sender, []).append(entry)
-    peers: dict[str, list[Twin]] = {}
-    for sender, entries in by_sender.items():
-        latest = entries[-1].release  # entries are in seq order
-        twins = []
-        for entry in entries:
-            if entry.release != latest:
-                continue
-            try:
-                twins.append(verifier.open(store.frames(entry.sender, entry.seq),
-                                           replay=False).twin)
-            except (WireError, StoreError) as exc:
-                event(log, "store.reverify_failed", str(exc), level=logging.WARNING,
-                      peer=entry.sender, seq=entry.seq)
-        if twins:  # one publication: the draw of the highest seq (a release may be re-sampled)
-            created = twins[-1].provenance.created
-            peers[sender] = [t for t in twins if t.provenance.created == created]
-    return peers
-
-
 def screen_report(schema: Schema, peers: Mapping[str, list[Twin]], policy: str,
                   threshold: float) -> Any:
-    """screening.screen, imported on use (it pulls in the statistics stack)."""
+    """party.screen, imported on use (it pulls in the statistics stack)."""
     from twinnode.analysis.party import screen
 
     return screen(schema, peers, policy, threshold)
 
 
-async def _inputs(node: "Node", with_local: bool) -> tuple[dict[str, list[Twin]], Any]:
-    assert node.store is not None
-    peers = await asyncio.to_thread(stored_peer_twins, node.store, node.trust, node.schema,
-                                    node.name, node.limits)
+async def _inputs(ctx: NodeContext, with_local: bool) -> tuple[dict[str, list[Twin]], Any]:
+    """Each peer's latest twins (decoded once per process: `node.stored_twins`), and the
+    local rows when asked."""
+    reader, store = ctx.stored_twins, ctx.require_store()
+    before = reader.decoded
+    peers = await asyncio.to_thread(reader.latest, store, ctx.name)
+    if reader.decoded > before:
+        ctx.counters["twins_decoded"] += reader.decoded - before
     local = None
     if with_local:
         from twinnode.data import read_table
-        local = await asyncio.to_thread(read_table, node.config.data.path, node.schema)
+        local = await asyncio.to_thread(read_table, ctx.config.data.path, ctx.schema)
     return peers, local
 
 
-async def screen_job(node: "Node", job: "JobState", args: Mapping[str, Any]) -> dict[str, Any]:
+async def screen_job(ctx: NodeContext, job: JobState, args: Mapping[str, Any]) -> dict[str, Any]:
     """Screen each peer's twins against the others; mark stored twins flagged/excluded."""
-    policy = args.get("policy", node.config.screening.policy)
-    threshold = float(args.get("threshold", node.config.screening.threshold))
+    policy = args.get("policy", ctx.config.screening.policy)
+    threshold = float(args.get("threshold", ctx.config.screening.threshold))
     job.detail = "loading stored twins"
-    peers, _ = await _inputs(node, with_local=False)
+    peers, _ = await _inputs(ctx, with_local=False)
     job.detail = f"screening {len(peers)} peers"
-    report = await asyncio.to_thread(screen_report, node.schema, peers, policy, threshold)
+    report = await asyncio.to_thread(screen_report, ctx.schema, peers, policy, threshold)
     mark = "excluded" if policy == "exclude" else "flagged"
     statuses = {name: mark if name in report.flagged else "accepted" for name in peers}
-    await asyncio.to_thread(_set_statuses, node.store, statuses)
-    path = report_path(node, "screening")
+    await asyncio.to_thread(_set_statuses, ctx.require_store(), statuses)
+    path = report_path(ctx, "screening")
     await asyncio.to_thread(write_json_atomic, path, report.to_dict())
     return {"message": report.message, "flagged": list(report.flagged), "report": str(path),
             "peers": [p.to_dict(all_checks=False) for p in report.peers]}
 
 
-def report_path(node: "Node", kind: str) -> Path:
+def report_path(ctx: NodeContext, kind: str) -> Path:
     """state/reports/<kind>-<UTC time>.json"""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    return Path(node.state_dir) / "reports" / f"{kind}-{stamp}.json"
+    return ctx.layout.reports / f"{kind}-{stamp}.json"
 
 
-def _set_statuses(store: Store | None, statuses: Mapping[str, str]) -> None:
-    assert store is not None
+def _set_statuses(store: Store, statuses: Mapping[str, str]) -> None:
     for entry in store.list():
         wanted = statuses.get(entry.sender)
         if wanted is not None and entry.status != wanted:
             store.set_status(entry.sender, entry.seq, wanted)
 
 
-async def analyze_job(node: "Node", job: "JobState", args: Mapping[str, Any]) -> dict[str, Any]:
-    """`combine.analyze_party` (what `twinnode analyze` runs) over the local rows and each
+async def analyze_job(ctx: NodeContext, job: JobState, args: Mapping[str, Any]) -> dict[str, Any]:
+    """`analysis.party.analyze_party` (what `twinnode analyze` runs) over the local rows and each
     peer's latest twins; the full report is written to state/reports/."""
     from twinnode.analysis.party import analyze_party
 
-    policy = args.get("policy", node.config.screening.policy)
-    threshold = float(args.get("threshold", node.config.screening.threshold))
+    policy = args.get("policy", ctx.config.screening.policy)
+    threshold = float(args.get("threshold", ctx.config.screening.threshold))
     job.detail = "loading local data and stored twins"
-    peers, local = await _inputs(node, with_local=True)
+    peers, local = await _inputs(ctx, with_local=True)
     if "peers" in args:  # a subset, e.g. to see what each peer adds
         unknown = sorted(set(args["peers"]) - set(peers))
         if unknown:
@@ -248,13 +217,13 @@ async def analyze_job(node: "Node", job: "JobState", args: Mapping[str, Any]) ->
     test = None
     if "test" in args:
         from twinnode.data import read_table
-        test = await asyncio.to_thread(read_table, args["test"], node.schema)
+        test = await asyncio.to_thread(read_table, args["test"], ctx.schema)
     job.detail = f"screening, choosing the twin weight and fitting over {len(peers)} peers"
-    party = await asyncio.to_thread(analyze_party, node.schema, local, peers,
+    party = await asyncio.to_thread(analyze_party, ctx.schema, local, peers,
                                     weight=args.get("weight", "auto"), policy=policy,
                                     threshold=threshold, test_frame=test)
     report = party.to_dict()
-    path = report_path(node, "analysis")
+    path = report_path(ctx, "analysis")
     await asyncio.to_thread(write_json_atomic, path, report)
     summary = {term: {key: c[key] for key in ("estimate", "se", "local_estimate", "local_se")}
                for term, c in report["coefficients"].items()}

@@ -42,7 +42,7 @@ class JobSlot:
 
     def __init__(self) -> None:
         self.current: JobState | None = None
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
 
     @property
     def busy(self) -> bool:
@@ -79,8 +79,9 @@ class JobSlot:
         try:
             job.result = await body(job)
             job.state = "done"
-            event(log, "job.done", job=job.name, **{k: v for k, v in job.result.items()
-                                                   if isinstance(v, (str, int, float))})
+            scalars: dict[str, Any] = {k: v for k, v in job.result.items()
+                                       if isinstance(v, (str, int, float))}
+            event(log, "job.done", job=job.name, **scalars)
         except asyncio.CancelledError:
             job.state, job.detail = "cancelled", "abandoned: the node stopped"
             raise

@@ -1,10 +1,12 @@
 """The node's durable store: envelope files, a SQLite (WAL) index, own sequence numbers, state.
 
-Layout under the state directory (one node process owns it, see `Store.open`):
+Layout under the state directory (one node process owns it, see `Store.open`; the paths are
+`store.layout`'s):
 
     twinnode.lock                             flock held by the owner; its pid inside
-    store/index.sqlite3                       the index (WAL mode); a row is the acknowledgement
-    store/envelopes/<sender>/<seq:010d>.env   the frames exactly as received (`storefile` format)
+    store/index.sqlite3                       the index (`store.index`; WAL mode); a row is the
+                                              acknowledgement
+    store/envelopes/<sender>/<seq:010d>.env   the frames exactly as received (`store.container`)
     store/quarantine/                         files that failed a check, kept for inspection
 
 Write order in `put`: the container file first (`atomic.write_bytes_atomic`: temp file,
@@ -17,9 +19,7 @@ content stored twice under two seqs is a duplicate, while two senders may hold t
 payload (judging content across senders would let one peer censor another by re-signing its
 twin and delivering it first).
 
-Index format 2 (`PRAGMA user_version`): format 1 (earlier builds) made the digest unique across
-all senders and had a `state` table; `open` migrates it in one transaction (its rows satisfy
-the new constraint as they are). An index of an unknown format is refused with a StoreError.
+The index's format, and the migration of the earlier one, are `store.index`'s.
 
 Recovery in `open`:
 - stray temp files (`atomic.is_temp_name`, a crash before rename) are deleted: never read;
@@ -35,9 +35,10 @@ Recovery in `open`:
 
 Own sequence numbers: `put(..., own=True)` raises the own-seq counter to the twin's seq in
 the same commit as its index row, and `next_own_seq(name)` is one above that counter, every
-seq of ours stored now (a re-indexed orphan included) and every seq of ours quarantined. A seq is taken only by storing a
-twin, so a publish that is cut short or refused leaves no gap; a twin signed but never
-stored never left the process, so signing another under its seq is no equivocation.
+seq of ours stored now (a re-indexed orphan included) and every seq of ours quarantined. A seq
+is taken only by storing a twin, so a publish that is cut short or refused leaves no gap; a
+twin signed but never stored never left the process, so signing another under its seq is no
+equivocation.
 
 Durability: `PRAGMA synchronous=FULL`. In WAL mode NORMAL already survives a process crash
 (SIGKILL), but the last commits may roll back after a power loss or OS crash; FULL fsyncs the
@@ -53,154 +54,78 @@ Methods are thread-safe (one lock), so a node may call them through `asyncio.to_
 """
 from __future__ import annotations
 
+import builtins
 import fcntl
 import logging
 import os
-import re
 import sqlite3
 import threading
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Sequence
 
 from twinnode.atomic import fsync_dir, is_temp_name, mkdir_durable, write_bytes_atomic
 from twinnode.errors import StoreError
 from twinnode.store.container import container_checksum, pack_envelope, unpack_envelope
+from twinnode.store.index import EntryMeta, Index, open_index
+from twinnode.store.layout import StateLayout, envelope_seq
+from twinnode.store.names import (
+    SENDER_RE,
+    check_sender,
+    check_seq,
+    check_token,
+    normalize_digest,
+)
 from twinnode.trust.seqset import MAX_SEQ, Holding
 
 log = logging.getLogger("twinnode.store")
 
-FORMAT_VERSION = 2
-SYNCHRONOUS = "FULL"  # see the module docstring; a module constant so the benchmark can compare
-LOCK_NAME = "twinnode.lock"
-_SENDER_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}")
-_TOKEN_RE = re.compile(r"[a-z][a-z0-9_\-]{0,31}")
-_HEX_RE = re.compile(r"[0-9A-Fa-f]+")
-_FILE_RE = re.compile(r"(\d{10})\.env")
-
-_ENVELOPES = """
-CREATE TABLE envelopes (
-    sender TEXT NOT NULL, seq INTEGER NOT NULL, digest TEXT NOT NULL,
-    kind TEXT NOT NULL, k INTEGER, release TEXT, status TEXT NOT NULL,
-    received REAL NOT NULL, size INTEGER NOT NULL, checksum TEXT NOT NULL,
-    PRIMARY KEY (sender, seq), UNIQUE (sender, digest));
-"""
-_SCHEMA = _ENVELOPES + """
-CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE quarantine (
-    id INTEGER PRIMARY KEY, sender TEXT NOT NULL, seq INTEGER NOT NULL, digest TEXT,
-    reason TEXT NOT NULL, file TEXT, at REAL NOT NULL);
-"""
-# format 1 -> 2: the digest is unique per sender, not across senders; the unused state table goes
-_MIGRATE_1 = ("ALTER TABLE envelopes RENAME TO envelopes_v1;" + _ENVELOPES +
-              "INSERT INTO envelopes SELECT sender, seq, digest, kind, k, release, status, "
-              "received, size, checksum FROM envelopes_v1; DROP TABLE envelopes_v1; "
-              "DROP TABLE IF EXISTS state;")
-_COLUMNS = "sender, seq, digest, kind, k, release, status, received, size"
-
-
-@dataclass(frozen=True)
-class EntryMeta:
-    """What the index knows about one stored envelope."""
-
-    sender: str
-    seq: int
-    digest: str
-    kind: str
-    k: int | None
-    release: str | None
-    status: str
-    received: float
-    size: int
-
-
-# ---- pure helpers: names, sequence summaries, catch-up -------------------------------------
-
-def check_sender(sender: Any) -> str:
-    """A sender name safe as a directory name (StoreError otherwise)."""
-    if not isinstance(sender, str) or not _SENDER_RE.fullmatch(sender):
-        raise StoreError(f"sender name {sender!r} cannot be stored (letters, digits, _ . -; "
-                         f"at most 64; not starting with '.' or '-')")
-    return sender
-
-
-def check_seq(seq: Any) -> int:
-    """A sequence number in 1..MAX_SEQ (StoreError otherwise)."""
-    if isinstance(seq, bool) or not isinstance(seq, int) or not 1 <= seq <= MAX_SEQ:
-        raise StoreError(f"sequence number {seq!r} outside 1..{MAX_SEQ}")
-    return seq
-
-
-def normalize_digest(digest: bytes | bytearray | memoryview | str) -> str:
-    """Digests are indexed as text: bytes become lowercase hex, hex text is lowercased."""
-    if isinstance(digest, (bytes, bytearray, memoryview)):
-        text = bytes(digest).hex()
-    elif isinstance(digest, str):
-        text = digest.lower() if _HEX_RE.fullmatch(digest) else digest
-    else:
-        raise StoreError(f"digest must be bytes or str, not {type(digest).__name__}")
-    if not 0 < len(text) <= 256 or not text.isprintable():
-        raise StoreError(f"digest {text[:40]!r} must be 1..256 printable characters")
-    return text
-
-
-def _check_token(name: str, value: Any) -> str:
-    if not isinstance(value, str) or not _TOKEN_RE.fullmatch(value):
-        raise StoreError(f"{name} {value!r} must be a short lowercase word")
-    return value
-
-
-# ---- the store ------------------------------------------------------------------------------
 
 class Store:
     """One node's durable store; open with `Store.open(state_dir)`, one owner at a time."""
 
-    def __init__(self, state_dir: Path, lock_fd: int, db: sqlite3.Connection) -> None:
-        self.state_dir = state_dir
-        self.root = state_dir / "store"
-        self.envelopes_dir = self.root / "envelopes"
-        self.quarantine_dir = self.root / "quarantine"
+    def __init__(self, layout: StateLayout, lock_fd: int, index: Index) -> None:
+        self.layout = layout
+        self.state_dir = layout.root
+        self.root = layout.store
+        self.envelopes_dir = layout.envelopes
+        self.quarantine_dir = layout.quarantine
         self.recovery: dict[str, int] = {"temp_removed": 0, "reindexed": 0,
                                          "duplicates_removed": 0, "quarantined": 0}
         self._lock_fd: int | None = lock_fd
-        self._db: sqlite3.Connection | None = db
+        self._index = index
         self._mutex = threading.RLock()
 
     @classmethod
     def open(cls, state_dir: str | Path) -> "Store":
         """Lock `state_dir`, open (or create) the index and recover from any earlier crash."""
-        state_dir = Path(state_dir)
+        layout = StateLayout.of(state_dir)
         try:
-            mkdir_durable(state_dir, mode=0o700)
-            lock_fd = _acquire_lock(state_dir)
+            mkdir_durable(layout.root, mode=0o700)
+            lock_fd = _acquire_lock(layout)
         except OSError as exc:
-            raise StoreError(f"cannot use state directory {state_dir}: {exc}") from None
-        db = None
+            raise StoreError(f"cannot use state directory {layout.root}: {exc}") from None
+        index = None
         try:
-            root = state_dir / "store"
-            for d in (root, root / "envelopes", root / "quarantine"):
+            for d in (layout.store, layout.envelopes, layout.quarantine):
                 mkdir_durable(d, mode=0o700)
-            db = _open_index(root / "index.sqlite3")
-            store = cls(state_dir, lock_fd, db)
+            index = open_index(layout.index)
+            store = cls(layout, lock_fd, index)
             try:
                 store._recover()
             except OSError as exc:
-                raise StoreError(f"store recovery in {root} failed: {exc}") from None
+                raise StoreError(f"store recovery in {layout.store} failed: {exc}") from None
             return store
         except BaseException:
-            if db is not None:
-                db.close()
+            if index is not None:
+                index.close()
             _release_lock(lock_fd)
             raise
 
     def close(self) -> None:
         """Close the index and release the lock; safe to call twice."""
         with self._mutex:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+            self._index.close()
             if self._lock_fd is not None:
                 _release_lock(self._lock_fd)
                 self._lock_fd = None
@@ -219,10 +144,11 @@ class Store:
         """Store an envelope durably; True once acknowledged, False if (sender, seq) or
         (sender, digest) is already stored (then nothing is written). `own`: one of our own
         twins, so the own-seq counter rises to `seq` in the same commit."""
-        meta = {"sender": check_sender(sender), "seq": check_seq(seq),
-                "digest": normalize_digest(digest), "kind": _check_token("kind", kind),
-                "k": k, "release": release, "status": _check_token("status", status),
-                "received": time.time()}
+        meta: dict[str, Any] = {
+            "sender": check_sender(sender), "seq": check_seq(seq),
+            "digest": normalize_digest(digest), "kind": check_token("kind", kind),
+            "k": k, "release": release, "status": check_token("status", status),
+            "received": time.time()}
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
             raise StoreError(f"twin index k={k!r} must be a non-negative integer or None")
         if release is not None and (not isinstance(release, str) or len(release) > 256):
@@ -232,8 +158,7 @@ class Store:
             raise StoreError("frames must be a list of bytes")
         blob = pack_envelope(meta, frames)
         with self._mutex:
-            db = self._conn()
-            if self._known(db, sender, seq, meta["digest"]):
+            if self._index.known(sender, seq, meta["digest"]):
                 return False
             path = self._path(sender, seq)
             try:
@@ -241,10 +166,7 @@ class Store:
             except OSError as exc:
                 raise StoreError(f"could not write envelope {sender}#{seq}: {exc}") from None
             try:
-                with self._tx() as tx:
-                    _insert(tx, meta, len(blob), container_checksum(blob))
-                    if own:
-                        _raise_own_seq(tx, seq)
+                self._index.insert(meta, len(blob), container_checksum(blob), own=own)
             except sqlite3.Error as exc:
                 path.unlink(missing_ok=True)  # never acknowledged
                 raise StoreError(f"could not index envelope {sender}#{seq}: {exc}") from exc
@@ -253,34 +175,28 @@ class Store:
     def has(self, sender: str, seq: int) -> bool:
         """Whether (sender, seq) is stored."""
         with self._mutex:
-            return self._conn().execute("SELECT 1 FROM envelopes WHERE sender=? AND seq=?",
-                                        (sender, seq)).fetchone() is not None
+            return self._index.has(sender, seq)
 
     def has_digest(self, sender: str, digest: bytes | str) -> int | None:
         """The seq under which `sender`'s envelope with this content digest is stored, or None."""
         with self._mutex:
-            row = self._conn().execute("SELECT seq FROM envelopes WHERE sender=? AND digest=?",
-                                       (sender, normalize_digest(digest))).fetchone()
-        return None if row is None else int(row[0])
+            return self._index.seq_of_digest(sender, digest)
 
     def get(self, sender: str, seq: int) -> EntryMeta | None:
         """The index entry of (sender, seq), or None."""
         with self._mutex:
-            row = self._conn().execute(f"SELECT {_COLUMNS} FROM envelopes WHERE sender=? "
-                                       f"AND seq=?", (sender, seq)).fetchone()
-        return EntryMeta(*row) if row else None
+            return self._index.entry(sender, seq)
 
     def frames(self, sender: str, seq: int) -> list[bytes]:
         """The envelope's frames exactly as received, after checking size and checksum."""
         with self._mutex:
-            row = self._conn().execute("SELECT size, checksum FROM envelopes WHERE sender=? "
-                                       "AND seq=?", (sender, seq)).fetchone()
-            if row is None:
+            facts = self._index.file_facts(sender, seq)
+            if facts is None:
                 raise StoreError(f"no envelope {sender}#{seq} in the store")
             path = self._path(sender, seq)
             try:
                 blob = path.read_bytes()
-                if len(blob) != row[0] or container_checksum(blob) != row[1]:
+                if (len(blob), container_checksum(blob)) != facts:
                     raise StoreError(f"{path}: size or checksum differs from the index")
                 return unpack_envelope(blob, str(path))[1]
             except (FileNotFoundError, StoreError) as exc:  # the content is gone or damaged
@@ -293,76 +209,67 @@ class Store:
 
     def list(self, sender: str | None = None, status: str | None = None) -> list[EntryMeta]:
         """Index entries, by sender then seq, optionally for one sender and/or status."""
-        where, params = _filters(sender=sender, status=status)
         with self._mutex:
-            rows = self._conn().execute(f"SELECT {_COLUMNS} FROM envelopes{where} "
-                                        f"ORDER BY sender, seq", params).fetchall()
-        return [EntryMeta(*r) for r in rows]
+            return self._index.entries(sender, status)
+
+    def latest_releases(self, exclude: str | None = None) -> builtins.list[EntryMeta]:
+        """The twins of each sender's latest release (the release of its highest-seq twin),
+        by sender then seq, leaving out `exclude` (ourselves): what an analysis reads."""
+        with self._mutex:
+            return self._index.latest_releases(exclude)
 
     def set_status(self, sender: str, seq: int, status: str) -> None:
         """Mark an envelope (e.g. "flagged", "excluded" by screening); never deletes it."""
-        _check_token("status", status)
-        with self._mutex, self._tx() as tx:
-            cur = tx.execute("UPDATE envelopes SET status=? WHERE sender=? AND seq=?",
-                             (status, sender, seq))
-            if cur.rowcount == 0:
+        check_token("status", status)
+        with self._mutex:
+            if not self._index.set_status(sender, seq, status):
                 raise StoreError(f"no envelope {sender}#{seq} in the store")
 
     def counts(self, status: str | None = None) -> dict[str, int]:
         """Envelopes held per sender (optionally only those with `status`)."""
-        where, params = _filters(status=status)
         with self._mutex:
-            rows = self._conn().execute(f"SELECT sender, COUNT(*) FROM envelopes{where} "
-                                        f"GROUP BY sender ORDER BY sender", params).fetchall()
-        return dict(rows)
+            return self._index.counts(status)
 
     def last_seq(self, sender: str) -> int:
         """The highest seq stored from `sender` (0 if none)."""
         with self._mutex:
-            row = self._conn().execute("SELECT MAX(seq) FROM envelopes WHERE sender=?",
-                                       (sender,)).fetchone()
-        return int(row[0] or 0)
+            return self._index.last_seq(sender)
 
     def holdings(self) -> dict[str, Holding]:
         """Per sender, what this store can serve."""
-        return {s: Holding.of(seqs) for s, seqs in self._seqs_by_sender().items()}
+        with self._mutex:
+            by_sender = self._index.seqs_by_sender()
+        return {s: Holding.of(seqs) for s, seqs in by_sender.items()}
 
-    def missing(self, sender: str, have: Holding | None, limit: int | None = None) -> list[int]:
+    def missing(self, sender: str, have: Holding | None,
+                limit: int | None = None) -> builtins.list[int]:
         """Seqs of `sender` held here that a requester holding `have` lacks, ascending (the
         envelopes a catch-up reply sends; `have` was checked by the wire)."""
         have = have if have is not None else Holding()
         if not isinstance(have, Holding):
             raise StoreError(f"catch-up summary must be a Holding, not {type(have).__name__}")
         with self._mutex:
-            rows = self._conn().execute("SELECT seq FROM envelopes WHERE sender=? AND seq>? "
-                                        "ORDER BY seq", (sender, have.watermark))
-            return have.lacking((r[0] for r in rows), limit)
+            return have.lacking(self._index.seqs_above(sender, have.watermark), limit)
 
-    def quarantined(self) -> list[dict[str, Any]]:
+    def quarantined(self) -> builtins.list[dict[str, Any]]:
         """Records of quarantined envelopes (sender, seq, digest, reason, file, at)."""
         with self._mutex:
-            rows = self._conn().execute("SELECT sender, seq, digest, reason, file, at FROM "
-                                        "quarantine ORDER BY id").fetchall()
-        keys = ("sender", "seq", "digest", "reason", "file", "at")
-        return [dict(zip(keys, r)) for r in rows]
+            return self._index.quarantined()
 
-    # ---- own sequence numbers and small state ----
+    # ---- own sequence numbers ----
 
     def own_seq(self) -> int:
         """The highest own seq ever stored with `put(own=True)` (0 if none)."""
         with self._mutex:
-            row = self._conn().execute(
-                "SELECT value FROM counters WHERE name='own_seq'").fetchone()
-        return int(row[0]) if row else 0
+            return self._index.own_seq()
 
     def next_own_seq(self, own: str) -> int:
         """The seq for our next twin: above every own seq ever stored (the counter), every
         seq of `own` held now (a file re-indexed after a crash included) and every seq of
         `own` ever quarantined (a damaged file may have been sent before it was damaged)."""
         with self._mutex:
-            row = self._conn().execute("SELECT MAX(seq) FROM quarantine WHERE sender=?",
-                                       (own,)).fetchone()
-        nxt = max(self.own_seq(), self.last_seq(own), int(row[0] or 0)) + 1
+            nxt = max(self._index.own_seq(), self._index.last_seq(own),
+                      self._index.last_quarantined_seq(own)) + 1
         if nxt > MAX_SEQ:
             raise StoreError(f"own sequence numbers exhausted (last {nxt - 1})")
         return nxt
@@ -370,74 +277,40 @@ class Store:
     # ---- internals ----
 
     def _conn(self) -> sqlite3.Connection:
-        if self._db is None:
-            raise StoreError(f"the store at {self.root} is closed")
-        return self._db
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        db = self._conn()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        """The index connection (for tests that inspect the rows)."""
+        return self._index.conn
 
     def _path(self, sender: str, seq: int) -> Path:
-        return self.envelopes_dir / check_sender(sender) / f"{check_seq(seq):010d}.env"
-
-    @staticmethod
-    def _known(db: sqlite3.Connection, sender: str, seq: int, digest: str) -> bool:
-        return db.execute("SELECT 1 FROM envelopes WHERE sender=? AND (seq=? OR digest=?)",
-                          (sender, seq, digest)).fetchone() is not None
-
-    def _seqs_by_sender(self) -> dict[str, list[int]]:
-        out: dict[str, list[int]] = {}
-        with self._mutex:
-            for sender, seq in self._conn().execute("SELECT sender, seq FROM envelopes "
-                                                    "ORDER BY sender, seq"):
-                out.setdefault(sender, []).append(seq)
-        return out
+        return self.layout.envelope(check_sender(sender), check_seq(seq))
 
     def _quarantine(self, sender: str, seq: int, reason: str, path: Path | None) -> None:
         """Move a bad file aside (first), then drop its row and record why (one commit)."""
         kept = None
         if path is not None and path.exists():
-            kept = self.quarantine_dir / f"{sender}.{seq:010d}.{time.time_ns()}.env"
+            kept = self.layout.quarantined(sender, seq, time.time_ns())
             os.replace(path, kept)
             fsync_dir(self.quarantine_dir)
             fsync_dir(path.parent)
-        with self._tx() as tx:
-            row = tx.execute("SELECT digest FROM envelopes WHERE sender=? AND seq=?",
-                             (sender, seq)).fetchone()
-            tx.execute("DELETE FROM envelopes WHERE sender=? AND seq=?", (sender, seq))
-            tx.execute("INSERT INTO quarantine(sender, seq, digest, reason, file, at) "
-                       "VALUES(?, ?, ?, ?, ?, ?)", (sender, seq, row[0] if row else None,
-                                                    reason, str(kept) if kept else None,
-                                                    time.time()))
+        self._index.quarantine(sender, seq, reason, str(kept) if kept else None, time.time())
         self.recovery["quarantined"] += 1
         log.warning("QUARANTINED envelope %s#%d: %s", sender, seq, reason)
 
     def _recover(self) -> None:
         """Delete temp files, re-index complete orphans, quarantine rows without a good file."""
-        db = self._conn()
-        rows = {(s, q): size for s, q, size in db.execute("SELECT sender, seq, size "
-                                                          "FROM envelopes")}
+        rows = self._index.sizes()
         seen: set[tuple[str, int]] = set()
         for sender_dir in sorted(self.envelopes_dir.iterdir()):
-            if not sender_dir.is_dir() or not _SENDER_RE.fullmatch(sender_dir.name):
+            if not sender_dir.is_dir() or not SENDER_RE.fullmatch(sender_dir.name):
                 log.warning("ignoring unexpected entry %s in the store", sender_dir)
                 continue
             for path in sorted(sender_dir.iterdir()):
-                match = _FILE_RE.fullmatch(path.name)
+                seq = envelope_seq(path.name)
                 if is_temp_name(path.name):
                     path.unlink(missing_ok=True)
                     self.recovery["temp_removed"] += 1
-                elif match is None:
+                elif seq is None:
                     log.warning("ignoring unexpected file %s in the store", path)
-                elif (key := (sender_dir.name, int(match[1]))) in rows:
+                elif (key := (sender_dir.name, seq)) in rows:
                     seen.add(key)
                     if path.stat().st_size != rows[key]:
                         self._quarantine(*key, "file size differs from the index", path)
@@ -457,89 +330,29 @@ class Store:
                 raise StoreError(f"{path}: metadata names {meta.get('sender')}#"
                                  f"{meta.get('seq')}")
             meta["digest"] = normalize_digest(meta.get("digest"))
-            _check_token("kind", meta.get("kind"))
-            _check_token("status", meta.get("status"))
+            check_token("kind", meta.get("kind"))
+            check_token("status", meta.get("status"))
         except StoreError as exc:
             self._quarantine(*key, f"unindexed file failed verification: {exc}", path)
             return
-        if self.has_digest(key[0], meta["digest"]) is not None:
+        if self._index.seq_of_digest(key[0], meta["digest"]) is not None:
             path.unlink()
             fsync_dir(path.parent)
             self.recovery["duplicates_removed"] += 1
             return
-        with self._tx() as tx:
-            _insert(tx, meta, len(blob), container_checksum(blob))
+        self._index.insert(meta, len(blob), container_checksum(blob))
         self.recovery["reindexed"] += 1
 
 
-def _raise_own_seq(db: sqlite3.Connection, seq: int) -> None:
-    db.execute("INSERT INTO counters(name, value) VALUES('own_seq', ?) ON CONFLICT(name) "
-               "DO UPDATE SET value=MAX(value, excluded.value)", (seq,))
-
-
-def _insert(db: sqlite3.Connection, meta: Mapping[str, Any], size: int, checksum: str) -> None:
-    db.execute("INSERT INTO envelopes(sender, seq, digest, kind, k, release, status, received, "
-               "size, checksum) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-               (meta["sender"], meta["seq"], meta["digest"], meta["kind"], meta.get("k"),
-                meta.get("release"), meta["status"], float(meta["received"]), size, checksum))
-
-
-def _filters(**equal: Any) -> tuple[str, tuple[Any, ...]]:
-    used = {k: v for k, v in equal.items() if v is not None}
-    if not used:
-        return "", ()
-    return " WHERE " + " AND ".join(f"{k}=?" for k in used), tuple(used.values())
-
-
-def _open_index(path: Path) -> sqlite3.Connection:
-    """The index connection in WAL mode with the chosen durability, schema ensured."""
-    try:
-        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot open the store index {path}: {exc}") from None
-    try:
-        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if mode.lower() != "wal":
-            raise StoreError(f"store index {path} cannot use WAL mode (got {mode})")
-        db.execute(f"PRAGMA synchronous={SYNCHRONOUS}")
-        _ensure_format(db, path)
-        return db
-    except sqlite3.Error as exc:
-        db.close()
-        raise StoreError(f"store index {path} is unreadable: {exc}") from None
-    except BaseException:
-        db.close()
-        raise
-
-
-def _ensure_format(db: sqlite3.Connection, path: Path) -> None:
-    """Create a new index, migrate a format-1 one, or refuse one this build cannot read."""
-    version = db.execute("PRAGMA user_version").fetchone()[0]
-    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    if version == FORMAT_VERSION:
-        return
-    if version == 0 and not tables:
-        script = _SCHEMA
-    elif version == 1 and "envelopes" in tables:
-        script = _MIGRATE_1
-        log.warning("migrating the store index %s from format 1 to %d (a sender's content "
-                    "digest is unique per sender)", path, FORMAT_VERSION)
-    else:
-        raise StoreError(f"store index {path} has format {version}, which this twinnode "
-                         f"(format {FORMAT_VERSION}) cannot read; use a new state directory")
-    db.executescript("BEGIN IMMEDIATE;" + script + f"PRAGMA user_version={FORMAT_VERSION}; COMMIT;")
-
-
-def _acquire_lock(state_dir: Path) -> int:
+def _acquire_lock(layout: StateLayout) -> int:
     """An exclusive flock on the state directory's lock file, with our pid written in it."""
-    path = state_dir / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = os.open(layout.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
         os.close(fd)
-        raise StoreError(f"state directory {state_dir} is in use by pid {holder}") from None
+        raise StoreError(f"state directory {layout.root} is in use by pid {holder}") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd

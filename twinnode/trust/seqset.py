@@ -11,7 +11,7 @@ costs one range, not one entry per seq held above the gap. A catch-up request li
 ranges and drops the rest, so it claims to hold less than it does. The server then sends
 some envelopes the requester already has; those are refused as replays and cost only
 bandwidth, and the gaps, which sit below the dropped ranges, are served first. The server
-fills a batch round robin over the senders (`Node._missing_for`), so one sender whose ranges
+fills a batch round robin over the senders (`Catchup.serve_plan`), so one sender whose ranges
 were cut cannot crowd the others out.
 
 The limits below are the one set shared by the wire (what a peer may send), trust.replay (what

@@ -1,0 +1,209 @@
+"""Catch-up, the ZeroMQ Guide's Clone pattern: what each peer holds, what we lack, when to ask,
+which requests are pending, what to serve. Loop-free state, driven by `node.core`.
+
+The protocol: a peer's first heartbeat, a heartbeat showing seqs we lack (once live traffic
+stops filling the lack), and a periodic timer (one live peer per `catchup_interval`, round
+robin, unless twins are arriving live) wake that peer's catch-up worker, which sends a signed
+request with what we `have` of every sender we pin (watermark 0 for none) and waits for the
+end marker; the server answers with up to `catchup_batch` stored original envelopes of the
+senders named in `have` (any of them, not only its own) and a signed end, which completes the
+request only if it comes from the peer that was asked; the worker asks again while new twins
+arrive.
+
+This module holds the state and makes the decisions; it runs no task, never sleeps, opens no
+socket and reads no store. `node.core` tells it what happened (a heartbeat, a live twin, a
+request sent, an end marker, a request to serve) and does what it decides (wake a peer's
+worker, wait one more grace period, answer or throttle). The clock is injectable, so every
+decision can be tested with a fake one.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping, Sequence
+
+from twinnode.errors import MisaddressedMessage
+from twinnode.eventlog import event
+from twinnode.trust.replay import Holding, ReplayGuard
+from twinnode.wire import Heartbeat
+
+log = logging.getLogger("twinnode.node")
+
+CATCHUP_GAP = 0.2        # seconds between two requests of ours to one peer
+CATCHUP_TIMEOUT = 15.0   # seconds to wait for a peer's end marker
+SERVE_GAP = 0.1          # a peer asking more often than this gets an empty reply
+RECHECKS = 20            # grace periods a heartbeat-shown lack may wait on live traffic
+
+# what a heartbeat says: (latest own seq, sorted (sender, watermark) pairs)
+HeartbeatState = tuple[int, tuple[tuple[str, int], ...]]
+Clock = Callable[[], float]
+
+
+@dataclass
+class PeerState:
+    """What this node knows of one pinned peer, from its heartbeats and our requests."""
+
+    name: str
+    address: str
+    last_heartbeat: float | None = None    # on the catch-up clock (time.monotonic)
+    latest: int | None = None
+    holdings: dict[str, int] = field(default_factory=dict)
+    asked: HeartbeatState | None = None    # the heartbeat state that last woke catch-up
+    recheck: bool = False                  # woken by a lack: check again after a grace
+    last_served: float = -math.inf
+
+    def alive(self, interval: float, now: float) -> bool:
+        """Whether a heartbeat came within three intervals (and a second)."""
+        return self.last_heartbeat is not None and now - self.last_heartbeat < 3 * interval + 1.0
+
+
+class Catchup:
+    """The catch-up state of one node: its peers, the pending requests, the periodic turn."""
+
+    def __init__(self, peers: Iterable[tuple[str, str]], pinned: Sequence[str],
+                 heartbeat_interval: float, clock: Clock = time.monotonic) -> None:
+        """`peers`: (name, address) of each pinned peer; `pinned`: every sender we accept,
+        ourselves included, in the order a request names them."""
+        self.peers = {name: PeerState(name, address) for name, address in peers}
+        self.pinned = tuple(pinned)
+        self.heartbeat_interval = heartbeat_interval
+        self.clock = clock
+        self.pending: dict[bytes, str] = {}  # request id -> the peer asked
+        self.turn = 0
+        self.last_live = -math.inf           # when a twin last arrived live (SUB)
+
+    # ---- heartbeats and live traffic ----
+
+    def on_heartbeat(self, hb: Heartbeat, guard: ReplayGuard) -> bool:
+        """Record a peer's heartbeat; True when it should wake that peer's catch-up: its first
+        heartbeat, or a new state showing twins we lack (then after a recheck)."""
+        peer = self.peers.get(hb.sender)
+        if peer is None:
+            return False  # our own heartbeat, forwarded: nothing to learn
+        first = peer.last_heartbeat is None
+        peer.last_heartbeat, peer.latest, peer.holdings = (self.clock(), hb.latest,
+                                                           dict(hb.holdings))
+        state = (hb.latest, tuple(sorted(hb.holdings.items())))
+        if first:
+            event(log, "peer.heartbeat", "first heartbeat", peer=hb.sender, latest=hb.latest)
+            peer.asked = state
+            return True
+        if state != peer.asked and self.lacks(hb.sender, state, guard):
+            peer.asked, peer.recheck = state, True
+            return True
+        return False
+
+    def lacks(self, sender: str, state: HeartbeatState, guard: ReplayGuard) -> bool:
+        """Whether a heartbeat state of `sender` shows twins we lack (of senders we pin)."""
+        latest, holdings = state
+        if latest and guard.missing(sender, latest, limit=1):
+            return True
+        return any(s in self.pinned and guard.missing(s, w, limit=1) for s, w in holdings)
+
+    def on_live_twin(self) -> None:
+        """A twin arrived live (SUB): the periodic catch-up pauses while they do."""
+        self.last_live = self.clock()
+
+    def periodic_pick(self) -> str | None:
+        """The live peer whose catch-up the periodic timer wakes now (round robin), or None:
+        none is alive, or twins arrive live (a request would fetch what is already on its
+        way; a real gap shows in the heartbeats)."""
+        now = self.clock()
+        beat = self.heartbeat_interval
+        if now - self.last_live < 2 * beat:
+            return None
+        alive = [p for p in self.peers.values() if p.alive(beat, now)]
+        if not alive:
+            return None
+        peer = alive[self.turn % len(alive)]
+        self.turn += 1
+        return peer.name
+
+    # ---- asking ----
+
+    def take_recheck(self, name: str) -> bool:
+        """Whether the peer's worker was woken by a lack (and must recheck it first); clears it."""
+        peer = self.peers[name]
+        due, peer.recheck = peer.recheck, False
+        return due
+
+    def recheck(self, name: str, guard: ReplayGuard) -> Recheck:
+        """The grace-period checks of a heartbeat-shown lack of `name`, from now."""
+        return Recheck(self, self.peers[name], guard)
+
+    def have(self, guard: ReplayGuard) -> dict[str, Holding]:
+        """What a request of ours says we hold: every sender we pin, in `pinned` order."""
+        return {s: guard.holding(s) for s in self.pinned}
+
+    def expect_end(self, peer: str, request_id: bytes) -> None:
+        """A request to `peer` was made: only `peer`'s end marker completes it."""
+        self.pending[request_id] = peer
+
+    def end_marker(self, request_id: bytes, sender: str) -> bool:
+        """Whether an end marker completes a pending request of ours (False: none is pending
+        under that id); MisaddressedMessage when it comes from a peer we did not ask."""
+        asked = self.pending.get(request_id)
+        if asked is None:
+            return False
+        if asked != sender:
+            raise MisaddressedMessage(f"end marker for a request to {asked} came from {sender}")
+        return True
+
+    def forget(self, request_id: bytes) -> None:
+        """The request ended (answered, timed out or abandoned)."""
+        self.pending.pop(request_id, None)
+
+    @staticmethod
+    def again(sent: int, new: int) -> bool:
+        """Whether to ask the same peer again: its last batch was not empty and brought news."""
+        return sent > 0 and new > 0
+
+    # ---- serving ----
+
+    def may_serve(self, requester: str) -> bool:
+        """False when a pinned peer asks again within SERVE_GAP (it gets an empty answer);
+        otherwise records the time of this answer."""
+        peer = self.peers.get(requester)
+        now = self.clock()
+        if peer is None:
+            return True
+        if now - peer.last_served < SERVE_GAP:
+            return False
+        peer.last_served = now
+        return True
+
+    @staticmethod
+    def serve_plan(lacking: Mapping[str, Sequence[int]], limit: int) -> list[tuple[str, int]]:
+        """Up to `limit` (sender, seq) to send, given per sender the seqs the requester lacks
+        (ascending): round robin over the senders, lowest seqs first, so a sender whose `have`
+        was cut short (`seqset.bounded`) and so looks lacking cannot crowd the others out."""
+        out = [(sender, seqs[rank]) for rank in range(limit)
+               for sender, seqs in lacking.items() if rank < len(seqs)]
+        return out[:limit]
+
+
+class Recheck:
+    """After a heartbeat showed a lack: wait while live traffic is still filling it (our
+    holdings grow from one grace period to the next); ask once it stalls. The driver waits
+    `grace` seconds before each `step`."""
+
+    def __init__(self, catchup: Catchup, peer: PeerState, guard: ReplayGuard) -> None:
+        self.catchup, self.peer = catchup, peer
+        self.grace = max(catchup.heartbeat_interval, 0.5)
+        self.left = RECHECKS
+        self._before = guard.holdings()
+
+    def step(self, guard: ReplayGuard) -> bool | None:
+        """After one grace period: False (the lack is filled: no request), True (it stalled,
+        or the grace periods ran out: ask), None (live traffic is filling it: wait again)."""
+        self.left -= 1
+        asked = self.peer.asked
+        if asked is None or not self.catchup.lacks(self.peer.name, asked, guard):
+            return False
+        now = guard.holdings()
+        if now == self._before or self.left <= 0:
+            return True
+        self._before = now
+        return None

@@ -1,0 +1,184 @@
+"""The asyncio side of catch-up: the waits, requests and answers that carry out `node.catchup`'s
+decisions with the node's sockets and store.
+
+`node.catchup` decides (which peer to wake, whether a lack is still filling, whether an end
+marker completes a request, whether to serve, what to send); this module runs it, as in
+pyzmq's split of a protocol core from its asyncio adapter: our heartbeats, a worker per peer
+that waits to be woken and asks, the periodic timer, the grace periods of a recheck, one
+request at a time to a peer with its end marker awaited, and the answer to a peer's request.
+`node.core` composes it: it feeds it the heartbeats and end markers that ingest opened, spawns
+its tasks while started, and passes in the transport, store and replay guard they use.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from typing import Mapping
+
+from twinnode.errors import StoreError
+from twinnode.eventlog import event
+from twinnode.node.catchup import CATCHUP_GAP, CATCHUP_TIMEOUT, Catchup
+from twinnode.node.config import NetworkSection
+from twinnode.node.receiving import Reply
+from twinnode.node.transport import Transport
+from twinnode.store.store import Store
+from twinnode.trust.replay import Holding, ReplayGuard
+from twinnode.wire import (
+    CatchupEnd,
+    CatchupRequest,
+    Heartbeat,
+    Signer,
+    encode_catchup_end,
+    encode_catchup_request,
+    encode_heartbeat,
+)
+
+log = logging.getLogger("twinnode.node")
+
+
+class CatchupRunner:
+    """Runs one node's catch-up: `wanted[peer]` wakes that peer's worker."""
+
+    def __init__(self, catchup: Catchup, own: str, signer: Signer, network: NetworkSection,
+                 counters: Counter[str], rejected: Counter[str]) -> None:
+        self.catchup, self.own, self.signer, self.network = catchup, own, signer, network
+        self.counters, self.rejected = counters, rejected
+        self.wanted = {name: asyncio.Event() for name in catchup.peers}
+        self._ends: dict[bytes, asyncio.Future[CatchupEnd]] = {}
+
+    # ---- fed by the node's ingest ----
+
+    def on_heartbeat(self, hb: Heartbeat, guard: ReplayGuard) -> None:
+        """A peer's heartbeat (our own, forwarded, teaches nothing): count it, and wake the
+        peer's worker when `Catchup.on_heartbeat` says so."""
+        if hb.sender not in self.catchup.peers:
+            return
+        self.counters["heartbeats"] += 1
+        if self.catchup.on_heartbeat(hb, guard):
+            self.wanted[hb.sender].set()
+
+    def on_end(self, end: CatchupEnd, sender: str) -> None:
+        """An end marker completes our pending request (MisaddressedMessage when it comes
+        from a peer we did not ask)."""
+        if self.catchup.end_marker(end.request_id, sender):
+            future = self._ends.get(end.request_id)
+            if future is not None and not future.done():
+                future.set_result(end)
+
+    def reset(self) -> None:
+        """The node stopped: no request is pending any more."""
+        self.catchup.pending.clear()
+        self._ends.clear()
+
+    # ---- tasks ----
+
+    async def heartbeats(self, transport: Transport, guard: ReplayGuard) -> None:
+        """Publish our heartbeat (latest own seq, what we hold) every heartbeat interval."""
+        while True:
+            hb = Heartbeat(self.own, guard.holding(self.own).latest, guard.holdings())
+            await transport.publish(encode_heartbeat(hb, self.signer))
+            await asyncio.sleep(self.network.heartbeat_interval)
+
+    async def periodic(self) -> None:
+        """Wake one live peer's catch-up per interval (`Catchup.periodic_pick`)."""
+        while True:
+            await asyncio.sleep(self.network.catchup_interval)
+            name = self.catchup.periodic_pick()
+            if name is not None:
+                self.wanted[name].set()
+
+    async def worker(self, name: str, transport: Transport, guard: ReplayGuard) -> None:
+        """Each time `name` is wanted: recheck a heartbeat-shown lack, then ask; never dies."""
+        wanted = self.wanted[name]
+        while True:
+            await wanted.wait()
+            wanted.clear()
+            if self.catchup.take_recheck(name) and not await self.still_lacking(name, guard):
+                continue
+            try:
+                await self.catch_up(name, transport, guard)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.rejected["internal"] += 1
+                log.exception("catch-up from %s failed", name)
+            await asyncio.sleep(CATCHUP_GAP)
+
+    async def still_lacking(self, name: str, guard: ReplayGuard) -> bool:
+        """After a heartbeat of `name` showed a lack: wait while live traffic is still
+        filling it; True once it stalls (`catchup.Recheck`)."""
+        check = self.catchup.recheck(name, guard)
+        while True:
+            await asyncio.sleep(check.grace)
+            verdict = check.step(guard)
+            if verdict is not None:
+                return verdict
+
+    async def catch_up(self, peer: str, transport: Transport, guard: ReplayGuard) -> int:
+        """Ask `peer` for every stored envelope we lack, batch after batch; return how many
+        new twins arrived (0 when it is not connected or does not answer)."""
+        total = 0
+        while True:
+            req = CatchupRequest(self.own, peer, self.catchup.have(guard))
+            self.catchup.expect_end(peer, req.request_id)
+            future = self._ends[req.request_id] = asyncio.get_running_loop().create_future()
+            before = self.counters["accepted"]
+            try:
+                if not await transport.request(peer, encode_catchup_request(req, self.signer)):
+                    event(log, "catchup.skipped", "peer not connected", peer=peer,
+                          level=logging.DEBUG)
+                    return total
+                self.counters["catchup_requests"] += 1
+                end = await asyncio.wait_for(future, CATCHUP_TIMEOUT)
+            except asyncio.TimeoutError:
+                event(log, "catchup.timeout", f"no end marker within {CATCHUP_TIMEOUT:g} s",
+                      level=logging.WARNING, peer=peer)
+                return total
+            finally:
+                self.catchup.forget(req.request_id)
+                self._ends.pop(req.request_id, None)
+            new = self.counters["accepted"] - before
+            total += new
+            event(log, "catchup.done", peer=peer, sent=end.count, new=new,
+                  level=logging.INFO if end.count else logging.DEBUG)
+            if not self.catchup.again(end.count, new):
+                return total
+            await asyncio.sleep(CATCHUP_GAP)
+
+    async def serve(self, req: CatchupRequest, reply: Reply | None, store: Store) -> None:
+        """Answer a catch-up request: stored envelopes the requester lacks, then the end."""
+        if reply is None:
+            return
+        if not self.catchup.may_serve(req.sender):
+            self.rejected["throttled"] += 1
+            await reply(encode_catchup_end(CatchupEnd(self.own, req.sender, req.request_id, 0),
+                                           self.signer))
+            return
+        wanted = await asyncio.to_thread(self.missing_for, store, req.have,
+                                         self.network.catchup_batch)
+        sent = 0
+        for sender, seq in wanted:
+            try:
+                frames = await asyncio.to_thread(store.frames, sender, seq)
+            except StoreError as exc:
+                event(log, "store.unreadable", str(exc), level=logging.ERROR, peer=sender,
+                      seq=seq)
+                continue
+            if not await reply(frames):
+                return
+            sent += 1
+        await reply(encode_catchup_end(CatchupEnd(self.own, req.sender, req.request_id, sent),
+                                       self.signer))
+        self.counters["served"] += sent
+        event(log, "catchup.served", peer=req.sender, sent=sent,
+              level=logging.INFO if sent else logging.DEBUG)
+
+    def missing_for(self, store: Store, have: Mapping[str, Holding],
+                    limit: int) -> list[tuple[str, int]]:
+        """Up to `limit` (sender, seq) we hold and the requester lacks, of the senders it
+        names in `have` (it names every sender it pins, so it never gets what it refuses):
+        the store says what each lacks, `Catchup.serve_plan` interleaves them."""
+        lacking = {sender: store.missing(sender, have[sender], limit)
+                   for sender in sorted(set(have) & set(store.counts()))}
+        return self.catchup.serve_plan(lacking, limit)
