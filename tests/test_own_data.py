@@ -67,10 +67,11 @@ def federation(tmp_path: Path):
             *[entries[other][0] for other in SITES if other != name]])
         (site / "node.toml").write_text(config)
         # step 4: run it
-        log = open(site / "node.log", "wb")
-        procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "twinnode.cli", "run", "--config", "node.toml"], cwd=site,
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        # the child holds its own copy of the descriptor; ours is closed at once
+        with open(site / "node.log", "wb") as log:
+            procs[name] = subprocess.Popen(
+                [sys.executable, "-m", "twinnode.cli", "run", "--config", "node.toml"],
+                cwd=site, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     yield tmp_path, procs
     for p in procs.values():
         if p.poll() is None:
