@@ -34,6 +34,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"sampling rate per step (default {plan.q:g})")
     p.add_argument("--batching", choices=["poisson", "fixed"], default=plan.batching,
                    help="poisson: add/remove relation (default); fixed: substitute relation")
+    p.add_argument("--marginal-share", type=float, default=plan.marginal_share,
+                   help="part of the release's privacy spent on noisy one-way marginals that "
+                        f"anchor the mixture, in [0, 1) (default {plan.marginal_share:g}; "
+                        "0: none)")
+    p.add_argument("--average", type=float, default=gen.average,
+                   help="share of the last steps whose iterates are averaged, in [0, 1) "
+                        f"(default {gen.average:g}; 0: the last iterate)")
+    p.add_argument("--no-noise-aware", dest="noise_aware", action="store_false",
+                   help="twins share the release's DP noise (as before 2026-12) instead of "
+                        "each carrying its own draw of it")
     p.add_argument("--clip", type=float, default=gen.clip,
                    help=f"per-example clipping norm C (default {gen.clip:g})")
     p.add_argument("--learning-rate", type=float, default=gen.learning_rate,
@@ -92,10 +102,11 @@ def run_train(args: argparse.Namespace) -> int:
     frame = read_table(args.data, schema)
     _check_out(args.out)
     plan = TrainPlan(epsilon=args.epsilon, delta=args.delta, epochs=args.epochs, q=args.q,
-                     batching=args.batching)
+                     batching=args.batching, marginal_share=args.marginal_share)
     settings = GeneratorSettings(components=args.components, outcome=args.outcome_likelihood,
                                  clip=args.clip, learning_rate=args.learning_rate,
-                                 variant=args.variant)
+                                 variant=args.variant, average=args.average,
+                                 noise_aware=args.noise_aware)
     pinned = pin_to_cpus(parse_cpus(args.cpus))  # before JAX starts its threads
 
     from twinnode.cli.progress import TrainProgress

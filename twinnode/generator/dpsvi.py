@@ -58,7 +58,8 @@ def make_dpsvi(model: Callable[..., None], guide: AutoDiagonalNormal,
                   dp_scale=sigma, rng_suite=secure_rng)
     if settings.variant == "aligned":
         return AlignedDPSVI(expected_batch=expected_batch if batching == "poisson" else size,
-                            head_share=settings.head_share, **common)
+                            head_share=settings.head_share, head_weight=settings.head_weight,
+                            **common)
     if batching == "poisson":
         return PoissonDPSVI(expected_batch=expected_batch, **common)
     return DPSVI(**common)
@@ -110,11 +111,15 @@ class AlignedDPSVI(PoissonDPSVI):
     joint clipping, as d3p does).
     """
 
-    def __init__(self, *args: Any, head_share: float = 0.5, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, head_share: float = 0.5, head_weight: float = 1.0,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if not 0 <= head_share < 1:
             raise ValueError(f"head_share must be in [0, 1), got {head_share}")
+        if not head_weight > 0:
+            raise ValueError(f"head_weight must be positive, got {head_weight}")
         self._head_share = head_share
+        self._head_weight = head_weight
         self._head_mask: np.ndarray | None = None
 
     def init(self, rng_key: Any, *args: Any, **kwargs: Any) -> Any:
@@ -143,6 +148,16 @@ class AlignedDPSVI(PoissonDPSVI):
 
         return jax.vmap(clip_one)(px_grad)
 
+    def _weights(self) -> jax.Array:
+        """Per-coordinate gradient weights: `head_weight` on the head, 1 elsewhere.
+
+        Weighting before clipping and unweighting after the noise is DP as before (the
+        weighted gradient is what is clipped to C and noised) and moves noise off the head:
+        its coordinates get noise sigma C / head_weight, at the price of the rows' other
+        coordinates being clipped harder when the head's weighted gradient is large.
+        """
+        return jnp.where(jnp.asarray(self._head_mask), self._head_weight, 1.0)
+
     def _potential_per_row(self, theta: jax.Array, row: tuple[jax.Array, ...]) -> jax.Array:
         """-log p(x_i | theta) - (log prior + log|J|)(theta) / N for one example."""
         args = tuple(jnp.expand_dims(a, 0) for a in row)
@@ -156,6 +171,7 @@ class AlignedDPSVI(PoissonDPSVI):
         px_value, px_grad = jax.vmap(jax.value_and_grad(
             lambda th, *row: self._potential_per_row(th, row) / scale),
             in_axes=(None,) + (0,) * len(batch))(theta, *batch)
+        px_grad = px_grad * self._weights()
         if self._head_share > 0:
             clipped = self.clip_per_group(px_grad)
         else:
@@ -176,6 +192,7 @@ class AlignedDPSVI(PoissonDPSVI):
         total, loss = self.released_sum(svi_state, loc + scale * eta, mask, *batch)
         svi_state, noisy = self._perturb_and_reassemble_gradients(
             svi_state, noise_key, total / self._expected_batch, self._expected_batch)
+        noisy = noisy / self._weights()  # the head's share of the noise shrinks by its weight
         grads_constrained = {LOC: noisy, SCALE: noisy * eta - 1.0 / scale}
         _, pullback = jax.vjp(self.constrain_fn, params)
         (grads,) = pullback(grads_constrained)

@@ -8,14 +8,14 @@ numpyro's way.
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable, NamedTuple
+from typing import Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
-from numpyro.handlers import scale
+from numpyro.handlers import scale, seed
 from numpyro.infer.autoguide import AutoDiagonalNormal
 from numpyro.infer.initialization import init_to_value
 
@@ -186,9 +186,19 @@ def public_init(layout: Layout, settings: GeneratorSettings) -> dict[str, np.nda
     return init
 
 
-def make_guide(model: Callable[..., None], layout: Layout,
-               settings: GeneratorSettings) -> AutoDiagonalNormal:
-    """Diagonal Normal guide (init_scale 0.1) around the public starting values."""
-    values = {k: jnp.asarray(v) for k, v in public_init(layout, settings).items()}
+def make_guide(model: Callable[..., None], layout: Layout, settings: GeneratorSettings,
+               start: Mapping[str, np.ndarray] | None = None) -> AutoDiagonalNormal:
+    """Diagonal Normal guide (init_scale 0.1) around `start` (default: the public values)."""
+    values = {k: jnp.asarray(v) for k, v in
+              (public_init(layout, settings) if start is None else start).items()}
     return AutoDiagonalNormal(model, init_scale=settings.init_scale,
                               init_loc_fn=init_to_value(values=values))
+
+
+def initial_latent(layout: Layout, n: int, settings: GeneratorSettings,
+                   start: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The guide's flat unconstrained location vector for starting values `start`."""
+    model = make_model(layout, n, settings)
+    guide = make_guide(model, layout, settings, start)
+    seed(guide, 0)(*layout.dummy())  # numpyro maps the values to its unconstrained vector
+    return np.asarray(guide._init_latent)

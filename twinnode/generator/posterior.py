@@ -19,7 +19,9 @@ from twinnode.generator.privacy import Calibration
 from twinnode.generator.settings import GeneratorSettings
 from twinnode.schema import Schema
 
-POSTERIOR_FORMAT = "twinnode-posterior/1"
+POSTERIOR_FORMAT = "twinnode-posterior/2"
+READABLE_FORMATS = ("twinnode-posterior/1", POSTERIOR_FORMAT)  # /1: no noise estimate
+NOISE = "noise:"
 
 
 @dataclass(frozen=True)
@@ -33,15 +35,24 @@ class Posterior:
     calibration: Calibration
     release: str
     created: float
+    loc_noise_sd: np.ndarray | None = None   # DP noise sd of the averaged guide locations
+    marginals: Mapping[str, Any] | None = None  # the released noisy marginals, if measured
+
+    @property
+    def noise_aware(self) -> bool:
+        """Whether twins drawn from it carry the DP noise of the guide's locations."""
+        return self.loc_noise_sd is not None and self.settings.noise_aware
 
     def metadata(self) -> dict[str, Any]:
         return {"format": POSTERIOR_FORMAT, "schema_hash": self.schema_hash, "n": self.n,
                 "settings": asdict(self.settings), "calibration": self.calibration.to_dict(),
-                "release": self.release, "created": self.created}
+                "release": self.release, "created": self.created,
+                "marginals": None if self.marginals is None else dict(self.marginals)}
 
     def save(self, path: str | Path) -> Path:
         buf = io.BytesIO()
-        np.savez(buf, __metadata__=np.array(json.dumps(self.metadata())),
+        extra = {} if self.loc_noise_sd is None else {f"{NOISE}loc": self.loc_noise_sd}
+        np.savez(buf, __metadata__=np.array(json.dumps(self.metadata())), **extra,
                  **{f"param:{k}": np.asarray(v) for k, v in self.params.items()})
         write_bytes_atomic(path, buf.getvalue())
         return Path(path)
@@ -53,11 +64,12 @@ class Posterior:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(str(z["__metadata__"]))
                 params = {k.split(":", 1)[1]: z[k] for k in z.files if k.startswith("param:")}
+                noise = z[f"{NOISE}loc"] if f"{NOISE}loc" in z.files else None
         except FileNotFoundError:
             raise GeneratorError(f"{path}: posterior file not found") from None
         except (OSError, ValueError, KeyError) as exc:
             raise GeneratorError(f"{path}: not a readable posterior file: {exc}") from None
-        if not isinstance(meta, dict) or meta.get("format") != POSTERIOR_FORMAT:
+        if not isinstance(meta, dict) or meta.get("format") not in READABLE_FORMATS:
             raise GeneratorError(f"{path}: not a {POSTERIOR_FORMAT} file")
         if meta["schema_hash"] != schema.hash:
             raise SchemaError(f"{path}: trained under schema {meta['schema_hash'][:12]}, "
@@ -66,6 +78,7 @@ class Posterior:
             return cls(params=params, schema_hash=meta["schema_hash"], n=int(meta["n"]),
                        settings=GeneratorSettings(**meta["settings"]),
                        calibration=Calibration(**meta["calibration"]),
-                       release=str(meta["release"]), created=float(meta["created"]))
+                       release=str(meta["release"]), created=float(meta["created"]),
+                       loc_noise_sd=noise, marginals=meta.get("marginals"))
         except (KeyError, TypeError) as exc:
             raise GeneratorError(f"{path}: incomplete posterior metadata: {exc}") from None

@@ -19,10 +19,13 @@ import json
 import math
 import time
 import uuid
+import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
+
+import numpy as np
 
 from twinnode.atomic import write_json_atomic
 from twinnode.errors import AccountingError, BudgetExceeded, PrivacyError
@@ -51,6 +54,12 @@ class Calibration:
     n: int
     batch_size: int          # padded maximum (poisson) or exact size (fixed)
     expected_batch: float    # q * n: the divisor of the noisy gradient sum
+    # marginal anchoring (accounting.py); the defaults describe a release without it
+    marginal_share: float = 0.0           # the marginals' part of the release's mu^2
+    marginal_multiplier: float = 0.0      # their Gaussian noise / L2 sensitivity
+    accountant: str = "d3p Fourier accountant (fourier-accountant)"
+    epsilon_dpvi_alone: float | None = None
+    epsilon_marginals_alone: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -95,7 +104,9 @@ def calibrate(epsilon: float, delta: float, n: int, q: float, steps: int,
         max_batch = max(1, round(q * n))
         d_over, d_acc, q_acc, find = 0.0, delta, max_batch / n, approximate_sigma
     try:
-        sigma, eps, _ = find(epsilon, d_acc, q_acc, steps, force_smaller=True, maxeval=30)
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore", RuntimeWarning)  # a search that fails says so below
+            sigma, eps, _ = find(epsilon, d_acc, q_acc, steps, force_smaller=True, maxeval=30)
     except (AssertionError, ValueError, FloatingPointError, OverflowError, RuntimeError) as exc:
         raise AccountingError(f"no noise level found for epsilon={epsilon}, delta={delta}, "
                               f"q={q_acc}, steps={steps}: {exc}") from None

@@ -21,7 +21,10 @@ from twinnode.data import frame_to_arrays
 from twinnode.errors import PrivacyError
 from twinnode.generator.layout import Layout
 from twinnode.generator.posterior import Posterior
-from twinnode.generator.privacy import Ledger, calibrate
+from twinnode.generator.accounting import calibrate_split
+from twinnode.generator.anchor import anchored_start
+from twinnode.generator.marginals import measure
+from twinnode.generator.privacy import Calibration, Ledger
 from twinnode.generator.sample import sample_twins
 from twinnode.generator.settings import GeneratorSettings, TrainPlan
 from twinnode.generator.train import ProgressFn, fit
@@ -47,19 +50,36 @@ def train_posterior(schema: Schema, frame: pd.DataFrame, plan: TrainPlan, ledger
     n = len(frame)
     delta = plan.delta if plan.delta is not None else 1.0 / n
     ledger.check(plan.epsilon)
-    cal = calibrate(plan.epsilon, delta, n, plan.q, plan.steps(), plan.batching)
+    cal = calibrate_split(plan.epsilon, delta, n, plan.q, plan.steps(), plan.batching,
+                          plan.marginal_share)
+    data = layout.encode(frame_to_arrays(schema, frame))
     entry = ledger.charge(cal.epsilon, cal.delta, n=n, sigma=cal.sigma, q=cal.q,
                           steps=cal.steps, clip=settings.clip, relation=cal.relation,
-                          schema_hash=schema.hash, data=data_fingerprint(frame))
+                          schema_hash=schema.hash, data=data_fingerprint(frame),
+                          **privacy_split(cal))
     try:
-        result = fit(layout.encode(frame_to_arrays(schema, frame)), layout, cal, settings, seed,
-                     progress)
+        marginals = (measure(data, layout, cal.marginal_multiplier, seed)
+                     if cal.marginal_share > 0 else None)
+        start = None if marginals is None else anchored_start(layout, settings, marginals)
+        result = fit(data, layout, cal, settings, seed, progress, start)
     except BaseException:
         ledger.set_status(entry["id"], "failed (still charged)")
         raise
     ledger.set_status(entry["id"], "trained")
     return Posterior(params=result.params, schema_hash=schema.hash, n=n, settings=settings,
-                     calibration=cal, release=entry["id"], created=time.time())
+                     calibration=cal, release=entry["id"], created=time.time(),
+                     loc_noise_sd=result.loc_noise_sd,
+                     marginals=None if marginals is None else marginals.to_dict())
+
+
+def privacy_split(cal: Calibration) -> dict[str, Any]:
+    """How one release's (epsilon, delta) is spent, for the ledger and the receipt."""
+    if cal.marginal_share == 0:
+        return {}
+    return {"marginal_share": cal.marginal_share,
+            "marginal_multiplier": cal.marginal_multiplier,
+            "epsilon_dpvi_alone": cal.epsilon_dpvi_alone,
+            "epsilon_marginals_alone": cal.epsilon_marginals_alone}
 
 
 def data_fingerprint(frame: pd.DataFrame) -> str:
@@ -76,7 +96,8 @@ def draw_release(posterior: Posterior, schema: Schema, k: int, sender: str,
     if k < 1:
         raise PrivacyError(f"need at least one twin, got k={k}")
     layout = Layout.from_schema(schema)
-    arrays = sample_twins(posterior.params, layout, posterior.n, k, posterior.settings, seed)
+    arrays = sample_twins(posterior.params, layout, posterior.n, k, posterior.settings, seed,
+                          loc_noise_sd=posterior.loc_noise_sd if posterior.noise_aware else None)
     cal = posterior.calibration
     generator = generator_summary(posterior)
     created = time.time()
@@ -95,9 +116,11 @@ def draw_release(posterior: Posterior, schema: Schema, k: int, sender: str,
         "batching": cal.batching, "q": cal.q, "steps": cal.steps,
         "batch_size": cal.batch_size, "clip": posterior.settings.clip, "n": posterior.n,
         "k": k, "generator": generator, "versions": versions(),
-        "accountant": "d3p Fourier accountant (fourier-accountant), "
-                      + ("add/remove relation" if cal.relation == "add-remove"
-                         else "substitute relation"),
+        "accountant": cal.accountant + (
+            "" if cal.marginal_share else ", add/remove relation" if cal.relation == "add-remove"
+            else ", substitute relation"),
+        "method": method(posterior), "noise_aware": posterior.noise_aware,
+        "privacy_split": privacy_split(cal) or {"marginal_share": 0.0},
         "neighbours": neighbours_note(cal.relation),
         "replace_one": replace_one(cal.epsilon, cal.delta, cal.relation),
         "composition": "basic (epsilons and deltas of runs add up in the ledger)",
@@ -128,13 +151,30 @@ def generator_summary(posterior: Posterior) -> dict[str, Any]:
     s, c = asdict(posterior.settings), posterior.calibration
     return {"model": "mixture+glm", "components": s["components"], "outcome": s["outcome"],
             "clip": s["clip"], "learning_rate": s["learning_rate"], "q": c.q,
-            "steps": c.steps, "sigma": c.sigma, "batching": c.batching}
+            "steps": c.steps, "sigma": c.sigma, "batching": c.batching,
+            "noise_aware": posterior.noise_aware, "marginal_share": c.marginal_share,
+            "average": s["average"]}
+
+
+def method(posterior: Posterior) -> str:
+    """The release's method in words, for the receipt."""
+    s, c = posterior.settings, posterior.calibration
+    parts = [f"{'aligned DPVI (DPVIm)' if s.variant == 'aligned' else 'DPSVI'}, "
+             f"{s.components}-component mixture with a {s.outcome} head"]
+    if c.marginal_share:
+        parts.append(f"anchored on noisy one-way marginals ({c.marginal_share:g} of mu^2)")
+    if s.average:
+        parts.append(f"iterates averaged over the last {s.average:g} of the steps")
+    parts.append("each twin drawn with the DP noise of the averaged locations (noise-aware)"
+                 if posterior.noise_aware else "twins share the release's DP noise (not noise-aware)")
+    return "; ".join(parts)
 
 
 def versions() -> dict[str, str]:
     """Versions of the packages that determine what a twin means."""
     out = {"python": platform.python_version()}
-    for pkg in ("twinnode", "d3p", "jax", "jaxlib", "numpyro", "numpy", "fourier-accountant"):
+    for pkg in ("twinnode", "d3p", "jax", "jaxlib", "numpyro", "numpy", "fourier-accountant",
+                "dp-accounting"):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:

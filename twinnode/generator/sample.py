@@ -13,6 +13,7 @@ import numpy as np
 from numpyro.handlers import seed as seed_handler
 from numpyro.infer import Predictive
 
+from twinnode.generator.dpsvi import SCALE
 from twinnode.generator.layout import Layout, ModelData
 from twinnode.generator.models import make_guide, make_model
 from twinnode.generator.settings import GeneratorSettings
@@ -22,13 +23,21 @@ _ROW_SITES = ("xb", "xn", "xr", "y")
 
 def sample_twins(params: Mapping[str, np.ndarray], layout: Layout, n: int, k: int,
                  settings: GeneratorSettings, seed: int | None = None,
-                 group: int = 10) -> list[dict[str, np.ndarray]]:
-    """K twins of n rows, as schema arrays (`Schema.check_arrays` layout)."""
+                 group: int = 10, loc_noise_sd: np.ndarray | None = None
+                 ) -> list[dict[str, np.ndarray]]:
+    """K twins of n rows, as schema arrays (`Schema.check_arrays` layout).
+
+    With `loc_noise_sd` (noise-aware), each twin's parameters are drawn around its own draw
+    of the guide's locations: the DP noise left in them, N(0, loc_noise_sd^2), is added to
+    the guide's own N(0, scale^2), both diagonal, so each draw has sd sqrt(scale^2 + noise^2).
+    """
     key = jax.random.PRNGKey(np.random.SeedSequence(seed).generate_state(1)[0])
     model = make_model(layout, n, settings)
     guide = make_guide(model, layout, settings)
     seed_handler(guide, 0)(*layout.dummy())  # set up the guide's shapes; no data involved
     jparams = {name: jnp.asarray(v) for name, v in params.items()}
+    if loc_noise_sd is not None:
+        jparams[SCALE] = jnp.sqrt(jparams[SCALE] ** 2 + jnp.asarray(loc_noise_sd) ** 2)
     draw_key, rows_key = jax.random.split(key)
     thetas = guide.sample_posterior(draw_key, jparams, sample_shape=(k,))
     sites = list(_ROW_SITES) + [f"xc_{j}" for j in range(len(layout.categorical))]

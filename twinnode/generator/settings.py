@@ -25,6 +25,9 @@ class GeneratorSettings:
     variant: str = "aligned"  # aligned: DPVIm (privatise locations only); dpsvi: d3p's DPSVI
     head_share: float = 0.0   # aligned: share of C^2 the outcome head is clipped to (0: joint)
     head_origin: str = "lower"  # where the head's features are 0: lower bound or midpoint
+    head_weight: float = 1.0  # aligned: the head's gradient weight before clipping (dpsvi.py)
+    average: float = 0.5      # share of the last steps whose iterates are averaged (0: last)
+    noise_aware: bool = True  # twins' draws include the averaged locations' DP noise
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -35,7 +38,7 @@ class GeneratorSettings:
         if self.outcome not in OUTCOME_LIKELIHOODS:
             raise GeneratorError(f"outcome likelihood must be one of "
                                  f"{', '.join(OUTCOME_LIKELIHOODS)}, got {self.outcome!r}")
-        for name in ("clip", "learning_rate", "init_scale"):
+        for name in ("clip", "learning_rate", "init_scale", "head_weight"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise GeneratorError(f"{name} must be a positive number, got {value}")
@@ -44,6 +47,9 @@ class GeneratorSettings:
                                  f"got {self.head_origin!r}")
         if not 0 <= self.head_share < 1:
             raise GeneratorError(f"head_share must be in [0, 1), got {self.head_share}")
+        if not 0 <= self.average < 1:
+            raise GeneratorError(f"average must be in [0, 1) (0: the last iterate), "
+                                 f"got {self.average}")
         if self.chunk < 1:
             raise GeneratorError(f"chunk must be >= 1, got {self.chunk}")
 
@@ -57,6 +63,7 @@ class TrainPlan:
     epochs: float = 400.0       # study on public data: docs/GENERATOR.md, "Defaults"
     q: float = 0.1
     batching: str = "poisson"
+    marginal_share: float = 0.0  # part of the release's privacy spent on noisy marginals
 
     def __post_init__(self) -> None:
         if self.batching not in BATCHINGS:
@@ -67,6 +74,12 @@ class TrainPlan:
             raise PrivacyError(f"q must be in (0, 1], got {self.q}")
         if not (math.isfinite(self.epsilon) and self.epsilon > 0):
             raise PrivacyError(f"epsilon must be a positive finite number, got {self.epsilon}")
+        if not (math.isfinite(self.marginal_share) and 0 <= self.marginal_share < 1):
+            raise PrivacyError(f"marginal share must be in [0, 1) (0: no marginals), "
+                               f"got {self.marginal_share}")
+        if self.marginal_share > 0 and self.batching != "poisson":
+            raise PrivacyError("marginal anchoring needs Poisson batching; set the marginal "
+                               "share to 0 for fixed batches")
         if self.delta is not None and not 0 < self.delta < 1:
             raise PrivacyError(f"delta must be in (0, 1), got {self.delta}")
 

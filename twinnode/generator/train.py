@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from functools import lru_cache
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 import d3p.random as secure_rng
 import jax
@@ -19,11 +19,12 @@ from d3p.minibatch import subsample_batchify_data
 from d3p.util import sample_from_array
 
 from twinnode.errors import GeneratorError
-from twinnode.generator.dpsvi import PoissonDPSVI, make_dpsvi
+from twinnode.generator.dpsvi import LOC, PoissonDPSVI, make_dpsvi
 from twinnode.generator.layout import Layout, ModelData
-from twinnode.generator.models import make_guide, make_model
+from twinnode.generator.models import initial_latent, make_guide, make_model
 from twinnode.generator.privacy import Calibration
 from twinnode.generator.settings import GeneratorSettings
+from twinnode.generator.trace import TraceTail
 
 ProgressFn = Callable[[int, int, float], None]  # (steps done, total steps, ELBO per row)
 Arrays = tuple[jax.Array, ...]
@@ -32,10 +33,11 @@ Arrays = tuple[jax.Array, ...]
 class TrainResult(NamedTuple):
     """What training releases: the guide's parameters, and how it went."""
 
-    params: dict[str, np.ndarray]
+    params: dict[str, np.ndarray]  # averaged over the trace's tail when settings.average > 0
     losses: np.ndarray         # mean negative ELBO per row, one per chunk
     overflow_steps: int        # Poisson batches that were truncated (almost always 0)
     seconds: float
+    loc_noise_sd: np.ndarray | None = None  # DP noise in the averaged locations (trace.py)
 
 
 def binomial_thresholds(n: int, q: float, max_batch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -63,11 +65,13 @@ def draw_batch_count(key: jax.Array, hi: jax.Array, lo: jax.Array) -> jax.Array:
 
 def fit(data: ModelData, layout: Layout, calibration: Calibration,
         settings: GeneratorSettings = GeneratorSettings(), seed: int | None = None,
-        progress: ProgressFn | None = None) -> TrainResult:
+        progress: ProgressFn | None = None,
+        start: Mapping[str, np.ndarray] | None = None) -> TrainResult:
     """Train the twin model on `data` with DP as calibrated; return the guide parameters.
 
     `seed=None` (the default for real releases) draws the ChaCha20 key from the OS; a fixed
-    seed makes the run reproducible, and anyone who knows it can remove the noise.
+    seed makes the run reproducible, and anyone who knows it can remove the noise. `start`
+    replaces the public starting values (anchor.py: from the noisy marginals).
     """
     n = int(data.y.shape[0])
     if n != calibration.n:
@@ -80,10 +84,14 @@ def fit(data: ModelData, layout: Layout, calibration: Calibration,
     thresholds = tuple(jnp.asarray(a) for a in
                        binomial_thresholds(n, calibration.q, calibration.batch_size))
     svi_state = svi.init(init_key, *(a[:1] for a in arrays))
+    if start is not None:
+        svi_state = _restart(svi, svi_state, initial_latent(layout, n, settings, start))
     total, done, overflow, losses = calibration.steps, 0, 0, []
+    tail = TraceTail(total, settings.average)
     while done < total:
-        svi_state, over, loss = run_chunk(svi_state, batch_key, jnp.uint32(done),
-                                          jnp.uint32(total), arrays, thresholds)
+        svi_state, over, loss, trace = run_chunk(svi_state, batch_key, jnp.uint32(done),
+                                                 jnp.uint32(total), arrays, thresholds)
+        tail.add(done, {k: np.asarray(v) for k, v in trace.items()})
         done = min(done + settings.chunk, total)
         overflow += int(over)
         # Divergence is judged on the parameters (post-processing of the noisy releases),
@@ -95,9 +103,22 @@ def fit(data: ModelData, layout: Layout, calibration: Calibration,
         losses.append(per_row)
         if progress is not None:
             progress(done, total, -per_row)
-    params = {k: np.asarray(v) for k, v in svi.get_params(svi_state).items()}
+    if tail.steps:  # iterate averaging (free: post-processing of the released trace)
+        params = {k: np.asarray(v) for k, v in svi.constrain_fn(
+            {k: jnp.asarray(v) for k, v in tail.mean().items()}).items()}
+        noise = tail.mean_sd()[LOC]
+    else:
+        params = {k: np.asarray(v) for k, v in svi.get_params(svi_state).items()}
+        noise = None
     return TrainResult(params=params, losses=np.asarray(losses), overflow_steps=overflow,
-                       seconds=time.perf_counter() - t0)
+                       seconds=time.perf_counter() - t0, loc_noise_sd=noise)
+
+
+def _restart(svi: Any, svi_state: Any, latent: np.ndarray) -> Any:
+    """The state with the guide's locations moved to `latent` (Adam's moments still zero)."""
+    params = dict(svi.optim.get_params(svi_state.optim_state))
+    params[LOC] = jnp.asarray(latent, params[LOC].dtype)
+    return svi_state._replace(optim_state=svi.optim.init(params))
 
 
 @lru_cache(maxsize=4)
@@ -134,20 +155,21 @@ def _compiled(layout: Layout, n: int, settings: GeneratorSettings, batching: str
 
     @jax.jit
     def run_chunk(svi_state: Any, batch_key: jax.Array, start: jax.Array, total: jax.Array,
-                  arrays: Arrays, thresholds: Arrays) -> tuple[Any, jax.Array, jax.Array]:
-        def step(carry: tuple[Any, jax.Array, jax.Array], i: jax.Array) -> tuple[Any, None]:
+                  arrays: Arrays, thresholds: Arrays) -> tuple[Any, jax.Array, jax.Array, Any]:
+        def step(carry: tuple[Any, jax.Array, jax.Array], i: jax.Array) -> tuple[Any, Any]:
             svi_state, overflow, loss_sum = carry
             new_state, loss, over = update(svi_state, batch_key, i, arrays, thresholds)
             active = i < total  # the last chunk may run past the step count: no-ops
             svi_state = jax.tree_util.tree_map(lambda a, b: jnp.where(active, a, b),
                                                new_state, svi_state)
-            return (svi_state, overflow + jnp.where(active, over, 0),
-                    loss_sum + jnp.where(active, loss, 0.0)), None
+            return ((svi_state, overflow + jnp.where(active, over, 0),
+                     loss_sum + jnp.where(active, loss, 0.0)),
+                    svi.optim.get_params(svi_state.optim_state))
 
         steps = start + jnp.arange(settings.chunk, dtype=jnp.uint32)
-        (svi_state, overflow, loss_sum), _ = jax.lax.scan(
+        (svi_state, overflow, loss_sum), trace = jax.lax.scan(
             step, (svi_state, jnp.int32(0), jnp.float32(0.0)), steps)
         ran = jnp.maximum(jnp.minimum(total - start, settings.chunk), 1).astype(jnp.float32)
-        return svi_state, overflow, loss_sum / ran
+        return svi_state, overflow, loss_sum / ran, trace
 
     return svi, run_chunk

@@ -53,6 +53,7 @@ class PrivacySection:
     batching: str = _PLAN.batching
     epochs: float = _PLAN.epochs
     q: float = _PLAN.q
+    marginal_share: float = _PLAN.marginal_share
 
 
 @dataclass(frozen=True)
@@ -179,7 +180,11 @@ def _privacy_section(pr: _Section) -> PrivacySection:
         cap_epsilon=pr.number("cap_epsilon", None, lo=0.0, lo_open=True),
         batching=pr.choice("batching", BATCHINGS, _PLAN.batching),
         epochs=pr.number("epochs", _PLAN.epochs, lo=0.0, lo_open=True),
-        q=pr.number("q", _PLAN.q, lo=0.0, hi=1.0, lo_open=True))
+        q=pr.number("q", _PLAN.q, lo=0.0, hi=1.0, lo_open=True),
+        marginal_share=pr.number("marginal_share", _PLAN.marginal_share, lo=0.0, hi=1.0,
+                                 hi_open=True))
+    if privacy.marginal_share > 0 and privacy.batching != "poisson":
+        raise pr.error("marginal_share", "marginal anchoring needs batching = \"poisson\"")
     if privacy.cap_epsilon is not None and privacy.epsilon > privacy.cap_epsilon:
         raise pr.error("epsilon", f"{privacy.epsilon:g} exceeds cap_epsilon "
                                   f"{privacy.cap_epsilon:g}: no run could ever train")
@@ -195,7 +200,9 @@ def _generator_section(ge: _Section) -> GeneratorSettings:
         learning_rate=ge.number("learning_rate", _GEN.learning_rate, lo=0.0, lo_open=True),
         chunk=ge.integer("chunk", _GEN.chunk, lo=1, hi=100_000),
         variant=ge.choice("variant", VARIANTS, _GEN.variant),
-        head_share=ge.number("head_share", _GEN.head_share, lo=0.0, hi=1.0, hi_open=True))
+        head_share=ge.number("head_share", _GEN.head_share, lo=0.0, hi=1.0, hi_open=True),
+        average=ge.number("average", _GEN.average, lo=0.0, hi=1.0, hi_open=True),
+        noise_aware=ge.get("noise_aware", bool, _GEN.noise_aware))
     ge.finish()
     return generator
 

@@ -42,7 +42,8 @@ async def generate(ctx: NodeContext, job: JobState, kind: str, args: Mapping[str
     cfg = ctx.config
     plan = TrainPlan(epsilon=float(args.get("epsilon", cfg.privacy.epsilon)),
                      delta=cfg.privacy.delta, epochs=float(args.get("epochs", cfg.privacy.epochs)),
-                     q=cfg.privacy.q, batching=cfg.privacy.batching)
+                     q=cfg.privacy.q, batching=cfg.privacy.batching,
+                     marginal_share=cfg.privacy.marginal_share)
     spec = Job(kind=kind, schema_text=ctx.schema.to_toml(), state_dir=str(ctx.layout.root),
                posterior_path=str(posterior_path(ctx)), k=int(args.get("k", cfg.k)),
                sender=ctx.name, data_path=str(cfg.data.path), plan=plan,

@@ -1,0 +1,60 @@
+"""The tail of the DP parameter trace: its average (what is released) and that average's noise.
+
+DPVIm (Jalko, Prediger, Honkela, Kaski 2022): every iterate of DP-SGD is already private, so
+averaging the last part of the trace costs no privacy and removes much of the noise the
+last iterate carries. The same trace shows how much noise is left: the window is cut into
+consecutive batches, and the spread of the batch means, divided by their number, estimates
+the variance of the average (the batch-means estimator for a correlated series). That sd is
+what makes the twins noise-aware (sample.py adds it to the guide's own sd).
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+BATCHES = 20  # batch means in the averaging window
+
+
+class TraceTail:
+    """Batch sums of the last `share` of `total` steps, fed one chunk of the trace at a time."""
+
+    def __init__(self, total: int, share: float) -> None:
+        window = int(round(total * share))
+        self.batches = min(BATCHES, window)
+        self.length = window // self.batches if self.batches else 0
+        self.first = total - self.batches * self.length
+        self.total = total
+        self._sums: dict[str, np.ndarray] = {}
+
+    @property
+    def steps(self) -> int:
+        return self.batches * self.length
+
+    def add(self, start: int, chunk: Mapping[str, np.ndarray]) -> None:
+        """Chunk rows are the steps start, start + 1, ...; rows outside the window are ignored."""
+        if not self.steps:
+            return
+        rows = next(iter(chunk.values())).shape[0]
+        index = np.arange(start, start + rows)
+        keep = (index >= self.first) & (index < self.total)
+        if not keep.any():
+            return
+        batch = (index[keep] - self.first) // self.length
+        for name, values in chunk.items():
+            sums = self._sums.setdefault(
+                name, np.zeros((self.batches,) + values.shape[1:], np.float64))
+            np.add.at(sums, batch, np.asarray(values, np.float64)[keep])
+
+    def mean(self) -> dict[str, np.ndarray]:
+        """The average over the window, per parameter."""
+        return {k: (s.sum(axis=0) / self.steps).astype(np.float32) for k, s in self._sums.items()}
+
+    def mean_sd(self) -> dict[str, np.ndarray]:
+        """The batch-means estimate of each average's standard deviation."""
+        out = {}
+        for k, s in self._sums.items():
+            means = s / self.length
+            var = means.var(axis=0, ddof=1) / self.batches if self.batches > 1 else 0 * means[0]
+            out[k] = np.sqrt(var).astype(np.float32)
+        return out
