@@ -103,16 +103,17 @@ def run_train(args: argparse.Namespace) -> int:
     from twinnode.generator.release import train_and_release
 
     ledger = Ledger(args.state or args.out.resolve().parent, cap_epsilon=args.budget)
-    if not ledger.snapshot()["entries"]:
-        print(f"starting a new privacy ledger at {ledger.path}; if these data were trained "
-              "on before, pass --state with that run's state directory, so the budget counts "
-              "every run", file=sys.stderr)
+    new_ledger = not ledger.snapshot()["entries"]
     print(f"training on {len(frame)} rows of {args.data} (schema {schema.short_hash}) at "
           f"epsilon={plan.epsilon:g}, {plan.epochs:g} epochs, {plan.batching} batching, "
           f"CPUs {sorted(pinned)}", file=sys.stderr)
     with TrainProgress() as bar:
         release = train_and_release(schema, frame, plan, ledger, args.out / "posterior.npz",
                                     args.twins, _sender(args), settings, args.seed, bar.update)
+    if new_ledger:  # said once the charge is on disk, never for a run that did not start
+        print(f"started a new privacy ledger at {ledger.path}; if these data were trained "
+              "on before, pass --state with that run's state directory, so the budget counts "
+              "every run", file=sys.stderr)
     return _write_release(args, release, schema)
 
 
