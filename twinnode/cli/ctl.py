@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from twinnode.errors import ConfigError
-from twinnode.node.command_names import COMMANDS
+from twinnode.node.command_names import COMMANDS, JOB_COMMANDS
 from twinnode.node.control_client import request_sync, socket_path
 
 DEFAULT_STATE = "state"
@@ -48,7 +48,19 @@ def run(args: argparse.Namespace) -> int:
     params = parse_params(args.params)
     if not args.timeout > 0:
         raise ConfigError(f"--timeout must be positive, got {args.timeout}")
-    result = request_sync(path, args.cmd, params, timeout=args.timeout)
+    if args.cmd in JOB_COMMANDS and params.get("wait") is True:
+        from twinnode.cli.ctl_wait import STILL_RUNNING_EXIT, wait_for_job
+
+        where = f"--socket {args.socket} " if args.socket else \
+            (f"--state {args.state} " if args.state else "")
+        done, running = wait_for_job(path, args.cmd, params, args.timeout, where)
+        if done is None:
+            print(json.dumps({"still_running": True, "message": running}, indent=2)
+                  if args.json else running)
+            return STILL_RUNNING_EXIT
+        result = dict(done)
+    else:
+        result = request_sync(path, args.cmd, params, timeout=args.timeout)
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:

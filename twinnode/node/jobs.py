@@ -101,6 +101,24 @@ async def publish_job(ctx: NodeContext, job: JobState, args: Mapping[str, Any]) 
     return await _publish(ctx, job, release)
 
 
+def earlier_release(ctx: NodeContext) -> dict[str, Any] | None:
+    """The ledger entry of a finished training run on the node's data as they are now (same
+    rows by content, or for an imported release the same schema and row count), or None.
+    Reads and checks the data file, so a bad CSV is refused here, before anything is charged."""
+    from twinnode.data import data_fingerprint, read_table
+
+    frame = read_table(ctx.config.data.path, ctx.schema)
+    digest, rows = data_fingerprint(frame), len(frame)
+    for entry in reversed(ctx.ledger.snapshot()["entries"]):
+        if entry.get("kind") == "train" and entry.get("status") == "trained" and \
+                entry.get("data", digest) == digest and entry.get("n", rows) == rows:
+            return entry
+        if entry.get("kind") == "import" and entry.get("n") == rows and \
+                entry.get("schema_hash") == ctx.schema.hash:
+            return entry
+    return None
+
+
 def auto_publish_blocker(ctx: NodeContext) -> str | None:
     """Why [training] auto must not publish at start (None: it may). Sampling a saved
     posterior is free; training again after a charged run that left no posterior (cancelled,
