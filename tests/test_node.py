@@ -541,3 +541,20 @@ def test_shutdown_command_replies_then_stops_the_node(party, node_factory):
         assert reply == {"message": "stopping"} and not path.exists()
 
     node_factory.run(main(), 6 * WAIT)
+
+
+def test_a_peer_refused_again_and_again_is_logged_once_with_a_hint_and_counted_each_time(
+        party, caplog, node_factory):
+    async def main() -> None:
+        node = await node_factory.opened(party.config)
+        as_bob = Identity("bob", party.mallory.sign_secret, party.mallory.curve_public,
+                          party.mallory.curve_secret)  # bob after he made new keys
+        forged = signed(make_twins(party.schema, "bob", k=5), party.schema, as_bob)
+        with caplog.at_level(logging.INFO, logger="twinnode.node"):
+            for frames in forged:
+                assert await node.handle_frames(frames) is None
+        assert node.rejected["signature"] == 5
+        lines = [r for r in caplog.records if r.getMessage().startswith("REJECTED")]
+        assert len(lines) == 1 and "compare fingerprints" in lines[0].fields["hint"]
+
+    node_factory.run(main(), 6 * WAIT)
