@@ -67,7 +67,7 @@ def make_handlers(server_box: list) -> dict:
     async def train(args: dict) -> dict:
         args = check_args("train", args, {"epochs": int, "epsilon": float}, required=["epochs"])
         return {"message": f"training started (epochs={args['epochs']})",
-                "job": {"name": "train", "state": "queued", "progress": 0.0}}
+                "job": {"name": "train", "state": "running", "progress": 0.0}}
 
     async def budget(args: dict) -> dict:
         raise BudgetExceeded("training at epsilon 2 would take the ledger to 4 > cap 3")
@@ -341,7 +341,7 @@ def test_ctl_uses_the_state_directory_and_passes_key_value_args(served, capsys):
     code = main(["ctl", "--state", str(path.parent), "train", "epochs=5", "epsilon=1"])
     assert code == 0
     assert capsys.readouterr().out.splitlines() == ["training started (epochs=5)",
-                                                    "job: train queued 0%"]
+                                                    "job: train running 0%"]
 
 
 def test_ctl_prints_peers_and_twins_as_tables(served, capsys):

@@ -29,6 +29,9 @@ MAX_K = 1_000  # twins per release from a control command: 10x the paper's K = 1
                # exhaust memory; [twins] k in the config file (up to 100,000) is the operator's
                # own choice and is not capped here.
 
+COUNTERS = ("accepted", "published", "served", "catchup_requests", "heartbeats",
+            "twins_decoded")  # in `status` even while zero, so a monitor sees every series
+
 Command = Callable[[NodeContext, dict[str, Any]], Awaitable[Mapping[str, Any]]]
 
 
@@ -51,7 +54,8 @@ async def status(ctx: NodeContext, args: dict[str, Any]) -> Mapping[str, Any]:
             "rejected": dict(sorted(ctx.rejected.items())),
             "budget": await _budget(ctx, entries=False),
             "job": job.to_dict() if job else None,
-            "counters": dict(sorted(ctx.counters.items())),
+            "counters": dict(sorted(({name: 0 for name in COUNTERS}
+                                     | dict(ctx.counters)).items())),
             "endpoints": ctx.endpoints()}
 
 

@@ -59,8 +59,10 @@ async def generate(ctx: NodeContext, job: JobState, kind: str, args: Mapping[str
     receipt = await asyncio.to_thread(_new_receipt_path, ctx.layout.receipts,
                                       f"{rid}-{created:.0f}")  # one per draw
     await asyncio.to_thread(write_json_atomic, receipt, release.receipt)
+    spent = release.receipt.get("epsilon") if kind == "train" else 0.0  # sampling is free
     event(log, f"generator.{kind}", release=release.receipt.get("release"),
-          k=len(release.twins), epsilon=release.receipt.get("epsilon"))
+          k=len(release.twins), epsilon_spent=spent,
+          release_epsilon=release.receipt.get("epsilon"))
     return release
 
 
