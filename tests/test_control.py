@@ -67,7 +67,7 @@ def make_handlers(server_box: list) -> dict:
     async def train(args: dict) -> dict:
         args = check_args("train", args, {"epochs": int, "epsilon": float}, required=["epochs"])
         return {"message": f"training started (epochs={args['epochs']})",
-                "job": {"name": "train", "state": "queued", "progress": 0.0}}
+                "job": {"name": "train", "state": "running", "progress": 0.0}}
 
     async def budget(args: dict) -> dict:
         raise BudgetExceeded("training at epsilon 2 would take the ledger to 4 > cap 3")
@@ -341,7 +341,7 @@ def test_ctl_uses_the_state_directory_and_passes_key_value_args(served, capsys):
     code = main(["ctl", "--state", str(path.parent), "train", "epochs=5", "epsilon=1"])
     assert code == 0
     assert capsys.readouterr().out.splitlines() == ["training started (epochs=5)",
-                                                    "job: train queued 0%"]
+                                                    "job: train running 0%"]
 
 
 def test_ctl_prints_peers_and_twins_as_tables(served, capsys):
@@ -424,3 +424,23 @@ def test_ctl_imports_neither_the_node_nor_the_store_nor_zmq():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=60)
     assert out.stdout.strip() == "[]"
+
+
+def test_stop_with_idle_connections_open_logs_no_cancelled_error(bg, tmp_path, caplog):
+    # Prepare: three clients connected and silent, as ctl status polls may be at shutdown
+    path = tmp_path / "control.sock"
+    server = ControlServer(path, make_handlers([]), idle_timeout=WAIT)
+    bg.run(server.start())
+    clients = [raw(path) for _ in range(3)]
+    try:
+        ask(clients[0], b'{"cmd": "status"}\n')  # one has been served and waits for more
+        # Execute
+        with caplog.at_level(logging.DEBUG, logger="asyncio"):
+            bg.run(server.stop())
+            bg.run(asyncio.sleep(0.1))  # let done-callbacks run
+        # Assert: the connections were closed, and asyncio logged nothing about them
+        assert all(c.recv(1) == b"" for c in clients)
+        assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
+    finally:
+        for c in clients:
+            c.close()

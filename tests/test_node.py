@@ -541,3 +541,46 @@ def test_shutdown_command_replies_then_stops_the_node(party, node_factory):
         assert reply == {"message": "stopping"} and not path.exists()
 
     node_factory.run(main(), 6 * WAIT)
+
+
+def test_a_peer_refused_again_and_again_is_logged_once_with_a_hint_and_counted_each_time(
+        party, caplog, node_factory):
+    async def main() -> None:
+        node = await node_factory.opened(party.config)
+        as_bob = Identity("bob", party.mallory.sign_secret, party.mallory.curve_public,
+                          party.mallory.curve_secret)  # bob after he made new keys
+        forged = signed(make_twins(party.schema, "bob", k=5), party.schema, as_bob)
+        with caplog.at_level(logging.INFO, logger="twinnode.node"):
+            for frames in forged:
+                assert await node.handle_frames(frames) is None
+        assert node.rejected["signature"] == 5
+        lines = [r for r in caplog.records if r.getMessage().startswith("REJECTED")]
+        assert len(lines) == 1 and "compare fingerprints" in lines[0].fields["hint"]
+
+    node_factory.run(main(), 6 * WAIT)
+
+
+def test_status_holds_every_counter_at_zero_and_control_md_quotes_the_real_replies(
+        party, node_factory):
+    control_md = (Path(__file__).parent.parent / "docs" / "CONTROL.md").read_text()
+    flat = " ".join(control_md.split())
+
+    async def main() -> tuple[dict, dict, dict]:
+        node = node_factory(party.config)
+        await node.start()
+        path = socket_path(party.config.state_dir)
+        status = await request(path, "status", {}, WAIT)
+        started = await request(path, "screen", {}, WAIT)
+        await node.wait_job()
+        return status, started, await request(path, "shutdown", {}, WAIT)
+
+    status, started, stopping = node_factory.run(main(), 6 * WAIT)
+    assert status["counters"] == {"accepted": 0, "catchup_requests": 0, "heartbeats": 0,
+                                  "published": 0, "served": 0, "twins_decoded": 0}
+    assert status["job"] is None and set(status["endpoints"]) == {"pub", "router"}
+    assert started["message"] == "screen started" and f'"{started["message"]}"' in flat
+    assert set(started["job"]) == {"name", "state", "progress", "detail", "started", "finished"}
+    for key in started["job"]:
+        assert f'"{key}"' in flat, key
+    assert stopping == {"message": "stopping"} and '{"message": "stopping"}' in flat
+    assert "training started" not in flat and "queued" not in flat

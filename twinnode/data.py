@@ -182,6 +182,15 @@ def read_table(path: str | Path, schema: Schema) -> pd.DataFrame:
     return validate_frame(schema, raw, str(path))
 
 
+def data_fingerprint(frame: pd.DataFrame) -> str:
+    """A short content hash of validated rows, as the ledger keeps it for each training run
+    (`generator.release.data_fingerprint` computes the same; a test holds them equal)."""
+    import hashlib
+
+    values = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+    return hashlib.sha256(values.tobytes()).hexdigest()[:16]
+
+
 def write_table(frame: pd.DataFrame, path: str | Path, schema: Schema) -> None:
     """Write a typed frame as CSV, atomically (a reader never sees half a file)."""
     with atomic_open(path, "w", encoding="utf-8", newline="") as fh:

@@ -28,7 +28,8 @@ a clear message, a counter or an exit code. Anything else is a bug.
     ├── StoreError             the on-disk store is unreadable or inconsistent
     ├── TransportError         sockets could not be set up
     ├── ControlError           a control-socket request failed
-    │   └── NodeNotRunning     nothing listens on the control socket
+    │   ├── NodeNotRunning     nothing listens on the control socket
+    │   └── ReplyTimeout       the node did not answer in time (its job may still be running)
     └── AnalysisError          the analysis cannot be run on these inputs
 """
 from __future__ import annotations
@@ -175,6 +176,12 @@ class NodeNotRunning(ControlError):
 
     exit_code = 14
     reason = "not-running"
+
+
+class ReplyTimeout(ControlError):
+    """The node did not answer within the client's timeout; a job it runs goes on."""
+
+    reason = "timeout"
 
 
 class AnalysisError(TwinnodeError):

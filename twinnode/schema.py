@@ -126,8 +126,10 @@ class Schema:
 
     # ------------------------------------------------------------------ files
     @classmethod
-    def load(cls, path: str | Path) -> "Schema":
-        """Read and validate a schema TOML file."""
+    def load(cls, path: str | Path, require_outcome: bool = True) -> "Schema":
+        """Read and validate a schema TOML file. A file must name its outcome (the generator
+        and the analysis both model it), so a schema without one fails here, naming the file,
+        not later inside a training run."""
         path = Path(path)
         try:
             text = path.read_text(encoding="utf-8")
@@ -135,7 +137,14 @@ class Schema:
             raise SchemaError(f"{path}: schema file not found") from None
         except (OSError, UnicodeDecodeError) as exc:
             raise SchemaError(f"{path}: cannot read schema file: {exc}") from None
-        return cls.from_toml(text, source=str(path))
+        schema = cls.from_toml(text, source=str(path))
+        if require_outcome and schema.outcome is None:
+            count = [c.name for c in schema.columns if c.type == "count"]
+            raise SchemaError(f"{path}: declares no outcome; add a top-level line "
+                              f"outcome = \"<column>\" naming a count column"
+                              + (f" (here: {', '.join(count)})" if count else
+                                 " (this schema has none)"))
+        return schema
 
     @classmethod
     def from_toml(cls, text: str, source: str = "<schema>") -> "Schema":

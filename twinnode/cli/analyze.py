@@ -37,8 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "default; --weight 1 is the paper's plain concatenation); for k = 1..K "
                     "fit the schema's outcome on the covariates over the local rows plus "
                     "twin k of every peer, pool the K fits, and compare with the local-only "
-                    "fit (and, with --test, the mean test log-likelihood). See "
-                    "docs/ANALYSIS.md.")
+                    "fit (and, with --test, the mean test log-likelihood). Screening needs "
+                    "at least 3 peers (each is compared with the others); with fewer it is "
+                    "skipped and the report says so. See docs/ANALYSIS.md.",
+        epilog="example: twinnode analyze --schema schema.toml --local site.csv --twins "
+               "bob/ carol/ dave/ --test heldout.csv")
     p.add_argument("--schema", required=True, type=Path, help="schema TOML file")
     p.add_argument("--local", required=True, type=Path, help="local data (CSV or Parquet)")
     p.add_argument("--twins", required=True, type=Path, nargs="+", metavar="DIR",

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from twinnode.errors import ConfigError
-from twinnode.node.command_names import COMMANDS
+from twinnode.node.command_names import COMMANDS, JOB_COMMANDS
 from twinnode.node.control_client import request_sync, socket_path
 
 DEFAULT_STATE = "state"
@@ -22,13 +22,20 @@ _KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("ctl", help="send a command to a running node",
+    p = sub.add_parser("ctl", help="send a command to a running node", add_help=False,
                        description="Send COMMAND to the node whose state directory is --state "
                                    "(or whose control socket is --socket) and print the reply. "
                                    f"Commands: {', '.join(COMMANDS)}. Extra KEY=VALUE "
                                    "arguments are passed on; values are read as JSON when "
                                    "they parse (epochs=10 is a number, name=x a string).",
-                       epilog="exit codes: 0 ok, 13 the command failed, 14 no node is running")
+                       epilog="examples: twinnode ctl --state state status; twinnode ctl "
+                              "--state state train wait=true; twinnode ctl analyze --help\n"
+                              "exit codes: 0 ok (also when wait=true gave up waiting on a job "
+                              "that goes on: the message says so), 13 the command failed, "
+                              "14 no node is running",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-h", "--help", action=_CommandHelp, nargs=0,
+                   help="show this help; after COMMAND, that command's own help")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--state", type=Path,
                        help=f"the node's state directory (default $TWINNODE_STATE, else "
@@ -42,13 +49,40 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+class _CommandHelp(argparse.Action):
+    """-h/--help: ctl's help, or after a known COMMAND (`ctl train --help`) that command's."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        cmd = getattr(namespace, "cmd", None)
+        if cmd in COMMANDS:
+            from twinnode.cli.ctl_help import command_help
+
+            print(command_help(cmd))
+        else:
+            parser.print_help()
+        parser.exit()
+
+
 def run(args: argparse.Namespace) -> int:
     path = args.socket or socket_path(args.state or os.environ.get("TWINNODE_STATE")
                                       or DEFAULT_STATE)
-    params = parse_params(args.params)
+    params = resolve_paths(args.cmd, parse_params(args.params))
     if not args.timeout > 0:
         raise ConfigError(f"--timeout must be positive, got {args.timeout}")
-    result = request_sync(path, args.cmd, params, timeout=args.timeout)
+    if args.cmd in JOB_COMMANDS and params.get("wait") is True:
+        from twinnode.cli.ctl_wait import STILL_RUNNING_EXIT, wait_for_job
+
+        where = f"--socket {args.socket} " if args.socket else \
+            (f"--state {args.state} " if args.state else "")
+        done, running = wait_for_job(path, args.cmd, params, args.timeout, where)
+        if done is None:
+            print(json.dumps({"still_running": True, "message": running}, indent=2)
+                  if args.json else running)
+            return STILL_RUNNING_EXIT
+        result = dict(done)
+    else:
+        result = request_sync(path, args.cmd, params, timeout=args.timeout)
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:
@@ -70,6 +104,18 @@ def parse_params(words: Sequence[str]) -> dict[str, Any]:
         except json.JSONDecodeError:
             out[key] = text
     return out
+
+
+PATH_ARGS = {"analyze": ("test",), "publish": ("release",)}  # files the node opens
+
+
+def resolve_paths(cmd: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Make the path arguments the node opens absolute: the node does not know ctl's
+    working directory, so `test=heldout.csv` means ./heldout.csv here."""
+    for key in PATH_ARGS.get(cmd, ()):
+        if isinstance(params.get(key), str) and params[key]:
+            params[key] = str(Path(params[key]).expanduser().resolve())
+    return params
 
 
 # ---- human-readable output ------------------------------------------------------------------
@@ -211,8 +257,21 @@ def format_twins(r: Mapping[str, Any]) -> str:
         return "no twins held"
     rows = [[s["sender"], str(s["count"]), str(s.get("watermark", "-")),
              _ranges(s.get("ranges", [])), _counts(s.get("status", {}))] for s in senders]
-    return "\n".join(["twins held:", *_table(["SENDER", "COUNT", "CONTIGUOUS TO", "ALSO",
-                                              "STATUS"], rows)])
+    lines = ["twins held:", *_table(["SENDER", "COUNT", "CONTIGUOUS TO", "ALSO", "STATUS"], rows)]
+    for s in senders:  # with detail=true
+        if s.get("entries"):
+            lines += [f"{s['sender']}:", *_table(
+                ["SEQ", "K", "RELEASE", "STATUS", "RECEIVED", "DIGEST"],
+                [[str(e["seq"]), _scalar(e.get("k")), _scalar(e.get("release")),
+                  _scalar(e.get("status")), _when(e.get("received")),
+                  str(e.get("digest", ""))[:16]] for e in s["entries"]])]
+    return "\n".join(lines)
+
+
+def _when(unix: Any) -> str:
+    import time
+
+    return "-" if unix is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(unix))
 
 
 def _ranges(ranges: list) -> str:

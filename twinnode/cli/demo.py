@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "sizes, start one real node per party on 127.0.0.1, let each train its DP "
                     "generator and publish twins, then print each party's local-only, "
                     "combined and oracle test log-likelihood, and write results.json and "
-                    "figures.")
+                    "figures.",
+        epilog="example: twinnode demo --parties 3 --epochs 20 --out demo-out/")
     p.add_argument("--parties", type=int, default=d.parties, help=f"parties (default {d.parties})")
     p.add_argument("--epsilon", type=float, default=d.epsilon, help=f"DP epsilon ({d.epsilon:g})")
     p.add_argument("--epochs", type=float, default=d.epochs,

@@ -11,7 +11,8 @@ from twinnode.errors import ConfigError
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("example", help="write an example data set split into parties",
                        description="Write schema.toml, test.csv and party-<i>.csv for the "
-                                   "bundled randhie data, split deterministically.")
+                                   "bundled randhie data, split deterministically.",
+                       epilog="example: twinnode example randhie --out example/")
     p.add_argument("dataset", choices=["randhie"])
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--parties", type=int, default=5, help="number of parties (default 5)")

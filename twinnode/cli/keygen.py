@@ -20,10 +20,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "NAME.key / NAME.key_secret (ZeroMQ CURVE certificates) into "
                                    "DIR. Secret files are created 0600; existing keys are never "
                                    "overwritten. Compare the printed fingerprints with each peer "
-                                   "out of band before pinning their keys.")
+                                   "out of band before pinning their keys.",
+                       epilog="example: twinnode keygen alice   (writes keys/alice.*; then "
+                              "send keys/alice.sign and keys/alice.key to every peer)")
     p.add_argument("name", help="node name (1-64 letters, digits, '_', '.', '-')")
-    p.add_argument("--dir", type=Path, default=Path("certs"),
-                   help="directory for the key files (default: certs)")
+    p.add_argument("--dir", type=Path, default=Path("keys"),
+                   help="directory for the key files (default: keys, where [keys] dir of "
+                        "node.toml looks by default)")
     p.set_defaults(func=run)
 
 

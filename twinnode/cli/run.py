@@ -13,7 +13,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "connect to the pinned peers, serve the control socket in "
                                    "its state directory, and exchange signed twins until "
                                    "SIGTERM/SIGINT or `twinnode ctl shutdown` (exit 0). "
-                                   "docs/NODE.md describes every config key.")
+                                   "First it checks the schema and every row of the data "
+                                   "file, and exits with the error (4 schema, 5 data) before "
+                                   "binding anything. docs/NODE.md describes every config key.",
+                       epilog="example: twinnode run --config node.toml --log-format json "
+                              "2>> node.log   (check it first: twinnode check --config "
+                              "node.toml)")
     p.add_argument("--config", required=True, type=Path, help="node config (TOML)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                    help="override [node] log_level")
@@ -26,6 +31,11 @@ def run(args: argparse.Namespace) -> int:
     from twinnode.node.config import load_config
 
     config = load_config(args.config)
+    from twinnode.node.preflight import check_inputs
+
+    # a bad schema or CSV stops here (exit 4 or 5), before a socket, the store or the ledger
+    # is touched: `twinnode check` runs the same checks offline
+    check_inputs(config)
     configure(args.log_level or config.node.log_level,
               args.log_format or config.node.log_format)
     asyncio.run(_serve(config))

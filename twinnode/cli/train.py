@@ -20,7 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "train", help="train the DP generator on a CSV and write K synthetic twins",
         description="Validate DATA against SCHEMA, train the DP generative model at "
                     "(epsilon, delta), charge the privacy ledger first, then write "
-                    "twin-000.csv..., posterior.npz and receipt.json to OUT.")
+                    "twin-000.csv..., posterior.npz and receipt.json to OUT.",
+        epilog="example: twinnode train --data site.csv --schema schema.toml --out release/ "
+               "--sender alice --state state/   (a node publishes it: twinnode ctl publish "
+               "release=release)")
     p.add_argument("--data", required=True, type=Path, help="private CSV (or Parquet) file")
     p.add_argument("--schema", required=True, type=Path, help="schema TOML file")
     p.add_argument("--out", required=True, type=Path, help="output directory")
@@ -63,7 +66,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     s = sub.add_parser("sample", help="draw more twins from a saved posterior (no privacy cost)",
                        description="Sample K more twins from posterior.npz; costs no privacy "
-                                   "(post-processing), and the ledger records it as free.")
+                                   "(post-processing), and the ledger records it as free.",
+                       epilog="example: twinnode sample --posterior release/posterior.npz "
+                              "--schema schema.toml --out more/ --twins 50")
     s.add_argument("--posterior", required=True, type=Path, help="posterior.npz from train")
     s.add_argument("--schema", required=True, type=Path, help="schema TOML file")
     s.add_argument("--out", required=True, type=Path, help="output directory")
@@ -114,16 +119,17 @@ def run_train(args: argparse.Namespace) -> int:
     from twinnode.generator.release import train_and_release
 
     ledger = Ledger(args.state or args.out.resolve().parent, cap_epsilon=args.budget)
-    if not ledger.snapshot()["entries"]:
-        print(f"starting a new privacy ledger at {ledger.path}; if these data were trained "
-              "on before, pass --state with that run's state directory, so the budget counts "
-              "every run", file=sys.stderr)
+    new_ledger = not ledger.snapshot()["entries"]
     print(f"training on {len(frame)} rows of {args.data} (schema {schema.short_hash}) at "
           f"epsilon={plan.epsilon:g}, {plan.epochs:g} epochs, {plan.batching} batching, "
           f"CPUs {sorted(pinned)}", file=sys.stderr)
     with TrainProgress() as bar:
         release = train_and_release(schema, frame, plan, ledger, args.out / "posterior.npz",
                                     args.twins, _sender(args), settings, args.seed, bar.update)
+    if new_ledger:  # said once the charge is on disk, never for a run that did not start
+        print(f"started a new privacy ledger at {ledger.path}; if these data were trained "
+              "on before, pass --state with that run's state directory, so the budget counts "
+              "every run", file=sys.stderr)
     return _write_release(args, release, schema)
 
 

@@ -29,6 +29,9 @@ MAX_K = 1_000  # twins per release from a control command: 10x the paper's K = 1
                # exhaust memory; [twins] k in the config file (up to 100,000) is the operator's
                # own choice and is not capped here.
 
+COUNTERS = ("accepted", "published", "served", "catchup_requests", "heartbeats",
+            "twins_decoded")  # in `status` even while zero, so a monitor sees every series
+
 Command = Callable[[NodeContext, dict[str, Any]], Awaitable[Mapping[str, Any]]]
 
 
@@ -51,7 +54,8 @@ async def status(ctx: NodeContext, args: dict[str, Any]) -> Mapping[str, Any]:
             "rejected": dict(sorted(ctx.rejected.items())),
             "budget": await _budget(ctx, entries=False),
             "job": job.to_dict() if job else None,
-            "counters": dict(sorted(ctx.counters.items())),
+            "counters": dict(sorted(({name: 0 for name in COUNTERS}
+                                     | dict(ctx.counters)).items())),
             "endpoints": ctx.endpoints()}
 
 
@@ -91,11 +95,34 @@ async def budget(ctx: NodeContext, args: dict[str, Any]) -> Mapping[str, Any]:
 
 async def train(ctx: NodeContext, args: dict[str, Any]) -> Mapping[str, Any]:
     args = check_args("train", args, {"epochs": float, "epsilon": float, "k": int,
-                                      "publish": bool, "wait": bool})
+                                      "publish": bool, "wait": bool, "again": bool})
     _positive("train", args, "epochs", "epsilon", "k")
     _bounded_k("train", args)
-    await asyncio.to_thread(ctx.ledger.check, args.get("epsilon", ctx.config.privacy.epsilon))
-    return await _job(ctx, "train", args, jobs.train_job)
+    epsilon = float(args.get("epsilon", ctx.config.privacy.epsilon))
+    await asyncio.to_thread(ctx.ledger.check, epsilon)
+    spend = await _spend_line(ctx, epsilon)
+    if not args.pop("again", False):
+        earlier = await asyncio.to_thread(jobs.earlier_release, ctx)
+        if earlier is not None:
+            when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(earlier.get("time", 0)))
+            raise ControlError(
+                f"train: these data were trained on already ({earlier.get('kind')} "
+                f"{earlier.get('id')}, {when}, epsilon {earlier.get('epsilon', 0):g}); fresh "
+                "twins from that posterior cost nothing: `ctl publish`. To train again "
+                f"and {spend}, ask again with again=true")
+    reply = await _job(ctx, "train", args, jobs.train_job)
+    if "message" in reply and reply["message"] == "train started":
+        reply["message"] = f"train started: it will {spend}"
+    reply.setdefault("epsilon", epsilon)
+    return reply
+
+
+async def _spend_line(ctx: NodeContext, epsilon: float) -> str:
+    """'spend epsilon=1 (total 2 of cap 3)': what a train request will charge."""
+    snap = await asyncio.to_thread(ctx.ledger.snapshot)
+    total, cap = snap["spent_epsilon"] + epsilon, snap["cap_epsilon"]
+    return (f"spend epsilon={epsilon:g} (total {total:g}"
+            + (f" of the cap {cap:g})" if cap is not None else ", no cap)"))
 
 
 async def publish(ctx: NodeContext, args: dict[str, Any]) -> Mapping[str, Any]:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from twinnode.errors import ControlError, NodeNotRunning
+from twinnode.errors import ControlError, NodeNotRunning, ReplyTimeout
 from twinnode.node.control_protocol import MAX_REPLY, decode_reply, encode_request
 from twinnode.store.layout import StateLayout
 
@@ -61,7 +61,7 @@ async def request(path: str | Path, cmd: str, args: Mapping[str, Any] | None = N
             finally:
                 writer.close()
     except TimeoutError:
-        raise ControlError(f"timed out after {timeout:g} s waiting for the node at {path} to "
+        raise ReplyTimeout(f"timed out after {timeout:g} s waiting for the node at {path} to "
                            f"answer {cmd!r}") from None
     return decode_reply(line, cmd, path)
 
@@ -95,7 +95,7 @@ def request_sync(path: str | Path, cmd: str, args: Mapping[str, Any] | None = No
         except OSError as exc:
             raise ControlError(f"connection to the node at {path} failed: {exc}") from None
     except TimeoutError:
-        raise ControlError(f"timed out after {timeout:g} s waiting for the node at {path} to "
+        raise ReplyTimeout(f"timed out after {timeout:g} s waiting for the node at {path} to "
                            f"answer {cmd!r}") from None
     finally:
         sock.close()

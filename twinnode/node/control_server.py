@@ -68,7 +68,7 @@ class ControlServer:
         try:
             info = os.stat(self.path)
             self._inode = (info.st_dev, info.st_ino)
-            self._server = await asyncio.start_unix_server(self._serve, sock=sock,
+            self._server = await asyncio.start_unix_server(self._connection, sock=sock,
                                                            limit=self.max_line + 1)
         except BaseException:
             sock.close()
@@ -103,6 +103,20 @@ class ControlServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    async def _connection(self, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:
+        """One connection (start_unix_server's callback): `_serve`, ending quietly when `stop`
+        cancels it. Python 3.11's streams call `task.exception()` on a connection task that
+        ended cancelled and log the CancelledError as an error with its traceback; one
+        `ctl shutdown` in three did so while another connection was open."""
+        try:
+            await self._serve(reader, writer)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._server is not None or task is None:
+                raise  # not our stop: the loop is going down, let it
+            task.uncancel()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()

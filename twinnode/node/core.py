@@ -14,7 +14,8 @@ Every inbound message goes through `handle_frames`: `Verifier.open` (in a thread
 payload, so hashing and decoding never stall the loop; one message at a time under the ingest
 lock, so a twin's replay check and its `accept` cannot interleave with another's), a check that
 the family belongs on the channel it came in on, then for a twin: store (durable) and only then
-`Verifier.accept`. A refusal is a `REJECTED (<reason>)` log line and a counter, never an
+`Verifier.accept`. A refusal is a counter and a `REJECTED (<reason>)` log line
+(`node.rejections`: the first of a kind with a hint, repeats summed once a minute), never an
 exception out of a loop. The replay guard is rebuilt from the store's index at start, not
 saved beside it: the index is what was acknowledged, so the two cannot disagree after a crash,
 and an envelope the store quarantined can be fetched again.
@@ -34,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import time
 from collections import Counter
@@ -59,14 +59,14 @@ from twinnode.node.control_server import ControlServer
 from twinnode.node.jobs import auto_publish_blocker, publish_job
 from twinnode.node.own_releases import published_before
 from twinnode.node.receiving import Reply, receive_loop
+from twinnode.node.rejections import RejectionLog
 from twinnode.node.slot import Body, JobSlot, JobState
 from twinnode.node.stored_twins import StoredTwins
 from twinnode.node.transport import Transport
 from twinnode.schema import Schema
 from twinnode.store.layout import StateLayout
 from twinnode.store.store import Store
-from twinnode.trust.certs import curve_raw
-from twinnode.trust.identity import Identity, TrustStore, fingerprint
+from twinnode.trust.identity import Identity, TrustStore
 from twinnode.twins import Release
 from twinnode.wire import (
     END,
@@ -83,7 +83,6 @@ from twinnode.wire import (
     WireLimits,
     encode_twin,
     limits_for,
-    rejection_line,
 )
 
 log = logging.getLogger("twinnode.node")
@@ -92,7 +91,6 @@ CHANNELS = {"sub": (TWIN, HEARTBEAT), "router": (REQUEST,), "dealer": (TWIN, END
             "local": (TWIN,)}
 MAX_SERVING = 4          # catch-up requests answered at once; more are dropped (`busy`)
 OFFLOAD_BYTES = 64 * 1024  # messages with a larger payload are verified in a thread
-QUIET_REASONS = ("replay", "duplicate")  # expected when catch-up overlaps live traffic
 
 
 class Node:
@@ -127,7 +125,7 @@ class Node:
         self._stop_requested = asyncio.Event()
         self._started = time.monotonic()
         self._stopping = False
-        self._denied_logged: dict[bytes, float] = {}
+        self.refusals = RejectionLog(log, self.rejected)  # counted, logged without flooding
 
     @property
     def peers(self) -> Mapping[str, PeerState]:
@@ -179,7 +177,7 @@ class Node:
             self.identity.curve_public, self.identity.curve_secret,
             [p.curve_key for p in self.config.peers], hwm=net.hwm,
             reply_hwm=net.catchup_batch + 2, max_message_bytes=max_frame_bytes(self.limits),
-            on_denied=self._denied)
+            on_denied=self.refusals.denied)
         await transport.start(net.pub, net.router)
         for peer in self.config.peers:
             transport.connect(peer.name, peer.pub_address or "", peer.router_address or "",
@@ -302,7 +300,7 @@ class Node:
                 except WireError as exc:
                     raise _tagged(exc, env) from None
         except WireError as exc:
-            self._reject(exc, channel)
+            self.refusals.refused(exc, channel)
             return None
         except StoreError as exc:
             self.rejected["store"] += 1
@@ -361,22 +359,6 @@ class Node:
             self.catchup.on_live_twin()
         event(log, "twin.accepted", peer=env.sender, seq=env.seq, k=p.index,
               release=p.release, channel=channel, level=logging.DEBUG)
-
-    def _reject(self, exc: WireError, channel: str) -> None:
-        self.rejected[exc.reason] += 1
-        level = logging.INFO if exc.reason in QUIET_REASONS else logging.WARNING
-        event(log, "rejected", rejection_line(exc), level=level, reason=exc.reason,
-              peer=getattr(exc, "sender", None), seq=getattr(exc, "seq", None), channel=channel,
-              count=self.rejected[exc.reason])
-
-    def _denied(self, key: bytes) -> None:
-        """ZAP refused a CURVE client: count it, log it (once a minute per key)."""
-        self.rejected["zap-denied"] += 1
-        now = time.monotonic()
-        if now - self._denied_logged.get(key, -math.inf) >= 60.0:
-            self._denied_logged[key] = now
-            event(log, "zap.denied", "DENIED (unpinned CURVE key)", level=logging.WARNING,
-                  key_fingerprint=fingerprint(curve_raw(key)), count=self.rejected["zap-denied"])
 
     # ---- what heartbeats say ----------------------------------------------------------
 

@@ -60,8 +60,10 @@ async def generate(ctx: NodeContext, job: JobState, kind: str, args: Mapping[str
     receipt = await asyncio.to_thread(_new_receipt_path, ctx.layout.receipts,
                                       f"{rid}-{created:.0f}")  # one per draw
     await asyncio.to_thread(write_json_atomic, receipt, release.receipt)
+    spent = release.receipt.get("epsilon") if kind == "train" else 0.0  # sampling is free
     event(log, f"generator.{kind}", release=release.receipt.get("release"),
-          k=len(release.twins), epsilon=release.receipt.get("epsilon"))
+          k=len(release.twins), epsilon_spent=spent,
+          release_epsilon=release.receipt.get("epsilon"))
     return release
 
 
@@ -100,6 +102,24 @@ async def publish_job(ctx: NodeContext, job: JobState, args: Mapping[str, Any]) 
         kind = "sample" if posterior_path(ctx).exists() else "train"
         release = await generate(ctx, job, kind, args)
     return await _publish(ctx, job, release)
+
+
+def earlier_release(ctx: NodeContext) -> dict[str, Any] | None:
+    """The ledger entry of a finished training run on the node's data as they are now (same
+    rows by content, or for an imported release the same schema and row count), or None.
+    Reads and checks the data file, so a bad CSV is refused here, before anything is charged."""
+    from twinnode.data import data_fingerprint, read_table
+
+    frame = read_table(ctx.config.data.path, ctx.schema)
+    digest, rows = data_fingerprint(frame), len(frame)
+    for entry in reversed(ctx.ledger.snapshot()["entries"]):
+        if entry.get("kind") == "train" and entry.get("status") == "trained" and \
+                entry.get("data", digest) == digest and entry.get("n", rows) == rows:
+            return entry
+        if entry.get("kind") == "import" and entry.get("n") == rows and \
+                entry.get("schema_hash") == ctx.schema.hash:
+            return entry
+    return None
 
 
 def auto_publish_blocker(ctx: NodeContext) -> str | None:

@@ -1,0 +1,75 @@
+"""Refusals are counted always and logged without flooding: the first with a hint, then one
+line per window saying how many were held back."""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+from twinnode.errors import InvalidSignature, SchemaMismatch
+from twinnode.node.rejections import RejectionLog
+from twinnode.trust.identity import Identity
+
+log = logging.getLogger("twinnode.test.rejections")
+
+
+def refusal(cls: type, sender: str, seq: int):
+    exc = cls(f"{sender} seq {seq} refused")
+    exc.sender, exc.seq = sender, seq
+    return exc
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_signature_refused_every_heartbeat_logs_once_with_the_fix_then_once_a_minute(caplog):
+    counts: Counter[str] = Counter()
+    clock = Clock()
+    refusals = RejectionLog(log, counts, clock=clock)
+    with caplog.at_level(logging.INFO, logger=log.name):
+        for seq in range(1, 61):  # a minute of heartbeats from bob, whose keys changed
+            refusals.refused(refusal(InvalidSignature, "bob", seq), "sub")
+            clock.now += 1.0
+        refusals.refused(refusal(InvalidSignature, "bob", 61), "sub")  # 60 s after the first
+        refusals.refused(refusal(InvalidSignature, "bob", 62), "sub")
+    records = caplog.records
+    assert counts["signature"] == 62  # every one counted
+    assert len(records) == 2
+    first, summary = records
+    assert first.getMessage().startswith("REJECTED (signature) peer=bob seq=1")
+    assert "compare fingerprints" in first.fields["hint"]
+    assert "twinnode check --config node.toml" in first.fields["hint"]
+    assert summary.fields["repeated"] == 59 and "hint" not in summary.fields
+    assert summary.getMessage().startswith("REJECTED (signature) peer=bob seq=61")
+
+
+def test_each_reason_and_peer_gets_its_own_first_line(caplog):
+    refusals = RejectionLog(log, Counter(), clock=Clock())
+    with caplog.at_level(logging.INFO, logger=log.name):
+        for _ in range(3):
+            refusals.refused(refusal(InvalidSignature, "bob", 1), "sub")
+            refusals.refused(refusal(InvalidSignature, "carol", 1), "sub")
+            refusals.refused(refusal(SchemaMismatch, "bob", 2), "dealer")
+    lines = [r.getMessage().split(":")[0] for r in caplog.records]
+    assert lines == ["REJECTED (signature) peer=bob seq=1", "REJECTED (signature) peer=carol seq=1",
+                     "REJECTED (schema) peer=bob seq=2"]
+    assert "same schema.toml" in caplog.records[2].fields["hint"]
+
+
+def test_zap_denials_of_one_key_are_summed_and_name_the_fingerprint(caplog):
+    counts: Counter[str] = Counter()
+    clock = Clock()
+    refusals = RejectionLog(log, counts, clock=clock)
+    key = Identity.generate("x").curve_public
+    with caplog.at_level(logging.INFO, logger=log.name):
+        for _ in range(10):
+            refusals.denied(key)
+        clock.now += 61
+        refusals.denied(key)
+    assert counts["zap-denied"] == 11
+    assert [r.fields.get("repeated") for r in caplog.records] == [None, 9]
+    assert "curve_key" in caplog.records[0].fields["hint"]

@@ -1,0 +1,62 @@
+"""`twinnode ctl COMMAND --help`: each control command's own help, with an example.
+
+Kept beside ctl (plain text, no imports) so `ctl` stays light; a test checks that every command
+the node serves has its entry here.
+"""
+from __future__ import annotations
+
+JOB_NOTE = ("Answers at once (\"<cmd> started\" and the job; follow it with `ctl status`), or "
+            "with wait=true when the job ends; while ctl waits it prints the job's progress, "
+            "and a job that outlives --timeout is reported as still running (exit 0).")
+
+HELP: dict[str, tuple[str, str, str]] = {
+    # command: (what it does, its arguments, an example)
+    "status": ("The node at a glance: pid, uptime, own seq, the job and its progress, the "
+               "privacy budget, each peer's last heartbeat, twins held per sender, refusals by "
+               "reason, counters.", "(none)", "twinnode ctl --state state status"),
+    "peers": ("Each pinned peer: address, connected, last heartbeat, its latest seq, how "
+              "many of its twins this node holds.", "(none)", "twinnode ctl --state state peers"),
+    "twins": ("Twins held, per sender: count, the seqs held contiguously and above, statuses.",
+              "detail=true  also list every stored envelope (seq, k, release, status, digest)",
+              "twinnode ctl --state state twins detail=true"),
+    "budget": ("The privacy ledger: epsilon spent, the cap and what is left, every entry "
+               "(free sampling shows epsilon 0).", "(none)", "twinnode ctl --state state budget"),
+    "train": ("Train the DP generator on the node's data (charges the ledger; refused at "
+              "once past the cap), draw K twins, publish them. Refused when these data were "
+              "trained on already, unless again=true: fresh twins from the saved posterior "
+              "are free with `publish`. The reply states the epsilon it will spend. "
+              + JOB_NOTE,
+              "epsilon=E epochs=N k=K publish=false again=true wait=true",
+              "twinnode ctl --state state train wait=true --timeout 600"),
+    "publish": ("Publish twins: from a release directory made offline (`twinnode train "
+                "--sender NAME`; charged once, when first published), or K fresh twins "
+                "sampled from the saved posterior (free), or trained if there is none. "
+                + JOB_NOTE,
+                "release=DIR (relative paths are resolved by ctl) k=K wait=true",
+                "twinnode ctl --state state publish release=out/release wait=true"),
+    "screen": ("Judge each peer's latest twins against the consensus of the others; stored "
+               "twins become accepted, flagged or excluded. Screening needs at least 3 peers "
+               "(each is compared with the others); with fewer it is skipped and says so. "
+               + JOB_NOTE,
+               "policy=off|flag|exclude threshold=P wait=true",
+               "twinnode ctl --state state screen policy=flag wait=true"),
+    "analyze": ("The combined analysis over the local rows and each peer's latest twins "
+                "(what `twinnode analyze` runs): screening (needs at least 3 peers, else "
+                "skipped), the twin weight by cross-validation, the pooled Poisson GLM beside "
+                "the local-only fit; the full report goes to <state>/reports/. " + JOB_NOTE,
+                "policy=... threshold=P weight=auto|W test=FILE.csv (relative paths are "
+                "resolved by ctl) peers='[\"bob\",\"carol\"]' wait=true",
+                "twinnode ctl --state state analyze test=heldout.csv wait=true --timeout 300"),
+    "shutdown": ("Reply, then stop the node as on SIGTERM (a running job is abandoned; a "
+                 "training run's charge stays).", "(none)",
+                 "twinnode ctl --state state shutdown"),
+}
+
+
+def command_help(cmd: str) -> str:
+    """The help text of one control command."""
+    what, args, example = HELP[cmd]
+    return (f"usage: twinnode ctl [--state DIR | --socket PATH] [--json] [--timeout S] {cmd} "
+            f"[KEY=VALUE ...]\n\n{what}\n\narguments: {args}\n\nexample: {example}\n\n"
+            "exit codes: 0 ok (also: wait=true gave up waiting on a job that goes on), 13 the "
+            "command failed, 14 no node is running")

@@ -1,0 +1,103 @@
+"""Refusals logged so that they help: counted always, logged without flooding, with a hint.
+
+A peer whose keys changed is refused on every heartbeat, forever; one line a second buries
+everything else. So the first refusal of each (reason, peer) is logged at once with the likely
+cause and the fix (`hint=`); identical ones after it are counted, and at most one line per
+WINDOW seconds says how many were held back (`repeated=`). The counters (`status`'s
+`rejected`) count every one. ZAP's denials of unpinned CURVE keys go the same way, keyed by
+the key's fingerprint.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable
+
+from twinnode.errors import WireError
+from twinnode.eventlog import event
+from twinnode.trust.certs import curve_raw
+from twinnode.trust.identity import fingerprint
+from twinnode.wire import rejection_line
+
+WINDOW = 60.0       # seconds between two lines for the same (reason, peer)
+MAX_KEYS = 1024     # (reason, peer) pairs remembered; a sender name is the peer's to choose
+QUIET_REASONS = ("replay", "duplicate")  # expected when catch-up overlaps live traffic
+
+_COMPARE = ("compare fingerprints out of band: `twinnode check --config node.toml` lists "
+            "those pinned here, and that site's own `twinnode check` (or keygen) prints its "
+            "keys'; fix its [[peers]] entry and restart this node")
+HINTS = {
+    "signature": "the signature does not match the signing key pinned for this peer: most "
+                 "often the peer made new keys, or its sign_key was copied wrongly; "
+                 f"{_COMPARE}. If they match, someone else sends under its name",
+    "unknown-sender": "this sender is not pinned in [[peers]]: add it (after comparing "
+                      "fingerprints) if it should be heard, else nothing is to do",
+    "schema": "the peer's twins use another schema (its hash travels in every twin): every "
+              "site needs the same schema.toml content; compare `twinnode check`'s schema hash",
+    "version": "the peer runs a twinnode release with another wire version: upgrade the older",
+    "stale": "the message is outside the freshness window: check both machines' clocks (NTP)",
+    "zap-denied": "a client with a CURVE key that no [[peers]] entry pins: a peer whose keys "
+                  f"changed, or a curve_key copied wrongly; {_COMPARE}",
+}
+
+
+@dataclass
+class _Seen:
+    logged: float
+    held_back: int = 0
+
+
+class RejectionLog:
+    """Counts every refusal in `counts` and logs the first of a kind, then one per WINDOW."""
+
+    def __init__(self, log: logging.Logger, counts: Counter[str],
+                 clock: Callable[[], float] = time.monotonic, window: float = WINDOW) -> None:
+        self.log, self.counts, self.clock, self.window = log, counts, clock, window
+        self._seen: dict[tuple[str, str], _Seen] = {}
+
+    def refused(self, exc: WireError, channel: str) -> None:
+        """A message refused by the wire (or the node) on `channel`."""
+        self.counts[exc.reason] += 1
+        peer = getattr(exc, "sender", None)
+        repeated = self._due(exc.reason, str(peer))
+        if repeated is None:
+            return
+        level = logging.INFO if exc.reason in QUIET_REASONS else logging.WARNING
+        event(self.log, "rejected", rejection_line(exc), level=level, reason=exc.reason,
+              peer=peer, seq=getattr(exc, "seq", None), channel=channel,
+              count=self.counts[exc.reason], **self._extra(exc.reason, repeated))
+
+    def denied(self, key: bytes) -> None:
+        """ZAP refused a CURVE client whose public key (Z85) is `key`."""
+        self.counts["zap-denied"] += 1
+        print_ = fingerprint(curve_raw(key))
+        repeated = self._due("zap-denied", print_)
+        if repeated is None:
+            return
+        event(self.log, "zap.denied", "DENIED (unpinned CURVE key)", level=logging.WARNING,
+              key_fingerprint=print_, count=self.counts["zap-denied"],
+              **self._extra("zap-denied", repeated))
+
+    def _due(self, reason: str, peer: str) -> int | None:
+        """None: hold this one back; else how many were held back since the last line (-1:
+        the first of its kind)."""
+        now, key = self.clock(), (reason, peer)
+        seen = self._seen.get(key)
+        if seen is None:
+            if len(self._seen) >= MAX_KEYS:
+                self._seen.pop(next(iter(self._seen)))
+            self._seen[key] = _Seen(now)
+            return -1
+        if now - seen.logged < self.window:
+            seen.held_back += 1
+            return None
+        held, seen.logged, seen.held_back = seen.held_back, now, 0
+        return held
+
+    def _extra(self, reason: str, repeated: int) -> dict[str, object]:
+        if repeated < 0:
+            hint = HINTS.get(reason)
+            return {"hint": hint} if hint else {}
+        return {"repeated": repeated, "window": f"{self.window:g}s"}
