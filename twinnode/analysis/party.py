@@ -58,6 +58,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
+from twinnode.analysis.agreement import Agreement
 from twinnode.analysis.fit import (
     AnalysisOptions,
     Evaluation,
@@ -79,6 +80,7 @@ from twinnode.analysis.options import (
 )
 from twinnode.analysis.peerstats import statistics_by_peer
 from twinnode.analysis.screening import ScreeningReport, screening_report, screening_status
+from twinnode.analysis.sites import add_between_release, peer_fits, twins_agreement
 from twinnode.analysis.usable import Peers, PeerSet, usable_peers
 from twinnode.analysis.weighting import WeightChoice, choose_weight, fixed_weight, parse_weight
 from twinnode.atomic import jsonable
@@ -97,6 +99,7 @@ class PartyReport:
     local: PooledFit
     screening: ScreeningReport
     evaluation: Mapping[str, Evaluation] | None = None
+    agreement: Agreement | None = None  # the combined fit's peers' twins vs the local rows
     timing: Mapping[str, float] = field(default_factory=dict)
 
     @property
@@ -113,7 +116,9 @@ class PartyReport:
             "options": self.options.to_dict(), "weight": self.weight.to_dict(),
             "coefficients": side_by_side(self.combined, self.local),
             "pooling": self.combined.pooling_dict(),
-            "local_pooling": self.local.pooling_dict(), "screening": screening}
+            "local_pooling": self.local.pooling_dict(), "screening": screening,
+            "agreement": None if self.agreement is None else self.agreement.to_dict(),
+            "moved_outside_local": moved_outside(self.combined, self.local)}
         if self.evaluation is not None:
             loc, comb = self.evaluation["local"], self.evaluation["combined"]
             out |= jsonable({"ll_local": loc.mean, "ll_combined": comb.mean,
@@ -158,6 +163,12 @@ def analyze_party(schema: Schema, local_frame: pd.DataFrame, peers: Peers | Peer
                combined_fit(schema, local_frame, checked.without(report.flagged), weight=lam,
                             options=options))
     alone = local_fit(schema, local_frame, options)
+    singles = peer_fits(schema, checked, options) if options.heterogeneity != "off" else {}
+    with_all = add_between_release(with_all, alone, singles)
+    without = (with_all if not report.flagged else
+               add_between_release(without, alone, singles))
+    kept = without if policy == "exclude" else with_all
+    agree = twins_agreement(schema, alone, checked.only(list(kept.peers)), options)
     clock.lap("fits")
     evaluation = None
     if test_frame is not None:
@@ -167,7 +178,8 @@ def analyze_party(schema: Schema, local_frame: pd.DataFrame, peers: Peers | Peer
         clock.lap("evaluation")
     return PartyReport(schema_hash=schema.hash, options=options, weight=choice,
                        with_flagged=with_all, without_flagged=without, local=alone,
-                       screening=report, evaluation=evaluation, timing=clock.laps())
+                       screening=report, evaluation=evaluation, agreement=agree,
+                       timing=clock.laps())
 
 
 def screen(schema: Schema, peers: Peers | PeerSet, policy: str = DEFAULT_POLICY,
@@ -193,6 +205,13 @@ def side_by_side(combined: PooledFit, alone: PooledFit) -> dict[str, dict[str, A
                 "local_lower": loc["lower"], "local_upper": loc["upper"]}
         out[term] = row
     return out
+
+
+def moved_outside(combined: PooledFit, alone: PooledFit) -> list[str]:
+    """The terms whose combined interval lies wholly outside the local-only interval."""
+    c, a = combined.pooled, alone.pooled
+    return [t for j, t in enumerate(combined.terms)
+            if c.lower[j] > a.upper[j] or c.upper[j] < a.lower[j]]
 
 
 def _estimates(fit: PooledFit) -> dict[str, Any]:
