@@ -6,7 +6,9 @@ step below); screen them (`screen`: their statistics from `peerstats`, judged by
 keeps (`weighting.choose_weight`, or a fixed λ validated against local only); fit local
 rows ∪ λ-weighted twins for every k and pool (`fit.combined_fit`), with and without the
 flagged peers (this module does every combined fit; screening fits none); fit the local
-rows alone; with a test set, score both. `twinnode analyze` and the node both call
+rows alone; fit each peer's twins alone and add the between-release term to the
+combined fits' T (`sites`, `heterogeneity`); test the twins alone against the local fit
+per term (`agreement`); with a test set, score both. `twinnode analyze` and the node both call
 `analyze_party`, so they give the same report.
 
 Peers are taken as given: a peer whose release is defective, incomplete or has K < 2 is
@@ -21,7 +23,8 @@ not read.
 - ``schema``: the schema hash.
 - ``design``: ``outcome``, ``covariates``, ``reference`` (categorical -> reference level),
   ``terms`` (the coefficients' order).
-- ``options``: covariates, reference, rule, fallback, level, interval, cov_type.
+- ``options``: covariates, reference, rule, fallback, level, interval, cov_type,
+  heterogeneity.
 - ``weight``: ``mode`` (auto | fixed | no-peers | unvalidated), ``chosen`` (λ used),
   ``best`` (the grid's best mean), ``selection`` (best | guarded | one-se | fixed),
   ``grid``, ``curve`` (per λ: ``weight``, ``mean`` held-out log-likelihood per record,
@@ -32,13 +35,21 @@ not read.
   (per fold, per λ), ``score`` (what the curve measures).
 - ``coefficients``: per term, the combined fit's ``estimate``, ``se``, ``lower``,
   ``upper``, ``df``, ``u_bar``, ``b``, ``total_variance``, ``fallback``, ``k_used``,
-  ``dropped_in``, and the local fit's ``local_estimate``, ``local_se``, ``local_lower``,
+  ``dropped_in``, ``between_variance`` (the between-release term in ``total_variance``;
+  null when off), and the local fit's ``local_estimate``, ``local_se``, ``local_lower``,
   ``local_upper``.
 - ``pooling`` / ``local_pooling``: how the combined / local fit was pooled: ``kind``,
   ``rule``, ``fallback_rule``, ``fallback_count``, ``fallback_terms``,
   ``covariance_fallback`` (the covariance matrix took the fallback's correlations), ``k``,
   ``failed_replicates``, ``dropped``, ``level``, ``interval``, ``cov_type``, ``weight``,
-  ``peers``, ``rows``, ``warnings``.
+  ``peers``, ``rows``, ``warnings``, ``heterogeneity`` (null when off, else ``method``,
+  ``note`` and per term ``tau2``, ``q``, ``sites``, ``df``, ``peer_share2``,
+  ``added_variance``; `heterogeneity`).
+- ``agreement``: null without peers, else ``test``, ``alpha``, ``correction`` (holm),
+  ``peers``, ``tested``, ``disagreeing`` and per term ``twins_estimate``, ``twins_se``,
+  ``z``, ``p``, ``p_holm``, ``disagree`` (`agreement`).
+- ``moved_outside_local``: the terms whose combined interval lies wholly outside the
+  local-only interval.
 - ``screening``: ``policy``, ``threshold``, ``status``, ``message``, ``flagged``,
   ``accepted``, ``left_out`` (peer -> why its twins are not usable), ``dispersion`` (per
   family, the prior inflation and its df),
