@@ -49,6 +49,21 @@ def test_analyze_prints_the_coefficient_table_with_local_alongside(workdir, caps
     assert "test log-likelihood per record" in out and "combined" in out
 
 
+def test_analyze_names_the_terms_where_the_twins_disagree_with_the_local_rows(workdir, capsys):
+    # Prepare: hosp3 codes smoker the other way round; screening off keeps it in the fit
+    # Execute
+    main(_args(workdir, "--screen", "off", "--weight", "1"))
+    out = capsys.readouterr().out
+    main(_args(workdir, "--screen", "off", "--weight", "1", "--json"))
+    doc = json.loads(capsys.readouterr().out)
+    # Assert
+    assert doc["agreement"]["disagreeing"] == ["smoker"]
+    assert "DISAGREE on smoker" in out
+    assert "between-release term (pmm" in out
+    het = doc["pooling"]["heterogeneity"]["terms"]["smoker"]
+    assert het["added_variance"] > 0 and het["sites"] == 5
+
+
 def test_analyze_json_has_the_documented_keys(workdir, capsys):
     # Execute
     code = main(_args(workdir, "--test", str(workdir / "test.csv"), "--json", "--draws", "30"))
@@ -116,7 +131,7 @@ def test_weight_one_reproduces_the_papers_plain_concatenation(workdir, capsys, s
     plain = combined_fit(small_schema, local, peers, options=AnalysisOptions(rule="reiter"))
     # Execute
     main(_args(workdir, "--json", "--weight", "1", "--rule", "reiter", "--screen", "off",
-               "--cv-replicates", "2"))
+               "--cv-replicates", "2", "--heterogeneity", "off"))
     doc = json.loads(capsys.readouterr().out)
     # Assert
     for term, est, se in zip(plain.terms, plain.estimate, plain.se):

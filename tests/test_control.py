@@ -414,6 +414,19 @@ def test_ctl_offers_exactly_the_commands_the_node_implements():
     assert set(ctl.FORMATTERS) == set(COMMANDS)
 
 
+def test_ctl_analyze_marks_the_terms_where_the_twins_disagree():
+    reply = {"message": "analysis over 2 peer(s)", "disagreeing": ["smoker"],
+             "moved_outside_local": ["smoker"],
+             "coefficients": {t: {"estimate": 0.1, "se": 0.2, "local_estimate": 0.1,
+                                  "local_se": 0.3} for t in ("age", "smoker")}}
+    text = format_result("analyze", reply)
+    rows = {line.split()[0]: line.split()[-1] for line in text.splitlines()
+            if line.strip().startswith(("age", "smoker"))}
+    assert rows == {"age": "yes", "smoker": "NO"}
+    assert "disagree on smoker" in text
+    assert "wholly outside the local one: smoker" in text
+
+
 def test_ctl_imports_neither_the_node_nor_the_store_nor_zmq():
     import subprocess
     import sys

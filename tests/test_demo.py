@@ -24,12 +24,13 @@ def test_demo_prints_the_table_and_every_node_got_every_twin(demo):
     assert "3 nodes up on 127.0.0.1 and connected" in res.stdout
     assert "every node holds all 9 twins" in res.stdout
     assert "gap closed" in res.stdout and "results.json" in res.stdout
+    assert "moved" in res.stdout and "wholly outside the party's local-only" in res.stdout
     results = json.loads((out / "results.json").read_text())
     assert {"settings", "versions", "parties", "oracle"} <= set(results)
     assert results["settings"]["parties"] == 3 and results["versions"]["d3p"] == "0.2.0"
     for p in results["parties"]:
         for key in ("name", "rows", "ll_local", "ll_combined", "ll_oracle", "twins_received",
-                    "twins_expected", "flagged_peers"):
+                    "twins_expected", "flagged_peers", "moved_outside_local", "disagreeing"):
             assert key in p
         assert p["twins_received"] == p["twins_expected"] == 6
         assert p["ll_combined"] >= p["ll_local"] - 0.05  # the adaptive weight guards

@@ -38,12 +38,14 @@ from twinnode.analysis.options import (
     DEFAULT_COV_TYPE,
     DEFAULT_DRAWS,
     DEFAULT_FALLBACK,
+    DEFAULT_HETEROGENEITY,
     DEFAULT_INTERVAL,
     DEFAULT_LEVEL,
     DEFAULT_RULE,
     DEFAULT_SEED,
 )
-from twinnode.analysis.pooling import Pooled, pool
+from twinnode.analysis.heterogeneity import Heterogeneity
+from twinnode.analysis.pooling import Pooled, pool, widen
 from twinnode.analysis.usable import MIN_K, Peers, PeerSet, common_k, one_peer, usable_peers
 from twinnode.atomic import jsonable
 from twinnode.errors import AnalysisError
@@ -67,6 +69,7 @@ class AnalysisOptions:
     level: float = DEFAULT_LEVEL
     interval: str = DEFAULT_INTERVAL
     cov_type: str = DEFAULT_COV_TYPE
+    heterogeneity: str = DEFAULT_HETEROGENEITY  # applied by `sites.add_between_release`
 
     def design(self, schema: Schema) -> Design:
         return make_design(schema, self.covariates, self.reference)
@@ -75,7 +78,7 @@ class AnalysisOptions:
         return {"covariates": None if self.covariates is None else list(self.covariates),
                 "reference": dict(self.reference), "rule": self.rule,
                 "fallback": self.fallback, "level": self.level, "interval": self.interval,
-                "cov_type": self.cov_type}
+                "cov_type": self.cov_type, "heterogeneity": self.heterogeneity}
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,7 @@ class PooledFit:
     options: AnalysisOptions
     warnings: tuple[str, ...] = ()
     replicates: Replicates | None = field(default=None, repr=False)
+    heterogeneity: Heterogeneity | None = None  # the between-release term, when added
 
     @property
     def terms(self) -> tuple[str, ...]:
@@ -130,7 +134,9 @@ class PooledFit:
             "estimate": p.estimate[j], "se": p.se[j], "lower": p.lower[j], "upper": p.upper[j],
             "df": p.df[j], "u_bar": p.u_bar[j], "b": p.b[j], "total_variance": p.total[j],
             "fallback": bool(p.fallback[j]), "k_used": int(p.k_used[j]),
-            "dropped_in": int(self.dropped.get(term, 0))})
+            "dropped_in": int(self.dropped.get(term, 0)),
+            "between_variance": None if self.heterogeneity is None else
+            self.heterogeneity.added[j]})
         return row
 
     def pooling_dict(self) -> dict[str, Any]:
@@ -144,7 +150,8 @@ class PooledFit:
             "level": self.pooled.level, "interval": self.pooled.interval,
             "cov_type": self.options.cov_type, "weight": self.weight,
             "peers": list(self.peers), "rows": dict(self.rows),
-            "warnings": list(self.warnings)})
+            "warnings": list(self.warnings), "heterogeneity": None if self.heterogeneity is None
+            else self.heterogeneity.to_dict(self.terms)})
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -424,4 +431,6 @@ def repool(fit: PooledFit, **changes: Any) -> PooledFit:
         raise AnalysisError("this fit kept no replicates to re-pool")
     options = replace(fit.options, **changes)
     pooled = _pool(fit.replicates, options, MIN_K if fit.peers else 1)
+    if fit.heterogeneity is not None:  # the same between-release term on the new T
+        pooled = widen(pooled, fit.heterogeneity.added, fit.heterogeneity.df)
     return replace(fit, pooled=pooled, options=options)

@@ -28,6 +28,17 @@ INTERVALS = ("t", "normal")
 DEFAULT_INTERVAL = "t"
 DEFAULT_LEVEL = 0.95
 
+# the between-release term of T (`heterogeneity`)
+HETEROGENEITIES = ("pmm", "pm", "dl", "off")
+DEFAULT_HETEROGENEITY = "pmm"
+"""How the between-release variance τ² of each term is estimated from the sites' own
+estimates: median-unbiased Paule–Mandel (default), Paule–Mandel, DerSimonian–Laird, or off
+(T as the pooling rule gives)."""
+
+# agreement of the twins with the party's own rows (`agreement`)
+DEFAULT_AGREEMENT_ALPHA = 0.05
+"""A term disagrees when its Holm-adjusted p-value (over the terms) is below."""
+
 # robust standard errors (`glm`)
 COV_TYPES = ("HC0", "HC1")
 DEFAULT_COV_TYPE = "HC1"

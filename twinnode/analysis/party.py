@@ -6,7 +6,9 @@ step below); screen them (`screen`: their statistics from `peerstats`, judged by
 keeps (`weighting.choose_weight`, or a fixed λ validated against local only); fit local
 rows ∪ λ-weighted twins for every k and pool (`fit.combined_fit`), with and without the
 flagged peers (this module does every combined fit; screening fits none); fit the local
-rows alone; with a test set, score both. `twinnode analyze` and the node both call
+rows alone; fit each peer's twins alone and add the between-release term to the
+combined fits' T (`sites`, `heterogeneity`); test the twins alone against the local fit
+per term (`agreement`); with a test set, score both. `twinnode analyze` and the node both call
 `analyze_party`, so they give the same report.
 
 Peers are taken as given: a peer whose release is defective, incomplete or has K < 2 is
@@ -21,7 +23,8 @@ not read.
 - ``schema``: the schema hash.
 - ``design``: ``outcome``, ``covariates``, ``reference`` (categorical -> reference level),
   ``terms`` (the coefficients' order).
-- ``options``: covariates, reference, rule, fallback, level, interval, cov_type.
+- ``options``: covariates, reference, rule, fallback, level, interval, cov_type,
+  heterogeneity.
 - ``weight``: ``mode`` (auto | fixed | no-peers | unvalidated), ``chosen`` (λ used),
   ``best`` (the grid's best mean), ``selection`` (best | guarded | one-se | fixed),
   ``grid``, ``curve`` (per λ: ``weight``, ``mean`` held-out log-likelihood per record,
@@ -32,13 +35,21 @@ not read.
   (per fold, per λ), ``score`` (what the curve measures).
 - ``coefficients``: per term, the combined fit's ``estimate``, ``se``, ``lower``,
   ``upper``, ``df``, ``u_bar``, ``b``, ``total_variance``, ``fallback``, ``k_used``,
-  ``dropped_in``, and the local fit's ``local_estimate``, ``local_se``, ``local_lower``,
+  ``dropped_in``, ``between_variance`` (the between-release term in ``total_variance``;
+  null when off), and the local fit's ``local_estimate``, ``local_se``, ``local_lower``,
   ``local_upper``.
 - ``pooling`` / ``local_pooling``: how the combined / local fit was pooled: ``kind``,
   ``rule``, ``fallback_rule``, ``fallback_count``, ``fallback_terms``,
   ``covariance_fallback`` (the covariance matrix took the fallback's correlations), ``k``,
   ``failed_replicates``, ``dropped``, ``level``, ``interval``, ``cov_type``, ``weight``,
-  ``peers``, ``rows``, ``warnings``.
+  ``peers``, ``rows``, ``warnings``, ``heterogeneity`` (null when off, else ``method``,
+  ``note`` and per term ``tau2``, ``q``, ``sites``, ``df``, ``peer_share2``,
+  ``added_variance``; `heterogeneity`).
+- ``agreement``: null without peers, else ``test``, ``alpha``, ``correction`` (holm),
+  ``peers``, ``tested``, ``disagreeing`` and per term ``twins_estimate``, ``twins_se``,
+  ``z``, ``p``, ``p_holm``, ``disagree`` (`agreement`).
+- ``moved_outside_local``: the terms whose combined interval lies wholly outside the
+  local-only interval.
 - ``screening``: ``policy``, ``threshold``, ``status``, ``message``, ``flagged``,
   ``accepted``, ``left_out`` (peer -> why its twins are not usable), ``dispersion`` (per
   family, the prior inflation and its df),
@@ -58,6 +69,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
+from twinnode.analysis.agreement import Agreement
 from twinnode.analysis.fit import (
     AnalysisOptions,
     Evaluation,
@@ -79,6 +91,7 @@ from twinnode.analysis.options import (
 )
 from twinnode.analysis.peerstats import statistics_by_peer
 from twinnode.analysis.screening import ScreeningReport, screening_report, screening_status
+from twinnode.analysis.sites import add_between_release, peer_fits, twins_agreement
 from twinnode.analysis.usable import Peers, PeerSet, usable_peers
 from twinnode.analysis.weighting import WeightChoice, choose_weight, fixed_weight, parse_weight
 from twinnode.atomic import jsonable
@@ -97,6 +110,7 @@ class PartyReport:
     local: PooledFit
     screening: ScreeningReport
     evaluation: Mapping[str, Evaluation] | None = None
+    agreement: Agreement | None = None  # the combined fit's peers' twins vs the local rows
     timing: Mapping[str, float] = field(default_factory=dict)
 
     @property
@@ -113,7 +127,9 @@ class PartyReport:
             "options": self.options.to_dict(), "weight": self.weight.to_dict(),
             "coefficients": side_by_side(self.combined, self.local),
             "pooling": self.combined.pooling_dict(),
-            "local_pooling": self.local.pooling_dict(), "screening": screening}
+            "local_pooling": self.local.pooling_dict(), "screening": screening,
+            "agreement": None if self.agreement is None else self.agreement.to_dict(),
+            "moved_outside_local": moved_outside(self.combined, self.local)}
         if self.evaluation is not None:
             loc, comb = self.evaluation["local"], self.evaluation["combined"]
             out |= jsonable({"ll_local": loc.mean, "ll_combined": comb.mean,
@@ -158,6 +174,12 @@ def analyze_party(schema: Schema, local_frame: pd.DataFrame, peers: Peers | Peer
                combined_fit(schema, local_frame, checked.without(report.flagged), weight=lam,
                             options=options))
     alone = local_fit(schema, local_frame, options)
+    singles = peer_fits(schema, checked, options) if options.heterogeneity != "off" else {}
+    with_all = add_between_release(with_all, alone, singles)
+    without = (with_all if not report.flagged else
+               add_between_release(without, alone, singles))
+    kept = without if policy == "exclude" else with_all
+    agree = twins_agreement(schema, alone, checked.only(list(kept.peers)), options)
     clock.lap("fits")
     evaluation = None
     if test_frame is not None:
@@ -167,7 +189,8 @@ def analyze_party(schema: Schema, local_frame: pd.DataFrame, peers: Peers | Peer
         clock.lap("evaluation")
     return PartyReport(schema_hash=schema.hash, options=options, weight=choice,
                        with_flagged=with_all, without_flagged=without, local=alone,
-                       screening=report, evaluation=evaluation, timing=clock.laps())
+                       screening=report, evaluation=evaluation, agreement=agree,
+                       timing=clock.laps())
 
 
 def screen(schema: Schema, peers: Peers | PeerSet, policy: str = DEFAULT_POLICY,
@@ -193,6 +216,13 @@ def side_by_side(combined: PooledFit, alone: PooledFit) -> dict[str, dict[str, A
                 "local_lower": loc["lower"], "local_upper": loc["upper"]}
         out[term] = row
     return out
+
+
+def moved_outside(combined: PooledFit, alone: PooledFit) -> list[str]:
+    """The terms whose combined interval lies wholly outside the local-only interval."""
+    c, a = combined.pooled, alone.pooled
+    return [t for j, t in enumerate(combined.terms)
+            if c.lower[j] > a.upper[j] or c.upper[j] < a.lower[j]]
 
 
 def _estimates(fit: PooledFit) -> dict[str, Any]:

@@ -56,7 +56,7 @@ Per-coefficient values (SEs, intervals, ν, fallback counts) do not depend on it
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import stats
@@ -159,6 +159,31 @@ def pool(coef: FloatArray, se: FloatArray, *, rule: str = DEFAULT_RULE,
                   lower=q_bar - half, upper=q_bar + half, fallback=fell, k_used=m, rule=rule,
                   fallback_rule=fallback, level=level, interval=interval,
                   covariance=matrix, covariance_fallback=matrix_fell)
+
+
+def widen(pooled: Pooled, added: FloatArray, added_df: FloatArray) -> Pooled:
+    """`pooled` with `added` (p,) more variance per term (the between-release term), its
+    df combined with T's by Satterthwaite: 1/ν = (T/T')²/ν + (added/T')²/added_df.
+
+    The matrix gets `added` on its diagonal (the term's cross-term correlations are not
+    estimated); adding a non-negative diagonal keeps it positive semi-definite."""
+    added = np.where(np.isfinite(pooled.total), np.nan_to_num(np.asarray(added, float)), 0.0)
+    if np.any(added < 0):
+        raise AnalysisError("the added variance must be non-negative")
+    total = pooled.total + added
+    with np.errstate(invalid="ignore", divide="ignore"):
+        inv = ((pooled.total / total) ** 2 / pooled.df
+               + np.where(added > 0, (added / total) ** 2 / added_df, 0.0))
+        df = np.where(added > 0, 1.0 / inv, pooled.df)
+    if pooled.interval == "normal":
+        df = pooled.df
+    alpha = (1.0 + pooled.level) / 2.0
+    crit = np.where(np.isinf(df), stats.norm.ppf(alpha),
+                    stats.t.ppf(alpha, np.where(np.isfinite(df), df, 1.0)))
+    half = crit * np.sqrt(total)
+    cov = pooled.covariance + np.diag(added)
+    return replace(pooled, total=total, df=df, lower=pooled.estimate - half,
+                   upper=pooled.estimate + half, covariance=cov)
 
 
 def _rule_total(rule: str, infl: FloatArray, u: FloatArray, u_synth: FloatArray) -> FloatArray:

@@ -11,6 +11,7 @@ from twinnode.analysis.options import (
     DEFAULT_DRAWS,
     DEFAULT_FALLBACK,
     DEFAULT_FOLDS,
+    DEFAULT_HETEROGENEITY,
     DEFAULT_INTERVAL,
     DEFAULT_LEVEL,
     DEFAULT_POLICY,
@@ -20,6 +21,7 @@ from twinnode.analysis.options import (
     DEFAULT_THRESHOLD,
     DEFAULT_WEIGHT,
     FALLBACKS,
+    HETEROGENEITIES,
     INTERVALS,
     POLICIES,
     RULES,
@@ -58,6 +60,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fallback", choices=FALLBACKS, default=DEFAULT_FALLBACK,
                    help=f"total variance used where the rule's is not positive "
                         f"({DEFAULT_FALLBACK})")
+    p.add_argument("--heterogeneity", choices=HETEROGENEITIES, default=DEFAULT_HETEROGENEITY,
+                   help="between-release term of T, estimated from the peers' own fits and "
+                        "the local fit as in a random-effects meta-analysis: pmm "
+                        "(median-unbiased Paule-Mandel; default), pm, dl "
+                        "(DerSimonian-Laird), off (the pooling rule's T alone)")
     p.add_argument("--interval", choices=INTERVALS, default=DEFAULT_INTERVAL,
                    help="reference distribution of the intervals (t with the rule's df)")
     p.add_argument("--level", type=float, default=DEFAULT_LEVEL,
@@ -65,7 +72,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weight", default=DEFAULT_WEIGHT, metavar="auto|W",
                    help="weight of the peers' twin rows: auto (chosen by cross-validation "
                         "on the local rows; default) or a number in [0, 1] (1: the paper's "
-                        "plain concatenation, 0: local only; --weight 1 --rule reiter is "
+                        "plain concatenation, 0: local only; --weight 1 --rule reiter "
+                        "--heterogeneity off is "
                         "the paper's whole analysis)")
     p.add_argument("--folds", type=int, default=DEFAULT_FOLDS,
                    help=f"cross-validation folds ({DEFAULT_FOLDS})")
@@ -101,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     options = AnalysisOptions(covariates=_covariates(args.covariates),
                               reference=_references(args.reference), rule=args.rule,
                               fallback=args.fallback, level=args.level,
-                              interval=args.interval)
+                              interval=args.interval, heterogeneity=args.heterogeneity)
     local = read_table(args.local, schema)
     peers: dict[str, Any] = {}
     for directory in args.twins:
@@ -169,7 +177,9 @@ def render(out: dict[str, Any]) -> str:
                   f"{pooling['failed_replicates']} failed replicate(s) excluded",
               "(a small df means T is small against the between-twin variance b: the "
               "variance estimate is itself uncertain, so the t interval is wide)"]
+    lines += _render_between(pooling.get("heterogeneity"))
     lines += [f"warning: {w}" for w in pooling["warnings"]]
+    lines += ["", _render_agreement(out.get("agreement"), out.get("moved_outside_local", []))]
     lines += ["", _render_screening(out["screening"])]
     if "ll_local" in out:
         ev = out["evaluation"]
@@ -180,6 +190,31 @@ def render(out: dict[str, Any]) -> str:
             lines.append(f"  {label:<11} mean {_num(e['mean'], 5)}  plug-in "
                          f"{_num(e['plugin'], 5)}  90% of draws in [{_num(e['q05'], 5)}, "
                          f"{_num(e['q95'], 5)}]")
+    return "\n".join(lines)
+
+
+def _render_between(het: dict[str, Any] | None) -> list[str]:
+    """The between-release term: the estimator and the terms it widened."""
+    if het is None:
+        return ["between-release term: off"]
+    if het["note"]:
+        return [f"between-release term ({het['method']}): {het['note']}"]
+    widened = [t for t, v in het["terms"].items() if (v["added_variance"] or 0) > 0]
+    return [f"between-release term ({het['method']}, from the peers' own fits and the local "
+            f"fit): added to T for {len(widened)} term(s)"
+            + (f": {', '.join(widened)}" if widened else "")]
+
+
+def _render_agreement(a: dict[str, Any] | None, moved: list[str]) -> str:
+    """Which terms the twins alone contradict the local rows on (Holm over the terms)."""
+    if a is None:
+        return "agreement with the local rows: no peer twins to compare"
+    lines = [f"agreement of the twins alone with the local rows ({a['tested']} term(s), "
+             f"Holm at {a['alpha']:g}): " + (f"DISAGREE on {', '.join(a['disagreeing'])}"
+                                             if a["disagreeing"] else "no term disagrees")]
+    if moved:
+        lines.append(f"  the combined interval lies wholly outside the local one for: "
+                     f"{', '.join(moved)}")
     return "\n".join(lines)
 
 

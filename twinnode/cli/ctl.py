@@ -311,12 +311,22 @@ def format_screen(r: Mapping[str, Any]) -> str:
 
 def format_analyze(r: Mapping[str, Any]) -> str:
     """A job reply, with the combined and local coefficients as a table."""
-    lines = [format_job({k: v for k, v in r.items() if k != "coefficients"})]
+    marks = ("disagreeing", "moved_outside_local")
+    lines = [format_job({k: v for k, v in r.items()
+                         if k != "coefficients" and k not in marks})]
     if r.get("coefficients"):
-        lines += _table(["TERM", "COMBINED", "SE", "LOCAL", "SE"],
+        lines += _table(["TERM", "COMBINED", "SE", "LOCAL", "SE", "TWINS AGREE"],
                         [[term] + [_scalar(c.get(key)) for key in
                                    ("estimate", "se", "local_estimate", "local_se")]
+                         + ["NO" if term in r.get("disagreeing", []) else "yes"]
                          for term, c in r["coefficients"].items()])
+    if "disagreeing" in r:
+        lines.append("twins alone vs local rows (Holm over the terms): "
+                     + (f"disagree on {', '.join(r['disagreeing'])}" if r["disagreeing"]
+                        else "no term disagrees"))
+    if r.get("moved_outside_local"):
+        lines.append("combined interval wholly outside the local one: "
+                     + ", ".join(r["moved_outside_local"]))
     return "\n".join(lines)
 
 

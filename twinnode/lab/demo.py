@@ -299,6 +299,8 @@ def _results(settings: DemoSettings, parties: list[Party], oracle: dict[str, Any
             "ll_local_samples": a["ll_local_samples"],
             "ll_combined_samples": a["ll_combined_samples"],
             "coefficients": a["coefficients"],
+            "moved_outside_local": a.get("moved_outside_local", []),
+            "disagreeing": (a.get("agreement") or {}).get("disagreeing", []),
             "join_order": p.result.get("join_order"), "join_curve": p.result.get("join_curve"),
             "report": p.result["report"]})
     s = asdict(settings)
@@ -310,16 +312,19 @@ def _results(settings: DemoSettings, parties: list[Party], oracle: dict[str, Any
 def table_lines(results: dict[str, Any]) -> list[str]:
     """The summary table the demo prints."""
     rows = ["", f"{'party':8s} {'rows':>5s} {'local':>8s} {'combined':>9s} {'oracle':>8s} "
-                f"{'gain':>7s} {'gap closed':>10s} {'λ':>5s}  flagged peers",
-            "-" * 78]
+                f"{'gain':>7s} {'gap closed':>10s} {'λ':>5s} {'moved':>5s}  flagged peers",
+            "-" * 84]
     for p in results["parties"]:
         closed = "-" if p["gap_closed"] is None else f"{p['gap_closed']:+.2f}"
+        moved = f"{len(p.get('moved_outside_local', []))}/{len(p['coefficients'])}"
         rows.append(f"{p['name'] + ('*' if p['malicious'] else ''):8s} {p['rows']:5d} "
                     f"{p['ll_local']:8.4f} {p['ll_combined']:9.4f} {p['ll_oracle']:8.4f} "
-                    f"{p['gain']:+7.4f} {closed:>10s} {p['weight']:5.2f}  "
+                    f"{p['gain']:+7.4f} {closed:>10s} {p['weight']:5.2f} {moved:>5s}  "
                     f"{', '.join(p['flagged_peers']) or '-'}")
     rows.append("mean test log-likelihood per record (higher is better); gap closed = "
                 "(combined - local) / (oracle - local)")
+    rows.append("moved: terms whose combined interval lies wholly outside the party's "
+                "local-only interval, of all terms")
     rows.append("λ: the twins' weight each party chose by cross-validation on its own rows; "
                 "flagged peers: screening's verdict (policy flag: reported, twins still used)")
     if any(p["malicious"] for p in results["parties"]):
