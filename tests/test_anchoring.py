@@ -120,10 +120,10 @@ def test_summaries_read_back_what_the_histograms_hold():
     assert edges[0] == 0 and edges[-1] == 41 and list(edges[:17]) == list(range(17))
     values = np.r_[np.zeros(50), np.ones(30), np.full(20, 5)]
     counts = np.histogram(values, bins=edges)[0].astype(float)
-    assert binned_mean(counts, edges) == pytest.approx(values.mean())
+    assert binned_mean(counts, edges, 100) == pytest.approx(values.mean())
     u = np.linspace(0, 1, 16, endpoint=False) + 1 / 32
-    assert quantiles(np.ones(16), np.array([0.5]))[0] == pytest.approx(0.5)
-    assert quantiles(np.r_[np.ones(8) * 10, np.zeros(8)], np.array([0.5]))[0] == \
+    assert quantiles(np.ones(16), np.array([0.5]), 16)[0] == pytest.approx(0.5)
+    assert quantiles(np.r_[np.ones(8) * 10, np.zeros(8)], np.array([0.5]), 80)[0] == \
         pytest.approx(0.25) and len(u) == 16
 
 
@@ -192,3 +192,59 @@ def test_a_version_1_posterior_still_loads_marked_not_noise_aware(tmp_path, smal
     old = Posterior.load(tmp_path / "old.npz", schema)
     assert not old.noise_aware and old.calibration.marginal_share == 0.0
     assert old.calibration.sigma == cal.sigma
+
+
+# ---- post-processing: norm-sub, calibration, the head's DP error -------------------------------
+
+def test_norm_sub_removes_the_noise_of_empty_cells():
+    from twinnode.generator.marginals import shares
+
+    rng = np.random.default_rng(1)
+    truth = np.r_[2500.0, np.zeros(14), 500.0]
+    noisy = truth + rng.normal(0, 30, truth.shape)
+    p = shares(noisy, 3000)
+    assert p.sum() == pytest.approx(1.0)
+    assert p[1:15].sum() < 0.02  # clipping alone keeps ~0.06 of spurious mass here
+    assert np.clip(noisy, 0, None)[1:15].sum() / np.clip(noisy, 0, None).sum() > p[1:15].sum()
+
+
+def test_map_to_shares_hits_the_target_keeps_ranks_and_point_masses():
+    from twinnode.generator.calibrate import map_to_shares
+    from twinnode.generator.marginals import continuous_edges
+
+    rng = np.random.default_rng(2)
+    x = np.clip(rng.normal(0.3, 0.2, 5000), 0, 1)  # a Normal component's twin column
+    x[:1000] = 0.0                                  # with a point mass at the lower bound
+    target = np.r_[0.6, np.full(14, 0.02), 0.12]
+    edges = continuous_edges()
+    y = map_to_shares(x, edges, target, rng)
+    hist = np.histogram(y, edges)[0] / len(y)
+    np.testing.assert_allclose(hist, target, atol=2e-3)
+    assert (y == 0.0).mean() >= 0.19  # the rows at 0 stay at 0 (they are in the first bin)
+    ordered = np.argsort(x, kind="stable")
+    assert np.mean(np.diff(y[ordered]) >= -1 / 16) > 0.99  # rank order kept up to a bin
+
+
+def test_calibrated_twins_keep_the_heads_outcome_model():
+    from twinnode.generator.calibrate import draw_outcome
+
+    rng = np.random.default_rng(3)
+    f = rng.random((20000, 2))
+    y = draw_outcome(f, np.array([0.5, -1.0]), 1.0, "poisson", None, rng)
+    import statsmodels.api as sm
+
+    fit = sm.GLM(y, sm.add_constant(f), family=sm.families.Poisson()).fit()
+    np.testing.assert_allclose(fit.params, [1.0, 0.5, -1.0], atol=0.05)
+
+
+def test_head_noise_covariance_scales_as_the_averaging_theory_says():
+    from twinnode.generator.headnoise import head_noise_cov
+
+    info = np.array([[400.0, 50.0], [50.0, 900.0]])
+    cov = head_noise_cov(info, sigma=20.0, clip=30.0, q=0.1, head_weight=1.0, window=2000)
+    inv = np.linalg.inv(info)
+    np.testing.assert_allclose(cov, (20 * 30 / 0.1) ** 2 / 2000 * inv @ inv)
+    # twice the head weight: half the noise sd; four times the window: half again
+    half = head_noise_cov(info, 20.0, 30.0, 0.1, 2.0, 2000)
+    np.testing.assert_allclose(half, cov / 4)
+    np.testing.assert_allclose(head_noise_cov(info, 20.0, 30.0, 0.1, 1.0, 8000), cov / 4)

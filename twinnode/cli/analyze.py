@@ -53,6 +53,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--covariates", help="comma list of covariates (default: all columns)")
     p.add_argument("--reference", action="append", default=[], metavar="COL=LEVEL",
                    help="reference level of a categorical covariate (default: its first)")
+    _add_pooling_args(p)
+    _add_weight_args(p)
+    p.set_defaults(func=run)
+
+
+def _add_pooling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rule", choices=RULES, default=DEFAULT_RULE,
                    help="pooling rule: mixed (Raghunathan-Reiter on the twins' share of the "
                         "variance + the local rows' own share; default), reiter (fully "
@@ -69,6 +75,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="reference distribution of the intervals (t with the rule's df)")
     p.add_argument("--level", type=float, default=DEFAULT_LEVEL,
                    help=f"interval level ({DEFAULT_LEVEL:g})")
+
+
+def _add_weight_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight", default=DEFAULT_WEIGHT, metavar="auto|W",
                    help="weight of the peers' twin rows: auto (chosen by cross-validation "
                         "on the local rows; default) or a number in [0, 1] (1: the paper's "
@@ -93,7 +102,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"Monte Carlo draws ({DEFAULT_DRAWS})")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED,
                    help="seed of the folds and of the Monte Carlo draws")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

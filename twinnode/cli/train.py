@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from twinnode.errors import ConfigError
 
 if TYPE_CHECKING:
+    from twinnode.generator.settings import GeneratorSettings, TrainPlan
     from twinnode.schema import Schema
     from twinnode.twins import Release
 
@@ -37,6 +38,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"sampling rate per step (default {plan.q:g})")
     p.add_argument("--batching", choices=["poisson", "fixed"], default=plan.batching,
                    help="poisson: add/remove relation (default); fixed: substitute relation")
+    _add_release_method_args(p, plan, gen)
+    add_sampling_args(p)
+    p.add_argument("--budget", type=float, default=None,
+                   help="cap on total epsilon in the ledger; refused past it")
+    p.add_argument("--cpus", default=None, help="pin training to these CPUs, e.g. 0 or 0,1")
+    p.set_defaults(func=run_train)
+    _register_sample(sub)
+
+
+def _add_release_method_args(p: argparse.ArgumentParser, plan: TrainPlan,
+                             gen: GeneratorSettings) -> None:
     p.add_argument("--marginal-share", type=float, default=plan.marginal_share,
                    help="part of the release's privacy spent on noisy one-way marginals that "
                         f"anchor the mixture, in [0, 1) (default {plan.marginal_share:g}; "
@@ -58,12 +70,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--variant", choices=["aligned", "dpsvi"], default=gen.variant,
                    help="aligned: DPVIm, privatise location gradients only (default); "
                         "dpsvi: d3p's DPSVI as is")
-    add_sampling_args(p)
-    p.add_argument("--budget", type=float, default=None,
-                   help="cap on total epsilon in the ledger; refused past it")
-    p.add_argument("--cpus", default=None, help="pin training to these CPUs, e.g. 0 or 0,1")
-    p.set_defaults(func=run_train)
 
+
+def _register_sample(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("sample", help="draw more twins from a saved posterior (no privacy cost)",
                        description="Sample K more twins from posterior.npz; costs no privacy "
                                    "(post-processing), and the ledger records it as free.",

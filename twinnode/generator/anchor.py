@@ -34,18 +34,18 @@ def anchored_start(layout: Layout, settings: GeneratorSettings,
         logit = np.log(binary_rates(m)) - np.log1p(-binary_rates(m))
         start["p_bin"] = _f32(1.0 / (1.0 + np.exp(-(logit + rng.normal(0, JITTER, (k, len(logit)))))))
     for j, counts in enumerate(m.categorical):
-        alpha = LEVEL_CONCENTRATION * shares(counts) + 0.05
+        alpha = LEVEL_CONCENTRATION * shares(counts, m.n) + 0.05
         start[f"p_cat_{j}"] = _f32(np.clip(rng.dirichlet(alpha, k), 1e-4, None))
     if layout.count:
-        means = np.array([binned_mean(c, count_edges(upper))
+        means = np.array([binned_mean(c, count_edges(upper), m.n)
                           for c, (_, upper) in zip(m.count, layout.count)])
         start["count_log_rate"] = _f32(np.log(np.maximum(means, 0.05))
                                        + rng.normal(0, JITTER, (k, len(means))))
     if layout.continuous:
         probs = (np.arange(k) + 0.5) / k
-        locs = np.stack([quantiles(c, probs) for c in m.continuous], axis=1)
+        locs = np.stack([quantiles(c, probs, m.n) for c in m.continuous], axis=1)
         start["cont_loc"] = _f32(np.clip(rng.permuted(locs, axis=0), 0.01, 0.99))
-    mean_y = binned_mean(m.outcome, count_edges(layout.outcome_upper))
+    mean_y = binned_mean(m.outcome, count_edges(layout.outcome_upper), m.n)
     start["intercept"] = _f32(np.log(max(mean_y, 0.05)))
     return start
 

@@ -12,6 +12,7 @@ calibration's `marginal_multiplier` (accounting.py). What the generator reads fr
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -33,7 +34,7 @@ class Marginals:
     outcome: np.ndarray            # noisy count per bin of count_edges(outcome_upper)
     noise_sd: float                # the noise std of every cell
 
-    def to_dict(self) -> dict[str, object]:
+    def to_dict(self) -> dict[str, Any]:
         """JSON-able form, for the posterior file."""
         return {"n": self.n, "binary": self.binary.tolist(),
                 "categorical": [a.tolist() for a in self.categorical],
@@ -42,13 +43,15 @@ class Marginals:
                 "outcome": self.outcome.tolist(), "noise_sd": self.noise_sd}
 
     @classmethod
-    def from_dict(cls, d: dict[str, object]) -> "Marginals":
-        arr = lambda v: np.asarray(v, np.float64)  # noqa: E731
-        return cls(n=int(d["n"]), binary=arr(d["binary"]),  # type: ignore[call-overload]
-                   categorical=[arr(v) for v in d["categorical"]],  # type: ignore[attr-defined]
-                   count=[arr(v) for v in d["count"]],  # type: ignore[attr-defined]
-                   continuous=[arr(v) for v in d["continuous"]],  # type: ignore[attr-defined]
-                   outcome=arr(d["outcome"]), noise_sd=float(d["noise_sd"]))  # type: ignore[arg-type]
+    def from_dict(cls, d: Mapping[str, Any]) -> "Marginals":
+        def arr(v: Any) -> np.ndarray:
+            return np.asarray(v, np.float64)
+
+        return cls(n=int(d["n"]), binary=arr(d["binary"]),
+                   categorical=[arr(v) for v in d["categorical"]],
+                   count=[arr(v) for v in d["count"]],
+                   continuous=[arr(v) for v in d["continuous"]],
+                   outcome=arr(d["outcome"]), noise_sd=float(d["noise_sd"]))
 
 
 def count_edges(upper: int) -> np.ndarray:
@@ -102,10 +105,21 @@ def measure(data: ModelData, layout: Layout, multiplier: float,
                      noise_sd=float(sd))
 
 
-def shares(counts: np.ndarray) -> np.ndarray:
-    """Noisy counts -> a distribution over their cells (negative counts clipped to 0)."""
-    c = np.clip(counts, 0.0, None) + 1e-9
-    return c / c.sum()
+def shares(counts: np.ndarray, n: int) -> np.ndarray:
+    """Noisy counts -> a distribution over their cells, knowing the public total n.
+
+    Norm-sub (Wang et al. 2020): subtract one threshold from every cell and clip at 0, the
+    threshold chosen so the cells sum to n. Clipping alone would keep the positive noise of
+    every empty cell, a bias toward the middle of the range; norm-sub removes it (it is the
+    Euclidean projection of the counts onto the n-scaled simplex).
+    """
+    c = np.asarray(counts, np.float64)
+    lo, hi = c.min() - n, c.max()
+    for _ in range(100):  # bisection on the threshold: sum(max(c - t, 0)) falls as t grows
+        t = 0.5 * (lo + hi)
+        lo, hi = (t, hi) if np.clip(c - t, 0, None).sum() > n else (lo, t)
+    p = np.clip(c - hi, 0, None)
+    return p / p.sum() if p.sum() > 0 else np.full(len(c), 1.0 / len(c))
 
 
 def binary_rates(m: Marginals) -> np.ndarray:
@@ -113,13 +127,13 @@ def binary_rates(m: Marginals) -> np.ndarray:
     return np.clip(m.binary / m.n, 0.5 / m.n, 1 - 0.5 / m.n)
 
 
-def binned_mean(counts: np.ndarray, edges: np.ndarray) -> float:
+def binned_mean(counts: np.ndarray, edges: np.ndarray, n: int) -> float:
     """The mean of a count column from its noisy histogram (each bin at its midpoint)."""
     mids = np.where(np.diff(edges) == 1, edges[:-1], 0.5 * (edges[:-1] + edges[1:] - 1))
-    return float(shares(counts) @ mids)
+    return float(shares(counts, n) @ mids)
 
 
-def quantiles(counts: np.ndarray, probs: np.ndarray) -> np.ndarray:
+def quantiles(counts: np.ndarray, probs: np.ndarray, n: int) -> np.ndarray:
     """Quantiles on [0, 1] of a continuous column from its noisy histogram (linear in bins)."""
-    cdf = np.concatenate([[0.0], np.cumsum(shares(counts))])
+    cdf = np.concatenate([[0.0], np.cumsum(shares(counts, n))])
     return np.interp(probs, cdf, continuous_edges())

@@ -15,6 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from twinnode.data import frame_to_arrays
@@ -23,10 +24,12 @@ from twinnode.generator.layout import Layout
 from twinnode.generator.posterior import Posterior
 from twinnode.generator.accounting import calibrate_split
 from twinnode.generator.anchor import anchored_start
-from twinnode.generator.marginals import measure
+from twinnode.generator.headnoise import head_information, head_noise_cov
+from twinnode.generator.marginals import Marginals, measure
 from twinnode.generator.privacy import Calibration, Ledger
 from twinnode.generator.sample import sample_twins
 from twinnode.generator.settings import GeneratorSettings, TrainPlan
+from twinnode.generator.trace import TraceTail
 from twinnode.generator.train import ProgressFn, fit
 from twinnode.schema import Schema
 from twinnode.twins import RECEIPT_FORMAT, Provenance, Release, Twin
@@ -96,8 +99,12 @@ def draw_release(posterior: Posterior, schema: Schema, k: int, sender: str,
     if k < 1:
         raise PrivacyError(f"need at least one twin, got k={k}")
     layout = Layout.from_schema(schema)
+    aware = posterior.noise_aware
     arrays = sample_twins(posterior.params, layout, posterior.n, k, posterior.settings, seed,
-                          loc_noise_sd=posterior.loc_noise_sd if posterior.noise_aware else None)
+                          loc_noise_sd=posterior.loc_noise_sd if aware else None,
+                          head_cov=head_error(posterior, layout) if aware else None,
+                          marginals=None if posterior.marginals is None
+                          else Marginals.from_dict(posterior.marginals))
     cal = posterior.calibration
     generator = generator_summary(posterior)
     created = time.time()
@@ -128,6 +135,14 @@ def draw_release(posterior: Posterior, schema: Schema, k: int, sender: str,
     if ledger is not None:
         ledger.record_free("sample", release=posterior.release, k=k)
     return Release(receipt=receipt, twins=twins)
+
+
+def head_error(posterior: Posterior, layout: Layout) -> np.ndarray:
+    """The averaged head's DP error covariance (headnoise.py), from released values only."""
+    s, c = posterior.settings, posterior.calibration
+    info = head_information(posterior.params, layout, posterior.n, s)
+    return head_noise_cov(info, c.sigma, s.clip, c.q, s.head_weight if s.variant == "aligned"
+                          else 1.0, TraceTail(c.steps, s.average).steps)
 
 
 def neighbours_note(relation: str) -> str:

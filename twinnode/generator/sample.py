@@ -5,7 +5,7 @@ model's generative story with those parameters, decoded back to the schema's typ
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -13,9 +13,11 @@ import numpy as np
 from numpyro.handlers import seed as seed_handler
 from numpyro.infer import Predictive
 
-from twinnode.generator.dpsvi import SCALE
+from twinnode.generator.calibrate import calibrate_covariates, draw_outcome
+from twinnode.generator.dpsvi import HEAD_SITES, SCALE
 from twinnode.generator.layout import Layout, ModelData
-from twinnode.generator.models import make_guide, make_model
+from twinnode.generator.marginals import Marginals
+from twinnode.generator.models import head_features, make_guide, make_model
 from twinnode.generator.settings import GeneratorSettings
 
 _ROW_SITES = ("xb", "xn", "xr", "y")
@@ -23,13 +25,17 @@ _ROW_SITES = ("xb", "xn", "xr", "y")
 
 def sample_twins(params: Mapping[str, np.ndarray], layout: Layout, n: int, k: int,
                  settings: GeneratorSettings, seed: int | None = None,
-                 group: int = 10, loc_noise_sd: np.ndarray | None = None
-                 ) -> list[dict[str, np.ndarray]]:
+                 group: int = 10, loc_noise_sd: np.ndarray | None = None,
+                 head_cov: np.ndarray | None = None,
+                 marginals: Marginals | None = None) -> list[dict[str, np.ndarray]]:
     """K twins of n rows, as schema arrays (`Schema.check_arrays` layout).
 
     With `loc_noise_sd` (noise-aware), each twin's parameters are drawn around its own draw
     of the guide's locations: the DP noise left in them, N(0, loc_noise_sd^2), is added to
     the guide's own N(0, scale^2), both diagonal, so each draw has sd sqrt(scale^2 + noise^2).
+    With `head_cov` (headnoise.py), the head's (coef..., intercept) get that DP error instead
+    of the trace's estimate. With `marginals`, each twin's covariates are calibrated to its
+    own draw of them before its outcome is drawn from its head (calibrate.py).
     """
     key = jax.random.PRNGKey(np.random.SeedSequence(seed).generate_state(1)[0])
     model = make_model(layout, n, settings)
@@ -37,18 +43,59 @@ def sample_twins(params: Mapping[str, np.ndarray], layout: Layout, n: int, k: in
     seed_handler(guide, 0)(*layout.dummy())  # set up the guide's shapes; no data involved
     jparams = {name: jnp.asarray(v) for name, v in params.items()}
     if loc_noise_sd is not None:
-        jparams[SCALE] = jnp.sqrt(jparams[SCALE] ** 2 + jnp.asarray(loc_noise_sd) ** 2)
+        noise = np.where(head_mask(guide), 0.0, loc_noise_sd) if head_cov is not None \
+            else loc_noise_sd
+        jparams[SCALE] = jnp.sqrt(jparams[SCALE] ** 2 + jnp.asarray(noise) ** 2)
     draw_key, rows_key = jax.random.split(key)
     thetas = guide.sample_posterior(draw_key, jparams, sample_shape=(k,))
+    if head_cov is not None:
+        thetas = _add_head_noise(thetas, head_cov, jax.random.fold_in(draw_key, 1), k)
     sites = list(_ROW_SITES) + [f"xc_{j}" for j in range(len(layout.categorical))]
+    rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
     twins: list[dict[str, np.ndarray]] = []
     for start in range(0, k, group):
         part = {name: v[start:start + group] for name, v in thetas.items()}
         predictive = Predictive(model, posterior_samples=part, return_sites=sites)
         out = predictive(jax.random.fold_in(rows_key, start))
         for i in range(len(next(iter(part.values())))):
-            twins.append(layout.decode(_model_data(out, i, n, layout)))
+            data = _model_data(out, i, n, layout)
+            if marginals is not None:
+                data = _calibrated(data, {k: np.asarray(v[i]) for k, v in part.items()},
+                                   layout, settings, marginals, rng)
+            twins.append(layout.decode(data))
     return twins
+
+
+def _calibrated(data: ModelData, theta: Mapping[str, np.ndarray], layout: Layout,
+                settings: GeneratorSettings, marginals: Marginals,
+                rng: np.random.Generator) -> ModelData:
+    """Covariates onto a draw of the marginals, then y from this twin's own head."""
+    data = calibrate_covariates(data, layout, marginals, rng)
+    xb, xc, xn, xr = (jnp.asarray(a) for a in data[:4])
+    f = np.asarray(head_features(xb, xc, xn, xr, layout, settings.head_origin), np.float64)
+    conc = theta.get("concentration")
+    y = draw_outcome(f, np.asarray(theta["coef"], np.float64), float(theta["intercept"]),
+                     settings.outcome, None if conc is None else float(conc), rng)
+    return data._replace(y=y)
+
+
+def head_mask(guide: Any) -> np.ndarray:
+    """Which coordinates of the guide's flat latent vector are the outcome head's."""
+    index = guide._unpack_latent(jnp.arange(guide.latent_dim, dtype=jnp.float32))
+    mask = np.zeros(guide.latent_dim, bool)
+    for name in HEAD_SITES:
+        if name in index:
+            mask[np.asarray(index[name]).astype(int).ravel()] = True
+    return mask
+
+
+def _add_head_noise(thetas: dict[str, jax.Array], cov: np.ndarray, key: jax.Array,
+                    k: int) -> dict[str, jax.Array]:
+    """Each draw's head moved by its own N(0, cov) draw of the head's DP error."""
+    p = thetas["coef"].shape[-1]
+    delta = jax.random.multivariate_normal(key, jnp.zeros(p + 1), jnp.asarray(cov), (k,))
+    return {**thetas, "coef": thetas["coef"] + delta[:, :p],
+            "intercept": thetas["intercept"] + delta[:, p]}
 
 
 def _model_data(out: Mapping[str, jnp.ndarray], i: int, n: int, layout: Layout) -> ModelData:

@@ -1,0 +1,60 @@
+"""How much DP noise is left in the averaged outcome head: the head's part of noise-awareness.
+
+Each DP step adds N(0, (sigma C / q)^2) to every coordinate of the full-data gradient (C the
+clipping norm, q the sampling rate; the head's coordinates get C / head_weight, dpsvi.py).
+Averaged over the last W steps (Polyak-Ruppert), the released head is off the optimum by
+I^-1 times the average of those draws: covariance (sigma C / (q w))^2 / W * I^-2, with I the
+Fisher information of the head for the N rows. The batch means of the trace (trace.py) cannot
+show this: the head's iterates decorrelate over more steps than a batch holds. I is computed
+from the released parameters alone (post-processing): covariates drawn from the released
+mixture, the rows' Poisson (or NB2) weights at the released head.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from numpyro.infer import Predictive
+
+from twinnode.generator.layout import Layout
+from twinnode.generator.models import head_features, make_guide, make_model
+from twinnode.generator.settings import GeneratorSettings
+
+ROWS = 20_000  # synthetic rows the information is averaged over
+SITES = ("xb", "xn", "xr")
+
+
+def head_information(params: Mapping[str, np.ndarray], layout: Layout, n: int,
+                     settings: GeneratorSettings, seed: int = 0) -> np.ndarray:
+    """Fisher information of the head's (coef..., intercept) for n rows at the released fit."""
+    model = make_model(layout, ROWS, settings)
+    guide = make_guide(model, layout, settings)
+    from numpyro.handlers import seed as seed_handler
+
+    seed_handler(guide, 0)(*layout.dummy())
+    point = guide.median({k: jnp.asarray(v) for k, v in params.items()})
+    sites = list(SITES) + [f"xc_{j}" for j in range(len(layout.categorical))]
+    out = Predictive(model, posterior_samples={k: v[None] for k, v in point.items()},
+                     return_sites=sites)(jax.random.PRNGKey(seed))
+    width = lambda name, w: (out[name][0].reshape(ROWS, w) if w else jnp.zeros((ROWS, 0)))  # noqa: E731
+    xc = (jnp.stack([out[f"xc_{j}"][0] for j in range(len(layout.categorical))], axis=-1)
+          if layout.categorical else jnp.zeros((ROWS, 0), jnp.int32))
+    f = head_features(width("xb", len(layout.binary)), xc, width("xn", len(layout.count)),
+                      width("xr", len(layout.continuous)), layout, settings.head_origin)
+    design = np.concatenate([np.asarray(f, np.float64), np.ones((ROWS, 1))], axis=1)
+    eta = design @ np.r_[np.asarray(point["coef"], np.float64), float(point["intercept"])]
+    mu = np.exp(np.clip(eta, -30, 30))
+    if settings.outcome == "negbinomial":
+        mu = mu / (1.0 + mu / float(point["concentration"]))
+    return (n / ROWS) * (design * mu[:, None]).T @ design
+
+
+def head_noise_cov(information: np.ndarray, sigma: float, clip: float, q: float,
+                   head_weight: float, window: int) -> np.ndarray:
+    """Covariance of the averaged head's DP error: (sigma C / (q w))^2 / W * I^-2."""
+    inv = np.linalg.pinv(information)
+    per_step = (sigma * clip / (q * head_weight)) ** 2
+    cov = per_step / max(window, 1) * inv @ inv
+    return 0.5 * (cov + cov.T)
