@@ -63,7 +63,7 @@ def run_cell(method: str, rows: int, epsilon: float, seed: int, k: int) -> dict:
         twins = mst_twins(schema, real, epsilon, k, seed)
         seconds = time.perf_counter() - t0
     else:
-        plan = TrainPlan(epsilon=epsilon, marginal_share=0.0 if method == "before" else 0.1)
+        plan = TrainPlan(epsilon=epsilon, marginal_share=0.0 if method == "before" else None)
         settings = (GeneratorSettings(average=0.0, noise_aware=False) if method == "before"
                     else GeneratorSettings())
         with tempfile.TemporaryDirectory() as state:

@@ -49,9 +49,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _add_release_method_args(p: argparse.ArgumentParser, plan: TrainPlan,
                              gen: GeneratorSettings) -> None:
-    p.add_argument("--marginal-share", type=float, default=plan.marginal_share,
+    from twinnode.generator.settings import DEFAULT_MARGINAL_SHARE
+
+    p.add_argument("--marginal-share", type=float, default=None,
                    help="part of the release's privacy spent on noisy one-way marginals that "
-                        f"anchor the mixture, in [0, 1) (default {plan.marginal_share:g}; "
+                        f"anchor and calibrate the twins, in [0, 1) (default "
+                        f"{DEFAULT_MARGINAL_SHARE:g} with poisson batching, 0 with fixed; "
                         "0: none)")
     p.add_argument("--average", type=float, default=gen.average,
                    help="share of the last steps whose iterates are averaged, in [0, 1) "

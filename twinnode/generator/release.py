@@ -54,7 +54,7 @@ def train_posterior(schema: Schema, frame: pd.DataFrame, plan: TrainPlan, ledger
     delta = plan.delta if plan.delta is not None else 1.0 / n
     ledger.check(plan.epsilon)
     cal = calibrate_split(plan.epsilon, delta, n, plan.q, plan.steps(), plan.batching,
-                          plan.marginal_share)
+                          plan.share())
     data = layout.encode(frame_to_arrays(schema, frame))
     entry = ledger.charge(cal.epsilon, cal.delta, n=n, sigma=cal.sigma, q=cal.q,
                           steps=cal.steps, clip=settings.clip, relation=cal.relation,

@@ -10,6 +10,7 @@ BATCHINGS = {"poisson": "add-remove", "fixed": "substitute"}
 OUTCOME_LIKELIHOODS = ("poisson", "negbinomial")
 VARIANTS = ("aligned", "dpsvi")
 HEAD_ORIGINS = ("lower", "midpoint")
+DEFAULT_MARGINAL_SHARE = 0.1  # docs/GENERATOR.md, "Faithful twins": the fidelity study
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class TrainPlan:
     epochs: float = 400.0       # study on public data: docs/GENERATOR.md, "Defaults"
     q: float = 0.1
     batching: str = "poisson"
-    marginal_share: float = 0.0  # part of the release's privacy spent on noisy marginals
+    marginal_share: float | None = None  # privacy share spent on noisy marginals (None: default)
 
     def __post_init__(self) -> None:
         if self.batching not in BATCHINGS:
@@ -74,10 +75,11 @@ class TrainPlan:
             raise PrivacyError(f"q must be in (0, 1], got {self.q}")
         if not (math.isfinite(self.epsilon) and self.epsilon > 0):
             raise PrivacyError(f"epsilon must be a positive finite number, got {self.epsilon}")
-        if not (math.isfinite(self.marginal_share) and 0 <= self.marginal_share < 1):
+        share = self.marginal_share
+        if share is not None and not (math.isfinite(share) and 0 <= share < 1):
             raise PrivacyError(f"marginal share must be in [0, 1) (0: no marginals), "
-                               f"got {self.marginal_share}")
-        if self.marginal_share > 0 and self.batching != "poisson":
+                               f"got {share}")
+        if share and self.batching != "poisson":
             raise PrivacyError("marginal anchoring needs Poisson batching; set the marginal "
                                "share to 0 for fixed batches")
         if self.delta is not None and not 0 < self.delta < 1:
@@ -85,3 +87,10 @@ class TrainPlan:
 
     def steps(self) -> int:
         return max(1, int(round(self.epochs / self.q)))
+
+    def share(self) -> float:
+        """The marginals' share: as given, else DEFAULT_MARGINAL_SHARE under Poisson batching
+        (the add/remove relation both mechanisms are accounted in) and 0 with fixed batches."""
+        if self.marginal_share is not None:
+            return self.marginal_share
+        return DEFAULT_MARGINAL_SHARE if self.batching == "poisson" else 0.0

@@ -53,7 +53,7 @@ class PrivacySection:
     batching: str = _PLAN.batching
     epochs: float = _PLAN.epochs
     q: float = _PLAN.q
-    marginal_share: float = _PLAN.marginal_share
+    marginal_share: float | None = None  # None: the generator's default for the batching
 
 
 @dataclass(frozen=True)
@@ -181,9 +181,9 @@ def _privacy_section(pr: _Section) -> PrivacySection:
         batching=pr.choice("batching", BATCHINGS, _PLAN.batching),
         epochs=pr.number("epochs", _PLAN.epochs, lo=0.0, lo_open=True),
         q=pr.number("q", _PLAN.q, lo=0.0, hi=1.0, lo_open=True),
-        marginal_share=pr.number("marginal_share", _PLAN.marginal_share, lo=0.0, hi=1.0,
+        marginal_share=pr.number("marginal_share", None, lo=0.0, hi=1.0,
                                  hi_open=True))
-    if privacy.marginal_share > 0 and privacy.batching != "poisson":
+    if privacy.marginal_share and privacy.batching != "poisson":
         raise pr.error("marginal_share", "marginal anchoring needs batching = \"poisson\"")
     if privacy.cap_epsilon is not None and privacy.epsilon > privacy.cap_epsilon:
         raise pr.error("epsilon", f"{privacy.epsilon:g} exceeds cap_epsilon "
