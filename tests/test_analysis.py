@@ -507,3 +507,19 @@ def test_combined_fit_beats_a_small_local_fit_on_test_likelihood(small_schema):
     ll_comb = evaluate(combined_fit(small_schema, local, peers), small_schema, test).mean
     # Assert
     assert ll_comb > ll_local
+
+
+def test_the_report_says_which_peers_releases_are_noise_aware(small_schema):
+    import dataclasses
+
+    from twinnode.analysis.party import analyze_party
+
+    peers = _party_peers(small_schema, k=4)
+    marked = tuple(dataclasses.replace(t, provenance=dataclasses.replace(
+        t.provenance, generator={**t.provenance.generator, "noise_aware": True}))
+        for t in peers["h0"])
+    peers["h0"] = marked
+    local = make_small_frame(small_schema, 300, 7)
+    report = analyze_party(small_schema, local, peers, weight=1.0, folds=2)
+    assert report.to_dict()["noise_aware"] == {"h0": True, "h1": False, "h2": False,
+                                               "h3": False}

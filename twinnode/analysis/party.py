@@ -111,6 +111,7 @@ class PartyReport:
     screening: ScreeningReport
     evaluation: Mapping[str, Evaluation] | None = None
     agreement: Agreement | None = None  # the combined fit's peers' twins vs the local rows
+    noise_aware: Mapping[str, bool] = field(default_factory=dict)  # peer -> its release is
     timing: Mapping[str, float] = field(default_factory=dict)
 
     @property
@@ -129,7 +130,8 @@ class PartyReport:
             "pooling": self.combined.pooling_dict(),
             "local_pooling": self.local.pooling_dict(), "screening": screening,
             "agreement": None if self.agreement is None else self.agreement.to_dict(),
-            "moved_outside_local": moved_outside(self.combined, self.local)}
+            "moved_outside_local": moved_outside(self.combined, self.local),
+            "noise_aware": dict(self.noise_aware)}
         if self.evaluation is not None:
             loc, comb = self.evaluation["local"], self.evaluation["combined"]
             out |= jsonable({"ll_local": loc.mean, "ll_combined": comb.mean,
@@ -190,7 +192,7 @@ def analyze_party(schema: Schema, local_frame: pd.DataFrame, peers: Peers | Peer
     return PartyReport(schema_hash=schema.hash, options=options, weight=choice,
                        with_flagged=with_all, without_flagged=without, local=alone,
                        screening=report, evaluation=evaluation, agreement=agree,
-                       timing=clock.laps())
+                       noise_aware=checked.noise_aware(), timing=clock.laps())
 
 
 def screen(schema: Schema, peers: Peers | PeerSet, policy: str = DEFAULT_POLICY,

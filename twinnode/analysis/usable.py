@@ -61,6 +61,12 @@ class PeerSet:
         return ([f"peer {name!r} left out: {why}" for name, why in self.left_out.items()]
                 + [f"peer {name!r}: {note}" for name, note in self.notes.items()])
 
+    def noise_aware(self) -> dict[str, bool]:
+        """Per peer: whether its release's twins each carry their own draw of its DP error
+        (receipts from before noise-aware releases say nothing: False)."""
+        return {name: bool(twins[0].provenance.generator.get("noise_aware", False))
+                for name, twins in self.twins.items() if twins}
+
     def without(self, names: Collection[str]) -> PeerSet:
         """These peers less `names`: what checking the peers without them would give."""
         return self._keep(lambda name: name not in names)
