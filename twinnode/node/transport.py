@@ -117,6 +117,36 @@ class Transport:
                                  f"{router_address}: {exc}") from None
         self.dealers[peer] = dealer
 
+    def disconnect(self, peer: str, pub_address: str) -> None:
+        """Stop subscribing to `peer`'s PUB and close our DEALER to its ROUTER."""
+        if self.sub is not None:
+            try:
+                self.sub.disconnect(pub_address)
+            except zmq.ZMQError:
+                pass  # never connected (or already gone)
+        dealer = self.dealers.pop(peer, None)
+        if dealer is not None:
+            dealer.close(linger=0)
+
+    def allow_only(self, keys: Iterable[bytes]) -> None:
+        """Replace the ZAP allow-list; `rebind` makes connected clients shake hands again."""
+        self.allow.keys = frozenset(bytes(k) for k in keys)
+
+    def rebind(self) -> None:
+        """Unbind and bind PUB and ROUTER again at their addresses: every inbound connection
+        closes (libzmq ends the sessions of a listener it unbinds), and each client that
+        reconnects passes the ZAP allow-list again. No await: nothing sends in between."""
+        for role, sock in (("pub", self.pub), ("router", self.router)):
+            endpoint = self.endpoints.get(role)
+            if sock is None or endpoint is None:
+                continue
+            try:
+                sock.unbind(endpoint)
+                sock.bind(endpoint)
+            except zmq.ZMQError as exc:
+                raise TransportError(f"cannot bind the {role} socket to {endpoint} "
+                                     f"again: {exc}") from None
+
     # ---- traffic (bytes only) ----
 
     async def publish(self, frames: Sequence[bytes]) -> None:
