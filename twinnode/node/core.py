@@ -271,12 +271,12 @@ class Node:
             await asyncio.gather(*tasks, return_exceptions=True)
             transport.disconnect(peer.name, peer.pub_address or "")
         transport.allow_only(p.curve_key for p in self.config.peers)
-        if change.dropped:
-            transport.rebind()
         for peer in change.added:
             transport.connect(peer.name, peer.pub_address or "", peer.router_address or "",
                               peer.curve_key)
             self._peer_loops(peer.name)
+        if change.dropped:
+            await transport.rebind()
 
     def request_stop(self, why: str = "request") -> None:
         """Ask `run_until_stopped` to stop the node (signal handlers, `shutdown`)."""
