@@ -192,11 +192,12 @@ def test_sites_pin_each_other_by_cards_join_rotate_and_leave_without_restarts(fe
         assert "event=peer.rotated" in (f.site(name) / "node.log").read_text()
     # the old key is refused: a client with south's old CURVE key never gets through ZAP
     before = {n: zap_denied(f, n) for n in others}
-    ctx = zmq.Context()
+    ctx, probes = zmq.Context(), []
     try:
         for n in others:
             pub = f.peer_rows("south")[n]["address"]  # south pins n: its PUB address
             sock = ctx.socket(zmq.SUB)
+            probes.append(sock)
             sock.setsockopt(zmq.LINGER, 0)
             sock.curve_publickey, sock.curve_secretkey = old.curve_public, old.curve_secret
             sock.curve_serverkey = _curve_key_of(f, n)
@@ -204,7 +205,9 @@ def test_sites_pin_each_other_by_cards_join_rotate_and_leave_without_restarts(fe
         f.until(lambda: all(zap_denied(f, n) > before[n] for n in others),
                 "the old CURVE key denied at every node", 30)
     finally:
-        ctx.destroy(linger=0)
+        for sock in probes:
+            sock.close(linger=0)
+        ctx.term()
 
     # ---- 4. east is removed: its links closed, its future twins refused, its stored twins kept
     staying = ("north", "south", "west")
