@@ -13,6 +13,7 @@ a clear message, a counter or an exit code. Anything else is a bug.
     │   └── AccountingError    no noise level reaches the requested (epsilon, delta)
     ├── GeneratorError         training failed, or a posterior file does not fit
     ├── KeyFileError           a key file is missing, malformed, too open, or would be overwritten
+    │   └── CardError          a peer card is malformed, forged, or not another key's rotation
     ├── WireError              a peer's message is refused (one subclass per reason)
     │   ├── MalformedMessage   frame count/size, msgpack, field types
     │   ├── UnsupportedVersion
@@ -95,6 +96,13 @@ class KeyFileError(TwinnodeError):
 
     exit_code = 9
     reason = "keys"
+
+
+class CardError(KeyFileError):
+    """A peer card is malformed, its signature does not verify, or it would replace a pinned
+    peer's keys without that peer's signature."""
+
+    reason = "card"
 
 
 class WireError(TwinnodeError):

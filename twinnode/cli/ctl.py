@@ -67,7 +67,7 @@ class _CommandHelp(argparse.Action):
 def run(args: argparse.Namespace) -> int:
     path = args.socket or socket_path(args.state or os.environ.get("TWINNODE_STATE")
                                       or DEFAULT_STATE)
-    params = resolve_paths(args.cmd, parse_params(args.params))
+    params = resolve_paths(args.cmd, parse_params(args.params, BARE.get(args.cmd, ())))
     if not args.timeout > 0:
         raise ConfigError(f"--timeout must be positive, got {args.timeout}")
     if args.cmd in JOB_COMMANDS and params.get("wait") is True:
@@ -90,11 +90,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_params(words: Sequence[str]) -> dict[str, Any]:
-    """["epochs=10", "name=x"] -> {"epochs": 10, "name": "x"}; JSON values when they parse."""
+BARE = {"peers": ("reload",)}  # words that stand for WORD=true: `ctl peers reload`
+
+
+def parse_params(words: Sequence[str], bare: Sequence[str] = ()) -> dict[str, Any]:
+    """["epochs=10", "name=x"] -> {"epochs": 10, "name": "x"}; JSON values when they parse;
+    a word in `bare` alone means WORD=true."""
     out: dict[str, Any] = {}
     for word in words:
         key, sep, text = word.partition("=")
+        if not sep and word in bare:
+            sep, text = "=", "true"
         if not sep or not _KEY_RE.fullmatch(key):
             raise ConfigError(f"expected KEY=VALUE, got {word!r}")
         if key in out:
@@ -248,7 +254,12 @@ def format_status(r: Mapping[str, Any]) -> str:
 
 
 def format_peers(r: Mapping[str, Any]) -> str:
-    return "\n".join(["peers:", *_peer_rows(r["peers"], detail=True)])
+    lines = ["peers:", *_peer_rows(r["peers"], detail=True)]
+    if "reload" in r:
+        change = {k: v for k, v in r["reload"].items() if k != "pinned" and v}
+        lines.insert(0, "reloaded: " + ("; ".join(f"{k} {', '.join(v)}" for k, v in
+                                                  change.items()) or "no change"))
+    return "\n".join(lines)
 
 
 def format_twins(r: Mapping[str, Any]) -> str:

@@ -15,7 +15,12 @@ HELP: dict[str, tuple[str, str, str]] = {
                "privacy budget, each peer's last heartbeat, twins held per sender, refusals by "
                "reason, counters.", "(none)", "twinnode ctl --state state status"),
     "peers": ("Each pinned peer: address, connected, last heartbeat, its latest seq, how "
-              "many of its twins this node holds.", "(none)", "twinnode ctl --state state peers"),
+              "many of its twins this node holds, its signing key's fingerprint. With reload, "
+              "first pin what node.toml and the peers file pin now, without a restart (the "
+              "node also does so by itself within 2 s of a change): new peers are connected, "
+              "a removed peer's connections closed and its messages refused (its stored "
+              "twins stay, left out of analyses), a rotated key replaces the old one.",
+              "reload  (or reload=true)", "twinnode ctl --state state peers reload"),
     "twins": ("Twins held, per sender: count, the seqs held contiguously and above, statuses.",
               "detail=true  also list every stored envelope (seq, k, release, status, digest)",
               "twinnode ctl --state state twins detail=true"),

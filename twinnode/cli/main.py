@@ -14,7 +14,8 @@ from typing import Sequence
 from twinnode import __version__
 from twinnode.errors import EXIT_CODES, TwinnodeError
 
-COMMANDS = ("example", "train", "keygen", "analyze", "check", "run", "ctl", "demo")
+COMMANDS = ("init", "card", "peers", "example", "train", "keygen", "analyze", "check", "run",
+            "ctl", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -74,6 +74,15 @@ class Catchup:
         self.turn = 0
         self.last_live = -math.inf           # when a twin last arrived live (SUB)
 
+    def set_peers(self, peers: Iterable[tuple[str, str]], pinned: Sequence[str]) -> None:
+        """A peers reload: keep the state of peers that stay, start the new ones fresh, forget
+        removed ones (and the requests pending with them)."""
+        old = self.peers
+        self.peers = {name: old.get(name) or PeerState(name, address)
+                      for name, address in peers}
+        self.pinned = tuple(pinned)
+        self.pending = {rid: p for rid, p in self.pending.items() if p in self.peers}
+
     # ---- heartbeats and live traffic ----
 
     def on_heartbeat(self, hb: Heartbeat, guard: ReplayGuard) -> bool:

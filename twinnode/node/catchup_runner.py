@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from typing import Mapping
+from typing import Iterable, Mapping, Sequence
 
 from twinnode.errors import StoreError
 from twinnode.eventlog import event
@@ -65,6 +65,12 @@ class CatchupRunner:
             future = self._ends.get(end.request_id)
             if future is not None and not future.done():
                 future.set_result(end)
+
+    def set_peers(self, peers: Iterable[tuple[str, str]], pinned: Sequence[str]) -> None:
+        """A peers reload (`Catchup.set_peers`): a wake-up event per peer, old ones kept."""
+        self.catchup.set_peers(peers, pinned)
+        self.wanted = {name: self.wanted.get(name) or asyncio.Event()
+                       for name in self.catchup.peers}
 
     def reset(self) -> None:
         """The node stopped: no request is pending any more."""

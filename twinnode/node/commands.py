@@ -1,6 +1,7 @@
 """The node's control-socket commands: argument checks and the result shapes of docs/CONTROL.md.
 
-Read-only commands (status, peers, twins, budget) answer from the node's state; job commands
+Read-only commands (status, peers, twins, budget) answer from the node's state (`peers
+reload=true` first pins what the config's files pin now); job commands
 (train, publish, screen, analyze) start the node's one background job and answer at once, or
 with `wait=true` when the job has ended (its error, if any, is the reply's error). Each is
 `async fn(ctx, args) -> result`; they see the node through `node.context.NodeContext`.
@@ -60,8 +61,9 @@ async def status(ctx: NodeContext, args: dict[str, Any]) -> Mapping[str, Any]:
 
 
 async def peers(ctx: NodeContext, args: dict[str, Any]) -> Mapping[str, Any]:
-    check_args("peers", args, {})
-    return {"peers": _peer_rows(ctx)}
+    args = check_args("peers", args, {"reload": bool})
+    reload = await ctx.reload_peers() if args.get("reload") else None
+    return {"peers": _peer_rows(ctx), **({"reload": reload} if reload is not None else {})}
 
 
 async def twins(ctx: NodeContext, args: dict[str, Any]) -> Mapping[str, Any]:
@@ -191,7 +193,9 @@ def _peer_rows(ctx: NodeContext) -> list[dict[str, Any]]:
     now = time.monotonic()
     return [{"name": p.name, "address": p.address, "connected": p.alive(interval, now),
              "last_heartbeat_age": None if p.last_heartbeat is None else now - p.last_heartbeat,
-             "latest_seq": p.latest, "held": held.get(p.name, 0)}
+             "latest_seq": p.latest, "held": held.get(p.name, 0),
+             "fingerprint": ctx.trust.get(p.name).sign_fingerprint if p.name in ctx.trust
+             else None}
             for p in ctx.peers.values()]
 
 

@@ -17,6 +17,7 @@ from twinnode.analysis.options import POLICIES
 from twinnode.errors import ConfigError, TwinnodeError
 from twinnode.generator.settings import BATCHINGS as _BATCHINGS
 from twinnode.generator.settings import OUTCOME_LIKELIHOODS, VARIANTS, GeneratorSettings, TrainPlan
+from twinnode.node.peersfile import read_entries
 from twinnode.trust.identity import ADDRESS_RE, Peer, check_name, peer_from_entry
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -92,8 +93,9 @@ class NodeConfig:
     training: TrainingSection
     network: NetworkSection
     keys_dir: Path
-    peers: tuple[Peer, ...]
+    peers: tuple[Peer, ...]             # [[peers]] of node.toml, then those of peers_file
     screening: ScreeningSection
+    peers_file: Path | None = None
 
     @property
     def name(self) -> str:
@@ -148,8 +150,10 @@ def parse_config(text: str, path: str | Path) -> NodeConfig:
     network = _network_section(section("network"))
     ke = section("keys")
     keys_dir = ke.path("dir", "keys")
+    peers_file = ke.path("peers_file", "peers.toml")
     ke.finish()
-    peers = _peers(doc.get("peers", []), path, node.name, network)
+    peers = _peers([(path, e) for e in _entries(doc.get("peers", []), path)]
+                   + [(peers_file, e) for e in read_entries(peers_file)], node.name, network)
     sc = section("screening")
     screening = ScreeningSection(policy=sc.choice("policy", POLICIES, "flag"),
                                  threshold=sc.number("threshold", 0.01, lo=0.0, hi=1.0,
@@ -157,7 +161,50 @@ def parse_config(text: str, path: str | Path) -> NodeConfig:
     sc.finish()
     return NodeConfig(path=path, node=node, data=data_s, privacy=privacy, generator=generator,
                       k=k, training=training, network=network, keys_dir=keys_dir, peers=peers,
-                      screening=screening)
+                      screening=screening, peers_file=peers_file)
+
+
+def read_peers(config: NodeConfig) -> tuple[Peer, ...]:
+    """The peers `config`'s files pin now (node.toml's [[peers]] and the peers file), checked
+    as at start: a running node's reload."""
+    doc = tomllib.loads(config.path.read_text(encoding="utf-8"))
+    inline = [(config.path, e) for e in _entries(doc.get("peers", []), config.path)]
+    from_file = [(config.peers_file, e) for e in read_entries(config.peers_file)] \
+        if config.peers_file is not None else []
+    return _peers(inline + from_file, config.name, config.network)
+
+
+@dataclass(frozen=True)
+class Site:
+    """What `twinnode card` and `twinnode peers` need of node.toml (its data need not exist)."""
+
+    name: str
+    config: Path
+    keys_dir: Path
+    peers_file: Path
+    pub: str
+    router: str
+
+
+def read_site(path: str | Path) -> Site:
+    """This site's name, keys, peers file and addresses from node.toml, checked lightly."""
+    path = Path(path)
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found (make one with: twinnode init "
+                          "NAME)") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc}") from None
+    base = path.resolve().parent
+    name = _Section(doc, "node", path, base).get("name", str, required=True)
+    try:
+        check_name(name)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: [node] name: {exc}") from None
+    keys, net = _Section(doc, "keys", path, base), _Section(doc, "network", path, base)
+    return Site(name, path, keys.path("dir", "keys"), keys.path("peers_file", "peers.toml"),
+                net.address("pub"), net.address("router"))
 
 
 def _node_section(node: _Section) -> NodeSection:
@@ -221,12 +268,18 @@ def _network_section(ne: _Section) -> NetworkSection:
     return network
 
 
-def _peers(entries: Any, path: Path, own: str, network: NetworkSection) -> tuple[Peer, ...]:
-    """[[peers]] entries: each validated by identity.peer_from_entry, addresses required."""
+def _entries(entries: Any, path: Path) -> list[Any]:
     if not isinstance(entries, list):
         raise ConfigError(f"{path}: [[peers]] must be an array of tables (write [[peers]])")
+    return entries
+
+
+def _peers(entries: list[tuple[Path, Any]], own: str,
+           network: NetworkSection) -> tuple[Peer, ...]:
+    """[[peers]] entries (with the file each comes from): each validated by
+    identity.peer_from_entry, addresses required, no name or key twice."""
     peers: list[Peer] = []
-    for i, entry in enumerate(entries):
+    for i, (path, entry) in enumerate(entries):
         try:
             peer = peer_from_entry(entry, position=i)
         except TwinnodeError as exc:

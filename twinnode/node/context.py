@@ -8,7 +8,7 @@ it reads and what it starts; a test may hand them any object with these members.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Callable, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 from twinnode.generator.privacy import Ledger
 from twinnode.node.catchup import PeerState
@@ -91,6 +91,9 @@ class NodeContext(Protocol):
 
     async def wait_job(self) -> JobState:
         """Wait for the current job to end."""
+
+    async def reload_peers(self) -> dict[str, Any]:
+        """Pin what node.toml and the peers file pin now (no restart); what changed."""
 
     def request_stop(self, why: str = "request") -> None:
         """Ask the node to stop (after the reply is sent)."""

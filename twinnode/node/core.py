@@ -6,7 +6,8 @@
               publish job when nothing of ours was published yet)
     tasks     SUB loop (twins, heartbeats) - ROUTER loop (catch-up requests, each answered
               in a task of its own, at most MAX_SERVING at once) - one DEALER loop and one
-              catch-up worker per peer - heartbeat - periodic catch-up
+              catch-up worker per peer - heartbeat - periodic catch-up - the peers file's
+              watch (`reload_peers`, as `ctl peers reload`: `node.membership`'s change)
     stop()    cancel the job (a training worker is terminated, its ledger charge stays),
               cancel the tasks, close the control socket, the sockets (linger 0), the store
 
@@ -24,10 +25,6 @@ Catch-up (the Clone pattern): `node.catchup` holds its state and decides, loop-f
 `node.catchup_runner` carries the decisions out (heartbeats, a worker per peer, the periodic
 timer, requests, answers). This module feeds them what ingest opened and runs their tasks.
 
-Publishing takes an own seq per twin as it is stored (`Store.next_own_seq`), skipping the
-twins of the release that an earlier publish of it stored (`node.own_releases`): a publish cut
-short or refused leaves no gap in our seqs, and publishing the same release again completes it.
-
 Jobs (`node.jobs`) and control commands (`node.commands`) see this node as a
 `node.context.NodeContext`; the receive loops are `node.receiving`'s.
 """
@@ -38,6 +35,7 @@ import logging
 import os
 import time
 from collections import Counter
+from dataclasses import replace
 from functools import partial
 from typing import Any, Coroutine, Mapping, Sequence
 
@@ -53,12 +51,13 @@ from twinnode.generator.privacy import Ledger
 from twinnode.node.catchup import Catchup, PeerState
 from twinnode.node.catchup_runner import CatchupRunner
 from twinnode.node.commands import handlers
-from twinnode.node.config import NodeConfig
+from twinnode.node.config import NodeConfig, read_peers
 from twinnode.node.context import Progress
 from twinnode.node.control_server import ControlServer
 from twinnode.node.jobs import auto_publish_blocker, publish_job
+from twinnode.node.membership import PeerChanges, log_changes, peer_changes
 from twinnode.node.own_releases import published_before
-from twinnode.node.receiving import Reply, receive_loop
+from twinnode.node.receiving import Reply, max_frame_bytes, receive_loop, tagged, watch_peers
 from twinnode.node.rejections import RejectionLog
 from twinnode.node.slot import Body, JobSlot, JobState
 from twinnode.node.stored_twins import StoredTwins
@@ -103,8 +102,8 @@ class Node:
         self.schema = Schema.load(config.data.schema)
         self.limits = limits_for(self.schema, config.network.max_rows, limits)
         self.identity = Identity.load(config.keys_dir, self.name)
-        me = self.identity.peer(config.network.pub, config.network.router)
-        self.trust = TrustStore([me, *config.peers])  # pinned: our twins come back via peers
+        self.me = self.identity.peer(config.network.pub, config.network.router)
+        self.trust = TrustStore([self.me, *config.peers])  # our twins come back via peers
         self.signer = Signer(self.identity)
         self.ledger = Ledger(self.layout.root, cap_epsilon=config.privacy.cap_epsilon)
         self.rejected: Counter[str] = Counter()
@@ -120,6 +119,8 @@ class Node:
         self.control: ControlServer | None = None
         self.jobs = JobSlot()
         self._tasks: list[asyncio.Task[None]] = []
+        self._peer_tasks: dict[str, list[asyncio.Task[None]]] = {}
+        self._reloading = asyncio.Lock()
         self._serving: set[asyncio.Task[None]] = set()
         self._ingest_lock = asyncio.Lock()
         self._stop_requested = asyncio.Event()
@@ -184,11 +185,21 @@ class Node:
                               peer.curve_key)
         return transport
 
+    def _peer_loops(self, name: str) -> None:
+        """The DEALER receive loop and the catch-up worker of one peer."""
+        transport = self.transport
+        assert transport is not None and self.verifier is not None
+
+        async def from_dealer() -> tuple[list[bytes], Reply | None]:
+            return await transport.recv_reply(name), None
+        self._peer_tasks[name] = [asyncio.create_task(c) for c in (
+            receive_loop("dealer", from_dealer, self._receive, self.rejected),
+            self.catchup_runner.worker(name, transport, self.verifier.guard))]
+
     def _run_tasks(self) -> None:
         """The receive loops, and catch-up's tasks (`CatchupRunner`)."""
         transport, runner = self.transport, self.catchup_runner
         assert transport is not None and self.verifier is not None
-        guard = self.verifier.guard
 
         async def from_sub() -> tuple[list[bytes], Reply | None]:
             return await transport.recv_sub(), None
@@ -197,17 +208,14 @@ class Node:
             routing_id, frames = await transport.recv_request()
             return frames, partial(transport.reply, routing_id)
 
-        async def from_dealer(peer: str) -> tuple[list[bytes], Reply | None]:
-            return await transport.recv_reply(peer), None
-
         self._spawn(receive_loop("sub", from_sub, self._receive, self.rejected),
                     receive_loop("router", from_router, self._receive, self.rejected,
                                  serving=self._serving, concurrent=MAX_SERVING),
-                    runner.heartbeats(transport, guard), runner.periodic())
+                    runner.heartbeats(transport, self.verifier.guard), runner.periodic(),
+                    watch_peers([self.config.path, self.config.peers_file],
+                                self.reload_peers))
         for name in self.peers:
-            self._spawn(receive_loop("dealer", partial(from_dealer, name), self._receive,
-                                     self.rejected),
-                        runner.worker(name, transport, guard))
+            self._peer_loops(name)
 
     async def stop(self) -> None:
         """Abandon the job, cancel the tasks, close control socket, sockets and store.
@@ -219,11 +227,12 @@ class Node:
         event(log, "node.stopping", node=self.name)
         try:
             await self.jobs.cancel()
-            tasks = [*self._tasks, *self._serving]
+            tasks = [*self._tasks, *self._serving,
+                     *(t for ts in self._peer_tasks.values() for t in ts)]
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            self._tasks = []
+            self._tasks, self._peer_tasks = [], {}
             self._serving.clear()
             if self.control is not None:
                 await self.control.stop()
@@ -237,6 +246,37 @@ class Node:
             self._stopping = False
         event(log, "node.stopped", node=self.name, accepted=self.counters["accepted"],
               rejected=sum(self.rejected.values()))
+
+    async def reload_peers(self) -> dict[str, Any]:
+        """Pin what the config's files pin now: connect new peers; close our links to a
+        removed (re-keyed, moved) one, make every client pass the new ZAP list again."""
+        async with self._reloading:
+            new = await asyncio.to_thread(read_peers, self.config)
+            change = peer_changes(self.config.peers, new)
+            self.trust.reset([self.me, *new])
+            self.config = replace(self.config, peers=new)
+            self.catchup_runner.set_peers([(p.name, p.pub_address or "") for p in new],
+                                          self.trust.names)
+            if change and self.transport is not None:
+                await self._relink(change)
+            return log_changes(change, self.trust, self.name)
+
+    async def _relink(self, change: PeerChanges) -> None:
+        transport = self.transport
+        assert transport is not None
+        for peer in change.dropped:
+            tasks = self._peer_tasks.pop(peer.name, [])
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            transport.disconnect(peer.name, peer.pub_address or "")
+        transport.allow_only(p.curve_key for p in self.config.peers)
+        for peer in change.added:
+            transport.connect(peer.name, peer.pub_address or "", peer.router_address or "",
+                              peer.curve_key)
+            self._peer_loops(peer.name)
+        if change.dropped:
+            await transport.rebind()
 
     def request_stop(self, why: str = "request") -> None:
         """Ask `run_until_stopped` to stop the node (signal handlers, `shutdown`)."""
@@ -298,7 +338,7 @@ class Node:
                 try:
                     self.catchup_runner.on_end(env.message, env.sender)
                 except WireError as exc:
-                    raise _tagged(exc, env) from None
+                    raise tagged(exc, env) from None
         except WireError as exc:
             self.refusals.refused(exc, channel)
             return None
@@ -325,7 +365,7 @@ class Node:
         env = (await asyncio.to_thread(self.verifier.open, frames) if big
                else self.verifier.open(frames))
         if env.family not in CHANNELS.get(channel, ()):
-            raise _tagged(MalformedMessage(
+            raise tagged(MalformedMessage(
                 f"a {env.family} message does not belong on the {channel} channel"), env)
         if env.family == TWIN:
             await self._store(env, channel)
@@ -351,7 +391,7 @@ class Node:
                                          env.frames, kind="twin", k=p.index, release=p.release,
                                          own=env.sender == self.name)
         if not stored:
-            raise _tagged(DuplicateMessage(f"{env.sender} seq {env.seq} (or its content) is "
+            raise tagged(DuplicateMessage(f"{env.sender} seq {env.seq} (or its content) is "
                                            "already in the store"), env)
         self.verifier.accept(env)
         self.counters["accepted"] += 1
@@ -408,13 +448,3 @@ class Node:
               k=len(release.twins), seqs=f"{seqs[0]}-{seqs[-1]}" if seqs else "-")
         return seqs
 
-
-def max_frame_bytes(limits: WireLimits) -> int:
-    """The socket's MAXMSGSIZE: the largest frame the wire accepts, plus CURVE's framing."""
-    return max(limits.max_payload_bytes, limits.max_header_bytes) + 4096
-
-
-def _tagged(exc: WireError, env: Envelope) -> WireError:
-    """Attach sender and seq, as Verifier.open does, for `rejection_line`."""
-    exc.sender, exc.seq = env.sender, env.seq  # type: ignore[attr-defined]
-    return exc

@@ -25,15 +25,17 @@ WINDOW = 60.0       # seconds between two lines for the same (reason, peer)
 MAX_KEYS = 1024     # (reason, peer) pairs remembered; a sender name is the peer's to choose
 QUIET_REASONS = ("replay", "duplicate")  # expected when catch-up overlaps live traffic
 
-_COMPARE = ("compare fingerprints out of band: `twinnode check --config node.toml` lists "
-            "those pinned here, and that site's own `twinnode check` (or keygen) prints its "
-            "keys'; fix its [[peers]] entry and restart this node")
+_COMPARE = ("compare fingerprints out of band: `twinnode check --config node.toml` (or "
+            "`twinnode peers list`) lists those pinned here, and that site's `twinnode card "
+            "--show` prints its own; if it rotated its keys, pin its new card with `twinnode "
+            "peers add CARD` (taken without a restart), else fix its entry")
 HINTS = {
     "signature": "the signature does not match the signing key pinned for this peer: most "
                  "often the peer made new keys, or its sign_key was copied wrongly; "
                  f"{_COMPARE}. If they match, someone else sends under its name",
-    "unknown-sender": "this sender is not pinned in [[peers]]: add it (after comparing "
-                      "fingerprints) if it should be heard, else nothing is to do",
+    "unknown-sender": "this sender is not pinned (or was removed): pin its card with "
+                      "`twinnode peers add CARD` (after comparing fingerprints) if it should "
+                      "be heard, else nothing is to do",
     "schema": "the peer's twins use another schema (its hash travels in every twin): every "
               "site needs the same schema.toml content; compare `twinnode check`'s schema hash",
     "version": "the peer runs a twinnode release with another wire version: upgrade the older",

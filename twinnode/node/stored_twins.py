@@ -83,18 +83,22 @@ class StoredTwins:
         self.max_bytes = max_bytes
         self.decoded = 0
         self.reused = 0
-        self._verifier = Verifier(trust, schema, ReplayGuard(), limits)
+        self.trust = trust
+        self._verifier = Verifier(trust, schema, ReplayGuard(), limits, retired=True)
         self._cache: OrderedDict[Key, _Compact] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
     def latest(self, store: Store, own: str) -> dict[str, list[Twin]]:
-        """Each peer's latest publication (not `own`'s), twins in seq order; a twin that fails
-        its check is logged (`store.reverify_failed`) and left out. Blocking: run it in a
+        """Each pinned peer's latest publication (not `own`'s), twins in seq order; a twin that
+        fails its check is logged (`store.reverify_failed`) and left out, and so are the stored
+        twins of a removed peer (kept in the store, not analysed). Blocking: run it in a
         thread."""
         by_sender: dict[str, list[Twin]] = {}
         with self._lock:
             for entry in store.latest_releases(exclude=own):
+                if entry.sender not in self.trust:
+                    continue
                 twin = self._twin(store, entry)
                 if twin is not None:
                     by_sender.setdefault(entry.sender, []).append(twin)

@@ -22,6 +22,7 @@ inside a message: framing, signatures and meaning are `wire.py`'s and the node's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Callable, Iterable, Sequence
 
@@ -37,6 +38,7 @@ ZAP_DOMAIN = "twinnode"
 SUBSCRIPTIONS = (b"twin:", b"hb:")
 SEND_TIMEOUT = 5.0  # seconds a catch-up reply may wait for room in the ROUTER's queue
 RECV_HWM = 100  # messages queued per inbound connection (a catch-up batch is 64 + its end)
+REBIND_TIMEOUT = 5.0  # seconds to get a port back after unbinding it (libzmq frees it async)
 REPLY_HWM = 66  # catch-up reply messages queued per requester (a batch of 64 + its end + 1)
 
 DeniedFn = Callable[[bytes], None]  # called with the Z85 key of a refused CURVE client
@@ -116,6 +118,44 @@ class Transport:
             raise TransportError(f"cannot connect to peer {peer!r} at {pub_address} / "
                                  f"{router_address}: {exc}") from None
         self.dealers[peer] = dealer
+
+    def disconnect(self, peer: str, pub_address: str) -> None:
+        """Stop subscribing to `peer`'s PUB and close our DEALER to its ROUTER."""
+        if self.sub is not None:
+            try:
+                self.sub.disconnect(pub_address)
+            except zmq.ZMQError:
+                pass  # never connected (or already gone)
+        dealer = self.dealers.pop(peer, None)
+        if dealer is not None:
+            dealer.close(linger=0)
+
+    def allow_only(self, keys: Iterable[bytes]) -> None:
+        """Replace the ZAP allow-list; `rebind` makes connected clients shake hands again."""
+        self.allow.keys = frozenset(bytes(k) for k in keys)
+
+    async def rebind(self, timeout: float = REBIND_TIMEOUT) -> None:
+        """Unbind and bind PUB and ROUTER again at their addresses: every inbound connection
+        closes (libzmq ends the sessions of a listener it unbinds), and each client that
+        reconnects passes the ZAP allow-list again. The sockets stay open throughout (a send
+        meanwhile reaches no one); libzmq frees the port in its I/O thread, so binding again
+        is retried until `timeout`."""
+        for role, sock in (("pub", self.pub), ("router", self.router)):
+            endpoint = self.endpoints.get(role)
+            if sock is None or endpoint is None:
+                continue
+            with contextlib.suppress(zmq.ZMQError):
+                sock.unbind(endpoint)
+            deadline = asyncio.get_running_loop().time() + timeout
+            while True:
+                try:
+                    sock.bind(endpoint)
+                    break
+                except zmq.ZMQError as exc:
+                    if asyncio.get_running_loop().time() > deadline:
+                        raise TransportError(f"cannot bind the {role} socket to {endpoint} "
+                                             f"again: {exc}") from None
+                await asyncio.sleep(0.02)
 
     # ---- traffic (bytes only) ----
 

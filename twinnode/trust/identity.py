@@ -57,7 +57,8 @@ SIGN_PREFIX = "ed25519:"
 SIGN_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
 ADDRESS_RE = re.compile(r"^(tcp://[^\s/]+:\d{1,5}|ipc://\S+|inproc://\S+)$")
-PEER_FIELDS = ("name", "sign_key", "curve_key", "pub_address", "router_address")
+PEER_FIELDS = ("name", "sign_key", "curve_key", "pub_address", "router_address",
+               "retired_sign_keys")
 _KEYGEN_HINT = "create keys with: twinnode keygen {name} --dir {dir}"
 
 
@@ -134,6 +135,12 @@ class Peer:
     curve_key: bytes                   # Z85 CURVE public key, as zmq socket options take it
     pub_address: str | None = None     # its PUB socket, e.g. tcp://10.0.0.2:5550
     router_address: str | None = None  # its ROUTER socket for catch-up
+    retired_sign_keys: tuple[bytes, ...] = ()  # replaced by rotations: re-reading stored twins
+
+    @cached_property
+    def retired_verifiers(self) -> tuple[Ed25519PublicKey, ...]:
+        """The retired signing keys, good only for twins stored before their rotation."""
+        return tuple(_ed25519_public(k) for k in self.retired_sign_keys)
 
     @cached_property
     def verifier(self) -> Ed25519PublicKey:
@@ -148,14 +155,16 @@ class Peer:
     def curve_fingerprint(self) -> str:
         return fingerprint(curve_raw(self.curve_key))
 
-    def to_entry(self) -> dict[str, str]:
+    def to_entry(self) -> dict[str, Any]:
         """The config-entry form `TrustStore.from_entries` reads back."""
-        out = {"name": self.name, "sign_key": format_sign_key(self.sign_key),
-               "curve_key": format_curve_key(self.curve_key)}
+        out: dict[str, Any] = {"name": self.name, "sign_key": format_sign_key(self.sign_key),
+                               "curve_key": format_curve_key(self.curve_key)}
         if self.pub_address:
             out["pub_address"] = self.pub_address
         if self.router_address:
             out["router_address"] = self.router_address
+        if self.retired_sign_keys:
+            out["retired_sign_keys"] = [format_sign_key(k) for k in self.retired_sign_keys]
         return out
 
 
@@ -177,6 +186,10 @@ class TrustStore:
             if other.curve_key == peer.curve_key:
                 raise ConfigError(f"peers {other.name!r} and {peer.name!r} share a CURVE key")
         self._peers[peer.name] = peer
+
+    def reset(self, peers: Iterable[Peer]) -> None:
+        """Pin exactly `peers` from now on (a peers reload); all checked before any change."""
+        self._peers = TrustStore(peers)._peers
 
     @classmethod
     def from_entries(cls, entries: Iterable[Mapping[str, Any]]) -> "TrustStore":
@@ -241,8 +254,15 @@ def peer_from_entry(entry: Any, position: int = 0) -> Peer:
             raise ConfigError(f"{label}: field '{key}': {value!r} is not an address like "
                               "tcp://HOST:PORT")
         addresses[key] = value
+    retired = entry.get("retired_sign_keys", [])
+    if not isinstance(retired, list):
+        raise ConfigError(f"{label}: field 'retired_sign_keys': must be a list of keys")
+    try:
+        old = tuple(parse_sign_key(k) for k in retired)
+    except KeyFileError as exc:
+        raise ConfigError(f"{label}: field 'retired_sign_keys': {exc}") from None
     return Peer(name, keys["sign_key"], keys["curve_key"], addresses["pub_address"],
-                addresses["router_address"])
+                addresses["router_address"], old)
 
 
 # ------------------------------------------------------------------ own identity

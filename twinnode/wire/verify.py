@@ -44,8 +44,11 @@ class Verifier:
 
     def __init__(self, trust: TrustStore, schema: Schema, guard: ReplayGuard,
                  limits: WireLimits = WireLimits(), *, local: str | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, retired: bool = False) -> None:
+        """`retired=True` also accepts a sender's retired signing keys: only for re-reading
+        twins this node stored before a rotation (never for what arrives)."""
         self.trust, self.schema, self.guard, self.limits = trust, schema, guard, limits
+        self.retired = retired
         self.local = local
         self.clock = clock
         self._nonces: OrderedDict[tuple[str, bytes], float] = OrderedDict()
@@ -74,7 +77,10 @@ class Verifier:
         family = check_header(header, topic_frame, self.limits, self.schema)
         sender, digest = header["sender"], header["payload_digest"]
         peer = self.trust.get(sender)
-        if not verify(peer.verifier, signature, signed_message(header_bytes, digest)):
+        signed = signed_message(header_bytes, digest)
+        if not verify(peer.verifier, signature, signed) and not (
+                self.retired and any(verify(k, signature, signed)
+                                     for k in peer.retired_verifiers)):
             raise InvalidSignature(f"signature ({len(signature)} bytes) does not verify under "
                                    f"{sender}'s pinned key")
         if family == TWIN:
