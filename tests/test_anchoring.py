@@ -248,3 +248,15 @@ def test_head_noise_covariance_scales_as_the_averaging_theory_says():
     half = head_noise_cov(info, 20.0, 30.0, 0.1, 2.0, 2000)
     np.testing.assert_allclose(half, cov / 4)
     np.testing.assert_allclose(head_noise_cov(info, 20.0, 30.0, 0.1, 1.0, 8000), cov / 4)
+
+
+def test_match_levels_moves_the_fewest_rows_to_hit_the_target_counts():
+    from twinnode.generator.calibrate import match_levels
+
+    rng = np.random.default_rng(4)
+    codes = rng.choice(3, 1000, p=[0.5, 0.3, 0.2])
+    out = match_levels(codes, np.array([0.2, 0.3, 0.5]), rng)
+    assert list(np.bincount(out, minlength=3)) == [200, 300, 500]
+    moved = int(np.sum(out != codes))
+    need = int(np.abs(np.bincount(codes, minlength=3) - [200, 300, 500]).sum() // 2)
+    assert moved == need  # only surplus rows moved, each once

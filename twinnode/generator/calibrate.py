@@ -2,8 +2,10 @@
 
 The mixture gets the shape of the covariates' joint distribution; the noisy marginals know
 each column's distribution better (point masses at a bound, which Normal components
-smear). So a twin's continuous and count covariates are mapped, column by column and
-rank-preserving, onto a draw from the marginals' posterior (the released noisy counts plus
+smear; rare levels, which noise-aware draws of a logit pull toward one half). So a twin's
+continuous and count covariates are mapped, column by column and rank-preserving, and its
+binary and categorical columns moved with the fewest changes (random rows of the
+over-represented levels), onto a draw from the marginals' posterior (the released noisy counts plus
 N(0, noise sd^2) again, clipped and normalised: each twin carries its own draw of the
 marginals' DP error). Within a bin a row keeps its own value if it already lies there, so
 point masses survive. Only then is the outcome drawn, from the twin's own head: y | x stays
@@ -42,9 +44,41 @@ def map_to_shares(x: np.ndarray, edges: np.ndarray, target: np.ndarray,
     return out
 
 
+def match_levels(codes: np.ndarray, target: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Codes with the fewest changes (random rows of the over-represented levels moved to the
+    under-represented ones) so that their level counts are round(n * target)."""
+    n, levels = len(codes), len(target)
+    want = np.floor(target * n).astype(int)
+    want[np.argsort(target * n - want)[::-1][:n - want.sum()]] += 1  # largest remainders
+    out = np.array(codes, np.int64)
+    spare: list[np.ndarray] = []
+    for level in range(levels):
+        rows = np.flatnonzero(out == level)
+        extra = len(rows) - want[level]
+        if extra > 0:
+            spare.append(rng.choice(rows, extra, replace=False))
+    pool = rng.permutation(np.concatenate(spare)) if spare else np.zeros(0, np.int64)
+    at = 0
+    for level in range(levels):
+        short = want[level] - int(np.sum(out == level))
+        if short > 0:
+            out[pool[at:at + short]] = level
+            at += short
+    return out
+
+
 def calibrate_covariates(data: ModelData, layout: Layout, m: Marginals,
                          rng: np.random.Generator) -> ModelData:
-    """The twin's count and continuous covariates mapped onto a posterior draw of each marginal."""
+    """The twin's covariates, column by column, onto a posterior draw of each marginal."""
+    n = len(data.y)
+    xb = np.array(data.xb, np.float64)
+    for j in range(xb.shape[1]):
+        ones = np.clip(m.binary[j] + rng.normal(0.0, m.noise_sd), 0.0, n) / n
+        xb[:, j] = match_levels(xb[:, j].astype(np.int64), np.array([1 - ones, ones]), rng)
+    xc = np.array(data.xc, np.int64)
+    for j in range(xc.shape[1]):
+        xc[:, j] = match_levels(xc[:, j], posterior_draw(m.categorical[j], m.noise_sd, n, rng),
+                                rng)
     xr = np.array(data.xr, np.float64)
     for j in range(xr.shape[1]):
         xr[:, j] = map_to_shares(xr[:, j], continuous_edges(),
@@ -53,7 +87,8 @@ def calibrate_covariates(data: ModelData, layout: Layout, m: Marginals,
     for j, (_, upper) in enumerate(layout.count):
         xn[:, j] = map_to_shares(xn[:, j], count_edges(upper),
                                  posterior_draw(m.count[j], m.noise_sd, m.n, rng), rng, integer=True)
-    return data._replace(xr=xr.astype(np.float32), xn=xn.astype(np.float32))
+    return data._replace(xb=xb.astype(np.float32), xc=xc.astype(np.int32),
+                         xr=xr.astype(np.float32), xn=xn.astype(np.float32))
 
 
 def draw_outcome(features: np.ndarray, coef: np.ndarray, intercept: float, outcome: str,
