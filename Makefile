@@ -4,7 +4,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-slow lint clean-venv
+.PHONY: demo test test-slow lint clean-venv mst-venv
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,4 +28,19 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(MST_VENV)
+
+# The side venv for the fidelity study's MST baseline (twinnode/lab/mst.py runs it as a
+# subprocess): smartnoise-synth needs a newer jax/numpy than d3p pins. --no-deps skips
+# opacus/torch (~6 GB), which only its GAN synthesisers use.
+MST_VENV := .venv-mst
+MST_REQ := scripts/mst-requirements.txt
+
+mst-venv: $(MST_VENV)/.installed
+
+$(MST_VENV)/.installed: $(MST_REQ)
+	@test -x $(MST_VENV)/bin/python || $(PYTHON) -m venv $(MST_VENV)
+	$(MST_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(MST_VENV)/bin/python -m pip install --quiet --no-deps -r $(MST_REQ)
+	$(MST_VENV)/bin/python -c "import snsynth, mbi"
+	@touch $@

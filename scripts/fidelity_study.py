@@ -11,8 +11,8 @@ interval's). Methods, side by side on the same rows:
 
 - before: the generator as it was (public start, last iterate, twins share the DP noise);
 - new:    the defaults (marginal anchoring, iterate averaging, noise-aware draws);
-- mst:    smartnoise-synth's MST on discretised columns, if installed (the [study] extra;
-          skipped with a message otherwise).
+- mst:    smartnoise-synth's MST on columns cut on public bins (twinnode.lab.mst), run in
+          the side venv `make mst-venv` builds (.venv-mst); skipped with a message without it.
 
 Each cell is cached as JSON under --out/cells (rerunning skips what is there); the summary
 (medians over seeds) goes to --out/summary.md and stdout.
@@ -58,7 +58,7 @@ def run_cell(method: str, rows: int, epsilon: float, seed: int, k: int) -> dict:
 
     schema, real = party(rows, seed)
     if method == "mst":
-        from twinnode.lab.mst import mst_twins  # optional: needs the [study] extra
+        from twinnode.lab.mst import mst_twins  # runs smartnoise-synth in .venv-mst
         t0 = time.perf_counter()
         twins = mst_twins(schema, real, epsilon, k, seed)
         seconds = time.perf_counter() - t0
@@ -104,11 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     methods = list(args.methods)
     if "mst" in methods:
-        try:
-            import snsynth  # noqa: F401
-        except ImportError:
-            print("mst: smartnoise-synth is not installed (pip install '.[study]' in a venv "
-                  "of its own: it needs a newer jax than d3p's); its column is skipped")
+        from twinnode.lab import mst
+
+        if not mst.available():
+            print(f"mst: no side venv with smartnoise-synth at {mst.side_python()} (make "
+                  f"mst-venv, or set {mst.PYTHON_ENV}); the mst column is skipped")
             methods.remove("mst")
     cells_dir = args.out / "cells"
     cells_dir.mkdir(parents=True, exist_ok=True)
