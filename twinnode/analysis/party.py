@@ -89,7 +89,7 @@ from twinnode.analysis.options import (
     DEFAULT_WEIGHT,
     MIN_PEERS,
 )
-from twinnode.analysis.peerstats import statistics_by_peer
+from twinnode.analysis.peerstats import local_statistics, statistics_by_peer
 from twinnode.analysis.screening import ScreeningReport, screening_report, screening_status
 from twinnode.analysis.sites import add_between_release, peer_fits, twins_agreement
 from twinnode.analysis.usable import Peers, PeerSet, usable_peers
@@ -159,7 +159,8 @@ def analyze_party(schema: Schema, local_frame: pd.DataFrame, peers: Peers | Peer
     weight = parse_weight(weight)
     clock = _Clock()
     checked = usable_peers(schema, peers)  # once: every step below takes the PeerSet as it is
-    report = screen(schema, checked, policy, threshold, options=options)
+    report = screen(schema, checked, policy, threshold, options=options,
+                    local_frame=local_frame)
     clock.lap("screening")
     used = checked.only(report.accepted)
     if weight == "auto":
@@ -197,15 +198,22 @@ def analyze_party(schema: Schema, local_frame: pd.DataFrame, peers: Peers | Peer
 
 def screen(schema: Schema, peers: Peers | PeerSet, policy: str = DEFAULT_POLICY,
            threshold: float = DEFAULT_THRESHOLD, *, options: AnalysisOptions | None = None,
-           min_peers: int = MIN_PEERS) -> ScreeningReport:
-    """Judge each usable peer against the others: the peers checked (`usable`), their
-    statistics computed when they are judged (`peerstats`), the verdicts (`screening`)."""
+           min_peers: int = MIN_PEERS, local_frame: pd.DataFrame | None = None
+           ) -> ScreeningReport:
+    """Judge each usable peer against the party's own rows (`local_frame`, when given) and
+    the consensus of the others: the peers checked (`usable`), their statistics computed
+    when they are judged (`peerstats`), the verdicts (`screening`)."""
     checked = usable_peers(schema, peers)
     names = tuple(checked.twins)
-    status = screening_status(policy, threshold, len(names), min_peers)
-    statistics = statistics_by_peer(schema, checked, options) if status == "screened" else {}
+    status = screening_status(policy, threshold, len(names), min_peers,
+                              local=local_frame is not None)
+    statistics, local = {}, None
+    if status == "screened":
+        statistics = statistics_by_peer(schema, checked, options)
+        if local_frame is not None:
+            local = local_statistics(schema, local_frame, options)
     return screening_report(names, statistics, policy, threshold, left_out=checked.left_out,
-                            min_peers=min_peers)
+                            min_peers=min_peers, local=local)
 
 
 def side_by_side(combined: PooledFit, alone: PooledFit) -> dict[str, dict[str, Any]]:
