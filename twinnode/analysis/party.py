@@ -1,8 +1,8 @@
 """One party's whole analysis, as the CLI and the node run it: `analyze_party` -> `PartyReport`.
 
 Steps: check the peers' twins once (`usable.usable_peers`; the `PeerSet` goes to every
-step below); screen them (`screen`: their statistics from `peerstats`, judged by
-`screening`; policy off | flag | exclude); choose the weight λ of the twin rows the policy
+step below); screen them against the local rows and each other (`screen`: their
+statistics from `peerstats`, judged by `screening`; policy off | flag | exclude); choose the weight λ of the twin rows the policy
 keeps (`weighting.choose_weight`, or a fixed λ validated against local only); fit local
 rows ∪ λ-weighted twins for every k and pool (`fit.combined_fit`), with and without the
 flagged peers (this module does every combined fit; screening fits none); fit the local
@@ -50,10 +50,13 @@ not read.
   ``z``, ``p``, ``p_holm``, ``disagree`` (`agreement`).
 - ``moved_outside_local``: the terms whose combined interval lies wholly outside the
   local-only interval.
-- ``screening``: ``policy``, ``threshold``, ``status``, ``message``, ``flagged``,
+- ``screening``: ``policy``, ``threshold``, ``status``, ``message``, ``references``
+  (what the peers were judged against: ``local``, ``consensus``), ``flagged``,
   ``accepted``, ``left_out`` (peer -> why its twins are not usable), ``dispersion`` (per
-  family, the prior inflation and its df),
-  ``peers`` (per-peer verdicts and checks),
+  family, the fitted prior inflation and its df; ``noise_aware_prior_df`` when a peer is
+  noise-aware), ``peers`` (per peer: ``noise_aware``, ``p_value`` (Bonferroni over the tests
+  that ran), ``p_local``, ``p_consensus`` (null: not run), ``reason``, ``checks`` against
+  the consensus and ``local_checks`` against the local rows),
   ``with_flagged`` / ``without_flagged`` (peers and per-term estimate and se, at the same λ).
 - With a test set: ``evaluation`` {``local``, ``combined``} (mean, plug-in, sd, quantiles
   and samples of the Monte Carlo test log-likelihood per record), and, as before this
