@@ -4,8 +4,9 @@ Per seed: a local party, 5 honest peers and 1 peer that publishes twins of a shi
 (its rows are changed before its twins are made: 'outcome*F' scales the outcome, 'flip:COL'
 swaps a binary column's coding). Each peer's twins come from a twin maker (default:
 `simtwins.posterior_twins`, NOT DP; `--twin-maker dp` trains the DP generator per party
-for the real study, or pass any maker to `run_study`/`main`). Screening runs with the exclude policy; we record
-whether the shifted peer is flagged, how many honest peers are flagged, and how far the
+for the real study, or pass any maker to `run_study`/`main`). Screening runs with the exclude policy, against the local party's rows and the
+consensus of the others (`--no-anchor`: the consensus only, as before issue 12); we record
+whether the shifted peer is flagged (and by which test's p-value), how many honest peers are flagged, and how far the
 estimates with the shifted peer, and with the flagged peers excluded, are from the
 honest-only estimates (in honest-only standard errors, the largest over terms).
 A 'none' attack (6 honest peers) measures false flags alone.
@@ -69,7 +70,8 @@ def randhie_parties(n_local: int) -> Parties:
 
 def run_study(twin_maker: TwinMaker, parties: Parties, attacks: Sequence[str], seeds: int,
               k: int = 50, epsilon: float = 1.0, threshold: float = 0.01, first_seed: int = 0,
-              progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+              progress: Callable[[str], None] | None = None, anchor: bool = True
+              ) -> dict[str, Any]:
     """Flag rates and estimate distances per attack over `seeds` seeds."""
     out: dict[str, Any] = {}
     for attack in attacks:
@@ -84,7 +86,9 @@ def run_study(twin_maker: TwinMaker, parties: Parties, attacks: Sequence[str], s
                     frame = poison_frame(schema, frame, attack)
                 peers[name] = twin_maker(schema, frame, sender=name, k=k, epsilon=epsilon,
                                          seed=104729 * seed + i)
-            report = screen(schema, peers, "exclude", threshold, options=AnalysisOptions())
+            report = screen(schema, peers, "exclude", threshold, options=AnalysisOptions(),
+                            local_frame=local if anchor else None)
+            shifted_verdict = next((p for p in report.peers if p.peer == "shifted"), None)
             with_all = combined_fit(schema, local, peers)
             excluded = with_all if not report.flagged else combined_fit(
                 schema, local, {n: t for n, t in peers.items() if n not in report.flagged})
@@ -100,8 +104,9 @@ def run_study(twin_maker: TwinMaker, parties: Parties, attacks: Sequence[str], s
                          "honest_judged": len(honest),
                          "with_all_se": dist(with_all),
                          "excluded_se": dist(excluded),
-                         "shifted_p": next((p.p_value for p in report.peers
-                                            if p.peer == "shifted"), None),
+                         "shifted_p": getattr(shifted_verdict, "p_value", None),
+                         "shifted_p_local": getattr(shifted_verdict, "p_local", None),
+                         "shifted_p_consensus": getattr(shifted_verdict, "p_consensus", None),
                          "reason": next((p.reason for p in report.peers
                                          if p.peer == "shifted"), "")})
             if progress:
@@ -134,6 +139,11 @@ def main(argv: Sequence[str] | None = None,
     ap.add_argument("--epsilon", type=float, default=1.0)
     ap.add_argument("--inflate", type=float, default=1.0,
                     help="posterior variance factor of the simulated twins (1: no DP)")
+    ap.add_argument("--noise-aware", choices=("unset", "yes", "no"), default="unset",
+                    help="posterior maker: mark the releases noise-aware (yes) or not (no: "
+                         "their twins also do not show the release noise); unset: as before")
+    ap.add_argument("--no-anchor", action="store_true",
+                    help="screen against the consensus only (not the local rows)")
     ap.add_argument("--twin-maker", choices=twin_makers.MAKERS, default="posterior",
                     help="posterior: simulated, not DP (default); dp: train the DP "
                          "generator per party (slow)")
@@ -147,17 +157,20 @@ def main(argv: Sequence[str] | None = None,
     args = ap.parse_args(argv)
     if twin_maker is None:
         twin_maker = twin_makers.make(args.twin_maker, inflate=args.inflate,
-                                      epochs=args.epochs, cache_dir=args.cache)
+                                      epochs=args.epochs, cache_dir=args.cache,
+                                      noise_aware={"unset": None, "yes": True,
+                                                   "no": False}[args.noise_aware])
     parties = (small_parties(args.n_local, args.n_peer) if args.data == "small"
                else randhie_parties(args.n_local))
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
     t0 = time.perf_counter()
     out = run_study(twin_maker, parties, attacks, args.seeds, k=args.k, epsilon=args.epsilon,
                     threshold=args.threshold, first_seed=args.first_seed,
-                    progress=lambda s: print(f"\r{s:<40}", end="", file=sys.stderr))
+                    anchor=not args.no_anchor, progress=lambda s: print(f"\r{s:<40}", end="", file=sys.stderr))
     print(file=sys.stderr)
     print(f"screening study: data {args.data}, {HONEST} honest peers + 1 shifted, K = {args.k}, "
           f"threshold p < {args.threshold}, maker {args.twin_maker}, inflate {args.inflate}, "
+          f"noise-aware {args.noise_aware}, {'consensus only' if args.no_anchor else 'anchored'}, "
           f"{args.seeds} seeds "
           f"({time.perf_counter() - t0:.0f} s)")
     print(f"{'attack':<14}{'shifted flagged':>16}{'honest flagged':>16}"

@@ -20,17 +20,19 @@ MAKERS = ("posterior", "dp")
 
 
 def make(name: str, inflate: float = 1.0, epochs: float | None = None,
-         ledger_root: str | None = None, cache_dir: str | None = None) -> TwinMaker:
+         ledger_root: str | None = None, cache_dir: str | None = None,
+         noise_aware: bool | None = None) -> TwinMaker:
     """The named maker: 'posterior' (simulated, not DP) or 'dp' (train + sample, slow).
 
     With `cache_dir`, the dp maker keeps each release on disk (keyed by party, seed, K, ε,
     epochs and a hash of the rows), so a later study run re-screens the same twins without
-    training again."""
+    training again. `noise_aware` (posterior maker only) is `posterior_twins`': True or
+    False marks the releases so, False also hides the release noise from the twins' spread."""
     if name == "posterior":
         def posterior(schema: Schema, frame: pd.DataFrame, *, sender: str, k: int,
                       epsilon: float, seed: int) -> Sequence[Twin]:
             return posterior_twins(schema, frame, sender=sender, k=k, epsilon=epsilon,
-                                   seed=seed, inflate=inflate)
+                                   seed=seed, inflate=inflate, noise_aware=noise_aware)
         return posterior
     if name == "dp":
         root = Path(ledger_root or tempfile.mkdtemp(prefix="twinnode-study-ledgers-"))

@@ -169,15 +169,27 @@ def test_other_rule_and_covariates_are_passed_through(workdir, capsys):
     assert doc["pooling"]["rule"] == "rubin" and doc["screening"]["status"] == "off"
 
 
-def test_two_peers_are_too_few_to_screen(workdir, capsys):
-    # Execute
+def test_two_old_releases_are_too_few_to_screen_and_the_report_says_why(workdir, capsys):
+    # Execute: two releases from before noise-aware twins (their receipts do not say)
     main(["analyze", "--schema", str(workdir / "schema.toml"), "--local",
           str(workdir / "local.csv"), "--twins", str(workdir / "release-0"),
           str(workdir / "release-3"), "--json"])
     doc = json.loads(capsys.readouterr().out)
-    # Assert
-    assert doc["screening"]["status"] == "insufficient-peers"
-    assert doc["screening"]["flagged"] == []
+    # Assert: only the local rows are a reference, and they cannot judge old releases
+    screening = doc["screening"]
+    assert screening["status"] == "screened" and screening["references"] == ["local"]
+    assert screening["flagged"] == [] and "2 not judged" in screening["message"]
+    assert all(p["p_local"] is None and "not noise-aware" in p["reason"]
+               for p in screening["peers"])
+
+
+def test_the_text_report_shows_both_screening_p_values(workdir, capsys):
+    # Execute
+    main(_args(workdir))
+    out = capsys.readouterr().out
+    # Assert: four old releases: each judged against the consensus and the local rows
+    assert "p local" in out and "p cons." in out
+    assert "against the local rows and the consensus of the others" in out
 
 
 def test_bad_covariate_exits_with_the_analysis_code(workdir, capsys):

@@ -11,10 +11,10 @@ from conftest import make_small_frame
 from twinnode.analysis.fit import combined_fit
 from twinnode.analysis.party import analyze_party, screen
 from twinnode.analysis.peerstats import peer_statistics
+from twinnode.analysis.inflation import prior_inflation
 from twinnode.analysis.screening import (
     PeerStatistics,
     judge,
-    prior_inflation,
     screening_report,
     screening_status,
 )

@@ -1,8 +1,8 @@
 """One party's whole analysis, as the CLI and the node run it: `analyze_party` -> `PartyReport`.
 
 Steps: check the peers' twins once (`usable.usable_peers`; the `PeerSet` goes to every
-step below); screen them (`screen`: their statistics from `peerstats`, judged by
-`screening`; policy off | flag | exclude); choose the weight λ of the twin rows the policy
+step below); screen them against the local rows and each other (`screen`: their
+statistics from `peerstats`, judged by `screening`; policy off | flag | exclude); choose the weight λ of the twin rows the policy
 keeps (`weighting.choose_weight`, or a fixed λ validated against local only); fit local
 rows ∪ λ-weighted twins for every k and pool (`fit.combined_fit`), with and without the
 flagged peers (this module does every combined fit; screening fits none); fit the local
@@ -50,10 +50,13 @@ not read.
   ``z``, ``p``, ``p_holm``, ``disagree`` (`agreement`).
 - ``moved_outside_local``: the terms whose combined interval lies wholly outside the
   local-only interval.
-- ``screening``: ``policy``, ``threshold``, ``status``, ``message``, ``flagged``,
+- ``screening``: ``policy``, ``threshold``, ``status``, ``message``, ``references``
+  (what the peers were judged against: ``local``, ``consensus``), ``flagged``,
   ``accepted``, ``left_out`` (peer -> why its twins are not usable), ``dispersion`` (per
-  family, the prior inflation and its df),
-  ``peers`` (per-peer verdicts and checks),
+  family, the fitted prior inflation and its df; ``noise_aware_prior_df`` when a peer is
+  noise-aware), ``peers`` (per peer: ``noise_aware``, ``p_value`` (Bonferroni over the tests
+  that ran), ``p_local``, ``p_consensus`` (null: not run), ``reason``, ``checks`` against
+  the consensus and ``local_checks`` against the local rows),
   ``with_flagged`` / ``without_flagged`` (peers and per-term estimate and se, at the same λ).
 - With a test set: ``evaluation`` {``local``, ``combined``} (mean, plug-in, sd, quantiles
   and samples of the Monte Carlo test log-likelihood per record), and, as before this
@@ -89,7 +92,7 @@ from twinnode.analysis.options import (
     DEFAULT_WEIGHT,
     MIN_PEERS,
 )
-from twinnode.analysis.peerstats import statistics_by_peer
+from twinnode.analysis.peerstats import local_statistics, statistics_by_peer
 from twinnode.analysis.screening import ScreeningReport, screening_report, screening_status
 from twinnode.analysis.sites import add_between_release, peer_fits, twins_agreement
 from twinnode.analysis.usable import Peers, PeerSet, usable_peers
@@ -159,7 +162,8 @@ def analyze_party(schema: Schema, local_frame: pd.DataFrame, peers: Peers | Peer
     weight = parse_weight(weight)
     clock = _Clock()
     checked = usable_peers(schema, peers)  # once: every step below takes the PeerSet as it is
-    report = screen(schema, checked, policy, threshold, options=options)
+    report = screen(schema, checked, policy, threshold, options=options,
+                    local_frame=local_frame)
     clock.lap("screening")
     used = checked.only(report.accepted)
     if weight == "auto":
@@ -197,15 +201,22 @@ def analyze_party(schema: Schema, local_frame: pd.DataFrame, peers: Peers | Peer
 
 def screen(schema: Schema, peers: Peers | PeerSet, policy: str = DEFAULT_POLICY,
            threshold: float = DEFAULT_THRESHOLD, *, options: AnalysisOptions | None = None,
-           min_peers: int = MIN_PEERS) -> ScreeningReport:
-    """Judge each usable peer against the others: the peers checked (`usable`), their
-    statistics computed when they are judged (`peerstats`), the verdicts (`screening`)."""
+           min_peers: int = MIN_PEERS, local_frame: pd.DataFrame | None = None
+           ) -> ScreeningReport:
+    """Judge each usable peer against the party's own rows (`local_frame`, when given) and
+    the consensus of the others: the peers checked (`usable`), their statistics computed
+    when they are judged (`peerstats`), the verdicts (`screening`)."""
     checked = usable_peers(schema, peers)
     names = tuple(checked.twins)
-    status = screening_status(policy, threshold, len(names), min_peers)
-    statistics = statistics_by_peer(schema, checked, options) if status == "screened" else {}
+    status = screening_status(policy, threshold, len(names), min_peers,
+                              local=local_frame is not None)
+    statistics, local = {}, None
+    if status == "screened":
+        statistics = statistics_by_peer(schema, checked, options)
+        if local_frame is not None:
+            local = local_statistics(schema, local_frame, options)
     return screening_report(names, statistics, policy, threshold, left_out=checked.left_out,
-                            min_peers=min_peers)
+                            min_peers=min_peers, local=local)
 
 
 def side_by_side(combined: PooledFit, alone: PooledFit) -> dict[str, dict[str, Any]]:

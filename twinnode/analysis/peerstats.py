@@ -7,7 +7,12 @@ level of each categorical column), each averaged over its K twins with a noise v
 max(T, ū), Raghunathan–Reiter T from its K twins with the within-twin variance ū as its
 floor. Each statistic belongs to a family, coefficients or marginals, which `screening`
 moderates separately. Each peer's statistics use all of its own K twins (no common K is
-needed to judge). `screening` judges these statistics; this module only computes them.
+needed to judge), and say whether its release is noise-aware (its provenance's
+`generator["noise_aware"]`; releases from before say nothing: not). `local_statistics` are
+the same statistics from the party's own rows, the reference screening anchors on: the
+local fit's coefficients with their robust (HC1) variances, and the marginal summaries
+with their sampling variances. `screening` judges these statistics; this module only
+computes them.
 """
 from __future__ import annotations
 
@@ -15,12 +20,14 @@ from dataclasses import replace
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 
 from twinnode.analysis.arrays import Columns, FloatArray
-from twinnode.analysis.fit import AnalysisOptions, combined_fit
+from twinnode.analysis.fit import AnalysisOptions, combined_fit, local_fit
 from twinnode.analysis.pooling import pool
-from twinnode.analysis.screening import PeerStatistics
+from twinnode.analysis.screening import LocalStatistics, PeerStatistics
 from twinnode.analysis.usable import PeerSet, one_peer
+from twinnode.data import frame_to_arrays
 from twinnode.schema import Column, Schema
 from twinnode.twins import Twin
 
@@ -64,7 +71,20 @@ def _statistics(schema: Schema, peer: PeerSet, options: AnalysisOptions) -> Peer
                           values=np.concatenate(values),
                           variances=np.concatenate(variances), n=int(prov.n),
                           epsilon=float(prov.epsilon), k=len(twins),
-                          rows=int(round(np.mean([t.rows for t in twins]))))
+                          rows=int(round(np.mean([t.rows for t in twins]))),
+                          noise_aware=bool(prov.generator.get("noise_aware", False)))
+
+
+def local_statistics(schema: Schema, frame: pd.DataFrame,
+                     options: AnalysisOptions | None = None) -> LocalStatistics:
+    """The statistics of `peer_statistics`, in its order, from the party's own rows, each
+    with its sampling variance (the coefficients' robust SE², the marginals' as one twin's)."""
+    fit = local_fit(schema, frame, options or AnalysisOptions())
+    values, variances, labels = _marginals(schema, frame_to_arrays(schema, frame))
+    return LocalStatistics(names=tuple(f"coef:{t}" for t in fit.terms) + tuple(labels),
+                           values=np.concatenate([fit.estimate, values]),
+                           variances=np.concatenate([fit.se ** 2, variances]),
+                           rows=len(frame))
 
 
 def _marginals(schema: Schema, arrays: Columns) -> tuple[FloatArray, FloatArray, list[str]]:

@@ -34,14 +34,15 @@ from twinnode.errors import AnalysisError, ConfigError
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "analyze", help="pool a Poisson GLM over local rows + peers' twins",
-        description="Screen the peers against each other; choose the weight of the peers' "
+        description="Screen the peers (against the local rows and each other); choose the weight of the peers' "
                     "twin rows by cross-validation on the local rows (--weight auto, the "
                     "default; --weight 1 is the paper's plain concatenation); for k = 1..K "
                     "fit the schema's outcome on the covariates over the local rows plus "
                     "twin k of every peer, pool the K fits, and compare with the local-only "
-                    "fit (and, with --test, the mean test log-likelihood). Screening needs "
-                    "at least 3 peers (each is compared with the others); with fewer it is "
-                    "skipped and the report says so. See docs/ANALYSIS.md.",
+                    "fit (and, with --test, the mean test log-likelihood). Screening judges "
+                    "each peer against the local rows and, with at least 3 peers, against "
+                    "the consensus of the others; with fewer than 3 peers only noise-aware "
+                    "releases can be judged (the report says which). See docs/ANALYSIS.md.",
         epilog="example: twinnode analyze --schema schema.toml --local site.csv --twins "
                "bob/ carol/ dave/ --test heldout.csv")
     p.add_argument("--schema", required=True, type=Path, help="schema TOML file")
@@ -250,11 +251,15 @@ def _render_weight(w: dict[str, Any]) -> str:
 def _render_screening(s: dict[str, Any]) -> str:
     lines = [f"screening ({s['policy']}, flag at p < {s['threshold']:g}): {s['message']}"]
     if s["peers"]:
-        lines.append(f"  {'peer':<16}{'n':>7}{'eps':>7}{'score':>8}{'p':>10}  verdict")
+        lines.append(f"  {'peer':<16}{'n':>7}{'eps':>7}{'score':>8}{'p':>10}{'p local':>10}"
+                     f"{'p cons.':>10}  verdict")
         for p in s["peers"]:
-            verdict = "FLAGGED: " + p["reason"] if p["flagged"] else "ok"
+            verdict = ("FLAGGED: " + p["reason"] if p["flagged"] else
+                       p["reason"] if p["reason"] else "ok")
             lines.append(f"  {p['peer'][:15]:<16}{p['n']:>7}{_num(p['epsilon'], 3):>7}"
-                         f"{_num(p['score'], 2):>8}{_num(p['p_value'], 3, 'g'):>10}  {verdict}")
+                         f"{_num(p['score'], 2):>8}{_num(p['p_value'], 3, 'g'):>10}"
+                         f"{_num(p.get('p_local'), 3, 'g'):>10}"
+                         f"{_num(p.get('p_consensus'), 3, 'g'):>10}  {verdict}")
     if s["flagged"] and s.get("without_flagged"):
         w, wo = s["with_flagged"]["coefficients"], s["without_flagged"]["coefficients"]
         lines.append(f"  estimates with / without {', '.join(s['flagged'])}:")

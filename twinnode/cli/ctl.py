@@ -314,9 +314,11 @@ def format_screen(r: Mapping[str, Any]) -> str:
     """A job reply, with the per-peer verdicts as a table."""
     lines = [format_job({k: v for k, v in r.items() if k != "peers"})]
     if r.get("peers"):
-        lines += _table(["PEER", "SCORE", "P", "FLAGGED", "REASON"],
-                        [[p["peer"], _scalar(p.get("score")), _scalar(p.get("p_value")),
-                          _scalar(p.get("flagged")), p.get("reason") or ""] for p in r["peers"]])
+        lines += _table(["PEER", "SCORE", "P", "P LOCAL", "P CONSENSUS", "FLAGGED", "REASON"],
+                        [[p["peer"]] + [_scalar(p.get(key)) for key in
+                                        ("score", "p_value", "p_local", "p_consensus",
+                                         "flagged")] + [p.get("reason") or ""]
+                         for p in r["peers"]])
     return "\n".join(lines)
 
 

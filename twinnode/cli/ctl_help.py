@@ -39,15 +39,16 @@ HELP: dict[str, tuple[str, str, str]] = {
                 + JOB_NOTE,
                 "release=DIR (relative paths are resolved by ctl) k=K wait=true",
                 "twinnode ctl --state state publish release=out/release wait=true"),
-    "screen": ("Judge each peer's latest twins against the consensus of the others; stored "
-               "twins become accepted, flagged or excluded. Screening needs at least 3 peers "
-               "(each is compared with the others); with fewer it is skipped and says so. "
+    "screen": ("Judge each peer's latest twins against the local rows and the consensus of "
+               "the others; stored twins become accepted, flagged or excluded. The consensus "
+               "needs at least 3 peers (each is compared with the others); with fewer only "
+               "noise-aware releases are judged, against the local rows, and it says so. "
                + JOB_NOTE,
                "policy=off|flag|exclude threshold=P wait=true",
                "twinnode ctl --state state screen policy=flag wait=true"),
     "analyze": ("The combined analysis over the local rows and each peer's latest twins "
-                "(what `twinnode analyze` runs): screening (needs at least 3 peers, else "
-                "skipped), the twin weight by cross-validation, the pooled Poisson GLM beside "
+                "(what `twinnode analyze` runs): screening (against the local rows; the "
+                "consensus needs at least 3 peers), the twin weight by cross-validation, the pooled Poisson GLM beside "
                 "the local-only fit; the full report goes to <state>/reports/. " + JOB_NOTE,
                 "policy=... threshold=P weight=auto|W test=FILE.csv (relative paths are "
                 "resolved by ctl) peers='[\"bob\",\"carol\"]' wait=true",

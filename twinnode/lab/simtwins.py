@@ -7,7 +7,12 @@ bootstrap (Dirichlet(1, ..., 1) weights over the real rows, then N rows drawn wi
 the outcome from a Poisson GLM whose coefficients are drawn from N(β̂, H⁻¹), H the Fisher
 information at β̂. `inflate` > 1 mimics DP noise while keeping the posterior calibrated:
 the release's centre is moved once by N(0, (inflate - 1) H⁻¹) (the noise) and each twin
-draws its coefficients from N(centre, inflate · H⁻¹) (the wider posterior).
+draws its coefficients from N(centre, inflate · H⁻¹) (the wider posterior): the twins are
+noise-aware, their spread includes the release's noise. With ``noise_aware=False`` they are
+not (a release from before noise-aware generators): the centre moves the same way but each
+twin draws from N(centre, H⁻¹), so the shared noise is invisible in their spread.
+``noise_aware`` True or False is written to the provenance's ``generator``; None (the
+default) writes nothing, as receipts from before did, and samples as True does.
 The provenance's ε is only a label here. Anything with the signature of `TwinMaker` can
 stand in: the scripts take the maker as an argument so real DP twins plug in later.
 """
@@ -81,7 +86,8 @@ def simulate_small(schema: Schema, n: int = 200, seed: int = 0) -> pd.DataFrame:
 
 
 def posterior_twins(schema: Schema, frame: pd.DataFrame, *, sender: str, k: int,
-                    epsilon: float = 1.0, seed: int = 0, inflate: float = 1.0) -> list[Twin]:
+                    epsilon: float = 1.0, seed: int = 0, inflate: float = 1.0,
+                    noise_aware: bool | None = None) -> list[Twin]:
     """K posterior-predictive twins of `frame`, each of its size (see the module docstring)."""
     if k < 1 or len(frame) == 0:
         raise AnalysisError("need k >= 1 and a non-empty frame to make twins")
@@ -97,13 +103,17 @@ def posterior_twins(schema: Schema, frame: pd.DataFrame, *, sender: str, k: int,
     Xk = X[:, keep]
     info = Xk.T @ (np.exp(Xk @ beta[keep])[:, None] * Xk)
     cov = np.zeros((design.p, design.p))
-    cov[np.ix_(keep, keep)] = np.linalg.inv(info) * inflate
+    spread = 1.0 if noise_aware is False else inflate  # what the twins' posterior shows
+    cov[np.ix_(keep, keep)] = np.linalg.inv(info) * spread
     chol = np.linalg.cholesky(cov[np.ix_(keep, keep)])
     if inflate > 1:  # the release's one draw of "DP noise", from the same covariance shape
-        beta[keep] += np.sqrt((inflate - 1) / inflate) * (chol @ rng.standard_normal(
+        beta[keep] += np.sqrt((inflate - 1) / spread) * (chol @ rng.standard_normal(
             int(keep.sum())))
     n, upper = len(y), schema.outcome_column().cardinality - 1  # counts run 0..upper
     release = f"{sender}-sim-{seed}"
+    generator = {"kind": "simulated-posterior", "dp": False, "inflate": inflate}
+    if noise_aware is not None:
+        generator["noise_aware"] = noise_aware
     twins = []
     for index in range(k):
         rows = rng.choice(n, size=n, p=rng.dirichlet(np.ones(n)))
@@ -115,8 +125,7 @@ def posterior_twins(schema: Schema, frame: pd.DataFrame, *, sender: str, k: int,
         prov = Provenance(sender=sender, schema_hash=schema.hash, epsilon=epsilon,
                           delta=1.0 / n, n=n, k=k, index=index, relation="add-remove",
                           release=release, created=0.0,
-                          generator={"kind": "simulated-posterior", "dp": False,
-                                     "inflate": inflate})
+                          generator=dict(generator))
         twins.append(Twin(prov, out))
     return twins
 

@@ -169,11 +169,12 @@ async def _publish(ctx: NodeContext, job: JobState, release: Release) -> dict[st
 # ---- analyses over stored twins ---------------------------------------------------------------
 
 def screen_report(schema: Schema, peers: Mapping[str, list[Twin]], policy: str,
-                  threshold: float) -> Any:
-    """party.screen, imported on use (it pulls in the statistics stack)."""
+                  threshold: float, local: Any = None) -> Any:
+    """party.screen against the local rows (when given) and the others' consensus,
+    imported on use (it pulls in the statistics stack)."""
     from twinnode.analysis.party import screen
 
-    return screen(schema, peers, policy, threshold)
+    return screen(schema, peers, policy, threshold, local_frame=local)
 
 
 async def _inputs(ctx: NodeContext, with_local: bool) -> tuple[dict[str, list[Twin]], Any]:
@@ -192,13 +193,15 @@ async def _inputs(ctx: NodeContext, with_local: bool) -> tuple[dict[str, list[Tw
 
 
 async def screen_job(ctx: NodeContext, job: JobState, args: Mapping[str, Any]) -> dict[str, Any]:
-    """Screen each peer's twins against the others; mark stored twins flagged/excluded."""
+    """Screen each peer's twins against the local rows and the others; mark stored twins
+    flagged/excluded."""
     policy = args.get("policy", ctx.config.screening.policy)
     threshold = float(args.get("threshold", ctx.config.screening.threshold))
-    job.detail = "loading stored twins"
-    peers, _ = await _inputs(ctx, with_local=False)
+    job.detail = "loading local data and stored twins"
+    peers, local = await _inputs(ctx, with_local=True)
     job.detail = f"screening {len(peers)} peers"
-    report = await asyncio.to_thread(screen_report, ctx.schema, peers, policy, threshold)
+    report = await asyncio.to_thread(screen_report, ctx.schema, peers, policy, threshold,
+                                     local)
     mark = "excluded" if policy == "exclude" else "flagged"
     statuses = {name: mark if name in report.flagged else "accepted" for name in peers}
     await asyncio.to_thread(_set_statuses, ctx.require_store(), statuses)

@@ -209,10 +209,11 @@ def _notes(config: NodeConfig) -> list[Check]:
     notes = []
     n = len(config.peers)
     if config.screening.policy != "off" and n < SCREENING_MIN_PEERS:
-        notes.append(Check("screening", f"policy {config.screening.policy} needs at least "
-                           f"{SCREENING_MIN_PEERS} peers to compare (each against the others); "
-                           f"with {n} pinned, screening is skipped and every peer's twins are "
-                           "used", note=True))
+        notes.append(Check("screening", f"policy {config.screening.policy}: the consensus "
+                           f"needs at least {SCREENING_MIN_PEERS} peers to compare (each against "
+                           f"the others); with {n} pinned, peers are judged against the local "
+                           "rows only, and releases that are not noise-aware not at all",
+                           note=True))
     return notes
 
 
