@@ -50,7 +50,8 @@ def party(rows: int, seed: int):  # -> (schema, frame)
     return schema, big.iloc[:rows].reset_index(drop=True)
 
 
-def run_cell(method: str, rows: int, epsilon: float, seed: int, k: int) -> dict:
+def run_cell(method: str, rows: int, epsilon: float, seed: int, k: int,
+             average: float | None = None) -> dict:
     from twinnode.generator.privacy import Ledger
     from twinnode.generator.release import draw_release, train_posterior
     from twinnode.generator.settings import GeneratorSettings, TrainPlan
@@ -65,14 +66,15 @@ def run_cell(method: str, rows: int, epsilon: float, seed: int, k: int) -> dict:
     else:
         plan = TrainPlan(epsilon=epsilon, marginal_share=0.0 if method == "before" else None)
         settings = (GeneratorSettings(average=0.0, noise_aware=False) if method == "before"
-                    else GeneratorSettings())
+                    else GeneratorSettings() if average is None
+                    else GeneratorSettings(average=average))
         with tempfile.TemporaryDirectory() as state:
             t0 = time.perf_counter()
             post = train_posterior(schema, real, plan, Ledger(state), settings, seed=seed + 1)
             seconds = time.perf_counter() - t0
             twins = list(draw_release(post, schema, k, "study", seed=seed + 1).twins)
     out = release_fidelity(schema, real, twins)
-    out["median_coef_error_se"] = float(np.median(list(out["coef_error_se"].values())))
+    out["median_coef_error_se"] = float(np.nanmedian(list(out["coef_error_se"].values())))
     out["width_vs_real"] = out.pop("width_se")
     out.update(method=method, rows=len(real), epsilon=epsilon, seed=seed, k=k,
                train_seconds=seconds)
@@ -83,13 +85,27 @@ def summarise(cells: list[dict]) -> str:
     lines = ["| rows | ε | method | seeds | " + " | ".join(MEASURES) + " |",
              "|---" * (len(MEASURES) + 4) + "|"]
     keys = sorted({(c["rows"], c["epsilon"], c["method"]) for c in cells},
-                  key=lambda t: (t[0], t[1], METHODS.index(t[2])))
+                  key=lambda t: (t[0], t[1], t[2] not in METHODS,
+                                 METHODS.index(t[2]) if t[2] in METHODS else t[2]))
     for rows, eps, method in keys:
         group = [c for c in cells if (c["rows"], c["epsilon"], c["method"]) == (rows, eps, method)]
-        med = [float(np.median([c[m] for c in group])) for m in MEASURES]
+        med = [float(np.nanmedian([c[m] for c in group])) for m in MEASURES]
         lines.append(f"| {rows} | {eps:g} | {method} | {len(group)} | "
                      + " | ".join(f"{v:.3g}" for v in med) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines + ["", "Per term: |coefficient error| in real SEs, median over seeds "
+                                   "(nan: not estimable in that release)", ""]
+                     + per_term(cells, keys))
+
+
+def per_term(cells: list[dict], keys: list[tuple]) -> list[str]:
+    terms = cells[0]["terms"]
+    lines = ["| rows | ε | method | " + " | ".join(terms) + " |", "|---" * (len(terms) + 3) + "|"]
+    for rows, eps, method in keys:
+        group = [c for c in cells if (c["rows"], c["epsilon"], c["method"]) == (rows, eps, method)]
+        med = [float(np.nanmedian([c["coef_error_se"][t] for c in group])) for t in terms]
+        lines.append(f"| {rows} | {eps:g} | {method} | " + " | ".join(f"{v:.2g}" for v in med)
+                     + " |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--twins", type=int, default=20)
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--out", type=Path, default=Path("docs/results/fidelity"))
+    ap.add_argument("--new-average", type=float, default=None,
+                    help="the new method with another averaged share of the steps (its cells "
+                         "are labelled new-aA)")
     args = ap.parse_args(argv)
     methods = list(args.methods)
     if "mst" in methods:
@@ -117,15 +136,21 @@ def main(argv: list[str] | None = None) -> int:
         for rows in args.rows:
             for eps in args.epsilon:
                 for method in methods:
-                    path = cells_dir / f"{method}-{rows}-{eps:g}-{seed}.json"
+                    label = (f"new-a{args.new_average:g}" if method == "new"
+                             and args.new_average is not None else method)
+                    path = cells_dir / f"{label}-{rows}-{eps:g}-{seed}.json"
                     if path.exists():
                         cells.append(json.loads(path.read_text()))
                         continue
-                    cell = run_cell(method, rows, eps, seed, args.twins)
+                    cell = run_cell(method, rows, eps, seed, args.twins, args.new_average)
+                    cell["method"] = label
                     path.write_text(json.dumps(cell, indent=1))
                     cells.append(cell)
                     print(f"{method:6s} rows={rows} eps={eps:g} seed={seed}: "
                           + ", ".join(f"{m}={cell[m]:.3g}" for m in MEASURES), flush=True)
+    # the summary shows every cached cell of these sizes and epsilons, whichever run made it
+    cells = [c for c in (json.loads(f.read_text()) for f in sorted(cells_dir.glob("*.json")))
+             if c["rows"] in args.rows and c["epsilon"] in args.epsilon and c["seed"] < args.seeds]
     table = summarise(cells)
     (args.out / "summary.md").write_text(
         "Medians over seeds. Made by:\n\n    " + " ".join(["scripts/fidelity_study.py",

@@ -26,6 +26,16 @@ def posterior_draw(counts: np.ndarray, noise_sd: float, n: int,
     return shares(counts + rng.normal(0.0, noise_sd, counts.shape), n)
 
 
+def truncated_draw(count: float, noise_sd: float, n: int, rng: np.random.Generator) -> float:
+    """A draw of a true count given its noisy one, within [1, n - 1]: every twin keeps at least
+    one row of each binary value, so the term stays estimable (a flat prior on that range)."""
+    for _ in range(1000):
+        x = count + rng.normal(0.0, noise_sd)
+        if 1 <= x <= n - 1:
+            return float(x)
+    return float(np.clip(count, 1, n - 1))
+
+
 def map_to_shares(x: np.ndarray, edges: np.ndarray, target: np.ndarray,
                   rng: np.random.Generator, integer: bool = False) -> np.ndarray:
     """x moved, rank-preserving, so its histogram over `edges` is `target` (up to rounding)."""
@@ -73,7 +83,7 @@ def calibrate_covariates(data: ModelData, layout: Layout, m: Marginals,
     n = len(data.y)
     xb = np.array(data.xb, np.float64)
     for j in range(xb.shape[1]):
-        ones = np.clip(m.binary[j] + rng.normal(0.0, m.noise_sd), 0.0, n) / n
+        ones = truncated_draw(m.binary[j], m.noise_sd, n, rng) / n
         xb[:, j] = match_levels(xb[:, j].astype(np.int64), np.array([1 - ones, ones]), rng)
     xc = np.array(data.xc, np.int64)
     for j in range(xc.shape[1]):
