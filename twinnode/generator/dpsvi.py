@@ -65,6 +65,16 @@ def make_dpsvi(model: Callable[..., None], guide: AutoDiagonalNormal,
     return DPSVI(**common)
 
 
+def head_mask(guide: AutoDiagonalNormal) -> np.ndarray:
+    """Which coordinates of a set-up guide's flat latent vector are the outcome head's."""
+    index = guide._unpack_latent(np.arange(guide.latent_dim, dtype=np.float32))
+    mask = np.zeros(guide.latent_dim, bool)
+    for name in HEAD_SITES:
+        if name in index:
+            mask[np.asarray(index[name]).astype(int).ravel()] = True
+    return mask
+
+
 class PoissonDPSVI(DPSVI):
     """DPSVI with Poisson subsampling: a masked, padded batch and a fixed divisor.
 
@@ -125,13 +135,7 @@ class AlignedDPSVI(PoissonDPSVI):
     def init(self, rng_key: Any, *args: Any, **kwargs: Any) -> Any:
         """d3p's init, then which coordinates of the flat latent vector are the head's."""
         state = super().init(rng_key, *args, **kwargs)
-        dim = self.guide.latent_dim
-        index = self.guide._unpack_latent(np.arange(dim, dtype=np.float32))
-        head = np.zeros(dim, bool)
-        for name in HEAD_SITES:
-            if name in index:
-                head[np.asarray(index[name]).astype(int).ravel()] = True
-        self._head_mask = head
+        self._head_mask = head_mask(self.guide)
         return state
 
     def clip_per_group(self, px_grad: jax.Array) -> jax.Array:

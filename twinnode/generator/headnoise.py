@@ -19,31 +19,22 @@ import numpy as np
 from numpyro.infer import Predictive
 
 from twinnode.generator.layout import Layout
-from twinnode.generator.models import head_features, make_guide, make_model
+from twinnode.generator.models import row_features, set_up
+from twinnode.generator.sample import predicted_rows, row_sites
 from twinnode.generator.settings import GeneratorSettings
 
 ROWS = 20_000  # synthetic rows the information is averaged over
-SITES = ("xb", "xn", "xr")
 
 
 def head_information(params: Mapping[str, np.ndarray], layout: Layout, n: int,
                      settings: GeneratorSettings, seed: int = 0) -> np.ndarray:
     """Fisher information of the head's (coef..., intercept) for n rows at the released fit."""
-    model = make_model(layout, ROWS, settings)
-    guide = make_guide(model, layout, settings)
-    from numpyro.handlers import seed as seed_handler
-
-    seed_handler(guide, 0)(*layout.dummy())
+    model, guide = set_up(layout, ROWS, settings)
     point = guide.median({k: jnp.asarray(v) for k, v in params.items()})
-    sites = list(SITES) + [f"xc_{j}" for j in range(len(layout.categorical))]
     out = Predictive(model, posterior_samples={k: v[None] for k, v in point.items()},
-                     return_sites=sites)(jax.random.PRNGKey(seed))
-    width = lambda name, w: (out[name][0].reshape(ROWS, w) if w else jnp.zeros((ROWS, 0)))  # noqa: E731
-    xc = (jnp.stack([out[f"xc_{j}"][0] for j in range(len(layout.categorical))], axis=-1)
-          if layout.categorical else jnp.zeros((ROWS, 0), jnp.int32))
-    f = head_features(width("xb", len(layout.binary)), xc, width("xn", len(layout.count)),
-                      width("xr", len(layout.continuous)), layout, settings.head_origin)
-    design = np.concatenate([np.asarray(f, np.float64), np.ones((ROWS, 1))], axis=1)
+                     return_sites=row_sites(layout))(jax.random.PRNGKey(seed))
+    f = row_features(predicted_rows(out, 0, ROWS, layout), layout, settings.head_origin)
+    design = np.concatenate([f, np.ones((ROWS, 1))], axis=1)
     eta = design @ np.r_[np.asarray(point["coef"], np.float64), float(point["intercept"])]
     mu = np.exp(np.clip(eta, -30, 30))
     if settings.outcome == "negbinomial":

@@ -19,7 +19,7 @@ from numpyro.handlers import scale, seed
 from numpyro.infer.autoguide import AutoDiagonalNormal
 from numpyro.infer.initialization import init_to_value
 
-from twinnode.generator.layout import Layout
+from twinnode.generator.layout import Layout, ModelData
 from twinnode.generator.settings import GeneratorSettings
 
 _EPS = 1e-6
@@ -152,6 +152,12 @@ def head_features(xb: jax.Array, xc: jax.Array, xn: jax.Array, xr: jax.Array, la
     return 2.0 * f - 1.0 if origin == "midpoint" else f
 
 
+def row_features(data: ModelData, layout: Layout, origin: str = "lower") -> np.ndarray:
+    """`head_features` of a set of rows given as the model's arrays, as float64 numpy."""
+    xb, xc, xn, xr = (jnp.asarray(a) for a in data[:4])
+    return np.asarray(head_features(xb, xc, xn, xr, layout, origin), np.float64)
+
+
 def make_model(layout: Layout, n: int, settings: GeneratorSettings) -> Callable[..., None]:
     """`twin_model` for a schema's layout, n rows and the settings' model options."""
     return partial(twin_model, layout=layout, num_rows=n, components=settings.components,
@@ -195,10 +201,18 @@ def make_guide(model: Callable[..., None], layout: Layout, settings: GeneratorSe
                               init_loc_fn=init_to_value(values=values))
 
 
+def set_up(layout: Layout, n: int, settings: GeneratorSettings,
+           start: Mapping[str, np.ndarray] | None = None
+           ) -> tuple[Callable[..., None], AutoDiagonalNormal]:
+    """The model for n rows and its guide, set up (shapes, unconstrained start) on one
+    harmless dummy row: no data involved."""
+    model = make_model(layout, n, settings)
+    guide = make_guide(model, layout, settings, start)
+    seed(guide, 0)(*layout.dummy())
+    return model, guide
+
+
 def initial_latent(layout: Layout, n: int, settings: GeneratorSettings,
                    start: Mapping[str, np.ndarray]) -> np.ndarray:
     """The guide's flat unconstrained location vector for starting values `start`."""
-    model = make_model(layout, n, settings)
-    guide = make_guide(model, layout, settings, start)
-    seed(guide, 0)(*layout.dummy())  # numpyro maps the values to its unconstrained vector
-    return np.asarray(guide._init_latent)
+    return np.asarray(set_up(layout, n, settings, start)[1]._init_latent)

@@ -5,19 +5,18 @@ model's generative story with those parameters, decoded back to the schema's typ
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from numpyro.handlers import seed as seed_handler
 from numpyro.infer import Predictive
 
 from twinnode.generator.calibrate import calibrate_covariates, draw_outcome
-from twinnode.generator.dpsvi import HEAD_SITES, SCALE
+from twinnode.generator.dpsvi import SCALE, head_mask
 from twinnode.generator.layout import Layout, ModelData
 from twinnode.generator.marginals import Marginals
-from twinnode.generator.models import head_features, make_guide, make_model
+from twinnode.generator.models import row_features, set_up
 from twinnode.generator.settings import GeneratorSettings
 
 _ROW_SITES = ("xb", "xn", "xr", "y")
@@ -38,9 +37,7 @@ def sample_twins(params: Mapping[str, np.ndarray], layout: Layout, n: int, k: in
     own draw of them before its outcome is drawn from its head (calibrate.py).
     """
     key = jax.random.PRNGKey(np.random.SeedSequence(seed).generate_state(1)[0])
-    model = make_model(layout, n, settings)
-    guide = make_guide(model, layout, settings)
-    seed_handler(guide, 0)(*layout.dummy())  # set up the guide's shapes; no data involved
+    model, guide = set_up(layout, n, settings)
     jparams = {name: jnp.asarray(v) for name, v in params.items()}
     if loc_noise_sd is not None:
         noise = np.where(head_mask(guide), 0.0, loc_noise_sd) if head_cov is not None \
@@ -50,7 +47,7 @@ def sample_twins(params: Mapping[str, np.ndarray], layout: Layout, n: int, k: in
     thetas = guide.sample_posterior(draw_key, jparams, sample_shape=(k,))
     if head_cov is not None:
         thetas = _add_head_noise(thetas, head_cov, jax.random.fold_in(draw_key, 1), k)
-    sites = list(_ROW_SITES) + [f"xc_{j}" for j in range(len(layout.categorical))]
+    sites = row_sites(layout)
     rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
     twins: list[dict[str, np.ndarray]] = []
     for start in range(0, k, group):
@@ -58,7 +55,7 @@ def sample_twins(params: Mapping[str, np.ndarray], layout: Layout, n: int, k: in
         predictive = Predictive(model, posterior_samples=part, return_sites=sites)
         out = predictive(jax.random.fold_in(rows_key, start))
         for i in range(len(next(iter(part.values())))):
-            data = _model_data(out, i, n, layout)
+            data = predicted_rows(out, i, n, layout)
             if marginals is not None:
                 data = _calibrated(data, {k: np.asarray(v[i]) for k, v in part.items()},
                                    layout, settings, marginals, rng)
@@ -71,22 +68,11 @@ def _calibrated(data: ModelData, theta: Mapping[str, np.ndarray], layout: Layout
                 rng: np.random.Generator) -> ModelData:
     """Covariates onto a draw of the marginals, then y from this twin's own head."""
     data = calibrate_covariates(data, layout, marginals, rng)
-    xb, xc, xn, xr = (jnp.asarray(a) for a in data[:4])
-    f = np.asarray(head_features(xb, xc, xn, xr, layout, settings.head_origin), np.float64)
+    f = row_features(data, layout, settings.head_origin)
     conc = theta.get("concentration")
     y = draw_outcome(f, np.asarray(theta["coef"], np.float64), float(theta["intercept"]),
                      settings.outcome, None if conc is None else float(conc), rng)
     return data._replace(y=y)
-
-
-def head_mask(guide: Any) -> np.ndarray:
-    """Which coordinates of the guide's flat latent vector are the outcome head's."""
-    index = guide._unpack_latent(jnp.arange(guide.latent_dim, dtype=jnp.float32))
-    mask = np.zeros(guide.latent_dim, bool)
-    for name in HEAD_SITES:
-        if name in index:
-            mask[np.asarray(index[name]).astype(int).ravel()] = True
-    return mask
 
 
 def _add_head_noise(thetas: dict[str, jax.Array], cov: np.ndarray, key: jax.Array,
@@ -98,7 +84,14 @@ def _add_head_noise(thetas: dict[str, jax.Array], cov: np.ndarray, key: jax.Arra
             "intercept": thetas["intercept"] + delta[:, p]}
 
 
-def _model_data(out: Mapping[str, jnp.ndarray], i: int, n: int, layout: Layout) -> ModelData:
+def row_sites(layout: Layout) -> list[str]:
+    """The model's sample sites that make up the rows (covariates and outcome)."""
+    return list(_ROW_SITES) + [f"xc_{j}" for j in range(len(layout.categorical))]
+
+
+def predicted_rows(out: Mapping[str, jnp.ndarray], i: int, n: int,
+                   layout: Layout) -> ModelData:
+    """Draw i of a Predictive's `row_sites` output, as the model's arrays."""
     def take(name: str, width: int, dtype: type) -> np.ndarray:
         if width == 0 or name not in out:
             return np.zeros((n, 0), dtype)
