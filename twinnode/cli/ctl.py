@@ -202,14 +202,9 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 
 def _job(job: Mapping[str, Any] | None) -> str:
-    if not job:
-        return "none"
-    text = f"{job['name']} {job.get('state', '?')}"
-    if job.get("progress") is not None:
-        text += f" {100 * float(job['progress']):.0f}%"
-    if job.get("detail"):
-        text += f" ({job['detail']})"
-    return text
+    from twinnode.cli.ctl_wait import describe
+
+    return describe(job) if job else "none"
 
 
 def _budget(b: Mapping[str, Any]) -> str:

@@ -68,7 +68,7 @@ def still_running(cmd: str, job: Mapping[str, Any], timeout: float, where: str) 
 
 def describe(job: Mapping[str, Any]) -> str:
     """'train running 40% (train: step 200/500, ELBO/row -3.1)'."""
-    text = f"{job.get('name')} {job.get('state')}"
+    text = f"{job.get('name')} {job.get('state', '?')}"
     if job.get("progress") is not None:
         text += f" {100 * float(job['progress']):.0f}%"
     if job.get("detail"):
