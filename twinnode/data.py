@@ -184,7 +184,7 @@ def read_table(path: str | Path, schema: Schema) -> pd.DataFrame:
 
 def data_fingerprint(frame: pd.DataFrame) -> str:
     """A short content hash of validated rows, as the ledger keeps it for each training run
-    (`generator.release.data_fingerprint` computes the same; a test holds them equal)."""
+    (never sent); the node compares it with the ledger's to ask for again=true."""
     import hashlib
 
     values = pd.util.hash_pandas_object(frame, index=False).to_numpy()

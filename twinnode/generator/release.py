@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from twinnode.data import frame_to_arrays
+from twinnode.data import data_fingerprint, frame_to_arrays
 from twinnode.errors import PrivacyError
 from twinnode.generator.layout import Layout
 from twinnode.generator.posterior import Posterior
@@ -83,14 +83,6 @@ def privacy_split(cal: Calibration) -> dict[str, Any]:
             "marginal_multiplier": cal.marginal_multiplier,
             "epsilon_dpvi_alone": cal.epsilon_dpvi_alone,
             "epsilon_marginals_alone": cal.epsilon_marginals_alone}
-
-
-def data_fingerprint(frame: pd.DataFrame) -> str:
-    """A short content hash of the training rows, kept in the local ledger (never sent)."""
-    import hashlib
-
-    values = pd.util.hash_pandas_object(frame, index=False).to_numpy()
-    return hashlib.sha256(values.tobytes()).hexdigest()[:16]
 
 
 def draw_release(posterior: Posterior, schema: Schema, k: int, sender: str,
