@@ -28,6 +28,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from typing import Any, Callable, Sequence
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -44,6 +45,7 @@ from twinnode.analysis.fit import (  # noqa: E402
     repool,
     twins_fit,
 )
+from twinnode.analysis.options import DEFAULT_HETEROGENEITY, HETEROGENEITIES  # noqa: E402
 from twinnode.analysis.weighting import choose_weight  # noqa: E402
 from twinnode.lab.simtwins import SMALL_TRUE_COEFFICIENTS, TwinMaker, simulate_small, small_schema  # noqa: E402
 
@@ -54,6 +56,7 @@ INTERVALS = ("t", "normal")
 def run_study(twin_maker: TwinMaker, reps: int = 200, k: int = 100, peers: int = 4,
               n_local: int = 300, n_peer: int = 1000, epsilon: float = 1.0, seed: int = 0,
               weights: Sequence[str | float] = (1.0,),
+              heterogeneities: Sequence[str] = (DEFAULT_HETEROGENEITY,),
               progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Coverage per scenario, rule and interval reference, over `reps` repetitions."""
     schema = small_schema()
@@ -79,7 +82,10 @@ def run_study(twin_maker: TwinMaker, reps: int = 200, k: int = 100, peers: int =
             else:
                 lam = float(w)
                 name = "combined" if lam == 1.0 else f"combined@{lam:g}"
-            fits[name] = combined_fit(schema, local, twins, weight=lam, options=options)
+            for het in heterogeneities:  # the between-release term: default, or as named
+                label = name if het == DEFAULT_HETEROGENEITY else f"{name}[{het}]"
+                fits[label] = combined_fit(schema, local, twins, weight=lam,
+                                           options=replace(options, heterogeneity=het))
         fits["local-only"] = local_fit(schema, local, options)
         if truth is None:
             truth = np.array([SMALL_TRUE_COEFFICIENTS[t] for t in fits["local-only"].terms])
@@ -110,6 +116,7 @@ def run_study(twin_maker: TwinMaker, reps: int = 200, k: int = 100, peers: int =
             "fallback_share": float(np.sum(fallbacks[key]) / arr.size)}
     out = {"reps": reps, "k": k, "peers": peers, "n_local": n_local, "n_peer": n_peer,
            "epsilon": epsilon, "seed": seed, "weights": [str(w) for w in weights],
+           "heterogeneities": list(heterogeneities),
            "truth": dict(zip(terms, map(float, truth))), "results": results}
     if chosen:
         lam = np.array(chosen)
@@ -134,7 +141,15 @@ def main(argv: Sequence[str] | None = None,
     ap.add_argument("--twin-maker", choices=twin_makers.MAKERS, default="posterior",
                     help="posterior: simulated, not DP (default); dp: train the DP "
                          "generator per party (slow)")
-    ap.add_argument("--epochs", type=float, default=200.0, help="DP training epochs")
+    ap.add_argument("--epochs", type=float, default=None,
+                    help="DP training epochs (default: the generator's)")
+    ap.add_argument("--cache", help="dp maker: keep trained posteriors in this directory and "
+                                    "reuse them (the same seeds give the same parties)")
+    ap.add_argument("--noise-aware", choices=("unset", "yes", "no"), default="unset",
+                    help="dp maker, no: twins of the same posteriors without their DP noise")
+    ap.add_argument("--heterogeneity", default=DEFAULT_HETEROGENEITY,
+                    help="comma list of between-release terms for the combined fits "
+                         f"(of {','.join(HETEROGENEITIES)}; default {DEFAULT_HETEROGENEITY})")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--weights", default="1,auto",
                     help="comma list of twin weights: numbers in [0, 1] and/or auto (1,auto)")
@@ -142,11 +157,14 @@ def main(argv: Sequence[str] | None = None,
     args = ap.parse_args(argv)
     if twin_maker is None:
         twin_maker = twin_makers.make(args.twin_maker, inflate=args.inflate,
-                                      epochs=args.epochs)
+                                      epochs=args.epochs, cache_dir=args.cache,
+                                      noise_aware={"unset": None, "yes": True,
+                                                   "no": False}[args.noise_aware])
     t0 = time.perf_counter()
     out = run_study(twin_maker, reps=args.reps, k=args.k, peers=args.peers,
                     n_local=args.n_local, n_peer=args.n_peer, epsilon=args.epsilon,
                     seed=args.seed, weights=_weights(args.weights),
+                    heterogeneities=_heterogeneities(args.heterogeneity),
                     progress=lambda r: print(f"\r{r}/{args.reps}", end="", file=sys.stderr))
     print(file=sys.stderr)
     out["seconds"] = round(time.perf_counter() - t0, 1)
@@ -167,6 +185,14 @@ def main(argv: Sequence[str] | None = None,
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(out, fh, indent=2)
     return out
+
+
+def _heterogeneities(text: str) -> list[str]:
+    names = [h.strip() for h in text.split(",")]
+    unknown = [h for h in names if h not in HETEROGENEITIES]
+    if unknown:
+        raise SystemExit(f"unknown heterogeneity {unknown}; expected some of {HETEROGENEITIES}")
+    return names
 
 
 def _weights(text: str) -> list[str | float]:

@@ -149,7 +149,7 @@ def main(argv: Sequence[str] | None = None,
                          "generator per party (slow)")
     ap.add_argument("--epochs", type=float, default=None,
                     help="DP training epochs (default: the generator's)")
-    ap.add_argument("--cache", help="dp maker: keep trained releases in this directory and "
+    ap.add_argument("--cache", help="dp maker: keep trained posteriors in this directory and "
                     "reuse them (re-screen without training again)")
     ap.add_argument("--first-seed", type=int, default=0,
                     help="seeds run from here (split a long dp study over processes)")

@@ -7,12 +7,15 @@ of trained peers serves every focal-party setting.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import multiprocessing as mp
 import os
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -35,10 +38,20 @@ class PeerTask:
     generator: str = "after"
     plan: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+    cache: str | None = None   # a directory that keeps the trained posterior for the next run
 
     @property
     def key(self) -> tuple:
         return (self.seed, self.epsilon, self.generator, self.peer)
+
+    def cache_file(self) -> Path | None:
+        """Where this task's posterior is kept: named by everything that shapes the training."""
+        if self.cache is None:
+            return None
+        spec = json.dumps([self.seed, self.epsilon, self.peer, self.rows, self.plan,
+                           self.settings], sort_keys=True)
+        digest = hashlib.sha256(spec.encode()).hexdigest()[:16]
+        return Path(self.cache) / f"s{self.seed}-e{self.epsilon:g}-peer{self.peer}-{digest}.npz"
 
 
 def split(frame: pd.DataFrame, seed: int, peers: int, peer_rows: int, n0: int,
@@ -67,6 +80,7 @@ def split(frame: pd.DataFrame, seed: int, peers: int, peer_rows: int, n0: int,
 def train_peer(task: PeerTask, peers: int) -> dict[str, Any]:
     """Train one peer's generator in this (pinned) worker and draw its K twins."""
     from twinnode.data import randhie
+    from twinnode.generator.posterior import Posterior
     from twinnode.generator.privacy import Ledger
     from twinnode.generator.release import draw_release, train_posterior
     from twinnode.generator.settings import GeneratorSettings, TrainPlan
@@ -76,8 +90,15 @@ def train_peer(task: PeerTask, peers: int) -> dict[str, Any]:
     plan = TrainPlan(epsilon=task.epsilon, **task.plan)
     settings = GeneratorSettings(**task.settings)
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as state:  # each study run is its own data release
-        post = train_posterior(schema, rows, plan, Ledger(state), settings, seed=None)
+    stored = task.cache_file()
+    if stored is not None and stored.exists():
+        post = Posterior.load(stored, schema)
+    else:
+        with tempfile.TemporaryDirectory() as state:  # each study run is its own data release
+            post = train_posterior(schema, rows, plan, Ledger(state), settings, seed=None)
+        if stored is not None:
+            stored.parent.mkdir(parents=True, exist_ok=True)
+            post.save(stored)
     release = draw_release(post, schema, task.k, f"peer{task.peer}",
                            seed=task.seed * 100 + task.peer)
     return {"task": task, "seconds": time.perf_counter() - t0, "sigma": post.calibration.sigma,

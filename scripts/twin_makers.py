@@ -6,13 +6,17 @@ Each maker has the `simtwins.TwinMaker` signature
 from __future__ import annotations
 
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
 
+from twinnode.generator.posterior import Posterior
+from twinnode.generator.privacy import Ledger
+from twinnode.generator.release import draw_release, train_posterior
+from twinnode.generator.settings import TrainPlan
 from twinnode.lab.simtwins import TwinMaker, posterior_twins
-from twinnode.releasedir import load_release, save_release
 from twinnode.schema import Schema
 from twinnode.twins import Twin
 
@@ -26,8 +30,11 @@ def make(name: str, inflate: float = 1.0, epochs: float | None = None,
 
     With `cache_dir`, the dp maker keeps each release on disk (keyed by party, seed, K, ε,
     epochs and a hash of the rows), so a later study run re-screens the same twins without
-    training again. `noise_aware` (posterior maker only) is `posterior_twins`': True or
-    False marks the releases so, False also hides the release noise from the twins' spread."""
+    training again (the posterior is kept, a few hundred kB, and the K twins drawn from it
+    afresh). `noise_aware` for the posterior maker is `posterior_twins`': True or False marks
+    the releases so, False also hides the release noise from the twins' spread; for the dp
+    maker False draws the twins of the same trained posterior without its DP noise (the
+    generator's `--no-noise-aware`), None or True as trained."""
     if name == "posterior":
         def posterior(schema: Schema, frame: pd.DataFrame, *, sender: str, k: int,
                       epsilon: float, seed: int) -> Sequence[Twin]:
@@ -40,25 +47,32 @@ def make(name: str, inflate: float = 1.0, epochs: float | None = None,
 
         def dp(schema: Schema, frame: pd.DataFrame, *, sender: str, k: int,
                epsilon: float, seed: int) -> Sequence[Twin]:
-            from twinnode.generator.privacy import Ledger
-            from twinnode.generator.release import draw_release, train_posterior
-            from twinnode.generator.settings import TrainPlan
-
-            key = (sender, seed, k, epsilon, pd.util.hash_pandas_object(frame).sum())
-            stored = None if cache_dir is None else Path(cache_dir) / (
-                f"{sender}-s{seed}-k{k}-e{epsilon:g}-ep{epochs or 'default'}-{key[-1]:x}")
-            if key not in cache and stored is not None and (stored / "receipt.json").exists():
-                cache[key] = load_release(stored, schema).twins
+            key = (sender, seed, k, epsilon, noise_aware,
+                   pd.util.hash_pandas_object(frame).sum())
             if key not in cache:
-                # a fresh ledger per (party, seed): each study run is its own data release
-                ledger = Ledger(root / f"{sender}-{seed}")
-                plan = TrainPlan(epsilon=epsilon, **({} if epochs is None else
-                                                     {"epochs": epochs}))
-                post = train_posterior(schema, frame, plan, ledger, seed=seed)
-                release = draw_release(post, schema, k, sender, seed=seed)
-                if stored is not None:
-                    save_release(release, stored, schema)
-                cache[key] = release.twins
+                post = _posterior(schema, frame, sender=sender, epsilon=epsilon, seed=seed,
+                                  epochs=epochs, ledgers=root, cache_dir=cache_dir)
+                if noise_aware is False:  # the same training, twins that share its DP noise
+                    post = replace(post, settings=replace(post.settings, noise_aware=False))
+                cache[key] = draw_release(post, schema, k, sender, seed=seed).twins
             return cache[key]
         return dp
     raise ValueError(f"unknown twin maker {name!r}; expected one of {MAKERS}")
+
+
+def _posterior(schema: Schema, frame: pd.DataFrame, *, sender: str, epsilon: float, seed: int,
+               epochs: float | None, ledgers: Path, cache_dir: str | None) -> Posterior:
+    """The DP posterior of one party's rows: trained under a fresh ledger, or from the cache."""
+    digest = int(pd.util.hash_pandas_object(frame).sum()) & (2**64 - 1)
+    stored = None if cache_dir is None else Path(cache_dir) / (
+        f"{sender}-s{seed}-e{epsilon:g}-ep{epochs or 'default'}-{digest:x}.npz")
+    if stored is not None and stored.exists():
+        return Posterior.load(stored, schema)
+    # a fresh ledger per (party, seed): each study run is its own data release
+    ledger = Ledger(ledgers / f"{sender}-{seed}")
+    plan = TrainPlan(epsilon=epsilon, **({} if epochs is None else {"epochs": epochs}))
+    post = train_posterior(schema, frame, plan, ledger, seed=seed)
+    if stored is not None:
+        stored.parent.mkdir(parents=True, exist_ok=True)
+        post.save(stored)
+    return post
