@@ -39,12 +39,14 @@ Conventions, checked against statsmodels `GLM(y, X, family=Poisson(), var_weight
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from scipy.special import gammaln
 
 from twinnode.analysis.arrays import BoolArray, FloatArray, IntArray
 from twinnode.analysis.options import COV_TYPES, DEFAULT_COV_TYPE
+from twinnode.analysis.spd import gram, spd_inverse
 from twinnode.errors import AnalysisError
 
 ACCEPTED_COV_TYPES = (*COV_TYPES, None)
@@ -54,6 +56,13 @@ RANK_TOL = 1e-9
 (on the rows with positive weight) is dropped as rank deficient."""
 DIVERGED = 50.0
 """An |estimate| above this on the log scale (a rate ratio of e^50) means separation."""
+CERTIFY = 10.0
+"""`_certified` accepts a replicate's columns when its bound on the rank check's pivots is
+above CERTIFY x RANK_TOL (a margin for rounding); others get the rank check itself."""
+REUSE = 1e-9
+"""The last Newton step's Hessian serves as the sandwich's bread when that step changed no
+row's linear predictor by more than this (each row's weight mu by a factor within
+exp(±1e-9)); otherwise the Hessian is formed again at the estimate."""
 
 
 @dataclass(frozen=True)
@@ -141,53 +150,149 @@ def fit_poisson_columns(Xt: FloatArray, y: FloatArray, weights: FloatArray | Non
     y = np.asarray(y, dtype=np.float64).reshape(K, n)
     w = np.ones((K, n)) if weights is None else np.asarray(weights, np.float64).reshape(K, n)
     w = np.where(w > 0, w, 0.0)
-    keep = _estimable(Xt, w, RANK_TOL) if keep is None else np.asarray(keep, bool).reshape(K, p)
+    if keep is None:
+        keep, newton = _fit_checked(Xt, y, w, start, tol, max_iter)
+    else:
+        keep = np.asarray(keep, bool).reshape(K, p)
+        newton = _newton(Xt, y, w, keep, _start(y, w, keep, start), tol, max_iter)
+    coef, cov, cov_part = _sandwich(Xt, y, w, newton, keep, part, cov_type)
+    se = np.sqrt(np.maximum(np.einsum("kpp->kp", cov), 0.0))  # NaN stays NaN
+    var_part = np.einsum("kpp->kp", cov_part)
+    ll_full = newton.ll - np.where(w > 0, w * gammaln(y + 1.0), 0.0).sum(axis=1)
+    return BatchFit(coef=coef, se=se, var_part=var_part, dropped=~keep,
+                    converged=newton.converged, iterations=newton.iterations,
+                    n=(w > 0).sum(axis=1), loglik=np.where(newton.converged, ll_full, np.nan),
+                    cov=cov, cov_part=cov_part)
+
+
+def _fit_checked(Xt: FloatArray, y: FloatArray, w: FloatArray, start: FloatArray | None,
+                 tol: float, max_iter: int) -> tuple[BoolArray, _Newton]:
+    """Fit with every column, then check which columns are estimable (`_estimable`) only
+    where the fit cannot prove them all so (`_certified`), and refit where it drops some.
+
+    The rank check costs a Gram product per replicate; the certificate reuses the last
+    Newton step's Hessian and its inverse, so a batch whose columns are all estimable (the
+    usual case) pays nothing for it."""
+    K, p, _ = Xt.shape
+    keep = np.ones((K, p), bool)
+    newton = _newton(Xt, y, w, keep, _start(y, w, keep, start), tol, max_iter)
+    doubt = np.flatnonzero(~_certified(newton, w))
+    if doubt.size == 0:
+        return keep, newton
+    keep[doubt] = _estimable(Xt[doubt], w[doubt], RANK_TOL)
+    redo = doubt[~keep[doubt].all(axis=1)]
+    if redo.size:
+        s = None if start is None else np.broadcast_to(np.asarray(start, np.float64),
+                                                       (K, p))[redo]
+        again = _newton(Xt[redo], y[redo], w[redo], keep[redo],
+                        _start(y[redo], w[redo], keep[redo], s), tol, max_iter)
+        for old, new in zip(newton, again):
+            old[redo] = new
+    return keep, newton
+
+
+def _certified(newton: _Newton, w: FloatArray) -> BoolArray:
+    """(K,) replicates whose columns are all estimable by `_estimable`'s rule, proved from
+    the final Hessian H = X' diag(d) X, d = w mu, without forming the rank check's Gram.
+
+    Column j's pivot in a Cholesky of the unit-diagonal H is at least 1 / (H_jj H^-1_jj)
+    (conditioning on all other columns leaves less of it than on the earlier ones), and
+    changing the row weights from d to the rank check's 0/1 scales it by at least
+    min d / max d over the rows with positive weight. Only replicates that converged with a
+    fresh Hessian (`_Newton.fresh`) are judged; the others are checked the slow way."""
+    d = w * newton.mu
+    positive = w > 0
+    low = np.where(positive, d, np.inf).min(axis=1)
+    high = np.where(positive, d, 0.0).max(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = low / high
+        pivots = 1.0 / (newton.hdiag * np.einsum("kpp->kp", newton.bread))
+    bound = np.where(np.isfinite(pivots), pivots, 0.0).min(axis=1) * ratio
+    ok: BoolArray = newton.converged & newton.fresh & (bound > CERTIFY * RANK_TOL)
+    return ok
+
+
+class _Newton(NamedTuple):
+    """Where the iterations ended, per replicate: the estimate, its mean and log-likelihood
+    kernel, the inverse Hessian of the last step (the sandwich's bread where `fresh`)."""
+
+    beta: FloatArray        # (K, p)
+    mu: FloatArray          # (K, n) at beta
+    ll: FloatArray          # (K,) without the log y! terms
+    converged: BoolArray    # (K,)
+    iterations: IntArray    # (K,)
+    bread: FloatArray       # (K, p, p) inverse Hessian at the start of the last step
+    hdiag: FloatArray       # (K, p) that Hessian's diagonal
+    fresh: BoolArray        # (K,) that step moved no linear predictor by more than REUSE
+
+
+def _newton(Xt: FloatArray, y: FloatArray, w: FloatArray, keep: BoolArray, beta: FloatArray,
+            tol: float, max_iter: int) -> _Newton:
+    """Newton steps with step halving until a full step is below `tol` (relative)."""
+    K, p, n = Xt.shape
     both = keep[:, :, None] & keep[:, None, :]
-    beta = _start(y, w, keep, start)
     eta = _eta(Xt, beta)
     mu_all = np.exp(eta)
     ll = _loglik_kernel(y, eta, mu_all, w)
-    converged = np.zeros(K, bool)
-    failed = ~np.isfinite(ll)
-    iterations = np.zeros(K, int)
-    eye = np.eye(p)
+    converged, failed = np.zeros(K, bool), ~np.isfinite(ll)
+    iterations, fresh = np.zeros(K, int), np.zeros(K, bool)
+    bread, hdiag = np.full((K, p, p), np.nan), np.full((K, p), np.nan)
+    first = True
     for _ in range(max_iter):
         active = np.flatnonzero(~converged & ~failed)
         if active.size == 0:
             break
         sel = slice(None) if active.size == K else active
         Xa, ya, wa, ka, ea, mu = Xt[sel], y[sel], w[sel], keep[sel], eta[sel], mu_all[sel]
-        grad = np.einsum("kpn,kn->kp", Xa, wa * (ya - mu)) * ka
-        # a dropped column's row and column are replaced by the identity: its step is 0
-        hess = _gram(Xa, wa * mu) * both[sel] + eye * (~ka)[:, :, None]
-        step = np.where(ka, _solve(hess, grad), 0.0)
-        d_eta = np.einsum("kpn,kp->kn", Xa, np.where(np.isfinite(step), step, 0.0))
+        grad = np.matmul(Xa, (wa * (ya - mu))[:, :, None])[:, :, 0] * ka
+        # the first step of a batch uses its first replicate's Hessian for all (a chord
+        # step: replicates are alike, so it is almost a Newton step for a 1/K of the cost)
+        chord = first and active.size > 1
+        hinv, hd = _inverse_hessian(Xa, wa * mu, ka, both[sel], chord)
+        step = np.where(ka, np.einsum("kij,kj->ki", hinv, grad), 0.0)
+        d_eta = np.matmul(np.where(np.isfinite(step), step, 0.0)[:, None, :], Xa)[:, 0]
         t, new_eta, new_mu, new_ll = _halve_until_better(ya, wa, ea, d_eta, ll[sel])
         new_b = beta[sel] + t[:, None] * step
         iterations[sel] += 1
         moved = np.abs(t[:, None] * step).max(axis=1)
         beta[sel], eta[sel], mu_all[sel], ll[sel] = new_b, new_eta, new_mu, new_ll
+        bread[sel], hdiag[sel] = hinv, hd
+        fresh[sel] = (t * np.abs(d_eta).max(axis=1)) <= REUSE
+        if chord:
+            fresh[active[1:]] = False
+        first = False
         size = np.abs(new_b).max(axis=1)
         bad = ~np.isfinite(new_ll) | ~np.isfinite(new_b).all(axis=1) | (size > DIVERGED)
         failed[sel] = bad
         # a full Newton step this small leaves an error of order its square
         converged[sel] = ~bad & (t == 1.0) & (moved <= tol * (1.0 + size))
-    coef, cov, cov_part = _sandwich(Xt, y, w, beta, mu_all, keep, converged, part, cov_type)
-    se = np.sqrt(np.maximum(np.einsum("kpp->kp", cov), 0.0))  # NaN stays NaN
-    var_part = np.einsum("kpp->kp", cov_part)
-    ll_full = ll - np.where(w > 0, w * gammaln(y + 1.0), 0.0).sum(axis=1)
-    return BatchFit(coef=coef, se=se, var_part=var_part, dropped=~keep, converged=converged,
-                    iterations=iterations, n=(w > 0).sum(axis=1),
-                    loglik=np.where(converged, ll_full, np.nan), cov=cov, cov_part=cov_part)
+    return _Newton(beta, mu_all, ll, converged, iterations, bread, hdiag, fresh)
+
+
+def _inverse_hessian(Xt: FloatArray, v: FloatArray, keep: BoolArray, both: BoolArray,
+                     chord: bool) -> tuple[FloatArray, FloatArray]:
+    """(K, p, p) inverses of H = X' diag(v) X and (K, p) H's diagonal, a dropped column's row
+    and column replaced by the identity (so its step is 0). With `chord`, the first
+    replicate's H stands in for every replicate's, except where it is singular on that
+    replicate's columns."""
+    eye = np.eye(Xt.shape[1]) * (~keep)[:, :, None]
+    hess = gram(Xt[:1] if chord else Xt, v[:1] if chord else v) * both + eye
+    hinv = spd_inverse(hess)
+    if chord:
+        own = np.flatnonzero(~np.isfinite(hinv).all(axis=(1, 2)))
+        if own.size:
+            hess[own] = gram(Xt[own], v[own]) * both[own] + eye[own]
+            hinv[own] = spd_inverse(hess[own])
+    return hinv, np.einsum("kpp->kp", hess)
 
 
 def _estimable(Xt: FloatArray, weights: FloatArray, tol: float) -> BoolArray:
-    gram = _gram(Xt, (weights > 0).astype(Xt.dtype))
-    K, p, _ = gram.shape
-    diag = np.einsum("kpp->kp", gram)
+    G = gram(Xt, (weights > 0).astype(Xt.dtype))
+    K, p, _ = G.shape
+    diag = np.einsum("kpp->kp", G)
     keep: BoolArray = diag > 0
     scale = np.where(keep, np.sqrt(np.where(keep, diag, 1.0)), 1.0)
-    corr = gram / scale[:, :, None] / scale[:, None, :]
+    corr = G / scale[:, :, None] / scale[:, None, :]
     L = np.zeros_like(corr)
     for j in range(p):
         pivot = corr[:, j, j] - np.einsum("ki,ki->k", L[:, j, :j], L[:, j, :j])
@@ -228,42 +333,8 @@ def _loglik_kernel(y: FloatArray, eta: FloatArray, mu: FloatArray, w: FloatArray
 
 def _eta(Xt: FloatArray, beta: FloatArray) -> FloatArray:
     """Linear predictor, clipped so exp() stays finite while a bad step is being halved."""
-    eta: FloatArray = np.einsum("kpn,kp->kn", Xt, beta)
+    eta: FloatArray = np.matmul(beta[:, None, :], Xt)[:, 0]
     return np.clip(eta, -700.0, 700.0)
-
-
-def _gram(Xt: FloatArray, v: FloatArray) -> FloatArray:
-    """Batched X' diag(v) X from the (K, p, n) layout, through BLAS matmul."""
-    gram: FloatArray = np.matmul(Xt * v[:, None, :], np.swapaxes(Xt, 1, 2))
-    return gram
-
-
-def _solve(hess: FloatArray, grad: FloatArray) -> FloatArray:
-    """Batched solve; replicate by replicate (NaN where singular) if the batch fails."""
-    try:
-        return np.linalg.solve(hess, grad[..., None])[..., 0]
-    except np.linalg.LinAlgError:
-        out = np.full_like(grad, np.nan)
-        for i in range(len(grad)):
-            try:
-                out[i] = np.linalg.solve(hess[i], grad[i])
-            except np.linalg.LinAlgError:
-                pass
-        return out
-
-
-def _inverse(hess: FloatArray) -> FloatArray:
-    """Batched inverse; NaN for a replicate whose Hessian is numerically singular."""
-    try:
-        return np.linalg.inv(hess)
-    except np.linalg.LinAlgError:
-        out = np.full_like(hess, np.nan)
-        for i in range(len(hess)):
-            try:
-                out[i] = np.linalg.inv(hess[i])
-            except np.linalg.LinAlgError:
-                pass
-        return out
 
 
 def _halve_until_better(y: FloatArray, w: FloatArray, eta: FloatArray, d_eta: FloatArray,
@@ -290,41 +361,64 @@ def _halve_until_better(y: FloatArray, w: FloatArray, eta: FloatArray, d_eta: Fl
     return t, new_eta, new_mu, new_ll
 
 
-def _sandwich(Xt: FloatArray, y: FloatArray, w: FloatArray, beta: FloatArray, mu: FloatArray,
-              keep: BoolArray, converged: BoolArray, part: BoolArray | None,
-              cov_type: str | None) -> tuple[FloatArray, FloatArray, FloatArray]:
+def _sandwich(Xt: FloatArray, y: FloatArray, w: FloatArray, newton: _Newton,
+              keep: BoolArray, part: BoolArray | None, cov_type: str | None
+              ) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Estimates and robust (HC0/HC1) covariance matrices, whole and the `part` rows' share.
 
     NaN for failed replicates and in the rows and columns of dropped terms; the share is 0
-    without `part`, and NaN (like the covariance) with `cov_type=None`."""
+    without `part`, and NaN (like the covariance) with `cov_type=None`. The bread is the
+    last Newton step's inverse Hessian where that step moved no linear predictor by more
+    than REUSE (so the Hessian at the estimate differs from it by a factor within
+    exp(±REUSE) per row), else the Hessian is formed again at the estimate."""
     K, p, n = Xt.shape
     coef = np.full((K, p), np.nan)
     cov_all = np.full((K, p, p), np.nan)
     part_all = np.full((K, p, p), np.nan)
-    idx = np.flatnonzero(converged)
+    idx = np.flatnonzero(newton.converged)
     if idx.size == 0:
         return coef, cov_all, part_all
     sel = slice(None) if idx.size == K else idx
-    Xc, yc, wc, bc, kc, mu = Xt[sel], y[sel], w[sel], beta[sel], keep[sel], mu[sel]
-    coef[idx] = np.where(kc, bc, np.nan)
+    Xc, yc, wc, kc, mu = Xt[sel], y[sel], w[sel], keep[sel], newton.mu[sel]
+    coef[idx] = np.where(kc, newton.beta[sel], np.nan)
     if cov_type is None:
         return coef, cov_all, part_all
-    eye = np.eye(p)
     both = kc[:, :, None] & kc[:, None, :]
-    hess = _gram(Xc, wc * mu) * both + eye * (~kc)[:, :, None]
-    bread = _inverse(hess) * both  # zero rows/columns for dropped terms: they drop out
+    bread = newton.bread[sel]
+    stale = np.flatnonzero(~newton.fresh[sel])
+    if stale.size:
+        bread[stale] = spd_inverse(gram(Xc[stale], wc[stale] * mu[stale]) * both[stale]
+                                   + np.eye(p) * (~kc[stale])[:, :, None])
+    bread = bread * both  # zero rows/columns for dropped terms: they drop out
     r2: FloatArray = np.square(wc * (yc - mu))
-    npar = kc.sum(axis=1)
-    factor = np.ones(len(idx)) if cov_type == "HC0" else _hc1_factor(wc, npar)
-    cov = bread @ _gram(Xc, r2) @ bread * factor[:, None, None]
-    cov_all[idx] = np.where(both, (cov + np.swapaxes(cov, 1, 2)) / 2, np.nan)
+    factor = np.ones(len(idx)) if cov_type == "HC0" else _hc1_factor(wc, kc.sum(axis=1))
+    meat = gram(Xc, r2)
+    cov_all[idx] = _symmetric(bread @ meat @ bread * factor[:, None, None], both)
     if part is None:
         part_all[idx] = np.where(both, 0.0, np.nan)
     else:
         pc = np.asarray(part, bool).reshape(K, n)[sel]
-        cov_p = bread @ _gram(Xc, r2 * pc) @ bread * factor[:, None, None]
-        part_all[idx] = np.where(both, (cov_p + np.swapaxes(cov_p, 1, 2)) / 2, np.nan)
+        meat_p = _part_meat(Xc, r2, pc, meat)
+        part_all[idx] = _symmetric(bread @ meat_p @ bread * factor[:, None, None], both)
     return coef, cov_all, part_all
+
+
+def _symmetric(cov: FloatArray, both: BoolArray) -> FloatArray:
+    """(cov + cov') / 2, NaN in the rows and columns of dropped terms."""
+    out: FloatArray = np.where(both, (cov + np.swapaxes(cov, 1, 2)) / 2, np.nan)
+    return out
+
+
+def _part_meat(Xt: FloatArray, r2: FloatArray, part: BoolArray, meat: FloatArray
+               ) -> FloatArray:
+    """X' diag(r2 part) X. When the other rows lie in a short prefix (a combined fit's local
+    rows come first), the whole meat less theirs, which reads only that prefix."""
+    other = np.flatnonzero(((~part) & (r2 > 0)).any(axis=0))
+    end = int(other[-1]) + 1 if other.size else 0
+    if end > Xt.shape[2] // 2:
+        return gram(Xt, r2 * part)
+    rest: FloatArray = meat - gram(Xt[:, :, :end], r2[:, :end] * ~part[:, :end])
+    return rest
 
 
 def _hc1_factor(w: FloatArray, npar: IntArray) -> FloatArray:
