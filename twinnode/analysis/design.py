@@ -42,16 +42,26 @@ class Design:
 
     def matrix(self, arrays: Columns) -> tuple[FloatArray, FloatArray]:
         """Numeric arrays in the schema's layout (`Schema.check_arrays`) -> X (n, p), y (n,)."""
+        Xt, y = self.columns(arrays)
+        return np.ascontiguousarray(Xt.T), y
+
+    def columns(self, arrays: Columns, out: FloatArray | None = None
+                ) -> tuple[FloatArray, FloatArray]:
+        """The same design transposed, X' (p, n) (the fitter's layout), and y (n,); written
+        into `out` (p, n) when given, so a stack of replicates is filled without copies."""
         y = np.asarray(arrays[self.outcome], dtype=np.float64)
-        X = np.empty((len(y), self.p))
+        Xt = np.empty((self.p, len(y))) if out is None else out
+        if Xt.shape != (self.p, len(y)):
+            raise AnalysisError(f"design columns need shape {(self.p, len(y))}, "
+                                f"got {Xt.shape}")
         for j, (name, kind, code) in enumerate(self._columns):
             if kind == "intercept":
-                X[:, j] = 1.0
+                Xt[j] = 1.0
             elif kind == "level":
-                X[:, j] = np.asarray(arrays[name]) == code
+                np.equal(arrays[name], code, out=Xt[j])
             else:
-                X[:, j] = np.asarray(arrays[name], dtype=np.float64)
-        return X, y
+                Xt[j] = arrays[name]
+        return Xt, y
 
     def frame_matrix(self, schema: Schema, frame: pd.DataFrame) -> tuple[FloatArray, FloatArray]:
         """A typed frame -> X, y (through `data.frame_to_arrays`, so levels map by name)."""

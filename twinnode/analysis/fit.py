@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import gammaln
 
-from twinnode.analysis.arrays import BoolArray, FloatArray, IntArray
+from twinnode.analysis.arrays import BoolArray, Columns, FloatArray, IntArray
 from twinnode.analysis.design import Design, make_design
 from twinnode.analysis.glm import BatchFit, fit_poisson_columns
 from twinnode.analysis.options import (
@@ -48,6 +48,7 @@ from twinnode.analysis.heterogeneity import Heterogeneity
 from twinnode.analysis.pooling import Pooled, pool, widen
 from twinnode.analysis.usable import MIN_K, Peers, PeerSet, common_k, one_peer, usable_peers
 from twinnode.atomic import jsonable
+from twinnode.data import frame_to_arrays
 from twinnode.errors import AnalysisError
 from twinnode.schema import Schema
 from twinnode.twins import Twin
@@ -205,11 +206,10 @@ def combined_fit(schema: Schema, local_frame: pd.DataFrame | None, peers: Peers 
     def build(ks: Sequence[int]) -> Stack:
         blocks = []
         for i in ks:
-            row = [] if local is None else [local]
-            row += [Block(*design.matrix(twins[name][i].arrays), weight, True)
-                    for name in names]
+            row: list[Block | Rows] = [] if local is None else [local]
+            row += [Rows(twins[name][i].arrays, weight, True) for name in names]
             blocks.append(row)
-        return stack_blocks(blocks)
+        return stack_blocks(blocks, design)
 
     rows = {"local": 0 if local is None else len(local.y)}
     rows |= {name: twins[name][0].rows for name in names}
@@ -302,10 +302,19 @@ def align_peers(schema: Schema, peers: Peers | PeerSet
 
 
 class Block(NamedTuple):
-    """Rows of one data set in one replicate: X (n, p), y (n,), their weight, synthetic?"""
+    """Rows of one data set in one replicate as a design: X' (p, n) (`Design.columns`),
+    y (n,), their weight, synthetic?"""
 
-    X: FloatArray
+    Xt: FloatArray
     y: FloatArray
+    weight: float
+    synthetic: bool
+
+
+class Rows(NamedTuple):
+    """Rows of one data set as numeric arrays (a twin's), written into the stack directly."""
+
+    arrays: Columns
     weight: float
     synthetic: bool
 
@@ -323,30 +332,42 @@ class Stack(NamedTuple):
 def _local_block(schema: Schema, design: Design, frame: pd.DataFrame) -> Block:
     if len(frame) == 0:
         raise AnalysisError("the local data set has no rows")
-    X, y = design.frame_matrix(schema, frame)
-    return Block(X, y, 1.0, False)
+    Xt, y = design.columns(frame_to_arrays(schema, frame))
+    return Block(Xt, y, 1.0, False)
 
 
-def stack_blocks(blocks: Sequence[Sequence[Block]]) -> Stack:
-    """Replicates of row blocks -> X (K, p, n), y, weights, part; short ones padded, w = 0."""
-    sizes = [sum(len(b.y) for b in row) for row in blocks]
-    K, n, p = len(blocks), max(sizes), blocks[0][0].X.shape[1]
-    X, y = np.zeros((K, p, n)), np.zeros((K, n))
-    w, part = np.zeros((K, n)), np.zeros((K, n), bool)
+def stack_blocks(blocks: Sequence[Sequence[Block | Rows]], design: Design) -> Stack:
+    """Replicates of row blocks -> X (K, p, n), y, weights, part; short ones padded, w = 0.
+
+    Each `Rows` block's design columns are written into the stack where they go."""
+    sizes = [sum(_rows(b) for b in row) for row in blocks]
+    K, n, p = len(blocks), max(sizes), design.p
+    X, y = np.empty((K, p, n)), np.empty((K, n))
+    w, part = np.empty((K, n)), np.empty((K, n), bool)
     for i, row in enumerate(blocks):
         start = 0
-        for bx, by, bw, synthetic in row:
-            stop = start + len(by)
-            X[i, :, start:stop], y[i, start:stop] = bx.T, by
-            w[i, start:stop], part[i, start:stop] = bw, synthetic
+        for block in row:
+            stop = start + _rows(block)
+            if isinstance(block, Rows):
+                y[i, start:stop] = design.columns(block.arrays, out=X[i, :, start:stop])[1]
+            else:
+                X[i, :, start:stop], y[i, start:stop] = block.Xt, block.y
+            w[i, start:stop], part[i, start:stop] = block.weight, block.synthetic
             start = stop
+        X[i, :, start:], y[i, start:], w[i, start:], part[i, start:] = 0.0, 0.0, 0.0, False
     return Stack(X, y, w, part)
+
+
+def _rows(block: Block | Rows) -> int:
+    if isinstance(block, Rows):
+        return len(next(iter(block.arrays.values())))
+    return len(block.y)
 
 
 def _local_run(design: Design, options: AnalysisOptions, kind: str, local: Block,
                weight: float, warnings: list[str]) -> PooledFit:
     """The local rows as one replicate (K = 1)."""
-    return _run(design, options, kind, 1, lambda ks: stack_blocks([[local]]), (),
+    return _run(design, options, kind, 1, lambda ks: stack_blocks([[local]], design), (),
                 {"local": len(local.y)}, weight, warnings)
 
 

@@ -56,13 +56,17 @@ RANK_TOL = 1e-9
 (on the rows with positive weight) is dropped as rank deficient."""
 DIVERGED = 50.0
 """An |estimate| above this on the log scale (a rate ratio of e^50) means separation."""
+MAX_TABLE = 100_000
+"""`log_factorial` looks up outcomes up to this in a table of gammaln values."""
 CERTIFY = 10.0
 """`_certified` accepts a replicate's columns when its bound on the rank check's pivots is
 above CERTIFY x RANK_TOL (a margin for rounding); others get the rank check itself."""
-REUSE = 1e-9
+REUSE = 1e-8
 """The last Newton step's Hessian serves as the sandwich's bread when that step changed no
-row's linear predictor by more than this (each row's weight mu by a factor within
-exp(±1e-9)); otherwise the Hessian is formed again at the estimate."""
+row's linear predictor by more than this: each row's weight mu then differs from the one at
+the estimate by a factor within exp(±1e-8), so H does (in the Loewner order) and the SEs
+are within a relative 1e-8 of those from H formed at the estimate. Otherwise H is formed
+again at the estimate."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,20 @@ def poisson_loglik(y: FloatArray, eta: FloatArray, weights: FloatArray | None = 
         ll = np.where(weights > 0, weights * ll, 0.0)
     total: FloatArray = ll.sum(axis=axis)
     return total
+
+
+def log_factorial(y: FloatArray) -> FloatArray:
+    """log y! = gammaln(y + 1), elementwise; by table lookup when every y is a small whole
+    number (counts: gammaln itself costs as much as a Newton step on a large stack)."""
+    y = np.asarray(y, np.float64)
+    if y.size and 0.0 <= y.min() and y.max() <= MAX_TABLE:
+        whole = y.astype(np.int64)
+        if np.array_equal(whole, y):
+            table = gammaln(np.arange(int(whole.max()) + 1) + 1.0)
+            out: FloatArray = table[whole]
+            return out
+    lf: FloatArray = gammaln(y + 1.0)
+    return lf
 
 
 def estimable_columns(X: FloatArray, weights: FloatArray, tol: float = RANK_TOL) -> BoolArray:
@@ -158,7 +176,7 @@ def fit_poisson_columns(Xt: FloatArray, y: FloatArray, weights: FloatArray | Non
     coef, cov, cov_part = _sandwich(Xt, y, w, newton, keep, part, cov_type)
     se = np.sqrt(np.maximum(np.einsum("kpp->kp", cov), 0.0))  # NaN stays NaN
     var_part = np.einsum("kpp->kp", cov_part)
-    ll_full = newton.ll - np.where(w > 0, w * gammaln(y + 1.0), 0.0).sum(axis=1)
+    ll_full = newton.ll - np.where(w > 0, w * log_factorial(y), 0.0).sum(axis=1)
     return BatchFit(coef=coef, se=se, var_part=var_part, dropped=~keep,
                     converged=newton.converged, iterations=newton.iterations,
                     n=(w > 0).sum(axis=1), loglik=np.where(newton.converged, ll_full, np.nan),
@@ -198,17 +216,18 @@ def _certified(newton: _Newton, w: FloatArray) -> BoolArray:
     Column j's pivot in a Cholesky of the unit-diagonal H is at least 1 / (H_jj H^-1_jj)
     (conditioning on all other columns leaves less of it than on the earlier ones), and
     changing the row weights from d to the rank check's 0/1 scales it by at least
-    min d / max d over the rows with positive weight. Only replicates that converged with a
-    fresh Hessian (`_Newton.fresh`) are judged; the others are checked the slow way."""
+    min d / max d over the rows with positive weight (d at the estimate, each row's within
+    a factor exp(±moved) of the d that Hessian was formed with). Replicates that did not
+    converge are checked the slow way."""
     d = w * newton.mu
     positive = w > 0
     low = np.where(positive, d, np.inf).min(axis=1)
     high = np.where(positive, d, 0.0).max(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = low / high
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        ratio = low / high * np.exp(-2.0 * newton.moved)
         pivots = 1.0 / (newton.hdiag * np.einsum("kpp->kp", newton.bread))
     bound = np.where(np.isfinite(pivots), pivots, 0.0).min(axis=1) * ratio
-    ok: BoolArray = newton.converged & newton.fresh & (bound > CERTIFY * RANK_TOL)
+    ok: BoolArray = newton.converged & (bound > CERTIFY * RANK_TOL)
     return ok
 
 
@@ -223,7 +242,13 @@ class _Newton(NamedTuple):
     iterations: IntArray    # (K,)
     bread: FloatArray       # (K, p, p) inverse Hessian at the start of the last step
     hdiag: FloatArray       # (K, p) that Hessian's diagonal
-    fresh: BoolArray        # (K,) that step moved no linear predictor by more than REUSE
+    moved: FloatArray       # (K,) the largest change of a linear predictor in that step
+
+    @property
+    def fresh(self) -> BoolArray:
+        """Replicates whose bread may serve at the estimate (see REUSE)."""
+        ok: BoolArray = self.moved <= REUSE
+        return ok
 
 
 def _newton(Xt: FloatArray, y: FloatArray, w: FloatArray, keep: BoolArray, beta: FloatArray,
@@ -235,7 +260,7 @@ def _newton(Xt: FloatArray, y: FloatArray, w: FloatArray, keep: BoolArray, beta:
     mu_all = np.exp(eta)
     ll = _loglik_kernel(y, eta, mu_all, w)
     converged, failed = np.zeros(K, bool), ~np.isfinite(ll)
-    iterations, fresh = np.zeros(K, int), np.zeros(K, bool)
+    iterations, last = np.zeros(K, int), np.full(K, np.inf)
     bread, hdiag = np.full((K, p, p), np.nan), np.full((K, p), np.nan)
     first = True
     for _ in range(max_iter):
@@ -257,16 +282,16 @@ def _newton(Xt: FloatArray, y: FloatArray, w: FloatArray, keep: BoolArray, beta:
         moved = np.abs(t[:, None] * step).max(axis=1)
         beta[sel], eta[sel], mu_all[sel], ll[sel] = new_b, new_eta, new_mu, new_ll
         bread[sel], hdiag[sel] = hinv, hd
-        fresh[sel] = (t * np.abs(d_eta).max(axis=1)) <= REUSE
-        if chord:
-            fresh[active[1:]] = False
+        last[sel] = t * np.abs(d_eta).max(axis=1)
+        if chord:  # the first replicate's Hessian is not the others'
+            last[active[1:]] = np.inf
         first = False
         size = np.abs(new_b).max(axis=1)
         bad = ~np.isfinite(new_ll) | ~np.isfinite(new_b).all(axis=1) | (size > DIVERGED)
         failed[sel] = bad
         # a full Newton step this small leaves an error of order its square
         converged[sel] = ~bad & (t == 1.0) & (moved <= tol * (1.0 + size))
-    return _Newton(beta, mu_all, ll, converged, iterations, bread, hdiag, fresh)
+    return _Newton(beta, mu_all, ll, converged, iterations, bread, hdiag, last)
 
 
 def _inverse_hessian(Xt: FloatArray, v: FloatArray, keep: BoolArray, both: BoolArray,
