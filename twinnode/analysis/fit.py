@@ -404,13 +404,12 @@ def _fit_replicates(options: AnalysisOptions, k: int, build: Callable[[Sequence[
     """The K replicates' fits, in chunks of about MAX_ELEMENTS design cells (`cells` per
     replicate), each chunk started from the first replicate's estimate."""
     chunk = max(1, MAX_ELEMENTS // cells)
-    warm = None
-    if k > 1:  # replicates differ little: one fit is a start from which Newton needs ~3 steps
-        one = build([0])
-        first = fit_poisson_columns(one.X, one.y, one.w, cov_type=options.cov_type)
-        warm = first.coef[0] if first.converged[0] else None
-    fits = []
-    for start in range(0, k, chunk):
+    # replicates differ little: the first one's estimate is a start from which Newton
+    # needs ~3 steps for the others (and the first step shares one Hessian, `glm`)
+    X, y, w, part = build([0])
+    fits = [fit_poisson_columns(X, y, w, part=part, cov_type=options.cov_type)]
+    warm = fits[0].coef[0] if fits[0].converged[0] else None
+    for start in range(1, k, chunk):
         X, y, w, part = build(range(start, min(k, start + chunk)))
         fits.append(fit_poisson_columns(X, y, w, part=part, cov_type=options.cov_type,
                                         start=warm))

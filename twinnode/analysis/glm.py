@@ -258,7 +258,8 @@ def _newton(Xt: FloatArray, y: FloatArray, w: FloatArray, keep: BoolArray, beta:
     both = keep[:, :, None] & keep[:, None, :]
     eta = _eta(Xt, beta)
     mu_all = np.exp(eta)
-    ll = _loglik_kernel(y, eta, mu_all, w)
+    wy = w * y
+    ll = _loglik_kernel(wy, eta, mu_all, w)
     converged, failed = np.zeros(K, bool), ~np.isfinite(ll)
     iterations, last = np.zeros(K, int), np.full(K, np.inf)
     bread, hdiag = np.full((K, p, p), np.nan), np.full((K, p), np.nan)
@@ -268,15 +269,16 @@ def _newton(Xt: FloatArray, y: FloatArray, w: FloatArray, keep: BoolArray, beta:
         if active.size == 0:
             break
         sel = slice(None) if active.size == K else active
-        Xa, ya, wa, ka, ea, mu = Xt[sel], y[sel], w[sel], keep[sel], eta[sel], mu_all[sel]
-        grad = np.matmul(Xa, (wa * (ya - mu))[:, :, None])[:, :, 0] * ka
+        Xa, wya, wa, ka, ea = Xt[sel], wy[sel], w[sel], keep[sel], eta[sel]
+        v = wa * mu_all[sel]  # the Hessian's row weights; the score's are wy - v
+        grad = np.matmul(Xa, (wya - v)[:, :, None])[:, :, 0] * ka
         # the first step of a batch uses its first replicate's Hessian for all (a chord
         # step: replicates are alike, so it is almost a Newton step for a 1/K of the cost)
         chord = first and active.size > 1
-        hinv, hd = _inverse_hessian(Xa, wa * mu, ka, both[sel], chord)
+        hinv, hd = _inverse_hessian(Xa, v, ka, both[sel], chord)
         step = np.where(ka, np.einsum("kij,kj->ki", hinv, grad), 0.0)
         d_eta = np.matmul(np.where(np.isfinite(step), step, 0.0)[:, None, :], Xa)[:, 0]
-        t, new_eta, new_mu, new_ll = _halve_until_better(ya, wa, ea, d_eta, ll[sel])
+        t, new_eta, new_mu, new_ll = _halve_until_better(wya, wa, ea, d_eta, ll[sel])
         new_b = beta[sel] + t[:, None] * step
         iterations[sel] += 1
         moved = np.abs(t[:, None] * step).max(axis=1)
@@ -349,10 +351,10 @@ def _start(y: FloatArray, w: FloatArray, keep: BoolArray, start: FloatArray | No
     return beta
 
 
-def _loglik_kernel(y: FloatArray, eta: FloatArray, mu: FloatArray, w: FloatArray
+def _loglik_kernel(wy: FloatArray, eta: FloatArray, mu: FloatArray, w: FloatArray
                    ) -> FloatArray:
-    """Weighted log-likelihood without the constant log y! terms (mu = exp(eta))."""
-    ll: FloatArray = (w * (y * eta - mu)).sum(axis=1)
+    """Weighted log-likelihood without the constant log y! terms (mu = exp(eta), wy = w y)."""
+    ll: FloatArray = np.einsum("kn,kn->k", wy, eta) - np.einsum("kn,kn->k", w, mu)
     return ll
 
 
@@ -362,7 +364,7 @@ def _eta(Xt: FloatArray, beta: FloatArray) -> FloatArray:
     return np.clip(eta, -700.0, 700.0)
 
 
-def _halve_until_better(y: FloatArray, w: FloatArray, eta: FloatArray, d_eta: FloatArray,
+def _halve_until_better(wy: FloatArray, w: FloatArray, eta: FloatArray, d_eta: FloatArray,
                         ll: FloatArray, tries: int = 30
                         ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
     """Step length t per replicate: 1, halved where the log-likelihood would fall.
@@ -373,7 +375,7 @@ def _halve_until_better(y: FloatArray, w: FloatArray, eta: FloatArray, d_eta: Fl
     t = np.ones(len(eta))
     new_eta = np.clip(eta + d_eta, -700.0, 700.0)
     new_mu = np.exp(new_eta)
-    new_ll = _loglik_kernel(y, new_eta, new_mu, w)
+    new_ll = _loglik_kernel(wy, new_eta, new_mu, w)
     for _ in range(tries):
         worse = ~(new_ll >= ll - 1e-12 * np.abs(ll))
         if not worse.any():
@@ -382,7 +384,7 @@ def _halve_until_better(y: FloatArray, w: FloatArray, eta: FloatArray, d_eta: Fl
         t[idx] /= 2
         new_eta[idx] = np.clip(eta[idx] + t[idx, None] * d_eta[idx], -700.0, 700.0)
         new_mu[idx] = np.exp(new_eta[idx])
-        new_ll[idx] = _loglik_kernel(y[idx], new_eta[idx], new_mu[idx], w[idx])
+        new_ll[idx] = _loglik_kernel(wy[idx], new_eta[idx], new_mu[idx], w[idx])
     return t, new_eta, new_mu, new_ll
 
 
