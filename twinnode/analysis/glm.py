@@ -61,6 +61,9 @@ MAX_TABLE = 100_000
 CERTIFY = 10.0
 """`_certified` accepts a replicate's columns when its bound on the rank check's pivots is
 above CERTIFY x RANK_TOL (a margin for rounding); others get the rank check itself."""
+CHORD = 1e-2
+"""A replicate reuses its last Hessian while its linear predictor has moved by less than
+this since that Hessian was formed (`_newton`)."""
 REUSE = 1e-8
 """The last Newton step's Hessian serves as the sandwich's bread when that step changed no
 row's linear predictor by more than this: each row's weight mu then differs from the one at
@@ -253,7 +256,14 @@ class _Newton(NamedTuple):
 
 def _newton(Xt: FloatArray, y: FloatArray, w: FloatArray, keep: BoolArray, beta: FloatArray,
             tol: float, max_iter: int) -> _Newton:
-    """Newton steps with step halving until a full step is below `tol` (relative)."""
+    """Newton steps with step halving until a full step is below `tol` (relative).
+
+    Where the Hessian is formed: the first step of a batch uses its first replicate's for
+    all (replicates are alike, so it is almost a Newton step for 1/K of the cost); later, a
+    replicate whose linear predictor has moved by less than CHORD since its last Hessian
+    reuses that one (a chord step: each cuts the error by a factor of about that move, for
+    no Gram product) until the step is below REUSE, where a fresh Hessian at the estimate
+    becomes the sandwich's bread."""
     K, p, n = Xt.shape
     both = keep[:, :, None] & keep[:, None, :]
     eta = _eta(Xt, beta)
@@ -261,10 +271,10 @@ def _newton(Xt: FloatArray, y: FloatArray, w: FloatArray, keep: BoolArray, beta:
     wy = w * y
     ll = _loglik_kernel(wy, eta, mu_all, w)
     converged, failed = np.zeros(K, bool), ~np.isfinite(ll)
-    iterations, last = np.zeros(K, int), np.full(K, np.inf)
+    iterations, since = np.zeros(K, int), np.full(K, np.inf)
+    prev = np.full(K, np.inf)
     bread, hdiag = np.full((K, p, p), np.nan), np.full((K, p), np.nan)
-    first = True
-    for _ in range(max_iter):
+    for it in range(max_iter):
         active = np.flatnonzero(~converged & ~failed)
         if active.size == 0:
             break
@@ -272,10 +282,18 @@ def _newton(Xt: FloatArray, y: FloatArray, w: FloatArray, keep: BoolArray, beta:
         Xa, wya, wa, ka, ea = Xt[sel], wy[sel], w[sel], keep[sel], eta[sel]
         v = wa * mu_all[sel]  # the Hessian's row weights; the score's are wy - v
         grad = np.matmul(Xa, (wya - v)[:, :, None])[:, :, 0] * ka
-        # the first step of a batch uses its first replicate's Hessian for all (a chord
-        # step: replicates are alike, so it is almost a Newton step for a 1/K of the cost)
-        chord = first and active.size > 1
-        hinv, hd = _inverse_hessian(Xa, v, ka, both[sel], chord)
+        if it == 0:
+            hinv, hd = _inverse_hessian(Xa, v, ka, both[sel], active.size > 1)
+            moved_before = np.zeros(active.size)
+            moved_before[1:] = np.inf  # the first replicate's Hessian is not the others'
+        else:
+            hinv, hd = bread[sel], hdiag[sel]
+            moved_before = since[sel]
+            fresh = np.flatnonzero(~((prev[sel] > REUSE) & (moved_before <= CHORD)))
+            if fresh.size:
+                hinv[fresh], hd[fresh] = _inverse_hessian(
+                    Xa[fresh], v[fresh], ka[fresh], both[sel][fresh], False)
+                moved_before[fresh] = 0.0
         step = np.where(ka, np.einsum("kij,kj->ki", hinv, grad), 0.0)
         d_eta = np.matmul(np.where(np.isfinite(step), step, 0.0)[:, None, :], Xa)[:, 0]
         t, new_eta, new_mu, new_ll = _halve_until_better(wya, wa, ea, d_eta, ll[sel])
@@ -284,16 +302,14 @@ def _newton(Xt: FloatArray, y: FloatArray, w: FloatArray, keep: BoolArray, beta:
         moved = np.abs(t[:, None] * step).max(axis=1)
         beta[sel], eta[sel], mu_all[sel], ll[sel] = new_b, new_eta, new_mu, new_ll
         bread[sel], hdiag[sel] = hinv, hd
-        last[sel] = t * np.abs(d_eta).max(axis=1)
-        if chord:  # the first replicate's Hessian is not the others'
-            last[active[1:]] = np.inf
-        first = False
+        prev[sel] = t * np.abs(d_eta).max(axis=1)
+        since[sel] = moved_before + prev[sel]
         size = np.abs(new_b).max(axis=1)
         bad = ~np.isfinite(new_ll) | ~np.isfinite(new_b).all(axis=1) | (size > DIVERGED)
         failed[sel] = bad
         # a full Newton step this small leaves an error of order its square
         converged[sel] = ~bad & (t == 1.0) & (moved <= tol * (1.0 + size))
-    return _Newton(beta, mu_all, ll, converged, iterations, bread, hdiag, last)
+    return _Newton(beta, mu_all, ll, converged, iterations, bread, hdiag, since)
 
 
 def _inverse_hessian(Xt: FloatArray, v: FloatArray, keep: BoolArray, both: BoolArray,
