@@ -285,18 +285,19 @@ def test_chord_steps_and_reused_bread_give_the_plain_newton_results(small_schema
                                                                     monkeypatch):
     # Prepare: weighted replicates of different sizes from a cold start
     import twinnode.analysis.glm as glm
+    import twinnode.analysis.newton as newton
     X, y, _, _ = _replicates(small_schema, [300, 700, 500, 900])
     w = np.random.default_rng(6).uniform(0.2, 1.0, size=y.shape) * (X[:, :, 0] > 0)
     start = np.zeros(X.shape[2]) + 0.01
     # Execute: as the fitter does (chord steps), plain Newton reusing the last step's
     # Hessian as the bread, and plain Newton with the bread formed at the estimate
     chords = fit_poisson_batch(X, y, w, start=start)
-    monkeypatch.setattr(glm, "CHORD", 0.0)
+    monkeypatch.setattr(newton, "CHORD", 0.0)
     sandwiches = []
     monkeypatch.setattr(glm, "_sandwich", lambda *a: sandwiches.append(a[3].fresh) or
                         _sandwich(*a))
     reused = fit_poisson_batch(X, y, w, start=start)
-    monkeypatch.setattr(glm, "REUSE", -1.0)
+    monkeypatch.setattr(newton, "REUSE", -1.0)
     formed = fit_poisson_batch(X, y, w, start=start)
     # Assert: the bread was reused, and all three agree: SEs to a relative 1e-8 (REUSE's
     # bound), estimates to 1e-10

@@ -9,12 +9,12 @@ all-zero column there, which the fitter drops for that fit and the report counts
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
 
-from twinnode.analysis.arrays import Columns, FloatArray
+from twinnode.analysis.arrays import BoolArray, Columns, FloatArray
 from twinnode.data import frame_to_arrays
 from twinnode.errors import AnalysisError, SchemaError
 from twinnode.schema import Schema
@@ -105,3 +105,60 @@ def make_design(schema: Schema, covariates: Sequence[str] | None = None,
                             f"{', '.join(sorted(reference))}")
     return Design(outcome=outcome, covariates=tuple(names), reference=refs,
                   terms=tuple(terms), _columns=tuple(columns))
+
+
+# ------------------------------------------------------------ stacks of replicates
+class Block(NamedTuple):
+    """Rows of one data set in one replicate as a design: X' (p, n) (`Design.columns`),
+    y (n,), their weight, synthetic?"""
+
+    Xt: FloatArray
+    y: FloatArray
+    weight: float
+    synthetic: bool
+
+
+class Rows(NamedTuple):
+    """Rows of one data set as numeric arrays (a twin's), written into the stack directly."""
+
+    arrays: Columns
+    weight: float
+    synthetic: bool
+
+
+class Stack(NamedTuple):
+    """Replicates stacked for the fitter: X (K, p, n), y, weights and synthetic rows (K, n);
+    a replicate shorter than the longest is padded with rows of weight 0."""
+
+    X: FloatArray
+    y: FloatArray
+    w: FloatArray
+    part: BoolArray
+
+
+def stack_blocks(blocks: Sequence[Sequence[Block | Rows]], design: Design) -> Stack:
+    """Replicates of row blocks -> X (K, p, n), y, weights, part; short ones padded, w = 0.
+
+    Each `Rows` block's design columns are written into the stack where they go."""
+    sizes = [sum(_rows(b) for b in row) for row in blocks]
+    K, n, p = len(blocks), max(sizes), design.p
+    X, y = np.empty((K, p, n)), np.empty((K, n))
+    w, part = np.empty((K, n)), np.empty((K, n), bool)
+    for i, row in enumerate(blocks):
+        start = 0
+        for block in row:
+            stop = start + _rows(block)
+            if isinstance(block, Rows):
+                y[i, start:stop] = design.columns(block.arrays, out=X[i, :, start:stop])[1]
+            else:
+                X[i, :, start:stop], y[i, start:stop] = block.Xt, block.y
+            w[i, start:stop], part[i, start:stop] = block.weight, block.synthetic
+            start = stop
+        X[i, :, start:], y[i, start:], w[i, start:], part[i, start:] = 0.0, 0.0, 0.0, False
+    return Stack(X, y, w, part)
+
+
+def _rows(block: Block | Rows) -> int:
+    if isinstance(block, Rows):
+        return len(next(iter(block.arrays.values())))
+    return len(block.y)

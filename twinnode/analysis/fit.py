@@ -25,14 +25,14 @@ twins' noise and bias against the local rows' noise. Pure functions: no files, n
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy.special import gammaln
 
-from twinnode.analysis.arrays import BoolArray, Columns, FloatArray, IntArray
-from twinnode.analysis.design import Design, make_design
+from twinnode.analysis.arrays import BoolArray, FloatArray, IntArray
+from twinnode.analysis.design import Block, Design, Rows, Stack, make_design, stack_blocks
 from twinnode.analysis.glm import BatchFit, fit_poisson_columns
 from twinnode.analysis.options import (
     DEFAULT_COV_TYPE,
@@ -301,67 +301,11 @@ def align_peers(schema: Schema, peers: Peers | PeerSet
     return twins, k, checked.warnings() + warnings
 
 
-class Block(NamedTuple):
-    """Rows of one data set in one replicate as a design: X' (p, n) (`Design.columns`),
-    y (n,), their weight, synthetic?"""
-
-    Xt: FloatArray
-    y: FloatArray
-    weight: float
-    synthetic: bool
-
-
-class Rows(NamedTuple):
-    """Rows of one data set as numeric arrays (a twin's), written into the stack directly."""
-
-    arrays: Columns
-    weight: float
-    synthetic: bool
-
-
-class Stack(NamedTuple):
-    """Replicates stacked for the fitter: X (K, p, n), y, weights and synthetic rows (K, n);
-    a replicate shorter than the longest is padded with rows of weight 0."""
-
-    X: FloatArray
-    y: FloatArray
-    w: FloatArray
-    part: BoolArray
-
-
 def _local_block(schema: Schema, design: Design, frame: pd.DataFrame) -> Block:
     if len(frame) == 0:
         raise AnalysisError("the local data set has no rows")
     Xt, y = design.columns(frame_to_arrays(schema, frame))
     return Block(Xt, y, 1.0, False)
-
-
-def stack_blocks(blocks: Sequence[Sequence[Block | Rows]], design: Design) -> Stack:
-    """Replicates of row blocks -> X (K, p, n), y, weights, part; short ones padded, w = 0.
-
-    Each `Rows` block's design columns are written into the stack where they go."""
-    sizes = [sum(_rows(b) for b in row) for row in blocks]
-    K, n, p = len(blocks), max(sizes), design.p
-    X, y = np.empty((K, p, n)), np.empty((K, n))
-    w, part = np.empty((K, n)), np.empty((K, n), bool)
-    for i, row in enumerate(blocks):
-        start = 0
-        for block in row:
-            stop = start + _rows(block)
-            if isinstance(block, Rows):
-                y[i, start:stop] = design.columns(block.arrays, out=X[i, :, start:stop])[1]
-            else:
-                X[i, :, start:stop], y[i, start:stop] = block.Xt, block.y
-            w[i, start:stop], part[i, start:stop] = block.weight, block.synthetic
-            start = stop
-        X[i, :, start:], y[i, start:], w[i, start:], part[i, start:] = 0.0, 0.0, 0.0, False
-    return Stack(X, y, w, part)
-
-
-def _rows(block: Block | Rows) -> int:
-    if isinstance(block, Rows):
-        return len(next(iter(block.arrays.values())))
-    return len(block.y)
 
 
 def _local_run(design: Design, options: AnalysisOptions, kind: str, local: Block,

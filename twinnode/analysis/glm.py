@@ -3,8 +3,11 @@
 The combined analysis fits the same model K times on K data sets that share their columns
 (local real rows plus one twin of each peer), and experiments need hundreds of thousands of
 such fits. `fit_poisson_batch` does all K at once: Newton steps (for the canonical log link
-they are the IRLS steps) on stacked arrays of shape (K, n, p), float64 numpy. Rows a
-replicate does not have are padded with weight 0 and contribute nothing.
+they are the IRLS steps, `newton`) on stacked arrays of shape (K, p, n), float64 numpy.
+Rows a replicate does not have are padded with weight 0 and contribute nothing. The cost
+is Gram products X' diag(v) X (`spd`): a K = 100 fit on randhie forms about 3.5 per
+replicate (a shared first Hessian, one Newton Hessian, chord steps, the bread and the meat)
+and the rank check's only where the final Hessian cannot prove every column estimable.
 
 Conventions, checked against statsmodels `GLM(y, X, family=Poisson(), var_weights=w)`:
 - weights w_i >= 0 multiply each row's log-likelihood; score = X'(w (y - mu)),
@@ -39,13 +42,13 @@ Conventions, checked against statsmodels `GLM(y, X, family=Poisson(), var_weight
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import numpy as np
 from scipy.special import gammaln
 
 from twinnode.analysis.arrays import BoolArray, FloatArray, IntArray
 from twinnode.analysis.options import COV_TYPES, DEFAULT_COV_TYPE
+from twinnode.analysis.newton import Newton, run_newton, start_values
 from twinnode.analysis.spd import gram, spd_inverse
 from twinnode.errors import AnalysisError
 
@@ -54,23 +57,11 @@ ACCEPTED_COV_TYPES = (*COV_TYPES, None)
 RANK_TOL = 1e-9
 """A column whose share of its variance not explained by earlier columns is below this
 (on the rows with positive weight) is dropped as rank deficient."""
-DIVERGED = 50.0
-"""An |estimate| above this on the log scale (a rate ratio of e^50) means separation."""
 MAX_TABLE = 100_000
 """`log_factorial` looks up outcomes up to this in a table of gammaln values."""
 CERTIFY = 10.0
 """`_certified` accepts a replicate's columns when its bound on the rank check's pivots is
 above CERTIFY x RANK_TOL (a margin for rounding); others get the rank check itself."""
-CHORD = 1e-2
-"""A replicate reuses its last Hessian while its linear predictor has moved by less than
-this since that Hessian was formed (`_newton`)."""
-REUSE = 1e-8
-"""The last Newton step's Hessian serves as the sandwich's bread when that step changed no
-row's linear predictor by more than this: each row's weight mu then differs from the one at
-the estimate by a factor within exp(±1e-8), so H does (in the Loewner order) and the SEs
-are within a relative 1e-8 of those from H formed at the estimate. Otherwise H is formed
-again at the estimate."""
-
 
 @dataclass(frozen=True)
 class BatchFit:
@@ -175,7 +166,7 @@ def fit_poisson_columns(Xt: FloatArray, y: FloatArray, weights: FloatArray | Non
         keep, newton = _fit_checked(Xt, y, w, start, tol, max_iter)
     else:
         keep = np.asarray(keep, bool).reshape(K, p)
-        newton = _newton(Xt, y, w, keep, _start(y, w, keep, start), tol, max_iter)
+        newton = run_newton(Xt, y, w, keep, start_values(y, w, keep, start), tol, max_iter)
     coef, cov, cov_part = _sandwich(Xt, y, w, newton, keep, part, cov_type)
     se = np.sqrt(np.maximum(np.einsum("kpp->kp", cov), 0.0))  # NaN stays NaN
     var_part = np.einsum("kpp->kp", cov_part)
@@ -187,7 +178,7 @@ def fit_poisson_columns(Xt: FloatArray, y: FloatArray, weights: FloatArray | Non
 
 
 def _fit_checked(Xt: FloatArray, y: FloatArray, w: FloatArray, start: FloatArray | None,
-                 tol: float, max_iter: int) -> tuple[BoolArray, _Newton]:
+                 tol: float, max_iter: int) -> tuple[BoolArray, Newton]:
     """Fit with every column, then check which columns are estimable (`_estimable`) only
     where the fit cannot prove them all so (`_certified`), and refit where it drops some.
 
@@ -196,7 +187,7 @@ def _fit_checked(Xt: FloatArray, y: FloatArray, w: FloatArray, start: FloatArray
     usual case) pays nothing for it."""
     K, p, _ = Xt.shape
     keep = np.ones((K, p), bool)
-    newton = _newton(Xt, y, w, keep, _start(y, w, keep, start), tol, max_iter)
+    newton = run_newton(Xt, y, w, keep, start_values(y, w, keep, start), tol, max_iter)
     doubt = np.flatnonzero(~_certified(newton, w))
     if doubt.size == 0:
         return keep, newton
@@ -205,14 +196,14 @@ def _fit_checked(Xt: FloatArray, y: FloatArray, w: FloatArray, start: FloatArray
     if redo.size:
         s = None if start is None else np.broadcast_to(np.asarray(start, np.float64),
                                                        (K, p))[redo]
-        again = _newton(Xt[redo], y[redo], w[redo], keep[redo],
-                        _start(y[redo], w[redo], keep[redo], s), tol, max_iter)
+        again = run_newton(Xt[redo], y[redo], w[redo], keep[redo],
+                        start_values(y[redo], w[redo], keep[redo], s), tol, max_iter)
         for old, new in zip(newton, again):
             old[redo] = new
     return keep, newton
 
 
-def _certified(newton: _Newton, w: FloatArray) -> BoolArray:
+def _certified(newton: Newton, w: FloatArray) -> BoolArray:
     """(K,) replicates whose columns are all estimable by `_estimable`'s rule, proved from
     the final Hessian H = X' diag(d) X, d = w mu, without forming the rank check's Gram.
 
@@ -234,101 +225,6 @@ def _certified(newton: _Newton, w: FloatArray) -> BoolArray:
     return ok
 
 
-class _Newton(NamedTuple):
-    """Where the iterations ended, per replicate: the estimate, its mean and log-likelihood
-    kernel, the inverse Hessian of the last step (the sandwich's bread where `fresh`)."""
-
-    beta: FloatArray        # (K, p)
-    mu: FloatArray          # (K, n) at beta
-    ll: FloatArray          # (K,) without the log y! terms
-    converged: BoolArray    # (K,)
-    iterations: IntArray    # (K,)
-    bread: FloatArray       # (K, p, p) inverse Hessian at the start of the last step
-    hdiag: FloatArray       # (K, p) that Hessian's diagonal
-    moved: FloatArray       # (K,) the largest change of a linear predictor in that step
-
-    @property
-    def fresh(self) -> BoolArray:
-        """Replicates whose bread may serve at the estimate (see REUSE)."""
-        ok: BoolArray = self.moved <= REUSE
-        return ok
-
-
-def _newton(Xt: FloatArray, y: FloatArray, w: FloatArray, keep: BoolArray, beta: FloatArray,
-            tol: float, max_iter: int) -> _Newton:
-    """Newton steps with step halving until a full step is below `tol` (relative).
-
-    Where the Hessian is formed: the first step of a batch uses its first replicate's for
-    all (replicates are alike, so it is almost a Newton step for 1/K of the cost); later, a
-    replicate whose linear predictor has moved by less than CHORD since its last Hessian
-    reuses that one (a chord step: each cuts the error by a factor of about that move, for
-    no Gram product) until the step is below REUSE, where a fresh Hessian at the estimate
-    becomes the sandwich's bread."""
-    K, p, n = Xt.shape
-    both = keep[:, :, None] & keep[:, None, :]
-    eta = _eta(Xt, beta)
-    mu_all = np.exp(eta)
-    wy = w * y
-    ll = _loglik_kernel(wy, eta, mu_all, w)
-    converged, failed = np.zeros(K, bool), ~np.isfinite(ll)
-    iterations, since = np.zeros(K, int), np.full(K, np.inf)
-    prev = np.full(K, np.inf)
-    bread, hdiag = np.full((K, p, p), np.nan), np.full((K, p), np.nan)
-    for it in range(max_iter):
-        active = np.flatnonzero(~converged & ~failed)
-        if active.size == 0:
-            break
-        sel = slice(None) if active.size == K else active
-        Xa, wya, wa, ka, ea = Xt[sel], wy[sel], w[sel], keep[sel], eta[sel]
-        v = wa * mu_all[sel]  # the Hessian's row weights; the score's are wy - v
-        grad = np.matmul(Xa, (wya - v)[:, :, None])[:, :, 0] * ka
-        if it == 0:
-            hinv, hd = _inverse_hessian(Xa, v, ka, both[sel], active.size > 1)
-            moved_before = np.zeros(active.size)
-            moved_before[1:] = np.inf  # the first replicate's Hessian is not the others'
-        else:
-            hinv, hd = bread[sel], hdiag[sel]
-            moved_before = since[sel]
-            fresh = np.flatnonzero(~((prev[sel] > REUSE) & (moved_before <= CHORD)))
-            if fresh.size:
-                hinv[fresh], hd[fresh] = _inverse_hessian(
-                    Xa[fresh], v[fresh], ka[fresh], both[sel][fresh], False)
-                moved_before[fresh] = 0.0
-        step = np.where(ka, np.einsum("kij,kj->ki", hinv, grad), 0.0)
-        d_eta = np.matmul(np.where(np.isfinite(step), step, 0.0)[:, None, :], Xa)[:, 0]
-        t, new_eta, new_mu, new_ll = _halve_until_better(wya, wa, ea, d_eta, ll[sel])
-        new_b = beta[sel] + t[:, None] * step
-        iterations[sel] += 1
-        moved = np.abs(t[:, None] * step).max(axis=1)
-        beta[sel], eta[sel], mu_all[sel], ll[sel] = new_b, new_eta, new_mu, new_ll
-        bread[sel], hdiag[sel] = hinv, hd
-        prev[sel] = t * np.abs(d_eta).max(axis=1)
-        since[sel] = moved_before + prev[sel]
-        size = np.abs(new_b).max(axis=1)
-        bad = ~np.isfinite(new_ll) | ~np.isfinite(new_b).all(axis=1) | (size > DIVERGED)
-        failed[sel] = bad
-        # a full Newton step this small leaves an error of order its square
-        converged[sel] = ~bad & (t == 1.0) & (moved <= tol * (1.0 + size))
-    return _Newton(beta, mu_all, ll, converged, iterations, bread, hdiag, since)
-
-
-def _inverse_hessian(Xt: FloatArray, v: FloatArray, keep: BoolArray, both: BoolArray,
-                     chord: bool) -> tuple[FloatArray, FloatArray]:
-    """(K, p, p) inverses of H = X' diag(v) X and (K, p) H's diagonal, a dropped column's row
-    and column replaced by the identity (so its step is 0). With `chord`, the first
-    replicate's H stands in for every replicate's, except where it is singular on that
-    replicate's columns."""
-    eye = np.eye(Xt.shape[1]) * (~keep)[:, :, None]
-    hess = gram(Xt[:1] if chord else Xt, v[:1] if chord else v) * both + eye
-    hinv = spd_inverse(hess)
-    if chord:
-        own = np.flatnonzero(~np.isfinite(hinv).all(axis=(1, 2)))
-        if own.size:
-            hess[own] = gram(Xt[own], v[own]) * both[own] + eye[own]
-            hinv[own] = spd_inverse(hess[own])
-    return hinv, np.einsum("kpp->kp", hess)
-
-
 def _estimable(Xt: FloatArray, weights: FloatArray, tol: float) -> BoolArray:
     G = gram(Xt, (weights > 0).astype(Xt.dtype))
     K, p, _ = G.shape
@@ -348,63 +244,7 @@ def _estimable(Xt: FloatArray, weights: FloatArray, tol: float) -> BoolArray:
     return keep
 
 
-def _start(y: FloatArray, w: FloatArray, keep: BoolArray, start: FloatArray | None
-           ) -> FloatArray:
-    """Warm start where given, else intercept = log weighted mean outcome.
-
-    A start row with no finite value (a failed fit's) gets the default; a NaN entry in a
-    usable row (a term dropped where the start came from) starts at 0."""
-    K, p = keep.shape
-    wsum = w.sum(axis=1)
-    ybar = (w * y).sum(axis=1) / np.where(wsum > 0, wsum, 1.0)
-    beta = np.zeros((K, p))
-    beta[:, 0] = np.where(keep[:, 0] & (ybar > 0), np.log(np.maximum(ybar, 1e-300)), 0.0)
-    if start is not None:
-        s = np.broadcast_to(np.asarray(start, np.float64), (K, p))
-        usable = np.isfinite(s).any(axis=1, keepdims=True)
-        beta = np.where(keep, np.where(usable, np.nan_to_num(s, nan=0.0, posinf=0.0,
-                                                             neginf=0.0), beta), 0.0)
-    return beta
-
-
-def _loglik_kernel(wy: FloatArray, eta: FloatArray, mu: FloatArray, w: FloatArray
-                   ) -> FloatArray:
-    """Weighted log-likelihood without the constant log y! terms (mu = exp(eta), wy = w y)."""
-    ll: FloatArray = np.einsum("kn,kn->k", wy, eta) - np.einsum("kn,kn->k", w, mu)
-    return ll
-
-
-def _eta(Xt: FloatArray, beta: FloatArray) -> FloatArray:
-    """Linear predictor, clipped so exp() stays finite while a bad step is being halved."""
-    eta: FloatArray = np.matmul(beta[:, None, :], Xt)[:, 0]
-    return np.clip(eta, -700.0, 700.0)
-
-
-def _halve_until_better(wy: FloatArray, w: FloatArray, eta: FloatArray, d_eta: FloatArray,
-                        ll: FloatArray, tries: int = 30
-                        ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
-    """Step length t per replicate: 1, halved where the log-likelihood would fall.
-
-    The linear predictor is linear in t, so trying a shorter step needs no new product.
-    Returns t, and the linear predictor, mean and log-likelihood after the step.
-    """
-    t = np.ones(len(eta))
-    new_eta = np.clip(eta + d_eta, -700.0, 700.0)
-    new_mu = np.exp(new_eta)
-    new_ll = _loglik_kernel(wy, new_eta, new_mu, w)
-    for _ in range(tries):
-        worse = ~(new_ll >= ll - 1e-12 * np.abs(ll))
-        if not worse.any():
-            break
-        idx = np.flatnonzero(worse)
-        t[idx] /= 2
-        new_eta[idx] = np.clip(eta[idx] + t[idx, None] * d_eta[idx], -700.0, 700.0)
-        new_mu[idx] = np.exp(new_eta[idx])
-        new_ll[idx] = _loglik_kernel(wy[idx], new_eta[idx], new_mu[idx], w[idx])
-    return t, new_eta, new_mu, new_ll
-
-
-def _sandwich(Xt: FloatArray, y: FloatArray, w: FloatArray, newton: _Newton,
+def _sandwich(Xt: FloatArray, y: FloatArray, w: FloatArray, newton: Newton,
               keep: BoolArray, part: BoolArray | None, cov_type: str | None
               ) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Estimates and robust (HC0/HC1) covariance matrices, whole and the `part` rows' share.

@@ -85,15 +85,8 @@ import pandas as pd
 from scipy.special import gammaln
 
 from twinnode.analysis.arrays import FloatArray, IntArray
-from twinnode.analysis.fit import (
-    MAX_ELEMENTS,
-    AnalysisOptions,
-    Block,
-    Rows,
-    Stack,
-    align_peers,
-    stack_blocks,
-)
+from twinnode.analysis.design import Block, Rows, Stack, stack_blocks
+from twinnode.analysis.fit import MAX_ELEMENTS, AnalysisOptions, align_peers
 from twinnode.analysis.glm import BatchFit, estimable_columns_kpn, fit_poisson_columns
 from twinnode.analysis.options import (
     DEFAULT_FOLDS,
