@@ -5,7 +5,7 @@ The combined analysis fits the same model K times on K data sets that share thei
 such fits. `fit_poisson_batch` does all K at once: Newton steps (for the canonical log link
 they are the IRLS steps, `newton`) on stacked arrays of shape (K, p, n), float64 numpy.
 Rows a replicate does not have are padded with weight 0 and contribute nothing. The cost
-is Gram products X' diag(v) X (`spd`): a K = 100 fit on randhie forms about 3.5 per
+is Gram products X' diag(v) X (`spd`): a K = 100 fit on randhie forms about 3.6 per
 replicate (a shared first Hessian, one Newton Hessian, chord steps, the bread and the meat)
 and the rank check's only where the final Hessian cannot prove every column estimable.
 
