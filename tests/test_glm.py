@@ -7,7 +7,7 @@ import statsmodels.api as sm
 from conftest import make_small_frame
 
 from twinnode.analysis.design import make_design
-from twinnode.analysis.glm import estimable_columns, fit_poisson_batch
+from twinnode.analysis.glm import _sandwich, estimable_columns, fit_poisson_batch
 
 TOL = 1e-6
 
@@ -176,3 +176,156 @@ def test_rank_check_ignores_units_but_finds_exact_redundancy():
     keep = estimable_columns(X, np.ones((1, n)))
     # Assert: only the last (= 2 + 3 * tiny) is redundant
     assert keep[0].tolist() == [True, True, True, False]
+
+
+# ------------------------------------------------------------- the fast paths (issue 16)
+def _combined_reference(schema, local, peers, design, k):
+    """statsmodels on each D_k of a combined fit: estimates, HC0 SEs, and the twin rows'
+    share of the HC0 variance (the sandwich with the local rows' meat left out)."""
+    from twinnode.data import frame_to_arrays
+    local_arrays = frame_to_arrays(schema, local)
+    out = []
+    for i in range(k):
+        arrays = {c: np.concatenate([local_arrays[c]] +
+                                    [np.asarray(peers[p][i].arrays[c]) for p in peers])
+                  for c in schema.names}
+        x, y = design.matrix(arrays)
+        ref = _statsmodels(x, y, "HC0")
+        mu = ref.mu
+        bread = np.linalg.inv(x.T @ (x * mu[:, None]))
+        r2 = ((y - mu) ** 2)[len(local):]
+        twin = x[len(local):]
+        part = bread @ (twin.T @ (twin * r2[:, None])) @ bread
+        out.append((ref.params, ref.bse, np.diag(part), len(y)))
+    return out
+
+
+def test_combined_fit_on_randhie_twins_equals_statsmodels_to_1e6():
+    # Prepare: randhie's first party (300 rows) and K = 6 simulated twins of four others
+    from twinnode.analysis.fit import AnalysisOptions, combined_fit
+    from twinnode.data import randhie, split_parties
+    from twinnode.lab.simtwins import posterior_twins
+    schema, frame = randhie()
+    parts = split_parties(frame, parties=5, seed=0).parties
+    local = parts[0].iloc[:300].reset_index(drop=True)
+    peers = {f"peer{i}": posterior_twins(schema, f, sender=f"peer{i}", k=6, seed=i)
+             for i, f in enumerate(parts[1:])}
+    options = AnalysisOptions(rule="reiter", cov_type="HC0")
+    # Execute
+    fit = combined_fit(schema, local, peers, options=options)
+    # Assert: every replicate's estimates, HC0 SEs and the twins' share of the variance
+    r = fit.replicates
+    for i, (coef, se, part, _) in enumerate(_combined_reference(
+            schema, local, peers, options.design(schema), 6)):
+        np.testing.assert_allclose(r.coef[i], coef, rtol=0, atol=TOL)
+        np.testing.assert_allclose(r.se[i], se, rtol=TOL, atol=TOL)
+        np.testing.assert_allclose(r.var_part[i], part, rtol=TOL, atol=TOL ** 2)
+    assert fit.failed == 0 and not fit.dropped
+
+
+def test_column_constant_within_one_replicate_is_dropped_there_only(small_schema):
+    # Prepare: replicate 1's smokers only (the smoker column is all 1 there: collinear
+    # with the intercept, which the final Hessian cannot certify), replicate 0 as it is
+    X, y, w, mats = _replicates(small_schema, [400, 400])
+    smoker = make_design(small_schema).terms.index("smoker")
+    x1, y1 = mats[1]
+    only = x1[:, smoker] == 1
+    X[1], y[1], w[1] = 0.0, 0.0, 0.0
+    X[1, :only.sum()], y[1, :only.sum()], w[1, :only.sum()] = x1[only], y1[only], 1.0
+    # Execute
+    fit = fit_poisson_batch(X, y, w, cov_type="HC0")
+    # Assert: dropped only there; the rest equals statsmodels without that column
+    assert fit.converged.all()
+    assert fit.dropped[1].tolist() == [j == smoker for j in range(X.shape[2])]
+    assert not fit.dropped[0].any()
+    kept = [j for j in range(X.shape[2]) if j != smoker]
+    ref = _statsmodels(x1[only][:, kept], y1[only], "HC0")
+    np.testing.assert_allclose(fit.coef[1, kept], ref.params, atol=TOL)
+    np.testing.assert_allclose(fit.se[1, kept], ref.bse, rtol=TOL, atol=TOL)
+    ref0 = _statsmodels(*mats[0], "HC0")
+    np.testing.assert_allclose(fit.coef[0], ref0.params, atol=TOL)
+
+
+def test_nearly_collinear_column_the_certificate_cannot_prove_is_kept_and_matches(
+        small_schema):
+    # Prepare: a column equal to 'age' plus a small perturbation (its rank-check pivot is
+    # about 1e-6: far above the 1e-9 rule, far below what the final Hessian can certify)
+    x, y = make_design(small_schema).frame_matrix(
+        small_schema, make_small_frame(small_schema, 600, seed=11))
+    age = make_design(small_schema).terms.index("age")
+    noise = np.random.default_rng(4).normal(0, 1e-3 * x[:, age].std(), len(y))
+    x2 = np.column_stack([x, x[:, age] + noise])
+    # Execute
+    fit = fit_poisson_batch(x2, y, cov_type="HC0")
+    # Assert: kept, and equal to statsmodels
+    assert fit.converged.all() and not fit.dropped.any()
+    ref = _statsmodels(x2, y, "HC0")
+    np.testing.assert_allclose(fit.coef[0], ref.params, rtol=1e-6, atol=1e-4)
+    np.testing.assert_allclose(fit.se[0], ref.bse, rtol=1e-5)
+
+
+def test_many_zero_counts_and_a_zero_count_replicate(small_schema):
+    # Prepare: replicate 0 with 90% of its counts set to 0, replicate 1 all zero (its
+    # intercept runs off to -inf: not converged), replicate 2 as it is
+    X, y, w, mats = _replicates(small_schema, [500, 500, 500])
+    rng = np.random.default_rng(2)
+    y[0] = np.where(rng.random(y.shape[1]) < 0.9, 0.0, y[0])
+    y[1] = 0.0
+    # Execute
+    fit = fit_poisson_batch(X, y, w, cov_type="HC0")
+    # Assert
+    assert fit.converged.tolist() == [True, False, True]
+    for i in (0, 2):
+        ref = _statsmodels(mats[i][0], y[i, :500], "HC0")
+        np.testing.assert_allclose(fit.coef[i], ref.params, atol=TOL)
+        np.testing.assert_allclose(fit.se[i], ref.bse, rtol=TOL, atol=TOL)
+
+
+def test_chord_steps_and_reused_bread_give_the_plain_newton_results(small_schema,
+                                                                    monkeypatch):
+    # Prepare: weighted replicates of different sizes from a cold start
+    import twinnode.analysis.glm as glm
+    import twinnode.analysis.newton as newton
+    X, y, _, _ = _replicates(small_schema, [300, 700, 500, 900])
+    w = np.random.default_rng(6).uniform(0.2, 1.0, size=y.shape) * (X[:, :, 0] > 0)
+    start = np.zeros(X.shape[2]) + 0.01
+    # Execute: as the fitter does (chord steps), plain Newton reusing the last step's
+    # Hessian as the bread, and plain Newton with the bread formed at the estimate
+    chords = fit_poisson_batch(X, y, w, start=start)
+    monkeypatch.setattr(newton, "CHORD", 0.0)
+    sandwiches = []
+    monkeypatch.setattr(glm, "_sandwich", lambda *a: sandwiches.append(a[3].fresh) or
+                        _sandwich(*a))
+    reused = fit_poisson_batch(X, y, w, start=start)
+    monkeypatch.setattr(newton, "REUSE", -1.0)
+    formed = fit_poisson_batch(X, y, w, start=start)
+    # Assert: the bread was reused, and all three agree: SEs to a relative 1e-8 (REUSE's
+    # bound), estimates to 1e-10
+    assert sandwiches[0].all() and not sandwiches[1].any()
+    for fit in (chords, reused):
+        np.testing.assert_allclose(fit.se, formed.se, rtol=1e-8)
+        np.testing.assert_allclose(fit.coef, formed.coef, rtol=0, atol=1e-10)
+
+
+def test_log_factorial_table_equals_gammaln():
+    from scipy.special import gammaln
+
+    from twinnode.analysis.glm import log_factorial
+    counts = np.array([[0.0, 1.0, 5.0, 100.0], [3.0, 0.0, 17.0, 2.0]])
+    assert np.array_equal(log_factorial(counts), gammaln(counts + 1.0))
+    odd = np.array([0.5, 2.0, 1e6])  # not all whole, or beyond the table: gammaln itself
+    assert np.array_equal(log_factorial(odd), gammaln(odd + 1.0))
+
+
+def test_spd_inverse_matches_numpy_and_marks_non_positive_definite_matrices():
+    from twinnode.analysis.spd import gram, spd_inverse
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(5, 4, 50))
+    v = rng.uniform(0.5, 2.0, size=(5, 50))
+    H = gram(X, v)
+    np.testing.assert_allclose(H, np.einsum("kpn,kn,kqn->kpq", X, v, X), rtol=1e-12)
+    H[2] = -np.eye(4)
+    inv = spd_inverse(H)
+    good = [0, 1, 3, 4]
+    np.testing.assert_allclose(inv[good], np.linalg.inv(H[good]), rtol=1e-10, atol=1e-12)
+    assert np.isnan(inv[2]).all()

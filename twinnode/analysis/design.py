@@ -9,12 +9,12 @@ all-zero column there, which the fitter drops for that fit and the report counts
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
 
-from twinnode.analysis.arrays import Columns, FloatArray
+from twinnode.analysis.arrays import BoolArray, Columns, FloatArray
 from twinnode.data import frame_to_arrays
 from twinnode.errors import AnalysisError, SchemaError
 from twinnode.schema import Schema
@@ -42,16 +42,26 @@ class Design:
 
     def matrix(self, arrays: Columns) -> tuple[FloatArray, FloatArray]:
         """Numeric arrays in the schema's layout (`Schema.check_arrays`) -> X (n, p), y (n,)."""
+        Xt, y = self.columns(arrays)
+        return np.ascontiguousarray(Xt.T), y
+
+    def columns(self, arrays: Columns, out: FloatArray | None = None
+                ) -> tuple[FloatArray, FloatArray]:
+        """The same design transposed, X' (p, n) (the fitter's layout), and y (n,); written
+        into `out` (p, n) when given, so a stack of replicates is filled without copies."""
         y = np.asarray(arrays[self.outcome], dtype=np.float64)
-        X = np.empty((len(y), self.p))
+        Xt = np.empty((self.p, len(y))) if out is None else out
+        if Xt.shape != (self.p, len(y)):
+            raise AnalysisError(f"design columns need shape {(self.p, len(y))}, "
+                                f"got {Xt.shape}")
         for j, (name, kind, code) in enumerate(self._columns):
             if kind == "intercept":
-                X[:, j] = 1.0
+                Xt[j] = 1.0
             elif kind == "level":
-                X[:, j] = np.asarray(arrays[name]) == code
+                np.equal(arrays[name], code, out=Xt[j])
             else:
-                X[:, j] = np.asarray(arrays[name], dtype=np.float64)
-        return X, y
+                Xt[j] = arrays[name]
+        return Xt, y
 
     def frame_matrix(self, schema: Schema, frame: pd.DataFrame) -> tuple[FloatArray, FloatArray]:
         """A typed frame -> X, y (through `data.frame_to_arrays`, so levels map by name)."""
@@ -95,3 +105,60 @@ def make_design(schema: Schema, covariates: Sequence[str] | None = None,
                             f"{', '.join(sorted(reference))}")
     return Design(outcome=outcome, covariates=tuple(names), reference=refs,
                   terms=tuple(terms), _columns=tuple(columns))
+
+
+# ------------------------------------------------------------ stacks of replicates
+class Block(NamedTuple):
+    """Rows of one data set in one replicate as a design: X' (p, n) (`Design.columns`),
+    y (n,), their weight, synthetic?"""
+
+    Xt: FloatArray
+    y: FloatArray
+    weight: float
+    synthetic: bool
+
+
+class Rows(NamedTuple):
+    """Rows of one data set as numeric arrays (a twin's), written into the stack directly."""
+
+    arrays: Columns
+    weight: float
+    synthetic: bool
+
+
+class Stack(NamedTuple):
+    """Replicates stacked for the fitter: X (K, p, n), y, weights and synthetic rows (K, n);
+    a replicate shorter than the longest is padded with rows of weight 0."""
+
+    X: FloatArray
+    y: FloatArray
+    w: FloatArray
+    part: BoolArray
+
+
+def stack_blocks(blocks: Sequence[Sequence[Block | Rows]], design: Design) -> Stack:
+    """Replicates of row blocks -> X (K, p, n), y, weights, part; short ones padded, w = 0.
+
+    Each `Rows` block's design columns are written into the stack where they go."""
+    sizes = [sum(_rows(b) for b in row) for row in blocks]
+    K, n, p = len(blocks), max(sizes), design.p
+    X, y = np.empty((K, p, n)), np.empty((K, n))
+    w, part = np.empty((K, n)), np.empty((K, n), bool)
+    for i, row in enumerate(blocks):
+        start = 0
+        for block in row:
+            stop = start + _rows(block)
+            if isinstance(block, Rows):
+                y[i, start:stop] = design.columns(block.arrays, out=X[i, :, start:stop])[1]
+            else:
+                X[i, :, start:stop], y[i, start:stop] = block.Xt, block.y
+            w[i, start:stop], part[i, start:stop] = block.weight, block.synthetic
+            start = stop
+        X[i, :, start:], y[i, start:], w[i, start:], part[i, start:] = 0.0, 0.0, 0.0, False
+    return Stack(X, y, w, part)
+
+
+def _rows(block: Block | Rows) -> int:
+    if isinstance(block, Rows):
+        return len(next(iter(block.arrays.values())))
+    return len(block.y)

@@ -25,14 +25,14 @@ twins' noise and bias against the local rows' noise. Pure functions: no files, n
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy.special import gammaln
 
 from twinnode.analysis.arrays import BoolArray, FloatArray, IntArray
-from twinnode.analysis.design import Design, make_design
+from twinnode.analysis.design import Block, Design, Rows, Stack, make_design, stack_blocks
 from twinnode.analysis.glm import BatchFit, fit_poisson_columns
 from twinnode.analysis.options import (
     DEFAULT_COV_TYPE,
@@ -48,6 +48,7 @@ from twinnode.analysis.heterogeneity import Heterogeneity
 from twinnode.analysis.pooling import Pooled, pool, widen
 from twinnode.analysis.usable import MIN_K, Peers, PeerSet, common_k, one_peer, usable_peers
 from twinnode.atomic import jsonable
+from twinnode.data import frame_to_arrays
 from twinnode.errors import AnalysisError
 from twinnode.schema import Schema
 from twinnode.twins import Twin
@@ -205,11 +206,10 @@ def combined_fit(schema: Schema, local_frame: pd.DataFrame | None, peers: Peers 
     def build(ks: Sequence[int]) -> Stack:
         blocks = []
         for i in ks:
-            row = [] if local is None else [local]
-            row += [Block(*design.matrix(twins[name][i].arrays), weight, True)
-                    for name in names]
+            row: list[Block | Rows] = [] if local is None else [local]
+            row += [Rows(twins[name][i].arrays, weight, True) for name in names]
             blocks.append(row)
-        return stack_blocks(blocks)
+        return stack_blocks(blocks, design)
 
     rows = {"local": 0 if local is None else len(local.y)}
     rows |= {name: twins[name][0].rows for name in names}
@@ -301,52 +301,17 @@ def align_peers(schema: Schema, peers: Peers | PeerSet
     return twins, k, checked.warnings() + warnings
 
 
-class Block(NamedTuple):
-    """Rows of one data set in one replicate: X (n, p), y (n,), their weight, synthetic?"""
-
-    X: FloatArray
-    y: FloatArray
-    weight: float
-    synthetic: bool
-
-
-class Stack(NamedTuple):
-    """Replicates stacked for the fitter: X (K, p, n), y, weights and synthetic rows (K, n);
-    a replicate shorter than the longest is padded with rows of weight 0."""
-
-    X: FloatArray
-    y: FloatArray
-    w: FloatArray
-    part: BoolArray
-
-
 def _local_block(schema: Schema, design: Design, frame: pd.DataFrame) -> Block:
     if len(frame) == 0:
         raise AnalysisError("the local data set has no rows")
-    X, y = design.frame_matrix(schema, frame)
-    return Block(X, y, 1.0, False)
-
-
-def stack_blocks(blocks: Sequence[Sequence[Block]]) -> Stack:
-    """Replicates of row blocks -> X (K, p, n), y, weights, part; short ones padded, w = 0."""
-    sizes = [sum(len(b.y) for b in row) for row in blocks]
-    K, n, p = len(blocks), max(sizes), blocks[0][0].X.shape[1]
-    X, y = np.zeros((K, p, n)), np.zeros((K, n))
-    w, part = np.zeros((K, n)), np.zeros((K, n), bool)
-    for i, row in enumerate(blocks):
-        start = 0
-        for bx, by, bw, synthetic in row:
-            stop = start + len(by)
-            X[i, :, start:stop], y[i, start:stop] = bx.T, by
-            w[i, start:stop], part[i, start:stop] = bw, synthetic
-            start = stop
-    return Stack(X, y, w, part)
+    Xt, y = design.columns(frame_to_arrays(schema, frame))
+    return Block(Xt, y, 1.0, False)
 
 
 def _local_run(design: Design, options: AnalysisOptions, kind: str, local: Block,
                weight: float, warnings: list[str]) -> PooledFit:
     """The local rows as one replicate (K = 1)."""
-    return _run(design, options, kind, 1, lambda ks: stack_blocks([[local]]), (),
+    return _run(design, options, kind, 1, lambda ks: stack_blocks([[local]], design), (),
                 {"local": len(local.y)}, weight, warnings)
 
 
@@ -383,13 +348,12 @@ def _fit_replicates(options: AnalysisOptions, k: int, build: Callable[[Sequence[
     """The K replicates' fits, in chunks of about MAX_ELEMENTS design cells (`cells` per
     replicate), each chunk started from the first replicate's estimate."""
     chunk = max(1, MAX_ELEMENTS // cells)
-    warm = None
-    if k > 1:  # replicates differ little: one fit is a start from which Newton needs ~3 steps
-        one = build([0])
-        first = fit_poisson_columns(one.X, one.y, one.w, cov_type=options.cov_type)
-        warm = first.coef[0] if first.converged[0] else None
-    fits = []
-    for start in range(0, k, chunk):
+    # replicates differ little: the first one's estimate is a start from which Newton
+    # needs ~3 steps for the others (and the first step shares one Hessian, `glm`)
+    X, y, w, part = build([0])
+    fits = [fit_poisson_columns(X, y, w, part=part, cov_type=options.cov_type)]
+    warm = fits[0].coef[0] if fits[0].converged[0] else None
+    for start in range(1, k, chunk):
         X, y, w, part = build(range(start, min(k, start + chunk)))
         fits.append(fit_poisson_columns(X, y, w, part=part, cov_type=options.cov_type,
                                         start=warm))

@@ -3,8 +3,11 @@
 The combined analysis fits the same model K times on K data sets that share their columns
 (local real rows plus one twin of each peer), and experiments need hundreds of thousands of
 such fits. `fit_poisson_batch` does all K at once: Newton steps (for the canonical log link
-they are the IRLS steps) on stacked arrays of shape (K, n, p), float64 numpy. Rows a
-replicate does not have are padded with weight 0 and contribute nothing.
+they are the IRLS steps, `newton`) on stacked arrays of shape (K, p, n), float64 numpy.
+Rows a replicate does not have are padded with weight 0 and contribute nothing. The cost
+is Gram products X' diag(v) X (`spd`): a K = 100 fit on randhie forms about 3.6 per
+replicate (a shared first Hessian, one Newton Hessian, chord steps, the bread and the meat)
+and the rank check's only where the final Hessian cannot prove every column estimable.
 
 Conventions, checked against statsmodels `GLM(y, X, family=Poisson(), var_weights=w)`:
 - weights w_i >= 0 multiply each row's log-likelihood; score = X'(w (y - mu)),
@@ -45,6 +48,8 @@ from scipy.special import gammaln
 
 from twinnode.analysis.arrays import BoolArray, FloatArray, IntArray
 from twinnode.analysis.options import COV_TYPES, DEFAULT_COV_TYPE
+from twinnode.analysis.newton import Newton, run_newton, start_values
+from twinnode.analysis.spd import gram, spd_inverse
 from twinnode.errors import AnalysisError
 
 ACCEPTED_COV_TYPES = (*COV_TYPES, None)
@@ -52,9 +57,11 @@ ACCEPTED_COV_TYPES = (*COV_TYPES, None)
 RANK_TOL = 1e-9
 """A column whose share of its variance not explained by earlier columns is below this
 (on the rows with positive weight) is dropped as rank deficient."""
-DIVERGED = 50.0
-"""An |estimate| above this on the log scale (a rate ratio of e^50) means separation."""
-
+MAX_TABLE = 100_000
+"""`log_factorial` looks up outcomes up to this in a table of gammaln values."""
+CERTIFY = 10.0
+"""`_certified` accepts a replicate's columns when its bound on the rank check's pivots is
+above CERTIFY x RANK_TOL (a margin for rounding); others get the rank check itself."""
 
 @dataclass(frozen=True)
 class BatchFit:
@@ -84,6 +91,20 @@ def poisson_loglik(y: FloatArray, eta: FloatArray, weights: FloatArray | None = 
         ll = np.where(weights > 0, weights * ll, 0.0)
     total: FloatArray = ll.sum(axis=axis)
     return total
+
+
+def log_factorial(y: FloatArray) -> FloatArray:
+    """log y! = gammaln(y + 1), elementwise; by table lookup when every y is a small whole
+    number (counts: gammaln itself costs as much as a Newton step on a large stack)."""
+    y = np.asarray(y, np.float64)
+    if y.size and 0.0 <= y.min() and y.max() <= MAX_TABLE:
+        whole = y.astype(np.int64)
+        if np.array_equal(whole, y):
+            table = gammaln(np.arange(int(whole.max()) + 1) + 1.0)
+            out: FloatArray = table[whole]
+            return out
+    lf: FloatArray = gammaln(y + 1.0)
+    return lf
 
 
 def estimable_columns(X: FloatArray, weights: FloatArray, tol: float = RANK_TOL) -> BoolArray:
@@ -141,53 +162,76 @@ def fit_poisson_columns(Xt: FloatArray, y: FloatArray, weights: FloatArray | Non
     y = np.asarray(y, dtype=np.float64).reshape(K, n)
     w = np.ones((K, n)) if weights is None else np.asarray(weights, np.float64).reshape(K, n)
     w = np.where(w > 0, w, 0.0)
-    keep = _estimable(Xt, w, RANK_TOL) if keep is None else np.asarray(keep, bool).reshape(K, p)
-    both = keep[:, :, None] & keep[:, None, :]
-    beta = _start(y, w, keep, start)
-    eta = _eta(Xt, beta)
-    mu_all = np.exp(eta)
-    ll = _loglik_kernel(y, eta, mu_all, w)
-    converged = np.zeros(K, bool)
-    failed = ~np.isfinite(ll)
-    iterations = np.zeros(K, int)
-    eye = np.eye(p)
-    for _ in range(max_iter):
-        active = np.flatnonzero(~converged & ~failed)
-        if active.size == 0:
-            break
-        sel = slice(None) if active.size == K else active
-        Xa, ya, wa, ka, ea, mu = Xt[sel], y[sel], w[sel], keep[sel], eta[sel], mu_all[sel]
-        grad = np.einsum("kpn,kn->kp", Xa, wa * (ya - mu)) * ka
-        # a dropped column's row and column are replaced by the identity: its step is 0
-        hess = _gram(Xa, wa * mu) * both[sel] + eye * (~ka)[:, :, None]
-        step = np.where(ka, _solve(hess, grad), 0.0)
-        d_eta = np.einsum("kpn,kp->kn", Xa, np.where(np.isfinite(step), step, 0.0))
-        t, new_eta, new_mu, new_ll = _halve_until_better(ya, wa, ea, d_eta, ll[sel])
-        new_b = beta[sel] + t[:, None] * step
-        iterations[sel] += 1
-        moved = np.abs(t[:, None] * step).max(axis=1)
-        beta[sel], eta[sel], mu_all[sel], ll[sel] = new_b, new_eta, new_mu, new_ll
-        size = np.abs(new_b).max(axis=1)
-        bad = ~np.isfinite(new_ll) | ~np.isfinite(new_b).all(axis=1) | (size > DIVERGED)
-        failed[sel] = bad
-        # a full Newton step this small leaves an error of order its square
-        converged[sel] = ~bad & (t == 1.0) & (moved <= tol * (1.0 + size))
-    coef, cov, cov_part = _sandwich(Xt, y, w, beta, mu_all, keep, converged, part, cov_type)
+    if keep is None:
+        keep, newton = _fit_checked(Xt, y, w, start, tol, max_iter)
+    else:
+        keep = np.asarray(keep, bool).reshape(K, p)
+        newton = run_newton(Xt, y, w, keep, start_values(y, w, keep, start), tol, max_iter)
+    coef, cov, cov_part = _sandwich(Xt, y, w, newton, keep, part, cov_type)
     se = np.sqrt(np.maximum(np.einsum("kpp->kp", cov), 0.0))  # NaN stays NaN
     var_part = np.einsum("kpp->kp", cov_part)
-    ll_full = ll - np.where(w > 0, w * gammaln(y + 1.0), 0.0).sum(axis=1)
-    return BatchFit(coef=coef, se=se, var_part=var_part, dropped=~keep, converged=converged,
-                    iterations=iterations, n=(w > 0).sum(axis=1),
-                    loglik=np.where(converged, ll_full, np.nan), cov=cov, cov_part=cov_part)
+    ll_full = newton.ll - np.where(w > 0, w * log_factorial(y), 0.0).sum(axis=1)
+    return BatchFit(coef=coef, se=se, var_part=var_part, dropped=~keep,
+                    converged=newton.converged, iterations=newton.iterations,
+                    n=(w > 0).sum(axis=1), loglik=np.where(newton.converged, ll_full, np.nan),
+                    cov=cov, cov_part=cov_part)
+
+
+def _fit_checked(Xt: FloatArray, y: FloatArray, w: FloatArray, start: FloatArray | None,
+                 tol: float, max_iter: int) -> tuple[BoolArray, Newton]:
+    """Fit with every column, then check which columns are estimable (`_estimable`) only
+    where the fit cannot prove them all so (`_certified`), and refit where it drops some.
+
+    The rank check costs a Gram product per replicate; the certificate reuses the last
+    Newton step's Hessian and its inverse, so a batch whose columns are all estimable (the
+    usual case) pays nothing for it."""
+    K, p, _ = Xt.shape
+    keep = np.ones((K, p), bool)
+    newton = run_newton(Xt, y, w, keep, start_values(y, w, keep, start), tol, max_iter)
+    doubt = np.flatnonzero(~_certified(newton, w))
+    if doubt.size == 0:
+        return keep, newton
+    keep[doubt] = _estimable(Xt[doubt], w[doubt], RANK_TOL)
+    redo = doubt[~keep[doubt].all(axis=1)]
+    if redo.size:
+        s = None if start is None else np.broadcast_to(np.asarray(start, np.float64),
+                                                       (K, p))[redo]
+        again = run_newton(Xt[redo], y[redo], w[redo], keep[redo],
+                        start_values(y[redo], w[redo], keep[redo], s), tol, max_iter)
+        for old, new in zip(newton, again):
+            old[redo] = new
+    return keep, newton
+
+
+def _certified(newton: Newton, w: FloatArray) -> BoolArray:
+    """(K,) replicates whose columns are all estimable by `_estimable`'s rule, proved from
+    the final Hessian H = X' diag(d) X, d = w mu, without forming the rank check's Gram.
+
+    Column j's pivot in a Cholesky of the unit-diagonal H is at least 1 / (H_jj H^-1_jj)
+    (conditioning on all other columns leaves less of it than on the earlier ones), and
+    changing the row weights from d to the rank check's 0/1 scales it by at least
+    min d / max d over the rows with positive weight (d at the estimate, each row's within
+    a factor exp(±moved) of the d that Hessian was formed with). Replicates that did not
+    converge are checked the slow way."""
+    d = w * newton.mu
+    positive = w > 0
+    low = np.where(positive, d, np.inf).min(axis=1)
+    high = np.where(positive, d, 0.0).max(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        ratio = low / high * np.exp(-2.0 * newton.moved)
+        pivots = 1.0 / (newton.hdiag * np.einsum("kpp->kp", newton.bread))
+    bound = np.where(np.isfinite(pivots), pivots, 0.0).min(axis=1) * ratio
+    ok: BoolArray = newton.converged & (bound > CERTIFY * RANK_TOL)
+    return ok
 
 
 def _estimable(Xt: FloatArray, weights: FloatArray, tol: float) -> BoolArray:
-    gram = _gram(Xt, (weights > 0).astype(Xt.dtype))
-    K, p, _ = gram.shape
-    diag = np.einsum("kpp->kp", gram)
+    G = gram(Xt, (weights > 0).astype(Xt.dtype))
+    K, p, _ = G.shape
+    diag = np.einsum("kpp->kp", G)
     keep: BoolArray = diag > 0
     scale = np.where(keep, np.sqrt(np.where(keep, diag, 1.0)), 1.0)
-    corr = gram / scale[:, :, None] / scale[:, None, :]
+    corr = G / scale[:, :, None] / scale[:, None, :]
     L = np.zeros_like(corr)
     for j in range(p):
         pivot = corr[:, j, j] - np.einsum("ki,ki->k", L[:, j, :j], L[:, j, :j])
@@ -200,131 +244,64 @@ def _estimable(Xt: FloatArray, weights: FloatArray, tol: float) -> BoolArray:
     return keep
 
 
-def _start(y: FloatArray, w: FloatArray, keep: BoolArray, start: FloatArray | None
-           ) -> FloatArray:
-    """Warm start where given, else intercept = log weighted mean outcome.
-
-    A start row with no finite value (a failed fit's) gets the default; a NaN entry in a
-    usable row (a term dropped where the start came from) starts at 0."""
-    K, p = keep.shape
-    wsum = w.sum(axis=1)
-    ybar = (w * y).sum(axis=1) / np.where(wsum > 0, wsum, 1.0)
-    beta = np.zeros((K, p))
-    beta[:, 0] = np.where(keep[:, 0] & (ybar > 0), np.log(np.maximum(ybar, 1e-300)), 0.0)
-    if start is not None:
-        s = np.broadcast_to(np.asarray(start, np.float64), (K, p))
-        usable = np.isfinite(s).any(axis=1, keepdims=True)
-        beta = np.where(keep, np.where(usable, np.nan_to_num(s, nan=0.0, posinf=0.0,
-                                                             neginf=0.0), beta), 0.0)
-    return beta
-
-
-def _loglik_kernel(y: FloatArray, eta: FloatArray, mu: FloatArray, w: FloatArray
-                   ) -> FloatArray:
-    """Weighted log-likelihood without the constant log y! terms (mu = exp(eta))."""
-    ll: FloatArray = (w * (y * eta - mu)).sum(axis=1)
-    return ll
-
-
-def _eta(Xt: FloatArray, beta: FloatArray) -> FloatArray:
-    """Linear predictor, clipped so exp() stays finite while a bad step is being halved."""
-    eta: FloatArray = np.einsum("kpn,kp->kn", Xt, beta)
-    return np.clip(eta, -700.0, 700.0)
-
-
-def _gram(Xt: FloatArray, v: FloatArray) -> FloatArray:
-    """Batched X' diag(v) X from the (K, p, n) layout, through BLAS matmul."""
-    gram: FloatArray = np.matmul(Xt * v[:, None, :], np.swapaxes(Xt, 1, 2))
-    return gram
-
-
-def _solve(hess: FloatArray, grad: FloatArray) -> FloatArray:
-    """Batched solve; replicate by replicate (NaN where singular) if the batch fails."""
-    try:
-        return np.linalg.solve(hess, grad[..., None])[..., 0]
-    except np.linalg.LinAlgError:
-        out = np.full_like(grad, np.nan)
-        for i in range(len(grad)):
-            try:
-                out[i] = np.linalg.solve(hess[i], grad[i])
-            except np.linalg.LinAlgError:
-                pass
-        return out
-
-
-def _inverse(hess: FloatArray) -> FloatArray:
-    """Batched inverse; NaN for a replicate whose Hessian is numerically singular."""
-    try:
-        return np.linalg.inv(hess)
-    except np.linalg.LinAlgError:
-        out = np.full_like(hess, np.nan)
-        for i in range(len(hess)):
-            try:
-                out[i] = np.linalg.inv(hess[i])
-            except np.linalg.LinAlgError:
-                pass
-        return out
-
-
-def _halve_until_better(y: FloatArray, w: FloatArray, eta: FloatArray, d_eta: FloatArray,
-                        ll: FloatArray, tries: int = 30
-                        ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
-    """Step length t per replicate: 1, halved where the log-likelihood would fall.
-
-    The linear predictor is linear in t, so trying a shorter step needs no new product.
-    Returns t, and the linear predictor, mean and log-likelihood after the step.
-    """
-    t = np.ones(len(eta))
-    new_eta = np.clip(eta + d_eta, -700.0, 700.0)
-    new_mu = np.exp(new_eta)
-    new_ll = _loglik_kernel(y, new_eta, new_mu, w)
-    for _ in range(tries):
-        worse = ~(new_ll >= ll - 1e-12 * np.abs(ll))
-        if not worse.any():
-            break
-        idx = np.flatnonzero(worse)
-        t[idx] /= 2
-        new_eta[idx] = np.clip(eta[idx] + t[idx, None] * d_eta[idx], -700.0, 700.0)
-        new_mu[idx] = np.exp(new_eta[idx])
-        new_ll[idx] = _loglik_kernel(y[idx], new_eta[idx], new_mu[idx], w[idx])
-    return t, new_eta, new_mu, new_ll
-
-
-def _sandwich(Xt: FloatArray, y: FloatArray, w: FloatArray, beta: FloatArray, mu: FloatArray,
-              keep: BoolArray, converged: BoolArray, part: BoolArray | None,
-              cov_type: str | None) -> tuple[FloatArray, FloatArray, FloatArray]:
+def _sandwich(Xt: FloatArray, y: FloatArray, w: FloatArray, newton: Newton,
+              keep: BoolArray, part: BoolArray | None, cov_type: str | None
+              ) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Estimates and robust (HC0/HC1) covariance matrices, whole and the `part` rows' share.
 
     NaN for failed replicates and in the rows and columns of dropped terms; the share is 0
-    without `part`, and NaN (like the covariance) with `cov_type=None`."""
+    without `part`, and NaN (like the covariance) with `cov_type=None`. The bread is the
+    last Newton step's inverse Hessian where that step moved no linear predictor by more
+    than REUSE (so the Hessian at the estimate differs from it by a factor within
+    exp(±REUSE) per row), else the Hessian is formed again at the estimate."""
     K, p, n = Xt.shape
     coef = np.full((K, p), np.nan)
     cov_all = np.full((K, p, p), np.nan)
     part_all = np.full((K, p, p), np.nan)
-    idx = np.flatnonzero(converged)
+    idx = np.flatnonzero(newton.converged)
     if idx.size == 0:
         return coef, cov_all, part_all
     sel = slice(None) if idx.size == K else idx
-    Xc, yc, wc, bc, kc, mu = Xt[sel], y[sel], w[sel], beta[sel], keep[sel], mu[sel]
-    coef[idx] = np.where(kc, bc, np.nan)
+    Xc, yc, wc, kc, mu = Xt[sel], y[sel], w[sel], keep[sel], newton.mu[sel]
+    coef[idx] = np.where(kc, newton.beta[sel], np.nan)
     if cov_type is None:
         return coef, cov_all, part_all
-    eye = np.eye(p)
     both = kc[:, :, None] & kc[:, None, :]
-    hess = _gram(Xc, wc * mu) * both + eye * (~kc)[:, :, None]
-    bread = _inverse(hess) * both  # zero rows/columns for dropped terms: they drop out
+    bread = newton.bread[sel]
+    stale = np.flatnonzero(~newton.fresh[sel])
+    if stale.size:
+        bread[stale] = spd_inverse(gram(Xc[stale], wc[stale] * mu[stale]) * both[stale]
+                                   + np.eye(p) * (~kc[stale])[:, :, None])
+    bread = bread * both  # zero rows/columns for dropped terms: they drop out
     r2: FloatArray = np.square(wc * (yc - mu))
-    npar = kc.sum(axis=1)
-    factor = np.ones(len(idx)) if cov_type == "HC0" else _hc1_factor(wc, npar)
-    cov = bread @ _gram(Xc, r2) @ bread * factor[:, None, None]
-    cov_all[idx] = np.where(both, (cov + np.swapaxes(cov, 1, 2)) / 2, np.nan)
+    factor = np.ones(len(idx)) if cov_type == "HC0" else _hc1_factor(wc, kc.sum(axis=1))
+    meat = gram(Xc, r2)
+    cov_all[idx] = _symmetric(bread @ meat @ bread * factor[:, None, None], both)
     if part is None:
         part_all[idx] = np.where(both, 0.0, np.nan)
     else:
         pc = np.asarray(part, bool).reshape(K, n)[sel]
-        cov_p = bread @ _gram(Xc, r2 * pc) @ bread * factor[:, None, None]
-        part_all[idx] = np.where(both, (cov_p + np.swapaxes(cov_p, 1, 2)) / 2, np.nan)
+        meat_p = _part_meat(Xc, r2, pc, meat)
+        part_all[idx] = _symmetric(bread @ meat_p @ bread * factor[:, None, None], both)
     return coef, cov_all, part_all
+
+
+def _symmetric(cov: FloatArray, both: BoolArray) -> FloatArray:
+    """(cov + cov') / 2, NaN in the rows and columns of dropped terms."""
+    out: FloatArray = np.where(both, (cov + np.swapaxes(cov, 1, 2)) / 2, np.nan)
+    return out
+
+
+def _part_meat(Xt: FloatArray, r2: FloatArray, part: BoolArray, meat: FloatArray
+               ) -> FloatArray:
+    """X' diag(r2 part) X. When the other rows lie in a short prefix (a combined fit's local
+    rows come first), the whole meat less theirs, which reads only that prefix."""
+    other = np.flatnonzero(((~part) & (r2 > 0)).any(axis=0))
+    end = int(other[-1]) + 1 if other.size else 0
+    if end > Xt.shape[2] // 2:
+        return gram(Xt, r2 * part)
+    rest: FloatArray = meat - gram(Xt[:, :, :end], r2[:, :end] * ~part[:, :end])
+    return rest
 
 
 def _hc1_factor(w: FloatArray, npar: IntArray) -> FloatArray:

@@ -144,7 +144,8 @@ def _check(schema: Schema, twins: list[Twin]
     if not twins:
         return "no twins", (), ""
     first = twins[0].provenance
-    if any(t.provenance.schema_hash != schema.hash for t in twins):
+    expected = schema.hash  # hashed once: it is the schema's canonical JSON each time
+    if any(t.provenance.schema_hash != expected for t in twins):
         return (f"twins made under another schema than {schema.short_hash}"), (), ""
     draws = {(t.provenance.release, t.provenance.created) for t in twins}
     if len(draws) > 1:

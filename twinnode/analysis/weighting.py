@@ -85,14 +85,8 @@ import pandas as pd
 from scipy.special import gammaln
 
 from twinnode.analysis.arrays import FloatArray, IntArray
-from twinnode.analysis.fit import (
-    MAX_ELEMENTS,
-    AnalysisOptions,
-    Block,
-    Stack,
-    align_peers,
-    stack_blocks,
-)
+from twinnode.analysis.design import Block, Rows, Stack, stack_blocks
+from twinnode.analysis.fit import MAX_ELEMENTS, AnalysisOptions, align_peers
 from twinnode.analysis.glm import BatchFit, estimable_columns_kpn, fit_poisson_columns
 from twinnode.analysis.options import (
     DEFAULT_FOLDS,
@@ -290,13 +284,12 @@ def validation_scores(schema: Schema, local_frame: pd.DataFrame, peers: Peers | 
                                  np.repeat(yL[None], folds, axis=0), train, cov_type=None)
     sums, counts = np.zeros((folds, len(grid), p)), np.zeros((folds, len(grid), p))
     sums[:, 0], counts[:, 0] = np.nan_to_num(local0.coef), np.isfinite(local0.coef)
-    local = Block(XL, yL, 1.0, False)
+    local = Block(np.ascontiguousarray(XL.T), yL, 1.0, False)
     n_twin = sum(t[0].rows for t in twins.values())
     chunk = max(1, MAX_ELEMENTS // max(1, (n + n_twin) * p))
     for start in range(0, r, chunk):
-        stack = stack_blocks([[local] + [Block(*design.matrix(t[i].arrays), 1.0, True)
-                                         for t in twins.values()]
-                              for i in range(start, min(r, start + chunk))])
+        stack = stack_blocks([[local] + [Rows(t[i].arrays, 1.0, True) for t in twins.values()]
+                              for i in range(start, min(r, start + chunk))], design)
         _add_fold_fits(stack, fold, grid, local0, sums, counts)
     with np.errstate(invalid="ignore", divide="ignore"):
         coef = np.where(counts > 0, sums / counts, 0.0)                  # (F, G, p)
