@@ -121,7 +121,7 @@ class Mallory:
     def beat(self) -> None:
         self.pub.send_multipart(encode_heartbeat(Heartbeat("mallory", 1, {}), self.signer))
 
-    def answer(self, requester: Identity, oversized: bool) -> bool:
+    def answer(self, c: LocalCluster, oversized: bool) -> bool:
         """Answer one pending catch-up request: one frame over the limit, or the twin."""
         if not self.router.poll(0):
             return False
@@ -129,10 +129,10 @@ class Mallory:
         if oversized:
             self.router.send_multipart([rid, b"twin:mallory", b"x" * 1_000_000])
             return True
-        verifier = Verifier(TrustStore([requester.peer()]), self.schema, ReplayGuard(),
-                            local="mallory")
+        verifier = Verifier(TrustStore([c.peer(n) for n in c.members]), self.schema,
+                            ReplayGuard(), local="mallory")
         req = verifier.open(frames).message
-        end = CatchupEnd("mallory", requester.name, req.request_id, 1)  # type: ignore[union-attr]
+        end = CatchupEnd("mallory", req.sender, req.request_id, 1)  # type: ignore[union-attr]
         self.router.send_multipart([rid, *self.twin])
         self.router.send_multipart([rid, *encode_catchup_end(end, self.signer)])
         return True
@@ -149,10 +149,11 @@ def test_one_oversized_frame_from_a_pinned_peer_cuts_links_that_then_heal(world,
             set_network(c, "bob", max_rows=1000)
             c.start()
 
-            def beating(cond):
+            def beating(cond, oversized: bool | None = None):
                 def check() -> bool:
                     mallory.beat()
-                    mallory.answer(c.identity("bob"), oversized=True)
+                    if oversized is not None:
+                        mallory.answer(c, oversized)
                     return cond()
                 return check
 
@@ -160,27 +161,33 @@ def test_one_oversized_frame_from_a_pinned_peer_cuts_links_that_then_heal(world,
                          "bob to hear mallory", names=["bob"])
             # Execute: one frame over bob's limit on PUB, one as a catch-up reply
             mallory.pub.send_multipart([b"twin:mallory", b"y" * 1_000_000])
-            c.wait_until(beating(lambda: "protocol error" in str(
-                peer_row(c, "bob", "mallory")["link"]["last_error"])), HEAL,
-                "bob to lose its links to mallory", names=["bob"])
+            c.ctl("bob", "status")
+            c.wait_until(beating(lambda: mallory.answer(c, oversized=True)), HEAL,
+                         "a catch-up request to answer", names=["bob"])
             ended = time.monotonic()
+            seen = {"sub": False, "dealer": False}
+
+            def cut() -> bool:
+                link = peer_row(c, "bob", "mallory")["link"]
+                for role in seen:
+                    seen[role] |= link[role] == "down"
+                return all(seen.values())
+
+            c.wait_until(beating(cut), HEAL, "bob to lose both links to mallory",
+                         names=["bob"])
             c.wait_until(beating(lambda: hears(c, "bob", "mallory")), HEAL,
                          "bob to hear mallory again", names=["bob"])
-            sub_healed = time.monotonic() - ended
-
-            def served() -> bool:
-                mallory.beat()
-                mallory.answer(c.identity("bob"), oversized=False)
-                return c.status("bob")["twins"].get("mallory", 0) == 1
-
-            c.wait_until(served, HEAL, "bob to fetch mallory's twin by catch-up",
-                         names=["bob"])
+            healed = time.monotonic() - ended
+            c.wait_until(beating(lambda: c.status("bob")["twins"].get("mallory", 0) == 1,
+                                 oversized=False),
+                         HEAL, "bob to fetch mallory's twin by catch-up", names=["bob"])
             fetched = time.monotonic() - ended
-            print(f"\noversized frame: subscription and catch-up up {sub_healed:.1f} s, "
-                  f"twin fetched {fetched:.1f} s after the fault")
+            print(f"\noversized frame: subscription and catch-up connection up again "
+                  f"{healed:.1f} s, twin fetched by catch-up {fetched:.1f} s after the fault")
             # Assert
             row = peer_row(c, "bob", "mallory")
             assert fetched < HEAL and row["link"]["relinks"] >= 1, row
+            assert "protocol error" in str(row["link"]["last_error"])
             assert "event=link.dropped" in c.log_path("bob").read_text()
     finally:
         mallory.close()
