@@ -70,8 +70,8 @@ class ReplayGuard:
     def decline(self, sender: str, seq: int) -> None:
         """Record a twin refused for good: catch-up does not ask for it again."""
         if sender not in self._settled:
+            held = self.holding(sender)  # the accepted ones: no declines yet
             settled = self._settled[sender] = SeqSet()
-            held = self.holding(sender)
             for a, b in ((1, held.watermark), *held.ranges):
                 if b >= a:
                     settled.add_range(a, b)
