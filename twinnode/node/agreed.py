@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 from twinnode.errors import TwinTooLarge
 from twinnode.eventlog import event
@@ -76,6 +76,11 @@ class PeerLimits:
         if text:
             event(log, "peer.limits", text, level=logging.WARNING, peer=hb.sender,
                   max_rows=said.max_rows, max_frame=said.max_frame)
+
+    def keep_only(self, peers: Iterable[str]) -> None:
+        """A peers reload: forget the limits of peers no longer pinned."""
+        keep = set(peers)
+        self.peers = {p: a for p, a in self.peers.items() if p in keep}
 
     def decline(self, guard: ReplayGuard, exc: TwinTooLarge) -> None:
         """A signed twin was refused as too large: never fetch that (sender, seq) again."""

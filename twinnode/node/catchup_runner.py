@@ -58,6 +58,8 @@ class CatchupRunner:
         if hb.sender not in self.catchup.peers:
             return
         self.counters["heartbeats"] += 1
+        if self.limits is not None:
+            self.limits.on_heartbeat(hb)
         if self.catchup.on_heartbeat(hb, guard):
             self.wanted[hb.sender].set()
 
@@ -72,6 +74,8 @@ class CatchupRunner:
     def set_peers(self, peers: Iterable[tuple[str, str]], pinned: Sequence[str]) -> None:
         """A peers reload (`Catchup.set_peers`): a wake-up event per peer, old ones kept."""
         self.catchup.set_peers(peers, pinned)
+        if self.limits is not None:
+            self.limits.keep_only(self.catchup.peers)
         self.wanted = {name: self.wanted.get(name) or asyncio.Event()
                        for name in self.catchup.peers}
 

@@ -345,7 +345,6 @@ class Node:
             event(log, "store.failed", str(exc), level=logging.ERROR, channel=channel)
             return None
         if isinstance(env.message, Heartbeat) and self.verifier is not None:
-            self.agreed.on_heartbeat(env.message)
             self.catchup_runner.on_heartbeat(env.message, self.verifier.guard)
         elif isinstance(env.message, CatchupRequest):
             await self.catchup_runner.serve(env.message, reply, self.require_store())

@@ -127,8 +127,9 @@ class Links:
             return
         if ev.event == zmq.EVENT_CONNECT_RETRIED:
             link.dropped.pop(ev.role, None)
-            self._error(link, f"{link.name} is not reachable (connection refused or lost; "
-                        "libzmq retries)", wall)
+            self._error(link, f"{link.name} is not reachable (connection refused or lost, or "
+                        "closed during the handshake: then check the CURVE key pinned here "
+                        "for it; libzmq retries)", wall)
             return
         was_up = link.up[ev.role]
         self._set_up(link, ev.role, False, now, wall)
@@ -268,13 +269,17 @@ class Links:
 
 async def keep(links: Links, transport: Relinker, states: Callable[[], Mapping[str, PeerState]],
                tick: float) -> None:
-    """Tick `links` every `tick` seconds until cancelled (never dies on an error)."""
+    """Tick `links` every `tick` seconds (at least 0.1) until cancelled; never dies."""
     while True:
-        await asyncio.sleep(tick)
+        await asyncio.sleep(max(tick, 0.1))
         try:
             links.step(transport, states())
+        except asyncio.CancelledError:
+            raise
         except zmq.ZMQError as exc:
             event(log, "link.error", f"relinking failed: {exc}", level=logging.WARNING)
+        except Exception:  # a bug: logged with its traceback, the watch goes on
+            log.exception("the links' watch failed")
 
 
 async def open_transport(identity: Identity, config: NodeConfig, limits: WireLimits,
