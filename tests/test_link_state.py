@@ -201,9 +201,10 @@ def test_peer_limits_hold_back_what_a_narrower_peer_cannot_take(small_schema):
     assert rows == 10 and frame is not None
     limits.on_heartbeat(Heartbeat("bob", 0, {}, max_rows=rows, max_frame=frame))
     limits.on_heartbeat(Heartbeat("carol", 0, {}))
-    assert not limits.fits_everyone(frames)
-    assert not limits.fits("bob", "alice", 1, frames) and limits.fits("carol", "alice", 1, frames)
+    assert not limits.fits_everyone(frames, "alice", 1)
     assert limits.unfit("bob") == {("alice", 1)} and limits.unfit("carol") == set()
+    assert not limits.fits("bob", "alice", 1, frames) and limits.fits("carol", "alice", 1, frames)
+    assert limits.withheld == {"bob": 2}
     assert "at most 10 rows" in (limits.mismatch("bob") or "")
     assert limits.mismatch("carol") is None
 

@@ -103,12 +103,14 @@ class PeerLimits:
         self.withheld[peer] += 1
         return False
 
-    def fits_everyone(self, frames: Sequence[bytes]) -> bool:
+    def fits_everyone(self, frames: Sequence[bytes], sender: str, seq: int) -> bool:
         """Whether every heard peer accepts this twin (what may go out live, on PUB)."""
         rows = twin_rows(frames)
-        narrower = [(p, a) for p, a in self.peers.items() if not a.fits(rows, frames)]
-        for peer, _ in narrower:
+        narrower = [p for p, a in self.peers.items() if not a.fits(rows, frames)]
+        for peer in narrower:
             self.withheld[peer] += 1
+        if narrower and rows is not None:
+            self.rows[(sender, seq)] = rows  # catch-up plans past it for them
         return not narrower
 
     def unfit(self, peer: str) -> set[tuple[str, int]]:

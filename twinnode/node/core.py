@@ -438,7 +438,7 @@ class Node:
                     raise ControlError(f"own twin {i} (seq {seq}) refused ({exc.reason}): "
                                        f"{exc}") from None
             seqs.append(seq)
-            if self.agreed.fits_everyone(env.frames):  # else served per peer (`node.agreed`)
+            if self.agreed.fits_everyone(env.frames, self.name, seq):  # (`node.agreed`)
                 await self.transport.publish(env.frames)
             self.counters["published"] += 1
             if progress is not None:
