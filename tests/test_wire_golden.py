@@ -64,6 +64,9 @@ GOLDEN = {
     "hb": "bf6a552ebe1c67f189d15cfb7beed4973ff9d5561383d7ad9843206bcfd9cb97",
     "req": "8ce444b63755df3d47afee9ceca19d590f0aef1e42be37353f63228c4ac47610",
     "end": "661c25554cc915605fcb35742ab3d9ba622cd6723bab36ed6120a448d144d977",
+    # a heartbeat carrying its sender's limits (issue 15); "hb" above, without them, is the
+    # heartbeat of a node at the default limits, byte for byte as before
+    "hb-limits": "ef1166eb379f18f5120892d6c1476fea47d362b38fc727a9b9bb2a58088905d6",
 }
 
 
@@ -103,6 +106,8 @@ def golden_messages() -> dict[str, list[bytes]]:
         "twin": encode_twin(golden_twin(), SCHEMA, 42, signer),
         "hb": encode_heartbeat(Heartbeat("alice", 42, {"bob": 7, "carol": 0}, CREATED,
                                          nonce["hb"]), signer),
+        "hb-limits": encode_heartbeat(Heartbeat("alice", 42, {"bob": 7, "carol": 0}, CREATED,
+                                                nonce["hb"], 500, 123_456), signer),
         "req": encode_catchup_request(CatchupRequest("alice", "bob", have, rid, CREATED,
                                                      nonce["req"]), signer),
         "end": encode_catchup_end(CatchupEnd("alice", "bob", rid, 17, CREATED, nonce["end"]),
@@ -128,7 +133,12 @@ def test_the_pinned_frames_open_back_to_the_messages_that_made_them() -> None:
     for name, values in sent.arrays.items():
         want = values.astype(np.float32) if name == "age" else values
         np.testing.assert_array_equal(twin.arrays[name], want)
-    assert decode_heartbeat(messages["hb"], verifier).message.holdings == {"bob": 7, "carol": 0}
+    hb = decode_heartbeat(messages["hb"], verifier).message
+    assert hb.holdings == {"bob": 7, "carol": 0} and (hb.max_rows, hb.max_frame) == (None, None)
+    hb = decode_heartbeat(messages["hb-limits"], Verifier(trust, SCHEMA, ReplayGuard(),
+                                                          local="bob", clock=lambda: CREATED)
+                          ).message
+    assert (hb.max_rows, hb.max_frame, hb.holdings) == (500, 123_456, {"bob": 7, "carol": 0})
     req = decode_catchup_request(messages["req"], verifier).message
     assert req.have["carol"] == Holding(5, ((8, 9), (12, 20)))
     assert decode_catchup_end(messages["end"], verifier).message.count == 17

@@ -16,6 +16,7 @@ a clear message, a counter or an exit code. Anything else is a bug.
     │   └── CardError          a peer card is malformed, forged, or not another key's rotation
     ├── WireError              a peer's message is refused (one subclass per reason)
     │   ├── MalformedMessage   frame count/size, msgpack, field types
+    │   │   └── TwinTooLarge   a signed twin with more rows (or bytes) than we accept
     │   ├── UnsupportedVersion
     │   ├── UnknownSender      sender not pinned in the trust store
     │   ├── InvalidSignature
@@ -114,6 +115,13 @@ class WireError(TwinnodeError):
 
 class MalformedMessage(WireError):
     reason = "malformed"
+
+
+class TwinTooLarge(MalformedMessage):
+    """A twin its sender signed, with more rows (or a bigger payload) than this node accepts:
+    refused for good, so it is not fetched again (`ReplayGuard.decline`)."""
+
+    reason = "too-large"
 
 
 class UnsupportedVersion(WireError):

@@ -231,6 +231,22 @@ def _peer_rows(peers: Sequence[Mapping[str, Any]], detail: bool = False) -> list
     return _table(header, rows)
 
 
+def _link_lines(peers: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Per peer whose link is down: since when and the last error; per limits mismatch: it."""
+    lines = []
+    for p in peers:
+        link = p.get("link") or {}
+        if link.get("down_since") is not None:
+            line = (f"  {p['name']}: disconnected since {_when(link['down_since'])} "
+                    f"({_duration(link.get('down_for') or 0)})")
+            if link.get("last_error"):
+                line += f", last error: {link['last_error']}"
+            lines.append(line + f" (relinks {link.get('relinks', 0)})")
+        if p.get("limits_mismatch"):
+            lines.append(f"  {p['name']}: {p['limits_mismatch']}")
+    return lines
+
+
 def format_status(r: Mapping[str, Any]) -> str:
     head = f"node {r['node']}"
     extras = [f"pid {r['pid']}" if r.get("pid") else "",
@@ -243,13 +259,14 @@ def format_status(r: Mapping[str, Any]) -> str:
         lines.append(f"budget: {_budget(r['budget'])}")
     lines.append("peers:")
     lines += _peer_rows(r.get("peers", []))
+    lines += _link_lines(r.get("peers", []))
     lines.append(f"twins held: {_counts(r.get('twins', {}))}")
     lines.append(f"rejected: {_counts(r.get('rejected', {}))}")
     return "\n".join(lines)
 
 
 def format_peers(r: Mapping[str, Any]) -> str:
-    lines = ["peers:", *_peer_rows(r["peers"], detail=True)]
+    lines = ["peers:", *_peer_rows(r["peers"], detail=True), *_link_lines(r["peers"])]
     if "reload" in r:
         change = {k: v for k, v in r["reload"].items() if k != "pinned" and v}
         lines.insert(0, "reloaded: " + ("; ".join(f"{k} {', '.join(v)}" for k, v in

@@ -18,6 +18,7 @@ from typing import Iterable, Mapping, Sequence
 
 from twinnode.errors import StoreError
 from twinnode.eventlog import event
+from twinnode.node.agreed import PeerLimits
 from twinnode.node.catchup import CATCHUP_GAP, CATCHUP_TIMEOUT, Catchup
 from twinnode.node.config import NetworkSection
 from twinnode.node.receiving import Reply
@@ -41,9 +42,11 @@ class CatchupRunner:
     """Runs one node's catch-up: `wanted[peer]` wakes that peer's worker."""
 
     def __init__(self, catchup: Catchup, own: str, signer: Signer, network: NetworkSection,
-                 counters: Counter[str], rejected: Counter[str]) -> None:
+                 counters: Counter[str], rejected: Counter[str],
+                 limits: PeerLimits | None = None) -> None:
         self.catchup, self.own, self.signer, self.network = catchup, own, signer, network
         self.counters, self.rejected = counters, rejected
+        self.limits = limits  # what each peer accepts (`node.agreed`): serve only that
         self.wanted = {name: asyncio.Event() for name in catchup.peers}
         self._ends: dict[bytes, asyncio.Future[CatchupEnd]] = {}
 
@@ -55,6 +58,8 @@ class CatchupRunner:
         if hb.sender not in self.catchup.peers:
             return
         self.counters["heartbeats"] += 1
+        if self.limits is not None:
+            self.limits.on_heartbeat(hb)
         if self.catchup.on_heartbeat(hb, guard):
             self.wanted[hb.sender].set()
 
@@ -69,6 +74,8 @@ class CatchupRunner:
     def set_peers(self, peers: Iterable[tuple[str, str]], pinned: Sequence[str]) -> None:
         """A peers reload (`Catchup.set_peers`): a wake-up event per peer, old ones kept."""
         self.catchup.set_peers(peers, pinned)
+        if self.limits is not None:
+            self.limits.keep_only(self.catchup.peers)
         self.wanted = {name: self.wanted.get(name) or asyncio.Event()
                        for name in self.catchup.peers}
 
@@ -82,7 +89,9 @@ class CatchupRunner:
     async def heartbeats(self, transport: Transport, guard: ReplayGuard) -> None:
         """Publish our heartbeat (latest own seq, what we hold) every heartbeat interval."""
         while True:
-            hb = Heartbeat(self.own, guard.holding(self.own).latest, guard.holdings())
+            rows, frame = self.limits.advert() if self.limits else (None, None)
+            hb = Heartbeat(self.own, guard.holding(self.own).latest, guard.holdings(),
+                           max_rows=rows, max_frame=frame)
             await transport.publish(encode_heartbeat(hb, self.signer))
             await asyncio.sleep(self.network.heartbeat_interval)
 
@@ -162,7 +171,7 @@ class CatchupRunner:
                                            self.signer))
             return
         wanted = await asyncio.to_thread(self.missing_for, store, req.have,
-                                         self.network.catchup_batch)
+                                         self.network.catchup_batch, req.sender)
         sent = 0
         for sender, seq in wanted:
             try:
@@ -171,6 +180,8 @@ class CatchupRunner:
                 event(log, "store.unreadable", str(exc), level=logging.ERROR, peer=sender,
                       seq=seq)
                 continue
+            if self.limits is not None and not self.limits.fits(req.sender, sender, seq, frames):
+                continue  # larger than the requester accepts (`node.agreed`)
             if not await reply(frames):
                 return
             sent += 1
@@ -181,10 +192,13 @@ class CatchupRunner:
               level=logging.INFO if sent else logging.DEBUG)
 
     def missing_for(self, store: Store, have: Mapping[str, Holding],
-                    limit: int) -> list[tuple[str, int]]:
+                    limit: int, requester: str = "") -> list[tuple[str, int]]:
         """Up to `limit` (sender, seq) we hold and the requester lacks, of the senders it
-        names in `have` (it names every sender it pins, so it never gets what it refuses):
-        the store says what each lacks, `Catchup.serve_plan` interleaves them."""
-        lacking = {sender: store.missing(sender, have[sender], limit)
+        names in `have` (it names every sender it pins, so it never gets what it refuses),
+        less those known to be larger than it accepts: the store says what each lacks,
+        `Catchup.serve_plan` interleaves them."""
+        unfit = self.limits.unfit(requester) if self.limits is not None else set()
+        lacking = {sender: [q for q in store.missing(sender, have[sender], limit + len(unfit))
+                            if (sender, q) not in unfit][:limit]
                    for sender in sorted(set(have) & set(store.counts()))}
         return self.catchup.serve_plan(lacking, limit)

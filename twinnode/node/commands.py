@@ -191,11 +191,12 @@ def _peer_rows(ctx: NodeContext) -> list[dict[str, Any]]:
     interval = ctx.config.network.heartbeat_interval
     held = ctx.require_store().counts()
     now = time.monotonic()
+    links = ctx.links.rows()
     return [{"name": p.name, "address": p.address, "connected": p.alive(interval, now),
              "last_heartbeat_age": None if p.last_heartbeat is None else now - p.last_heartbeat,
              "latest_seq": p.latest, "held": held.get(p.name, 0),
              "fingerprint": ctx.trust.get(p.name).sign_fingerprint if p.name in ctx.trust
-             else None}
+             else None, "link": links.get(p.name), **ctx.agreed.row(p.name)}
             for p in ctx.peers.values()]
 
 

@@ -72,6 +72,8 @@ class NetworkSection:
     catchup_batch: int = 64
     hwm: int = 10_000
     max_rows: int = 1_000_000           # rows in one peer twin (wire.WireLimits.max_rows)
+    relink_after: int = 5               # heartbeats of a peer's silence before a relink (0: off)
+    relink_max: float = 30.0            # seconds: the longest wait between two relinks
 
 
 @dataclass(frozen=True)
@@ -261,7 +263,11 @@ def _network_section(ne: _Section) -> NetworkSection:
         catchup_interval=ne.number("catchup_interval", 10.0, lo=0.1, hi=86_400.0),
         catchup_batch=ne.integer("catchup_batch", 64, lo=1, hi=10_000),
         hwm=ne.integer("hwm", 10_000, lo=10, hi=10_000_000),
-        max_rows=ne.integer("max_rows", 1_000_000, lo=1, hi=1_000_000))
+        max_rows=ne.integer("max_rows", 1_000_000, lo=1, hi=1_000_000),
+        relink_after=ne.integer("relink_after", 5, lo=0, hi=10_000),
+        relink_max=ne.number("relink_max", 30.0, lo=0.1, hi=86_400.0))
+    if 0 < network.relink_after < 2:
+        raise ne.error("relink_after", "must be 0 (never relink) or at least 2 heartbeats")
     if network.pub == network.router:
         raise ne.error("router", f"{network.router} is also the pub address")
     ne.finish()

@@ -11,8 +11,10 @@ from collections import Counter
 from typing import Any, Callable, Mapping, Protocol
 
 from twinnode.generator.privacy import Ledger
+from twinnode.node.agreed import PeerLimits
 from twinnode.node.catchup import PeerState
 from twinnode.node.config import NodeConfig
+from twinnode.node.links import Links
 from twinnode.node.slot import Body, JobState
 from twinnode.node.stored_twins import StoredTwins
 from twinnode.schema import Schema
@@ -62,6 +64,14 @@ class NodeContext(Protocol):
     @property
     def peers(self) -> Mapping[str, PeerState]:
         """What the node knows of each pinned peer (catch-up state)."""
+
+    @property
+    def links(self) -> Links:
+        """Each peer's connections: up or down since when, the last error, relinks."""
+
+    @property
+    def agreed(self) -> PeerLimits:
+        """What each peer accepts, what we withheld from it, what of its we refused."""
 
     @property
     def stored_twins(self) -> StoredTwins:

@@ -6,7 +6,8 @@
               publish job when nothing of ours was published yet)
     tasks     SUB loop (twins, heartbeats) - ROUTER loop (catch-up requests, each answered
               in a task of its own, at most MAX_SERVING at once) - one DEALER loop and one
-              catch-up worker per peer - heartbeat - periodic catch-up - the peers file's
+              catch-up worker per peer - heartbeat - periodic catch-up - the links' watch
+              (`node.links`: a silent peer's connections made again) - the peers file's
               watch (`reload_peers`, as `ctl peers reload`: `node.membership`'s change)
     stop()    cancel the job (a training worker is terminated, its ledger charge stays),
               cancel the tasks, close the control socket, the sockets (linger 0), the store
@@ -44,10 +45,12 @@ from twinnode.errors import (
     DuplicateMessage,
     MalformedMessage,
     StoreError,
+    TwinTooLarge,
     WireError,
 )
 from twinnode.eventlog import event
 from twinnode.generator.privacy import Ledger
+from twinnode.node.agreed import PeerLimits
 from twinnode.node.catchup import Catchup, PeerState
 from twinnode.node.catchup_runner import CatchupRunner
 from twinnode.node.commands import handlers
@@ -55,6 +58,7 @@ from twinnode.node.config import NodeConfig, read_peers
 from twinnode.node.context import Progress
 from twinnode.node.control_server import ControlServer
 from twinnode.node.jobs import auto_publish_blocker, publish_job
+from twinnode.node.links import Links, keep, open_transport
 from twinnode.node.membership import PeerChanges, log_changes, peer_changes
 from twinnode.node.own_releases import published_before
 from twinnode.node.receiving import Reply, max_frame_bytes, receive_loop, tagged, watch_peers
@@ -110,8 +114,10 @@ class Node:
         self.counters: Counter[str] = Counter()
         self.catchup = Catchup([(p.name, p.pub_address or "") for p in config.peers],
                                self.trust.names, config.network.heartbeat_interval)
+        self.agreed = PeerLimits(self.schema, self.limits)
         self.catchup_runner = CatchupRunner(self.catchup, self.name, self.signer, config.network,
-                                            self.counters, self.rejected)
+                                            self.counters, self.rejected, self.agreed)
+        self.links = Links.of(config, self.me.curve_fingerprint, max_frame_bytes(self.limits))
         self.stored_twins = StoredTwins(self.trust, self.schema, self.limits)
         self.store: Store | None = None
         self.verifier: Verifier | None = None
@@ -153,7 +159,8 @@ class Node:
         self._stop_requested.clear()
         try:
             await self.open()
-            self.transport = await self._connect()
+            self.transport = await open_transport(self.identity, self.config, self.limits,
+                                                  self.refusals.denied)
             self.control = ControlServer(self.layout.control_socket, handlers(self))
             await self.control.start()
             self._run_tasks()
@@ -170,20 +177,6 @@ class Node:
                 self.start_job("publish", lambda job: publish_job(self, job, {}))
             else:
                 event(log, "training.auto_skipped", why, level=logging.WARNING)
-
-    async def _connect(self) -> Transport:
-        """Bind PUB and ROUTER behind the ZAP allow-list, connect to every pinned peer."""
-        net = self.config.network
-        transport = self.transport = Transport(
-            self.identity.curve_public, self.identity.curve_secret,
-            [p.curve_key for p in self.config.peers], hwm=net.hwm,
-            reply_hwm=net.catchup_batch + 2, max_message_bytes=max_frame_bytes(self.limits),
-            on_denied=self.refusals.denied)
-        await transport.start(net.pub, net.router)
-        for peer in self.config.peers:
-            transport.connect(peer.name, peer.pub_address or "", peer.router_address or "",
-                              peer.curve_key)
-        return transport
 
     def _peer_loops(self, name: str) -> None:
         """The DEALER receive loop and the catch-up worker of one peer."""
@@ -212,6 +205,8 @@ class Node:
                     receive_loop("router", from_router, self._receive, self.rejected,
                                  serving=self._serving, concurrent=MAX_SERVING),
                     runner.heartbeats(transport, self.verifier.guard), runner.periodic(),
+                    keep(self.links, transport, lambda: self.catchup.peers,
+                         min(self.config.network.heartbeat_interval, 1.0)),
                     watch_peers([self.config.path, self.config.peers_file],
                                 self.reload_peers))
         for name in self.peers:
@@ -257,6 +252,7 @@ class Node:
             self.config = replace(self.config, peers=new)
             self.catchup_runner.set_peers([(p.name, p.pub_address or "") for p in new],
                                           self.trust.names)
+            self.links.set_peers(new)
             if change and self.transport is not None:
                 await self._relink(change)
             return log_changes(change, self.trust, self.name)
@@ -341,6 +337,8 @@ class Node:
                     raise tagged(exc, env) from None
         except WireError as exc:
             self.refusals.refused(exc, channel)
+            if isinstance(exc, TwinTooLarge) and self.verifier is not None:  # signed: for good
+                self.agreed.decline(self.verifier.guard, exc)
             return None
         except StoreError as exc:
             self.rejected["store"] += 1
@@ -440,7 +438,8 @@ class Node:
                     raise ControlError(f"own twin {i} (seq {seq}) refused ({exc.reason}): "
                                        f"{exc}") from None
             seqs.append(seq)
-            await self.transport.publish(env.frames)
+            if self.agreed.fits_everyone(env.frames, self.name, seq):  # (`node.agreed`)
+                await self.transport.publish(env.frames)
             self.counters["published"] += 1
             if progress is not None:
                 progress(len(done) + len(seqs), len(release.twins))

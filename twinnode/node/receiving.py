@@ -17,7 +17,7 @@ from typing import Any, Awaitable, Callable, Coroutine, Sequence
 from twinnode.errors import TwinnodeError, WireError
 from twinnode.eventlog import event
 from twinnode.node.peersfile import Stamp
-from twinnode.wire import Envelope, WireLimits
+from twinnode.wire import Envelope, WireLimits, frame_limit
 
 log = logging.getLogger("twinnode.node")
 
@@ -56,7 +56,7 @@ async def receive_loop(channel: str, receive: Receive, handle: Handle, rejected:
 
 def max_frame_bytes(limits: WireLimits) -> int:
     """The socket's MAXMSGSIZE: the largest frame the wire accepts, plus CURVE's framing."""
-    return max(limits.max_payload_bytes, limits.max_header_bytes) + 4096
+    return frame_limit(limits)
 
 
 def tagged(exc: WireError, env: Envelope) -> WireError:

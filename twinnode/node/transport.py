@@ -18,17 +18,24 @@ for SEND_TIMEOUT is abandoned. PUB drops messages for a slow
 subscriber by design (catch-up repairs that); DEALERs are `immediate`, so a request to a peer
 that is down fails at once instead of queueing and arriving stale. This module never looks
 inside a message: framing, signatures and meaning are `wire.py`'s and the node's.
+
+libzmq gives up on a connection for good after a ZAP denial, a failed CURVE handshake or a
+protocol error (a frame over MAXMSGSIZE): it retries only lost TCP connections. So the SUB
+and every DEALER carry a socket monitor; `link_events` drains what they saw (without
+blocking), and `relink` disconnects and connects one peer's endpoints again (`node.links`
+decides when).
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, NamedTuple, Sequence
 
 import zmq
 import zmq.asyncio
 from zmq.auth.asyncio import AsyncioAuthenticator
+from zmq.utils.monitor import parse_monitor_message
 
 from twinnode.errors import TransportError
 
@@ -41,7 +48,22 @@ RECV_HWM = 100  # messages queued per inbound connection (a catch-up batch is 64
 REBIND_TIMEOUT = 5.0  # seconds to get a port back after unbinding it (libzmq frees it async)
 REPLY_HWM = 66  # catch-up reply messages queued per requester (a batch of 64 + its end + 1)
 
+LINK_EVENTS = (zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+               | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+               | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+
 DeniedFn = Callable[[bytes], None]  # called with the Z85 key of a refused CURVE client
+
+
+class LinkEvent(NamedTuple):
+    """What a socket monitor saw: `role` "sub" (endpoint: a peer's PUB) or "dealer" (`peer`
+    set), the zmq event number and its value (a ZAP status or protocol error code)."""
+
+    role: str
+    peer: str | None
+    endpoint: str
+    event: int
+    value: int
 
 
 class AllowList:
@@ -79,6 +101,7 @@ class Transport:
         self.sub: zmq.asyncio.Socket | None = None
         self.dealers: dict[str, zmq.asyncio.Socket] = {}
         self.endpoints: dict[str, str] = {}
+        self._monitors: dict[str | None, tuple[zmq.asyncio.Socket, zmq.Socket]] = {}
 
     async def start(self, pub: str, router: str) -> None:
         """Start the ZAP handler, then bind PUB and ROUTER and open the SUB socket."""
@@ -96,6 +119,7 @@ class Transport:
             self._client(self.sub)
             for prefix in SUBSCRIPTIONS:
                 self.sub.setsockopt(zmq.SUBSCRIBE, prefix)
+            self._monitor(None, self.sub)
         except BaseException:
             self.close()
             raise
@@ -113,6 +137,7 @@ class Transport:
             dealer = self._socket(zmq.DEALER)
             self._client(dealer, server_key)
             dealer.setsockopt(zmq.IMMEDIATE, 1)
+            self._monitor(peer, dealer)
             dealer.connect(router_address)
         except zmq.ZMQError as exc:
             raise TransportError(f"cannot connect to peer {peer!r} at {pub_address} / "
@@ -128,7 +153,40 @@ class Transport:
                 pass  # never connected (or already gone)
         dealer = self.dealers.pop(peer, None)
         if dealer is not None:
+            self._unmonitor(peer, dealer)
             dealer.close(linger=0)
+
+    def relink(self, peer: str, pub_address: str, router_address: str, server_key: bytes,
+               roles: Iterable[str] = ("sub", "dealer")) -> None:
+        """Drop and make again our connection(s) to `peer`'s PUB ("sub") and ROUTER ("dealer"):
+        the sockets stay open (a pending receive goes on), libzmq shakes hands anew."""
+        roles = set(roles)
+        if "sub" in roles and self.sub is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                self.sub.disconnect(pub_address)
+            self.sub.setsockopt(zmq.CURVE_SERVERKEY, server_key)
+            self.sub.connect(pub_address)
+        dealer = self.dealers.get(peer)
+        if "dealer" in roles and dealer is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                dealer.disconnect(router_address)
+            dealer.connect(router_address)
+
+    def link_events(self) -> list[LinkEvent]:
+        """Every event the SUB's and the DEALERs' monitors saw since the last call (no wait)."""
+        out = []
+        for peer, (_, reader) in list(self._monitors.items()):
+            while True:
+                try:
+                    msg = parse_monitor_message(reader.recv_multipart(zmq.NOBLOCK))
+                except zmq.Again:
+                    break
+                except zmq.ZMQError:  # the monitored socket is gone
+                    break
+                endpoint = bytes(msg["endpoint"]).decode("utf-8", "replace")
+                out.append(LinkEvent("sub" if peer is None else "dealer", peer, endpoint,
+                                     int(msg["event"]), int(msg["value"])))
+        return out
 
     def allow_only(self, keys: Iterable[bytes]) -> None:
         """Replace the ZAP allow-list; `rebind` makes connected clients shake hands again."""
@@ -194,6 +252,9 @@ class Transport:
 
     def close(self) -> None:
         """Close every socket (linger 0) and stop the ZAP handler; safe to call twice."""
+        for mon, _ in self._monitors.values():
+            mon.close(linger=0)
+        self._monitors = {}
         for sock in [self.pub, self.router, self.sub, *self.dealers.values()]:
             if sock is not None:
                 sock.close(linger=0)
@@ -240,6 +301,18 @@ class Transport:
             sock.setsockopt(zmq.CURVE_SERVERKEY, server_key)
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+
+    def _monitor(self, peer: str | None, sock: zmq.asyncio.Socket) -> None:
+        """Watch `sock`'s links (`link_events`); `peer` None is the SUB."""
+        mon = sock.get_monitor_socket(LINK_EVENTS)
+        self._monitors[peer] = (mon, zmq.Socket.shadow(mon.underlying))
+
+    def _unmonitor(self, peer: str, sock: zmq.asyncio.Socket) -> None:
+        watched = self._monitors.pop(peer, None)
+        if watched is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                sock.disable_monitor()
+            watched[0].close(linger=0)
 
     def _dealer(self, peer: str) -> zmq.asyncio.Socket:
         try:

@@ -13,7 +13,10 @@ under an accepted (sender, seq): the sender signed two messages with one seq. It
 from a plain replay while the first twin's digest is among the last `max_digests` accepted.
 
 Nothing is recorded until `accept`, which the node calls after the twin is durably stored, so a
-twin refused by a later check (schema) is not burnt. `twinnode.wire` re-exports this module's
+twin refused by a later check (schema) is not burnt. A twin refused for good (its signed header
+says it is larger than this node takes) is `decline`d: it counts as settled in what catch-up
+asks for (`holding`, `missing`, the window) so it is never fetched again, but not as accepted
+(`holdings`, what heartbeats say we hold, leaves it out: we cannot serve it). `twinnode.wire` re-exports this module's
 API (a `Verifier` is built with a `ReplayGuard`).
 """
 from __future__ import annotations
@@ -35,6 +38,7 @@ class ReplayGuard:
         self.max_ahead = max_ahead
         self.window = window
         self._seqs: dict[str, SeqSet] = {}
+        self._settled: dict[str, SeqSet] = {}   # accepted + declined, for senders with declines
         self._by_seq: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._by_digest: dict[tuple[str, bytes], int] = {}
 
@@ -60,11 +64,22 @@ class ReplayGuard:
         """Record a stored twin; idempotent."""
         self._remember(sender, seq, digest)
         self._seqs.setdefault(sender, SeqSet()).add(seq)
+        if sender in self._settled:
+            self._settled[sender].add(seq)
+
+    def decline(self, sender: str, seq: int) -> None:
+        """Record a twin refused for good: catch-up does not ask for it again."""
+        if sender not in self._settled:
+            held = self.holding(sender)  # the accepted ones: no declines yet
+            settled = self._settled[sender] = SeqSet()
+            for a, b in ((1, held.watermark), *held.ranges):
+                if b >= a:
+                    settled.add_range(a, b)
+        self._settled[sender].add(seq)
 
     def latest(self, sender: str) -> int:
-        """The contiguous watermark: every seq 1..latest from `sender` is accepted (0: none)."""
-        seqs = self._seqs.get(sender)
-        return seqs.watermark if seqs else 0
+        """The contiguous watermark: every seq 1..latest from `sender` is settled (0: none)."""
+        return self.holding(sender).watermark
 
     def accepted(self, sender: str, seq: int) -> bool:
         seqs = self._seqs.get(sender)
@@ -75,7 +90,8 @@ class ReplayGuard:
         return self.holding(sender).gaps(upto, limit)
 
     def holding(self, sender: str) -> Holding:
-        seqs = self._seqs.get(sender)
+        """What is settled of `sender`'s seqs: accepted, or declined for good."""
+        seqs = self._settled.get(sender) or self._seqs.get(sender)
         return seqs.holding() if seqs else Holding()
 
     def have(self) -> dict[str, Holding]:

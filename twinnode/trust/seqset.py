@@ -142,6 +142,15 @@ class SeqSet:
             del self._starts[0]
         self._holding = None
 
+    def add_range(self, first: int, last: int) -> None:
+        """Add every seq in first..last (ascending adds: cheap when it extends the top)."""
+        if first <= self.watermark + 1 and not self._starts:
+            self.watermark = max(self.watermark, last)
+            self._holding = None
+            return
+        for seq in range(first, last + 1):
+            self.add(seq)
+
     def __contains__(self, seq: int) -> bool:
         if 1 <= seq <= self.watermark:
             return True

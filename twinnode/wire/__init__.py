@@ -6,7 +6,8 @@
     columnar   a twin's columns as typed bytes
     checks     the structural checks of inbound frames, before the signature
     verify     `Verifier`: every check in the protocol's order; `rejection_line`
-    limits     `WireLimits`, `limits_for`: bounds on what a peer can make us parse
+    limits     `WireLimits`, `limits_for`: bounds on what a peer can make us parse;
+               `frame_limit` (a socket's MAXMSGSIZE), `twin_rows` (for what a peer accepts)
 
 No sockets, no data frames, no JAX (an import-linter contract keeps it so): the node's
 transport moves these frames, the store keeps them verbatim. The names below are the API the
@@ -38,13 +39,13 @@ from twinnode.wire.envelope import (
     signed_message,
     topic,
 )
-from twinnode.wire.limits import WireLimits, limits_for
+from twinnode.wire.limits import WireLimits, frame_limit, limits_for, twin_rows
 from twinnode.wire.messages import CatchupEnd, CatchupRequest, Heartbeat
 from twinnode.wire.verify import Verifier, rejection_line
 
 __all__ = ["VERSION", "FAMILIES", "TWIN", "HEARTBEAT", "REQUEST", "END", "WireLimits",
            "Signer", "Envelope", "Heartbeat", "CatchupRequest", "CatchupEnd", "Holding",
-           "ReplayGuard", "Verifier", "limits_for", "topic", "signed_message", "seal",
+           "ReplayGuard", "Verifier", "limits_for", "frame_limit", "twin_rows", "topic", "signed_message", "seal",
            "encode_twin", "twin_digest", "encode_heartbeat", "encode_catchup_request",
            "encode_catchup_end", "decode_twin", "decode_heartbeat", "decode_catchup_request",
            "decode_catchup_end", "rejection_line"]

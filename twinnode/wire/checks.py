@@ -86,6 +86,9 @@ def check_header(h: dict[Any, Any], topic_frame: bytes, limits: WireLimits,
         raise MalformedMessage(f"unknown message type {family!r:.40}")
     spec = _SPECS[family]
     keys = set(h)
+    optional = _OPTIONAL.get(family, {})
+    if keys & set(optional):  # optional fields come all together or not at all
+        spec = spec | optional
     if keys != set(spec):
         missing = sorted(set(spec) - keys)
         extra = sorted(repr(k)[:40] for k in keys - set(spec))
@@ -243,4 +246,8 @@ _SPECS: dict[str, dict[str, Check]] = {
                         "nonce": _bin(NONCE_BYTES)},
     END: _COMMON | {"to": _name, "request_id": _bin(NONCE_BYTES), "count": _int(0),
                     "nonce": _bin(NONCE_BYTES)},
+}
+# fields a header may carry, all of them or none (a heartbeat without them: the defaults)
+_OPTIONAL: dict[str, dict[str, Check]] = {
+    HEARTBEAT: {"max_rows": _int(1, 1_000_000), "max_frame": _int(1, 2**40)},
 }

@@ -100,9 +100,12 @@ def _read_twin(h: Mapping[str, Any], payload: bytes, schema: Schema, max_columns
 # ------------------------------------------------------------------ heartbeat
 def encode_heartbeat(hb: Heartbeat, signer: Signer) -> list[bytes]:
     """A heartbeat as signed frames."""
-    return envelope_frames(HEARTBEAT, signer, hb.sender, {
-        "created": float(hb.created), "latest": int(hb.latest),
-        "holdings": {str(k): int(v) for k, v in hb.holdings.items()}, "nonce": hb.nonce})
+    fields: dict[str, Any] = {"created": float(hb.created), "latest": int(hb.latest),
+                              "holdings": {str(k): int(v) for k, v in hb.holdings.items()}}
+    if hb.max_rows is not None and hb.max_frame is not None:  # absent: the defaults (and
+        fields["max_rows"] = int(hb.max_rows)                  # the bytes of version 1.0)
+        fields["max_frame"] = int(hb.max_frame)
+    return envelope_frames(HEARTBEAT, signer, hb.sender, {**fields, "nonce": hb.nonce})
 
 
 def decode_heartbeat(frames: Sequence[bytes], verifier: Opener) -> Envelope:
@@ -111,7 +114,8 @@ def decode_heartbeat(frames: Sequence[bytes], verifier: Opener) -> Envelope:
 
 
 def _read_heartbeat(h: Mapping[str, Any]) -> Heartbeat:
-    return Heartbeat(h["sender"], h["latest"], dict(h["holdings"]), h["created"], h["nonce"])
+    return Heartbeat(h["sender"], h["latest"], dict(h["holdings"]), h["created"], h["nonce"],
+                     h.get("max_rows"), h.get("max_frame"))
 
 
 # ------------------------------------------------------------------ catch-up request

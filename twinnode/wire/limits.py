@@ -8,11 +8,16 @@ node's `[network] max_rows` rows can take under it.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Sequence
+
+import msgpack
 
 from twinnode.schema import Schema
 from twinnode.wire.columnar import max_payload_bytes
 
-__all__ = ["WireLimits", "limits_for"]
+__all__ = ["WireLimits", "limits_for", "frame_limit", "twin_rows"]
+
+FRAME_MARGIN = 4096  # a socket's MAXMSGSIZE is the largest valid frame plus this (CURVE framing)
 
 
 @dataclass(frozen=True)
@@ -40,3 +45,21 @@ def limits_for(schema: Schema, max_rows: int, base: WireLimits = WireLimits()) -
     rows = min(max_rows, base.max_rows)
     return replace(base, max_rows=rows,
                    max_payload_bytes=min(base.max_payload_bytes, max_payload_bytes(schema, rows)))
+
+
+def frame_limit(limits: WireLimits) -> int:
+    """The largest frame a node with `limits` takes at its sockets (their MAXMSGSIZE): the
+    largest frame the wire accepts, plus CURVE's framing."""
+    return max(limits.max_payload_bytes, limits.max_header_bytes) + FRAME_MARGIN
+
+
+def twin_rows(frames: Sequence[bytes]) -> int | None:
+    """The rows a stored (already verified) twin envelope's header declares; None if the
+    frames are not a twin's."""
+    try:
+        header = msgpack.unpackb(frames[1], raw=False, max_str_len=4096, max_bin_len=64,
+                                 max_array_len=10_000, max_map_len=1024, max_ext_len=0)
+    except Exception:  # not ours to judge here: the wire refuses it on arrival
+        return None
+    rows = header.get("rows") if isinstance(header, dict) else None
+    return rows if type(rows) is int else None

@@ -25,13 +25,16 @@ def _nonce() -> bytes:
 
 @dataclass(frozen=True)
 class Heartbeat:
-    """Alive, my latest twin seq, and the watermark of every sender whose twins I hold."""
+    """Alive, my latest twin seq, and the watermark of every sender whose twins I hold; and,
+    when they are not the defaults, the limits of what I accept (both or neither)."""
 
     sender: str
     latest: int
     holdings: Mapping[str, int]
     created: float = field(default_factory=time.time)
     nonce: bytes = field(default_factory=_nonce)
+    max_rows: int | None = None   # the most rows a twin sent to me may have; None: the default
+    max_frame: int | None = None  # the largest frame my sockets take (from max_rows, schema)
 
 
 @dataclass(frozen=True)

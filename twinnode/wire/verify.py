@@ -1,8 +1,11 @@
 """Opening inbound frames: every check of the protocol, in order, and one WireError on refusal.
 
 `Verifier.open` checks, in this order, raising exactly one WireError subclass: frame count and
-sizes -> version -> header fields and topic (a twin's rows = its n, within `max_rows`, its
-payload within what that many rows can take) -> sender pinned -> signature -> replay/duplicate
+sizes -> version -> header fields and topic (a twin's rows = its n, its payload within what
+that many rows can take) -> sender pinned -> signature -> a twin's rows and payload within
+this node's `max_rows` (`TwinTooLarge`: the sender signed it, so the refusal is for good and
+names a (sender, seq) that is really too large; sizes up to the protocol's own bounds pass the
+earlier checks for this) -> replay/duplicate
 (twins: `ReplayGuard`; others: freshness window, nonce, recipient) -> the twin header's schema
 hash -> payload digest -> payload decode -> columns against the schema. The structural checks
 are `wire.checks`', the decoding `wire.codec`'s. Pure: no sockets, no clocks except the
@@ -13,15 +16,18 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import OrderedDict
+from dataclasses import replace
 from typing import Any, Callable, Mapping, Sequence
 
 from twinnode.errors import (
     DigestMismatch,
+    MalformedMessage,
     InvalidSignature,
     MisaddressedMessage,
     ReplayedMessage,
     SchemaMismatch,
     StaleMessage,
+    TwinTooLarge,
     WireError,
 )
 from twinnode.schema import Schema
@@ -48,6 +54,10 @@ class Verifier:
         """`retired=True` also accepts a sender's retired signing keys: only for re-reading
         twins this node stored before a rotation (never for what arrives)."""
         self.trust, self.schema, self.guard, self.limits = trust, schema, guard, limits
+        protocol = WireLimits()  # a twin up to the protocol's bounds is parsed, then refused
+        self._structure = replace(limits, max_rows=max(limits.max_rows, protocol.max_rows),
+                                  max_payload_bytes=max(limits.max_payload_bytes,
+                                                        protocol.max_payload_bytes))
         self.retired = retired
         self.local = local
         self.clock = clock
@@ -57,7 +67,7 @@ class Verifier:
         """Check and decode one inbound multipart message, in the module docstring's order.
         `replay=False` skips the replay guard (not the freshness of other families): for
         re-reading twins this node stored itself, which were checked when they arrived."""
-        topic_frame, header_bytes, payload, signature = split_frames(frames, self.limits)
+        topic_frame, header_bytes, payload, signature = split_frames(frames, self._structure)
         header = unpack_header(header_bytes, self.limits)
         sender, seq = header.get("sender"), header.get("seq")
         try:
@@ -74,7 +84,10 @@ class Verifier:
     def _open(self, header: dict[Any, Any], frames: Frames, replay: bool) -> Envelope:
         topic_frame, header_bytes, payload, signature = frames
         check_version(header)
-        family = check_header(header, topic_frame, self.limits, self.schema)
+        family = check_header(header, topic_frame, self._structure, self.schema)
+        if family != TWIN and len(payload) > self.limits.max_payload_bytes:
+            raise MalformedMessage(f"payload frame is {len(payload)} bytes, "
+                                   f"limit {self.limits.max_payload_bytes}")
         sender, digest = header["sender"], header["payload_digest"]
         peer = self.trust.get(sender)
         signed = signed_message(header_bytes, digest)
@@ -84,6 +97,7 @@ class Verifier:
             raise InvalidSignature(f"signature ({len(signature)} bytes) does not verify under "
                                    f"{sender}'s pinned key")
         if family == TWIN:
+            self._check_size(header, payload)
             if replay:
                 self.guard.check(sender, header["seq"], digest)
             if header["schema_hash"] != self.schema.hash:  # signed: no need to hash the payload
@@ -100,6 +114,15 @@ class Verifier:
         if family != TWIN:
             self._remember(sender, header["nonce"], header["created"])
         return Envelope(family, sender, header, frames, digest, message)
+
+    def _check_size(self, header: Mapping[str, Any], payload: bytes) -> None:
+        """A signed twin within the protocol's bounds but over this node's: TwinTooLarge."""
+        rows, most = header["rows"], self.limits.max_payload_bytes
+        if rows > self.limits.max_rows:
+            raise TwinTooLarge(f"twin has {rows} rows, this node takes at most "
+                               f"{self.limits.max_rows} ([network] max_rows)")
+        if len(payload) > most:
+            raise TwinTooLarge(f"payload frame is {len(payload)} bytes, limit {most}")
 
     def _check_fresh(self, header: Mapping[str, Any]) -> None:
         age = self.clock() - header["created"]
