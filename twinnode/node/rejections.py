@@ -138,7 +138,7 @@ class RejectionLog:
             self._seen.pop(next(iter(self._seen)))
 
     def _extra(self, reason: str, repeated: int, many: bool) -> dict[str, object]:
-        more = {"peers": "many"} if many else {}
+        more: dict[str, object] = {"peers": "many"} if many else {}
         if repeated < 0:
             hint = HINTS.get(reason)
             return {"hint": hint, **more} if hint else more
