@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from twinnode.errors import MisaddressedMessage
-from twinnode.node.catchup import RECHECKS, SERVE_GAP, Catchup
+from twinnode.node.catchup import ASK_STALL, RECHECKS, SERVE_GAP, Catchup
+from twinnode.node.serving import FairSlots
 from twinnode.trust.replay import Holding, ReplayGuard
 from twinnode.wire import Heartbeat
 
@@ -68,7 +69,7 @@ def test_periodic_catchup_goes_round_robin_over_live_peers_and_pauses_for_live_t
     state.on_heartbeat(Heartbeat("carol", 0, {}), guard)
     # Execute / Assert
     assert [state.periodic_pick() for _ in range(3)] == ["bob", "carol", "bob"]
-    state.on_live_twin()
+    state.on_twin(live=True)
     clock.now += 2 * BEAT - 0.01
     assert state.periodic_pick() is None  # twins arrive live
     clock.now += 0.02
@@ -142,3 +143,41 @@ def test_a_request_names_every_pinned_sender_and_a_batch_is_shared_round_robin()
     assert plan == [("alice", 1), ("bob", 4), ("alice", 2), ("bob", 5), ("alice", 3)]
     assert Catchup.again(sent=3, new=2) and not Catchup.again(3, 0) \
         and not Catchup.again(0, 0)
+
+
+def test_one_peer_asks_at_a_time_and_a_stalled_one_loses_the_turn():
+    clock = Clock()
+    state = make(clock)
+    turn = state.asking
+    # Execute / Assert: bob takes the turn; carol waits until it lapses
+    assert turn.take("bob") == 0.0
+    assert turn.take("carol") == pytest.approx(ASK_STALL)
+    clock.now += ASK_STALL - 1
+    state.on_twin(live=False)  # a twin by catch-up: bob's turn goes on
+    clock.now += ASK_STALL - 1
+    assert turn.take("carol") == pytest.approx(1.0)
+    assert state.last_live < clock.now - 2 * BEAT  # a catch-up twin is not live traffic
+    turn.release("bob")
+    assert turn.take("carol") == 0.0
+    # carol stalls: bob may take the turn after ASK_STALL, and carol's late release is a no-op
+    clock.now += ASK_STALL
+    assert turn.take("bob") == 0.0
+    turn.release("carol")
+    assert turn.holder == "bob"
+
+
+def test_serving_slots_are_one_per_peer_and_a_newer_request_replaces_the_waiting_one():
+    fair: FairSlots[str] = FairSlots(2)
+    # Execute / Assert: bob's first starts; his second and third wait (the third replaces)
+    assert fair.offer("bob", "b1") == (True, None)
+    assert fair.offer("bob", "b2") == (False, None)
+    assert fair.offer("bob", "b3") == (False, "b2")
+    assert fair.offer("carol", "c1") == (True, None)  # bob holds one slot, not two
+    assert fair.offer("dave", "d1") == (False, None)  # both slots busy: dave waits
+    assert fair.offer("erin", "e1") == (False, None)
+    # bob's ends: the longest-waiting peer not being served goes first (bob waited first)
+    assert fair.done("bob") == [("bob", "b3")]
+    assert fair.done("carol") == [("dave", "d1")]
+    assert fair.done("bob") == [("erin", "e1")]
+    assert fair.done("dave") == [] and fair.done("erin") == [] and fair.active == set()
+    assert len(fair.waiting) == 0

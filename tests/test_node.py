@@ -575,8 +575,9 @@ def test_status_holds_every_counter_at_zero_and_control_md_quotes_the_real_repli
         return status, started, await request(path, "shutdown", {}, WAIT)
 
     status, started, stopping = node_factory.run(main(), 6 * WAIT)
-    assert status["counters"] == {"accepted": 0, "catchup_requests": 0, "heartbeats": 0,
-                                  "published": 0, "served": 0, "twins_decoded": 0}
+    assert status["counters"] == {"accepted": 0, "busy": 0, "catchup_requests": 0,
+                                  "heartbeats": 0, "published": 0, "serve_waits": 0,
+                                  "served": 0, "twins_decoded": 0}
     assert status["job"] is None and set(status["endpoints"]) == {"pub", "router"}
     assert started["message"] == "screen started" and f'"{started["message"]}"' in flat
     assert set(started["job"]) == {"name", "state", "progress", "detail", "started", "finished"}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from collections import Counter
 
-from twinnode.errors import InvalidSignature, SchemaMismatch
-from twinnode.node.rejections import RejectionLog
+from twinnode.errors import InvalidSignature, MalformedMessage, SchemaMismatch
+from twinnode.node.rejections import NEW_PER_WINDOW, RejectionLog
 from twinnode.trust.identity import Identity
 
 log = logging.getLogger("twinnode.test.rejections")
@@ -73,3 +73,25 @@ def test_zap_denials_of_one_key_are_summed_and_name_the_fingerprint(caplog):
     assert counts["zap-denied"] == 11
     assert [r.fields.get("repeated") for r in caplog.records] == [None, 9]
     assert "curve_key" in caplog.records[0].fields["hint"]
+
+
+def test_a_flood_under_made_up_names_and_fresh_keys_writes_a_bounded_number_of_lines(caplog):
+    counts: Counter[str] = Counter()
+    clock = Clock()
+    refusals = RejectionLog(log, counts, clock=clock, known={"bob", "carol"}.__contains__)
+    keys = [Identity.generate("x").curve_public for _ in range(NEW_PER_WINDOW + 5)]
+    with caplog.at_level(logging.INFO, logger=log.name):
+        for minute in range(3):
+            for i in range(5000):  # garbage claiming a new sender name every time
+                refusals.refused(refusal(MalformedMessage, f"x{minute}-{i}", i), "router")
+                refusals.refused(refusal(InvalidSignature, "bob", i), "sub")
+            for key in keys:  # fresh CURVE keys, each denied
+                refusals.denied(key)
+            clock.now += 61
+    assert counts["malformed"] == 15_000 and counts["zap-denied"] == 3 * len(keys)
+    # per minute: one line for every made-up name together, one for bob, and for the keys
+    # at most NEW_PER_WINDOW of their own plus one shared line ("*", peers=many)
+    assert len(caplog.records) <= 3 * (1 + 1 + NEW_PER_WINDOW + 1)
+    shared = [r for r in caplog.records if r.fields.get("peers") == "many"]
+    assert shared and all(r.getMessage() == "DENIED (unpinned CURVE key)" for r in shared)
+    assert max(len(r.getMessage()) for r in caplog.records) <= 300

@@ -8,7 +8,10 @@ request with what we `have` of every sender we pin (watermark 0 for none) and wa
 end marker; the server answers with up to `catchup_batch` stored original envelopes of the
 senders named in `have` (any of them, not only its own) and a signed end, which completes the
 request only if it comes from the peer that was asked; the worker asks again while new twins
-arrive.
+arrive. One peer is asked at a time (`Asking`): what several peers hold is fetched once, from
+the first asked, and the next worker's request already names it as held. A peer asked that
+sends nothing for ASK_STALL seconds loses the turn (it may not answer at all), so one silent
+or hostile peer cannot hold up catch-up from the others.
 
 This module holds the state and makes the decisions; it runs no task, never sleeps, opens no
 socket and reads no store. `node.core` tells it what happened (a heartbeat, a live twin, a
@@ -35,6 +38,7 @@ CATCHUP_GAP = 0.2        # seconds between two requests of ours to one peer
 CATCHUP_TIMEOUT = 15.0   # seconds to wait for a peer's end marker
 SERVE_GAP = 0.1          # a peer asking more often than this gets an empty reply
 RECHECKS = 20            # grace periods a heartbeat-shown lack may wait on live traffic
+ASK_STALL = 3.0          # seconds the peer being asked may send nothing before another is asked
 
 # what a heartbeat says: (latest own seq, sorted (sender, watermark) pairs)
 HeartbeatState = tuple[int, tuple[tuple[str, int], ...]]
@@ -73,6 +77,7 @@ class Catchup:
         self.pending: dict[bytes, str] = {}  # request id -> the peer asked
         self.turn = 0
         self.last_live = -math.inf           # when a twin last arrived live (SUB)
+        self.asking = Asking(clock)
 
     def set_peers(self, peers: Iterable[tuple[str, str]], pinned: Sequence[str]) -> None:
         """A peers reload: keep the state of peers that stay, start the new ones fresh, forget
@@ -111,9 +116,13 @@ class Catchup:
             return True
         return any(s in self.pinned and guard.missing(s, w, limit=1) for s, w in holdings)
 
-    def on_live_twin(self) -> None:
-        """A twin arrived live (SUB): the periodic catch-up pauses while they do."""
-        self.last_live = self.clock()
+    def on_twin(self, live: bool) -> None:
+        """A twin arrived live (SUB: the periodic catch-up pauses while they do) or by
+        catch-up (the peer being asked is making progress: it keeps the turn)."""
+        if live:
+            self.last_live = self.clock()
+        else:
+            self.asking.progress()
 
     def periodic_pick(self) -> str | None:
         """The live peer whose catch-up the periodic timer wakes now (round robin), or None:
@@ -191,6 +200,34 @@ class Catchup:
         out = [(sender, seqs[rank]) for rank in range(limit)
                for sender, seqs in lacking.items() if rank < len(seqs)]
         return out[:limit]
+
+
+class Asking:
+    """The turn to ask: one peer at a time, until its worker ends or it stalls (sends no twin
+    for `stall` seconds since it took the turn or since its last twin)."""
+
+    def __init__(self, clock: Clock, stall: float = ASK_STALL) -> None:
+        self.clock, self.stall = clock, stall
+        self.holder: str | None = None
+        self.moved = -math.inf
+
+    def take(self, peer: str) -> float:
+        """0.0: `peer` holds the turn now and may ask; else the seconds until the holder's
+        turn lapses (try again then, or when it is released)."""
+        now = self.clock()
+        if self.holder in (None, peer) or now - self.moved >= self.stall:
+            self.holder, self.moved = peer, now
+            return 0.0
+        return self.moved + self.stall - now
+
+    def progress(self) -> None:
+        """A twin arrived by catch-up: the holder's turn goes on."""
+        self.moved = self.clock()
+
+    def release(self, peer: str) -> None:
+        """`peer`'s worker is done asking (a no-op when its turn had lapsed to another)."""
+        if self.holder == peer:
+            self.holder = None
 
 
 class Recheck:

@@ -4,8 +4,9 @@ decisions with the node's sockets and store.
 `node.catchup` decides (which peer to wake, whether a lack is still filling, whether an end
 marker completes a request, whether to serve, what to send); this module runs it, as in
 pyzmq's split of a protocol core from its asyncio adapter: our heartbeats, a worker per peer
-that waits to be woken and asks, the periodic timer, the grace periods of a recheck, one
-request at a time to a peer with its end marker awaited, and the answer to a peer's request.
+that waits to be woken and asks (when it holds `Catchup.asking`'s turn), the periodic timer,
+the grace periods of a recheck, one request at a time to a peer with its end marker awaited,
+and the answer to a peer's request.
 `node.core` composes it: it feeds it the heartbeats and end markers that ingest opened, spawns
 its tasks while started, and passes in the transport, store and replay guard they use.
 """
@@ -49,6 +50,7 @@ class CatchupRunner:
         self.limits = limits  # what each peer accepts (`node.agreed`): serve only that
         self.wanted = {name: asyncio.Event() for name in catchup.peers}
         self._ends: dict[bytes, asyncio.Future[CatchupEnd]] = {}
+        self._turn_free = asyncio.Event()
 
     # ---- fed by the node's ingest ----
 
@@ -82,6 +84,7 @@ class CatchupRunner:
     def reset(self) -> None:
         """The node stopped: no request is pending any more."""
         self.catchup.pending.clear()
+        self.catchup.asking.holder = None
         self._ends.clear()
 
     # ---- tasks ----
@@ -111,6 +114,7 @@ class CatchupRunner:
             wanted.clear()
             if self.catchup.take_recheck(name) and not await self.still_lacking(name, guard):
                 continue
+            await self.my_turn(name)
             try:
                 await self.catch_up(name, transport, guard)
             except asyncio.CancelledError:
@@ -118,7 +122,20 @@ class CatchupRunner:
             except Exception:
                 self.rejected["internal"] += 1
                 log.exception("catch-up from %s failed", name)
+            finally:
+                self.catchup.asking.release(name)
+                self._turn_free.set()
             await asyncio.sleep(CATCHUP_GAP)
+
+    async def my_turn(self, name: str) -> None:
+        """Wait until `name` holds the turn to ask (`catchup.Asking`): released by the
+        worker that held it, or lapsed because that peer stalled."""
+        while (wait := self.catchup.asking.take(name)) > 0:
+            self._turn_free.clear()
+            try:
+                await asyncio.wait_for(self._turn_free.wait(), wait)
+            except asyncio.TimeoutError:
+                pass
 
     async def still_lacking(self, name: str, guard: ReplayGuard) -> bool:
         """After a heartbeat of `name` showed a lack: wait while live traffic is still

@@ -31,7 +31,7 @@ MAX_K = 1_000  # twins per release from a control command: 10x the paper's K = 1
                # own choice and is not capped here.
 
 COUNTERS = ("accepted", "published", "served", "catchup_requests", "heartbeats",
-            "twins_decoded")  # in `status` even while zero, so a monitor sees every series
+            "twins_decoded", "serve_waits", "busy")  # in `status` even while zero, so a monitor sees every series
 
 Command = Callable[[NodeContext, dict[str, Any]], Awaitable[Mapping[str, Any]]]
 

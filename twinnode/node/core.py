@@ -4,10 +4,10 @@
               bind PUB + ROUTER behind the ZAP allow-list, subscribe to every peer; serve the
               control socket; then run the tasks below (and, with [training] auto, a first
               publish job when nothing of ours was published yet)
-    tasks     SUB loop (twins, heartbeats) - ROUTER loop (catch-up requests, each answered
-              in a task of its own, at most MAX_SERVING at once) - one DEALER loop and one
-              catch-up worker per peer - heartbeat - periodic catch-up - the links' watch
-              (`node.links`: a silent peer's connections made again) - the peers file's
+    tasks     SUB loop (twins, heartbeats) - ROUTER loop (catch-up requests opened at once,
+              answered fairly: `node.serving`) - one DEALER loop and one catch-up worker per
+              peer - heartbeat - periodic catch-up - the links' watch (`node.links`: a
+              silent peer's connections made again) - the peers file's
               watch (`reload_peers`, as `ctl peers reload`: `node.membership`'s change)
     stop()    cancel the job (a training worker is terminated, its ledger charge stays),
               cancel the tasks, close the control socket, the sockets (linger 0), the store
@@ -43,7 +43,6 @@ from typing import Any, Coroutine, Mapping, Sequence
 from twinnode.errors import (
     ControlError,
     DuplicateMessage,
-    MalformedMessage,
     StoreError,
     TwinTooLarge,
     WireError,
@@ -63,6 +62,7 @@ from twinnode.node.membership import PeerChanges, log_changes, peer_changes
 from twinnode.node.own_releases import published_before
 from twinnode.node.receiving import Reply, max_frame_bytes, receive_loop, tagged, watch_peers
 from twinnode.node.rejections import RejectionLog
+from twinnode.node.serving import CatchupServer
 from twinnode.node.slot import Body, JobSlot, JobState
 from twinnode.node.stored_twins import StoredTwins
 from twinnode.node.transport import Transport
@@ -92,7 +92,6 @@ log = logging.getLogger("twinnode.node")
 
 CHANNELS = {"sub": (TWIN, HEARTBEAT), "router": (REQUEST,), "dealer": (TWIN, END),
             "local": (TWIN,)}
-MAX_SERVING = 4          # catch-up requests answered at once; more are dropped (`busy`)
 OFFLOAD_BYTES = 64 * 1024  # messages with a larger payload are verified in a thread
 
 
@@ -127,12 +126,13 @@ class Node:
         self._tasks: list[asyncio.Task[None]] = []
         self._peer_tasks: dict[str, list[asyncio.Task[None]]] = {}
         self._reloading = asyncio.Lock()
-        self._serving: set[asyncio.Task[None]] = set()
+        self.server = CatchupServer(self.counters, self.rejected)
         self._ingest_lock = asyncio.Lock()
         self._stop_requested = asyncio.Event()
         self._started = time.monotonic()
         self._stopping = False
-        self.refusals = RejectionLog(log, self.rejected)  # counted, logged without flooding
+        self.refusals = RejectionLog(log, self.rejected,  # counted, logged without flooding
+                                     known=self.trust.__contains__)
 
     @property
     def peers(self) -> Mapping[str, PeerState]:
@@ -186,7 +186,7 @@ class Node:
         async def from_dealer() -> tuple[list[bytes], Reply | None]:
             return await transport.recv_reply(name), None
         self._peer_tasks[name] = [asyncio.create_task(c) for c in (
-            receive_loop("dealer", from_dealer, self._receive, self.rejected),
+            receive_loop("dealer", from_dealer, self.handle_frames, self.rejected),
             self.catchup_runner.worker(name, transport, self.verifier.guard))]
 
     def _run_tasks(self) -> None:
@@ -201,9 +201,9 @@ class Node:
             routing_id, frames = await transport.recv_request()
             return frames, partial(transport.reply, routing_id)
 
-        self._spawn(receive_loop("sub", from_sub, self._receive, self.rejected),
-                    receive_loop("router", from_router, self._receive, self.rejected,
-                                 serving=self._serving, concurrent=MAX_SERVING),
+        self._spawn(receive_loop("sub", from_sub, self.handle_frames, self.rejected),
+                    self.server.run(from_router, self._open_request,
+                                    partial(runner.serve, store=self.require_store())),
                     runner.heartbeats(transport, self.verifier.guard), runner.periodic(),
                     keep(self.links, transport, lambda: self.catchup.peers,
                          min(self.config.network.heartbeat_interval, 1.0)),
@@ -222,13 +222,12 @@ class Node:
         event(log, "node.stopping", node=self.name)
         try:
             await self.jobs.cancel()
-            tasks = [*self._tasks, *self._serving,
-                     *(t for ts in self._peer_tasks.values() for t in ts)]
+            await self.server.stop()
+            tasks = [*self._tasks, *(t for ts in self._peer_tasks.values() for t in ts)]
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             self._tasks, self._peer_tasks = [], {}
-            self._serving.clear()
             if self.control is not None:
                 await self.control.stop()
             if self.transport is not None:
@@ -350,6 +349,17 @@ class Node:
             await self.catchup_runner.serve(env.message, reply, self.require_store())
         return env
 
+    def _open_request(self, frames: Sequence[bytes]) -> CatchupRequest | None:
+        """A ROUTER message opened at once, before any slot (a request touches no replay
+        state, so no lock), or None: refused, counted and logged."""
+        assert self.verifier is not None
+        try:
+            env = self.verifier.open(frames, expect=CHANNELS["router"], channel="router")
+        except WireError as exc:
+            self.refusals.refused(exc, "router")
+            return None
+        return env.message if isinstance(env.message, CatchupRequest) else None
+
     async def _ingest(self, frames: Sequence[bytes], channel: str) -> Envelope:
         """Verify, check the channel, and store a twin before recording it as seen; raises
         the WireError (or StoreError) that refuses the message."""
@@ -360,26 +370,11 @@ class Node:
         assert self.verifier is not None, "open() the node first"
         big = len(frames) > 2 and isinstance(frames[2], (bytes, bytearray, memoryview)) \
             and len(frames[2]) > OFFLOAD_BYTES
-        env = (await asyncio.to_thread(self.verifier.open, frames) if big
-               else self.verifier.open(frames))
-        if env.family not in CHANNELS.get(channel, ()):
-            raise tagged(MalformedMessage(
-                f"a {env.family} message does not belong on the {channel} channel"), env)
+        opened = partial(self.verifier.open, expect=CHANNELS.get(channel, ()), channel=channel)
+        env = await asyncio.to_thread(opened, frames) if big else opened(frames)
         if env.family == TWIN:
             await self._store(env, channel)
         return env
-
-    async def _receive(self, frames: Sequence[bytes], channel: str,
-                       reply: Reply | None = None) -> None:
-        """`handle_frames`, with anything unexpected logged and counted as internal."""
-        try:
-            await self.handle_frames(frames, channel, reply)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            self.rejected["internal"] += 1
-            log.exception("internal error while handling a message on %s", channel,
-                          extra={"event": "internal", "fields": {"channel": channel}})
 
     async def _store(self, env: Envelope, channel: str) -> None:
         assert self.store is not None and self.verifier is not None
@@ -393,8 +388,8 @@ class Node:
                                            "already in the store"), env)
         self.verifier.accept(env)
         self.counters["accepted"] += 1
-        if channel == "sub":
-            self.catchup.on_live_twin()
+        if channel in ("sub", "dealer"):  # live, or the peer being asked makes progress
+            self.catchup.on_twin(live=channel == "sub")
         event(log, "twin.accepted", peer=env.sender, seq=env.seq, k=p.index,
               release=p.release, channel=channel, level=logging.DEBUG)
 

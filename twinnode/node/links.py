@@ -289,7 +289,7 @@ async def open_transport(identity: Identity, config: NodeConfig, limits: WireLim
     transport = Transport(identity.curve_public, identity.curve_secret,
                           [p.curve_key for p in config.peers], hwm=net.hwm,
                           reply_hwm=net.catchup_batch + 2, max_message_bytes=frame_limit(limits),
-                          on_denied=on_denied)
+                          request_bytes=limits.max_header_bytes + 4096, on_denied=on_denied)
     await transport.start(net.pub, net.router)
     try:
         for peer in config.peers:

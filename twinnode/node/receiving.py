@@ -1,10 +1,10 @@
-"""A receive loop that never dies: one per socket role, run by `node.core` until cancelled.
+"""A receive loop that never dies: one per SUB and DEALER socket, run by `node.core` until
+cancelled (the ROUTER's is `node.serving`'s).
 
 Each message goes to the node's handler; a socket error is logged, counted as `internal` and
-followed by a short pause (never a hot loop). On the ROUTER, each catch-up request is
-handled in a task of its own, at most `concurrent` at once (a requester that stops reading
-fills only its own bounded reply queue); a message beyond that is dropped and counted as
-`busy` (its sender asks again later).
+followed by a short pause (never a hot loop); a handler's unexpected error is logged with its
+traceback and counted as `internal`. After each message the loop yields to the event loop, so
+a peer flooding one socket cannot starve the node's other tasks.
 """
 from __future__ import annotations
 
@@ -23,15 +23,13 @@ log = logging.getLogger("twinnode.node")
 
 Reply = Callable[[Sequence[bytes]], Awaitable[bool]]  # send frames back; False: not sent
 Receive = Callable[[], Awaitable[tuple[list[bytes], Reply | None]]]
-Handle = Callable[[Sequence[bytes], str, Reply | None], Coroutine[Any, Any, None]]
+Handle = Callable[[Sequence[bytes], str, Reply | None], Coroutine[Any, Any, Any]]
 PEERS_POLL = 2.0  # seconds between looks at node.toml and the peers file
 
 
-async def receive_loop(channel: str, receive: Receive, handle: Handle, rejected: Counter[str],
-                       *, serving: set[asyncio.Task[None]] | None = None,
-                       concurrent: int = 0) -> None:
-    """Receive on `channel` and `handle` each message until cancelled; with `concurrent` > 0,
-    each in a task kept in `serving`, at most that many at once."""
+async def receive_loop(channel: str, receive: Receive, handle: Handle,
+                       rejected: Counter[str]) -> None:
+    """Receive on `channel` and `handle` each message until cancelled."""
     while True:
         try:
             frames, reply = await receive()
@@ -42,16 +40,15 @@ async def receive_loop(channel: str, receive: Receive, handle: Handle, rejected:
             log.exception("receiving on %s failed", channel)
             await asyncio.sleep(0.1)
             continue
-        if not concurrent or serving is None:
+        try:
             await handle(frames, channel, reply)
-        elif len(serving) >= concurrent:
-            rejected["busy"] += 1
-            event(log, "busy", f"{concurrent} requests in progress; one dropped",
-                  level=logging.DEBUG, channel=channel)
-        else:
-            task = asyncio.create_task(handle(frames, channel, reply))
-            serving.add(task)
-            task.add_done_callback(serving.discard)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            rejected["internal"] += 1
+            log.exception("internal error while handling a message on %s", channel,
+                          extra={"event": "internal", "fields": {"channel": channel}})
+        await asyncio.sleep(0)  # a message ready at once would otherwise never yield
 
 
 def max_frame_bytes(limits: WireLimits) -> int:

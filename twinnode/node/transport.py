@@ -9,7 +9,7 @@ The ZAP handler (`zmq.auth.asyncio.AsyncioAuthenticator`, started before anythin
 CURVE client finish the handshake only if its public key is one of the pinned peers'; anyone
 else never reads a byte and is reported to `on_denied`. Every socket has MAXMSGSIZE (a peer
 sending a bigger frame is disconnected; the node derives it from its schema and [network]
-max_rows), a receive high-water mark of `recv_hwm` (100) and a send high-water mark of
+max_rows; the ROUTER's is `request_bytes`, as a catch-up request has no payload), a receive high-water mark of `recv_hwm` (100) and a send high-water mark of
 `hwm` messages, except the ROUTER's: `reply_hwm` (66, one catch-up batch and its end) per
 requester. So what a pinned peer can make us buffer is about recv_hwm x MAXMSGSIZE inbound
 and reply_hwm x MAXMSGSIZE of replies it does not read, per connection, not the
@@ -89,11 +89,12 @@ class Transport:
 
     def __init__(self, curve_public: bytes, curve_secret: bytes, allowed: Iterable[bytes], *,
                  hwm: int = 10_000, recv_hwm: int = RECV_HWM, reply_hwm: int = REPLY_HWM,
-                 max_message_bytes: int = -1, on_denied: DeniedFn | None = None) -> None:
+                 max_message_bytes: int = -1, request_bytes: int | None = None,
+                 on_denied: DeniedFn | None = None) -> None:
         self._public, self._secret = curve_public, curve_secret
         self.allow = AllowList(allowed, on_denied)
         self.hwm, self.recv_hwm, self.max_message_bytes = hwm, recv_hwm, max_message_bytes
-        self.reply_hwm = reply_hwm
+        self.reply_hwm, self.request_bytes = reply_hwm, request_bytes
         self.ctx: zmq.asyncio.Context | None = None
         self._auth: AsyncioAuthenticator | None = None
         self.pub: zmq.asyncio.Socket | None = None
@@ -113,7 +114,8 @@ class Transport:
             self._auth.start()
             self._auth.configure_curve_callback(ZAP_DOMAIN, credentials_provider=self.allow)
             self.pub = self._server(zmq.PUB, pub, "pub")
-            self.router = self._server(zmq.ROUTER, router, "router", sndhwm=self.reply_hwm)
+            self.router = self._server(zmq.ROUTER, router, "router", sndhwm=self.reply_hwm,
+                                       maxmsgsize=self.request_bytes)
             self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
             self.sub = self._socket(zmq.SUB)
             self._client(self.sub)
@@ -279,10 +281,12 @@ class Transport:
         return sock
 
     def _server(self, kind: int, endpoint: str, role: str,
-                sndhwm: int | None = None) -> zmq.asyncio.Socket:
+                sndhwm: int | None = None, maxmsgsize: int | None = None) -> zmq.asyncio.Socket:
         sock = self._socket(kind)
         if sndhwm is not None:  # before bind: a pipe takes the mark it was created with
             sock.setsockopt(zmq.SNDHWM, sndhwm)
+        if maxmsgsize is not None:
+            sock.setsockopt(zmq.MAXMSGSIZE, maxmsgsize)
         sock.setsockopt(zmq.CURVE_SERVER, 1)
         sock.setsockopt(zmq.CURVE_SECRETKEY, self._secret)
         sock.setsockopt_string(zmq.ZAP_DOMAIN, ZAP_DOMAIN)

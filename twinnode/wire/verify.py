@@ -1,10 +1,11 @@
 """Opening inbound frames: every check of the protocol, in order, and one WireError on refusal.
 
 `Verifier.open` checks, in this order, raising exactly one WireError subclass: frame count and
-sizes -> version -> header fields and topic (a twin's rows = its n, its payload within what
-that many rows can take) -> sender pinned -> signature -> a twin's rows and payload within
-this node's `max_rows` (`TwinTooLarge`: the sender signed it, so the refusal is for good and
-names a (sender, seq) that is really too large; sizes up to the protocol's own bounds pass the
+sizes -> (with `expect`: the family belongs where it came in, and only a twin has a payload)
+-> version -> header fields and topic (a twin's rows = its n, its payload within what that
+many rows can take) -> sender pinned -> signature -> a twin's rows and payload within this
+node's `max_rows` (`TwinTooLarge`: the sender signed it, so the refusal is for good and names
+a (sender, seq) that is really too large; sizes up to the protocol's own bounds pass the
 earlier checks for this) -> replay/duplicate
 (twins: `ReplayGuard`; others: freshness window, nonce, recipient) -> the twin header's schema
 hash -> payload digest -> payload decode -> columns against the schema. The structural checks
@@ -17,12 +18,12 @@ import hashlib
 import time
 from collections import OrderedDict
 from dataclasses import replace
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 from twinnode.errors import (
     DigestMismatch,
-    MalformedMessage,
     InvalidSignature,
+    MalformedMessage,
     MisaddressedMessage,
     ReplayedMessage,
     SchemaMismatch,
@@ -35,7 +36,7 @@ from twinnode.trust.identity import NAME_RE, TrustStore, verify
 from twinnode.trust.replay import ReplayGuard
 from twinnode.wire.checks import Frames, check_header, check_version, split_frames, unpack_header
 from twinnode.wire.codec import read_message
-from twinnode.wire.envelope import TWIN, Envelope, signed_message
+from twinnode.wire.envelope import FAMILIES, TWIN, Envelope, signed_message
 from twinnode.wire.limits import WireLimits
 
 __all__ = ["Verifier", "rejection_line"]
@@ -63,14 +64,25 @@ class Verifier:
         self.clock = clock
         self._nonces: OrderedDict[tuple[str, bytes], float] = OrderedDict()
 
-    def open(self, frames: Sequence[bytes], *, replay: bool = True) -> Envelope:
+    def open(self, frames: Sequence[bytes], *, replay: bool = True,
+             expect: Collection[str] | None = None, channel: str = "?") -> Envelope:
         """Check and decode one inbound multipart message, in the module docstring's order.
         `replay=False` skips the replay guard (not the freshness of other families): for
-        re-reading twins this node stored itself, which were checked when they arrived."""
+        re-reading twins this node stored itself, which were checked when they arrived.
+        `expect`: the families that belong on `channel`; anything else is refused before its
+        signature is checked or its payload hashed (what a flood costs stays small)."""
         topic_frame, header_bytes, payload, signature = split_frames(frames, self._structure)
+        if expect is not None and TWIN not in expect and payload:
+            raise MalformedMessage(f"a message on the {channel} channel has no payload, this "
+                                   f"one has {len(payload)} bytes")
         header = unpack_header(header_bytes, self.limits)
         sender, seq = header.get("sender"), header.get("seq")
         try:
+            family = header.get("type")
+            if expect is not None and family not in expect:
+                kind = family if family in FAMILIES else repr(family)[:40]
+                raise MalformedMessage(f"a {kind} message does not belong on the {channel} "
+                                       "channel")
             return self._open(header, (topic_frame, header_bytes, payload, signature), replay)
         except WireError as exc:
             exc.sender, exc.seq = sender, seq  # type: ignore[attr-defined]  # for rejection_line
