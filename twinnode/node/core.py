@@ -55,7 +55,7 @@ from twinnode.node.control_server import ControlServer
 from twinnode.node.jobs import auto_publish_blocker, publish_job
 from twinnode.node.membership import PeerChanges, log_changes, peer_changes
 from twinnode.node.groupcommit import GroupCommit
-from twinnode.node.own_releases import Outbox, published_before
+from twinnode.node.own_releases import Outbox, own_envelope, published_before
 from twinnode.node.receiving import Reply, max_frame_bytes, receive_loop, tagged, watch_peers
 from twinnode.node.rejections import RejectionLog
 from twinnode.node.slot import Body, JobSlot, JobState
@@ -428,18 +428,17 @@ class Node:
                                       release)
         seqs: list[int] = []
         outbox = Outbox(self.transport, self.counters, progress, len(done), len(release.twins))
+        floor = await self.commits.next_own_seq(self.store)  # the store once, not per twin
         for i, twin in enumerate(release.twins):
             if i in done:
                 continue
             async with self._ingest_lock:  # seq taken, signed and submitted as one step
-                seq = await self.commits.next_own_seq(self.store)
+                seq = floor = max(floor, self.commits.own_above())
                 frames = await asyncio.to_thread(encode_twin, twin, self.schema, seq,
                                                  self.signer)
-                try:
-                    env, stored = await self._ingest_locked(frames, "local")
-                except WireError as exc:
-                    raise ControlError(f"own twin {i} (seq {seq}) refused ({exc.reason}): "
-                                       f"{exc}") from None
+                env = own_envelope(frames, twin, self.limits)  # its seq is above any pending
+                stored = self.commits.submit(env, "local")  # the store refuses a repeat
+                floor = seq + 1
             seqs.append(seq)
             await outbox.add(i, env, stored)  # sent once durable, in seq order
         await outbox.close()

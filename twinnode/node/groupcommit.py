@@ -96,12 +96,18 @@ class GroupCommit:
             self._flush = asyncio.create_task(self._run())
         return item.done
 
+    def own_above(self) -> int:
+        """One above the highest own seq pending (1: none pending)."""
+        return max((seq for sender, seq in self._by_seq if sender == self.own), default=0) + 1
+
     async def next_own_seq(self, store: Store) -> int:
         """The seq for our next twin: above `Store.next_own_seq` and every own twin pending.
         The pending ones are read first: each is then pending still or stored by the time the
-        store is read (the caller, under the ingest lock, is the only one submitting ours)."""
-        pending = max((seq for sender, seq in self._by_seq if sender == self.own), default=0)
-        return max(pending + 1, await asyncio.to_thread(store.next_own_seq, self.own))
+        store is read. A publish reads this once; for the twins after the first it takes
+        seqs above its own last and `own_above` (the store's lock is held while a batch is
+        synced: reading it per twin would wait for every fsync)."""
+        pending = self.own_above()
+        return max(pending, await asyncio.to_thread(store.next_own_seq, self.own))
 
     @property
     def pending(self) -> int:

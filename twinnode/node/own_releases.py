@@ -6,7 +6,7 @@ release again must send only the rest, under new seqs, and must refuse (before a
 sent) a release whose twins all went out, a twin whose content went out under another release
 or index, and two identical twins.
 
-`Outbox` sends the twins of a publish: each only once its batch is durable (group commit,
+`own_envelope` is what a publish stores of each twin; `Outbox` sends the twins of a publish: each only once its batch is durable (group commit,
 `node.groupcommit`), in seq order, while the next ones are signed and written.
 """
 from __future__ import annotations
@@ -21,8 +21,9 @@ from twinnode.node.context import Progress
 from twinnode.node.transport import Transport
 from twinnode.schema import Schema
 from twinnode.store.store import Store
-from twinnode.twins import Release
-from twinnode.wire import Envelope, twin_digest
+from twinnode.twins import Release, Twin
+from twinnode.wire import TWIN, Envelope, WireLimits, twin_digest
+from twinnode.wire.checks import unpack_header
 
 log = logging.getLogger("twinnode.node")
 
@@ -59,6 +60,16 @@ def published_before(store: Store, schema: Schema, own: str, release: Release) -
         event(log, "release.resumed", f"{len(done)} of {len(release.twins)} twins were "
               "published before; publishing the rest", release=release.receipt.get("release"))
     return done
+
+
+def own_envelope(frames: list[bytes], twin: Twin, limits: WireLimits) -> Envelope:
+    """The envelope of a twin we just encoded and signed (`encode_twin` checked its arrays
+    against the schema and its provenance): what peers will open, without verifying our own
+    signature or decoding our own payload again (that cost as much as encoding it)."""
+    header = unpack_header(frames[1], limits)
+    topic, header_bytes, payload, signature = frames
+    return Envelope(TWIN, twin.provenance.sender, header,
+                    (topic, header_bytes, payload, signature), header["payload_digest"], twin)
 
 
 class Outbox:
