@@ -374,6 +374,7 @@ class Node:
         if env.family != TWIN:
             return env, None
         self.commits.check(env)  # tagged with sender and seq, as Verifier.open's refusals
+        await self.commits.room()
         return env, self.commits.submit(env, channel)
 
     async def _receive(self, frames: Sequence[bytes], channel: str,

@@ -35,7 +35,8 @@ from twinnode.wire import Envelope
 
 log = logging.getLogger("twinnode.node")
 
-MAX_BATCH = 256  # twins per put_many; a longer queue is written in several batches
+MAX_BATCH = 256     # twins per put_many; a longer queue is written in several batches
+MAX_PENDING = 1024  # twins on their way to the disk before the receive loops wait (`room`)
 # called per twin after its batch: True stored, False already held, or why the store failed
 Acknowledge = Callable[[Envelope, str, "bool | StoreError"], None]
 
@@ -108,6 +109,13 @@ class GroupCommit:
         synced: reading it per twin would wait for every fsync)."""
         pending = self.own_above()
         return max(pending, await asyncio.to_thread(store.next_own_seq, self.own))
+
+    async def room(self) -> None:
+        """Wait while MAX_PENDING twins are on their way to the disk: backpressure on the
+        receive loops (ZeroMQ's high-water marks then hold the rest), never unbounded memory."""
+        while len(self._by_seq) >= MAX_PENDING and self._flush is not None \
+                and not self._flush.done():
+            await asyncio.wait({self._flush}, timeout=0.05)
 
     @property
     def pending(self) -> int:
