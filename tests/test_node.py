@@ -103,6 +103,39 @@ def test_a_peers_twin_is_stored_then_accepted_and_a_resend_counts_as_replay(part
     node_factory.run(main(), 6 * WAIT)
 
 
+def test_twins_received_close_together_share_one_batch_and_are_acknowledged_once_durable(
+        party, node_factory):
+    async def main() -> None:
+        # Prepare: twelve of bob's twins, and another twin bob signed as seq 1
+        node = await node_factory.opened(party.config)
+        frames = signed(make_twins(party.schema, "bob", k=12), party.schema, party.bob)
+        other = signed(make_twins(party.schema, "bob", k=1, seed=5), party.schema, party.bob)[0]
+        on_disk_when_acknowledged = []
+        acknowledge = node.commits.acknowledge
+
+        def watching(env, channel, stored):
+            on_disk_when_acknowledged.append(
+                (env.seq, node.store.frames(env.sender, env.seq) == list(env.frames)))
+            acknowledge(env, channel, stored)
+        node.commits.acknowledge = watching
+        # Execute: handed over as the SUB loop does (not waiting for the disk), then seq 1
+        # again and seq 1 with other content while it is still on its way
+        envs = [await node.handle_frames(f, wait=False) for f in frames]
+        replay = await node.handle_frames(frames[0], wait=False)
+        equivocation = await node.handle_frames(other, wait=False)
+        before = (node.counters["accepted"], node.verifier.guard.latest("bob"))
+        await node.commits.drain()
+        # Assert: nothing said "we have it" before the one batch was durable
+        assert all(e is not None for e in envs) and replay is None and equivocation is None
+        assert before == (0, 0) and node.commits.batches == 1
+        assert on_disk_when_acknowledged == [(s, True) for s in range(1, 13)]
+        assert node.counters["accepted"] == 12 and node.verifier.guard.latest("bob") == 12
+        assert dict(node.rejected) == {"replay": 1, "equivocation": 1}
+        assert node.store.frames("bob", 1) == frames[0]
+
+    node_factory.run(main(), 6 * WAIT)
+
+
 def test_forged_garbage_unpinned_misrouted_and_foreign_schema_messages_are_counted_by_reason(
         party, caplog, node_factory):
     async def main() -> None:

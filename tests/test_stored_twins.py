@@ -77,6 +77,7 @@ def test_a_cache_over_its_bound_decodes_again(world, small_schema):
 
 def test_a_damaged_stored_twin_is_left_out_and_logged(world, small_schema, caplog):
     trust, store, _ = world
+    store.checkpoint()  # the envelope files are written from the journal
     path = store.layout.envelope("bob", 8)
     blob = bytearray(path.read_bytes())
     blob[len(blob) // 2] ^= 0xFF

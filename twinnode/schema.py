@@ -17,6 +17,7 @@ import math
 import re
 import tomllib
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -115,9 +116,10 @@ class Schema:
         }
         return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 
-    @property
+    @cached_property
     def hash(self) -> str:
-        """Hex SHA-256 of the canonical form; travels with every twin."""
+        """Hex SHA-256 of the canonical form; travels with every twin (computed once: every
+        twin sent and received compares it)."""
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
 
     @property

@@ -13,14 +13,12 @@
               cancel the tasks, close the control socket, the sockets (linger 0), the store
 
 Every inbound message goes through `handle_frames`: `Verifier.open` (in a thread for a large
-payload, so hashing and decoding never stall the loop; one message at a time under the ingest
-lock, so a twin's replay check and its `accept` cannot interleave with another's), a check that
-the family belongs on the channel it came in on, then for a twin: store (durable) and only then
-`Verifier.accept`. A refusal is a counter and a `REJECTED (<reason>)` log line
-(`node.rejections`: the first of a kind with a hint, repeats summed once a minute), never an
-exception out of a loop. The replay guard is rebuilt from the store's index at start, not
-saved beside it: the index is what was acknowledged, so the two cannot disagree after a crash,
-and an envelope the store quarantined can be fetched again.
+payload; one message at a time under the ingest lock), a check that the family belongs on its
+channel, then for a twin the group commit (`node.groupcommit`: stored in a batch with one
+fsync) and only then `_acknowledge` (`Verifier.accept`, counters). A refusal is a counter and
+a `REJECTED (<reason>)` log line (`node.rejections`), never an exception out of a loop. The
+replay guard is rebuilt from the store's index at start: the index is what was acknowledged,
+so the two cannot disagree after a crash, and a quarantined envelope can be fetched again.
 
 Catch-up (the Clone pattern): `node.catchup` holds its state and decides, loop-free;
 `node.catchup_runner` carries the decisions out (heartbeats, a worker per peer, the periodic
@@ -59,7 +57,8 @@ from twinnode.node.control_server import ControlServer
 from twinnode.node.jobs import auto_publish_blocker, publish_job
 from twinnode.node.links import Links, keep, open_transport
 from twinnode.node.membership import PeerChanges, log_changes, peer_changes
-from twinnode.node.own_releases import published_before
+from twinnode.node.groupcommit import GroupCommit
+from twinnode.node.own_releases import Outbox, own_envelope, published_before
 from twinnode.node.receiving import Reply, max_frame_bytes, receive_loop, tagged, watch_peers
 from twinnode.node.rejections import RejectionLog
 from twinnode.node.serving import CatchupServer
@@ -128,6 +127,7 @@ class Node:
         self._reloading = asyncio.Lock()
         self.server = CatchupServer(self.counters, self.rejected)
         self._ingest_lock = asyncio.Lock()
+        self.commits = GroupCommit(self.name, self._acknowledge)  # twins on their way to disk
         self._stop_requested = asyncio.Event()
         self._started = time.monotonic()
         self._stopping = False
@@ -145,7 +145,7 @@ class Node:
         """Open the store and rebuild the replay guard from its index (no sockets)."""
         if self.store is not None:
             return
-        self.store = await asyncio.to_thread(Store.open, self.layout.root)
+        self.store = self.commits.store = await asyncio.to_thread(Store.open, self.layout.root)
         guard = ReplayGuard()
         for entry in await asyncio.to_thread(self.store.list):
             guard.accept(entry.sender, entry.seq, bytes.fromhex(entry.digest))
@@ -186,7 +186,7 @@ class Node:
         async def from_dealer() -> tuple[list[bytes], Reply | None]:
             return await transport.recv_reply(name), None
         self._peer_tasks[name] = [asyncio.create_task(c) for c in (
-            receive_loop("dealer", from_dealer, self.handle_frames, self.rejected),
+            receive_loop("dealer", from_dealer, self._receive, self.rejected),
             self.catchup_runner.worker(name, transport, self.verifier.guard))]
 
     def _run_tasks(self) -> None:
@@ -201,7 +201,7 @@ class Node:
             routing_id, frames = await transport.recv_request()
             return frames, partial(transport.reply, routing_id)
 
-        self._spawn(receive_loop("sub", from_sub, self.handle_frames, self.rejected),
+        self._spawn(receive_loop("sub", from_sub, self._receive, self.rejected),
                     self.server.run(from_router, self._open_request,
                                     partial(runner.serve, store=self.require_store())),
                     runner.heartbeats(transport, self.verifier.guard), runner.periodic(),
@@ -232,10 +232,12 @@ class Node:
                 await self.control.stop()
             if self.transport is not None:
                 self.transport.close()
+            await self.commits.drain()  # what was verified is stored and acknowledged
             if self.store is not None:
                 await asyncio.to_thread(self.store.close)
         finally:
             self.control = self.transport = self.store = self.verifier = None
+            self.commits.store = None
             self.catchup_runner.reset()
             self._stopping = False
         event(log, "node.stopped", node=self.name, accepted=self.counters["accepted"],
@@ -321,15 +323,17 @@ class Node:
     # ---- receiving ---------------------------------------------------------------------
 
     async def handle_frames(self, frames: Sequence[bytes], channel: str = "sub",
-                            reply: Reply | None = None) -> Envelope | None:
+                            reply: Reply | None = None, *, wait: bool = True
+                            ) -> Envelope | None:
         """Open one inbound message and act on it; a refusal is logged and counted.
 
-        Returns the verified envelope, or None when it was refused. Twins are stored before
-        the guard records them; a catch-up request is answered through `reply`.
+        The verified envelope, or None when refused; a twin's once it is durable and
+        acknowledged (`wait=False`, the receive loops: once it is queued for the disk).
         """
         try:
-            env = await self._ingest(frames, channel)
+            env, stored = await self._ingest(frames, channel)
             if isinstance(env.message, CatchupEnd):
+                await self.commits.drain()  # what the batch brought is counted first
                 try:
                     self.catchup_runner.on_end(env.message, env.sender)
                 except WireError as exc:
@@ -339,9 +343,7 @@ class Node:
             if isinstance(exc, TwinTooLarge) and self.verifier is not None:  # signed: for good
                 self.agreed.decline(self.verifier.guard, exc)
             return None
-        except StoreError as exc:
-            self.rejected["store"] += 1
-            event(log, "store.failed", str(exc), level=logging.ERROR, channel=channel)
+        if stored is not None and wait and not await stored:
             return None
         if isinstance(env.message, Heartbeat) and self.verifier is not None:
             self.catchup_runner.on_heartbeat(env.message, self.verifier.guard)
@@ -360,38 +362,47 @@ class Node:
             return None
         return env.message if isinstance(env.message, CatchupRequest) else None
 
-    async def _ingest(self, frames: Sequence[bytes], channel: str) -> Envelope:
-        """Verify, check the channel, and store a twin before recording it as seen; raises
-        the WireError (or StoreError) that refuses the message."""
+    async def _ingest(self, frames: Sequence[bytes],
+                      channel: str) -> tuple[Envelope, asyncio.Future[bool] | None]:
+        """Verify, check the channel, and submit a twin to the group commit (its future: True
+        once durable and acknowledged); raises the WireError that refuses the message."""
         async with self._ingest_lock:
             return await self._ingest_locked(frames, channel)
 
-    async def _ingest_locked(self, frames: Sequence[bytes], channel: str) -> Envelope:
+    async def _ingest_locked(self, frames: Sequence[bytes],
+                             channel: str) -> tuple[Envelope, asyncio.Future[bool] | None]:
         assert self.verifier is not None, "open() the node first"
         big = len(frames) > 2 and isinstance(frames[2], (bytes, bytearray, memoryview)) \
             and len(frames[2]) > OFFLOAD_BYTES
         opened = partial(self.verifier.open, expect=CHANNELS.get(channel, ()), channel=channel)
         env = await asyncio.to_thread(opened, frames) if big else opened(frames)
-        if env.family == TWIN:
-            await self._store(env, channel)
-        return env
+        if env.family != TWIN:
+            return env, None
+        self.commits.check(env)  # tagged with sender and seq, as Verifier.open's refusals
+        await self.commits.room()
+        return env, self.commits.submit(env, channel)
 
-    async def _store(self, env: Envelope, channel: str) -> None:
-        assert self.store is not None and self.verifier is not None
-        p, seq = env.twin.provenance, env.seq
-        assert seq is not None  # a twin's header always has one
-        stored = await asyncio.to_thread(self.store.put, env.sender, seq, env.digest,
-                                         env.frames, kind="twin", k=p.index, release=p.release,
-                                         own=env.sender == self.name)
-        if not stored:
-            raise tagged(DuplicateMessage(f"{env.sender} seq {env.seq} (or its content) is "
-                                           "already in the store"), env)
-        self.verifier.accept(env)
-        self.counters["accepted"] += 1
-        if channel in ("sub", "dealer"):  # live, or the peer being asked makes progress
-            self.catchup.on_twin(live=channel == "sub")
-        event(log, "twin.accepted", peer=env.sender, seq=env.seq, k=p.index,
-              release=p.release, channel=channel, level=logging.DEBUG)
+    async def _receive(self, frames: Sequence[bytes], channel: str,
+                       reply: Reply | None = None) -> None:
+        """`handle_frames` for the receive loops: a twin queued for the disk, not waited for."""
+        await self.handle_frames(frames, channel, reply, wait=False)
+
+    def _acknowledge(self, env: Envelope, channel: str, stored: bool | StoreError) -> None:
+        """A twin's batch was written: record it as seen and count it, or refuse it."""
+        if isinstance(stored, StoreError):
+            self.rejected["store"] += 1
+            event(log, "store.failed", str(stored), level=logging.ERROR, channel=channel)
+        elif not stored:
+            self.refusals.refused(tagged(DuplicateMessage(f"{env.sender} seq {env.seq} (or its "
+                                                          "content) is stored already"), env),
+                                  channel)
+        elif self.verifier is not None:
+            self.verifier.accept(env)
+            self.counters["accepted"] += 1
+            if channel in ("sub", "dealer"):  # live, or the peer being asked makes progress
+                self.catchup.on_twin(live=channel == "sub")
+            event(log, "twin.accepted", peer=env.sender, seq=env.seq, channel=channel,
+                  level=logging.DEBUG)
 
     # ---- what heartbeats say ----------------------------------------------------------
 
@@ -408,36 +419,29 @@ class Node:
     async def publish_release(self, release: Release,
                               progress: Progress | None = None) -> list[int]:
         """Check which twins of `release` were published before, then per remaining twin: take
-        the next own seq, sign, store (durable), publish. Returns the new seqs. A publish cut
-        short (cancelled, crashed) is completed by publishing the same release again."""
+        the next own seq, sign, submit; each is sent once durable (`Outbox`). The new seqs. A
+        publish cut short is completed by publishing the same release again."""
         assert self.store is not None and self.transport is not None
-        if release.sender != self.name:
-            raise ControlError(f"this release is from {release.sender!r}, not {self.name!r}; "
-                               f"make it with --sender {self.name}")
         done = await asyncio.to_thread(published_before, self.store, self.schema, self.name,
                                       release)
-        if done:
-            event(log, "release.resumed", f"{len(done)} of {len(release.twins)} twins were "
-                  "published before; publishing the rest", release=release.receipt.get("release"))
         seqs: list[int] = []
+        outbox = Outbox(self.transport, self.counters, progress, len(done), len(release.twins),
+                        live=lambda env: self.agreed.fits_everyone(env.frames, self.name,
+                                                                   env.seq or 0))
+        floor = await self.commits.next_own_seq(self.store)  # the store once, not per twin
         for i, twin in enumerate(release.twins):
             if i in done:
                 continue
-            async with self._ingest_lock:  # seq taken, signed and stored as one step
-                seq = await asyncio.to_thread(self.store.next_own_seq, self.name)
+            async with self._ingest_lock:  # seq taken, signed and submitted as one step
+                seq = floor = max(floor, self.commits.own_above())
                 frames = await asyncio.to_thread(encode_twin, twin, self.schema, seq,
                                                  self.signer)
-                try:
-                    env = await self._ingest_locked(frames, "local")
-                except WireError as exc:
-                    raise ControlError(f"own twin {i} (seq {seq}) refused ({exc.reason}): "
-                                       f"{exc}") from None
+                env = own_envelope(frames, twin, self.limits)  # its seq is above any pending
+                stored = self.commits.submit(env, "local")  # the store refuses a repeat
+                floor = seq + 1
             seqs.append(seq)
-            if self.agreed.fits_everyone(env.frames, self.name, seq):  # (`node.agreed`)
-                await self.transport.publish(env.frames)
-            self.counters["published"] += 1
-            if progress is not None:
-                progress(len(done) + len(seqs), len(release.twins))
+            await outbox.add(i, env, stored)  # sent once durable, in seq order
+        await outbox.close()
         event(log, "release.published", release=release.receipt.get("release"),
               k=len(release.twins), seqs=f"{seqs[0]}-{seqs[-1]}" if seqs else "-")
         return seqs

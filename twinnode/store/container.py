@@ -44,9 +44,12 @@ def pack_envelope(meta: Mapping[str, Any], frames: Sequence[bytes]) -> bytes:
     parts = [_HEAD.pack(MAGIC, VERSION, len(meta_bytes)), meta_bytes, _COUNT.pack(len(frames))]
     for frame in frames:
         parts.append(_LEN.pack(len(frame)))
-        parts.append(bytes(frame))
-    body = b"".join(parts)
-    return body + hashlib.sha256(body).digest()
+        parts.append(frame)
+    digest = hashlib.sha256()
+    for part in parts:  # hashed piece by piece, joined once: a twin's bytes are copied once
+        digest.update(part)
+    parts.append(digest.digest())
+    return b"".join(parts)
 
 
 def container_checksum(blob: bytes) -> str:
@@ -58,7 +61,7 @@ def unpack_envelope(blob: bytes, source: str = "<container>") -> tuple[dict[str,
     """(meta, frames) from container bytes; StoreError naming `source` if anything is off."""
     if len(blob) < _HEAD.size + _COUNT.size + CHECKSUM_SIZE:
         raise StoreError(f"{source}: truncated envelope file ({len(blob)} bytes)")
-    body, checksum = blob[:-CHECKSUM_SIZE], blob[-CHECKSUM_SIZE:]
+    body, checksum = memoryview(blob)[:-CHECKSUM_SIZE], blob[-CHECKSUM_SIZE:]
     magic, version, meta_len = _HEAD.unpack_from(body, 0)
     if magic != MAGIC:
         raise StoreError(f"{source}: not an envelope file (magic {magic!r})")
@@ -71,7 +74,7 @@ def unpack_envelope(blob: bytes, source: str = "<container>") -> tuple[dict[str,
     if meta_len > MAX_META or pos + meta_len + _COUNT.size > len(body):
         raise StoreError(f"{source}: metadata length {meta_len} runs past the end")
     try:
-        meta = json.loads(body[pos:pos + meta_len].decode("utf-8"))
+        meta = json.loads(bytes(body[pos:pos + meta_len]).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise StoreError(f"{source}: metadata is not JSON ({exc})") from None
     if not isinstance(meta, dict):
@@ -89,7 +92,7 @@ def unpack_envelope(blob: bytes, source: str = "<container>") -> tuple[dict[str,
         pos += _LEN.size
         if pos + length > len(body):
             raise StoreError(f"{source}: frame {i} ({length} bytes) runs past the end")
-        frames.append(body[pos:pos + length])
+        frames.append(bytes(body[pos:pos + length]))
         pos += length
     if pos != len(body):
         raise StoreError(f"{source}: {len(body) - pos} unexpected bytes after the last frame")

@@ -22,7 +22,7 @@ import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 from twinnode.errors import StoreError
 from twinnode.store.names import normalize_digest
@@ -93,16 +93,29 @@ class Index:
             self._db = None
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT, rolled back if the body raises."""
+    def transaction(self, synchronous: str = SYNCHRONOUS) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back if the body raises; the commit at
+        `synchronous` (NORMAL: no fsync, for rows the journal already made durable)."""
         db = self.conn
-        db.execute("BEGIN IMMEDIATE")
+        if synchronous != SYNCHRONOUS:
+            db.execute(f"PRAGMA synchronous={synchronous}")
         try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        finally:
+            if synchronous != SYNCHRONOUS:
+                db.execute(f"PRAGMA synchronous={SYNCHRONOUS}")
+
+    def checkpoint(self) -> bool:
+        """Copy the WAL into the database and fsync both (`wal_checkpoint(FULL)`): every row
+        committed so far is durable on its own; False if a reader kept it from finishing."""
+        busy, _, _ = self.conn.execute("PRAGMA wal_checkpoint(FULL)").fetchone()
+        return int(busy) == 0
 
     # ---- writes ----
 
@@ -120,6 +133,23 @@ class Index:
                 tx.execute("INSERT INTO counters(name, value) VALUES('own_seq', ?) ON "
                            "CONFLICT(name) DO UPDATE SET value=MAX(value, excluded.value)",
                            (meta["seq"],))
+
+    def insert_many(self, rows: Sequence[tuple[Mapping[str, Any], int, str, bool]]) -> None:
+        """The rows (metadata, size, checksum, own) of a batch the journal holds, in one
+        commit without an fsync (`checkpoint` makes them durable on their own); the own-seq
+        counter rises to the highest own seq among them."""
+        own = max((m["seq"] for m, _, _, is_own in rows if is_own), default=None)
+        with self.transaction("NORMAL") as tx:
+            tx.executemany(
+                "INSERT INTO envelopes(sender, seq, digest, kind, k, release, status, received, "
+                "size, checksum) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(m["sender"], m["seq"], m["digest"], m["kind"], m.get("k"), m.get("release"),
+                  m["status"], float(m["received"]), size, checksum)
+                 for m, size, checksum, _ in rows])
+            if own is not None:
+                tx.execute("INSERT INTO counters(name, value) VALUES('own_seq', ?) ON "
+                           "CONFLICT(name) DO UPDATE SET value=MAX(value, excluded.value)",
+                           (own,))
 
     def set_status(self, sender: str, seq: int, status: str) -> bool:
         """Mark one row; False if there is none."""

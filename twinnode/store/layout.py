@@ -6,6 +6,7 @@
       store/index.sqlite3                     the store's index (SQLite, WAL)
       store/envelopes/<sender>/<seq:010d>.env one stored envelope (`store.container` format)
       store/quarantine/                       files that failed a check, kept for inspection
+      store/journal/<n:010d>.tnj              group-commit journal segments (`store.journal`)
       ledger.json, .ledger.lock               the privacy ledger and its flock
       posterior.npz                           the latest trained posterior
       releases/<id>-<time>.json               the receipt of each release this node drew
@@ -27,6 +28,7 @@ STORE_DIR = "store"
 INDEX_NAME = "index.sqlite3"
 ENVELOPES_DIR = "envelopes"
 QUARANTINE_DIR = "quarantine"
+JOURNAL_DIR = "journal"
 LEDGER_NAME = "ledger.json"
 LEDGER_LOCK_NAME = ".ledger.lock"
 POSTERIOR_NAME = "posterior.npz"
@@ -68,6 +70,10 @@ class StateLayout:
     @property
     def quarantine(self) -> Path:
         return self.store / QUARANTINE_DIR
+
+    @property
+    def journal(self) -> Path:
+        return self.store / JOURNAL_DIR
 
     @property
     def ledger(self) -> Path:

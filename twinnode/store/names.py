@@ -1,4 +1,5 @@
-"""What the store files and indexes an envelope under: sender names, seqs, digests, status words.
+"""What the store files and indexes an envelope under: sender names, seqs, digests, status words,
+and a `Put` (one envelope for `Store.put_many`) checked and packed into its container bytes.
 
 Each check returns the value it accepts or raises StoreError: a sender name becomes a directory
 name, so it must be safe as one, and a digest is indexed as lowercase hex text.
@@ -6,9 +7,11 @@ name, so it must be safe as one, and a digest is indexed as lowercase hex text.
 from __future__ import annotations
 
 import re
-from typing import Any
+import time
+from typing import Any, NamedTuple, Sequence
 
 from twinnode.errors import StoreError
+from twinnode.store.container import pack_envelope
 from twinnode.trust.seqset import MAX_SEQ
 
 SENDER_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}")
@@ -49,3 +52,38 @@ def check_token(name: str, value: Any) -> str:
     if not isinstance(value, str) or not _TOKEN_RE.fullmatch(value):
         raise StoreError(f"{name} {value!r} must be a short lowercase word")
     return value
+
+
+class Put(NamedTuple):
+    """One envelope for `Store.put_many` (the arguments of `Store.put`)."""
+
+    sender: str
+    seq: int
+    digest: bytes | str
+    frames: Sequence[bytes]
+    kind: str = "twin"
+    k: int | None = None
+    release: str | None = None
+    status: str = "accepted"
+    own: bool = False
+
+
+Packed = tuple[dict[str, Any], bytes, bool]  # (index metadata, container bytes, own)
+
+
+def pack_put(put: Put) -> Packed:
+    """A checked Put as its metadata and container bytes (StoreError if anything is off)."""
+    meta: dict[str, Any] = {
+        "sender": check_sender(put.sender), "seq": check_seq(put.seq),
+        "digest": normalize_digest(put.digest), "kind": check_token("kind", put.kind),
+        "k": put.k, "release": put.release, "status": check_token("status", put.status),
+        "received": time.time()}
+    k, release, frames = put.k, put.release, put.frames
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
+        raise StoreError(f"twin index k={k!r} must be a non-negative integer or None")
+    if release is not None and (not isinstance(release, str) or len(release) > 256):
+        raise StoreError(f"release {release!r} must be a string of at most 256 characters")
+    if not isinstance(frames, (list, tuple)) or not all(
+            isinstance(f, (bytes, bytearray, memoryview)) for f in frames):
+        raise StoreError("frames must be a list of bytes")
+    return meta, pack_envelope(meta, frames), bool(put.own)

@@ -1,4 +1,4 @@
-"""The node's durable store: envelope files, a SQLite (WAL) index, own sequence numbers, state.
+"""The node's durable store: envelope files, a SQLite (WAL) index, a group-commit journal.
 
 Layout under the state directory (one node process owns it, see `Store.open`; the paths are
 `store.layout`'s):
@@ -6,48 +6,42 @@ Layout under the state directory (one node process owns it, see `Store.open`; th
     twinnode.lock                             flock held by the owner; its pid inside
     store/index.sqlite3                       the index (`store.index`; WAL mode); a row is the
                                               acknowledgement
+    store/journal/<n>.tnj                     batches not yet checkpointed (`store.journal`)
     store/envelopes/<sender>/<seq:010d>.env   the frames exactly as received (`store.container`)
     store/quarantine/                         files that failed a check, kept for inspection
 
-Write order in `put`: the container file first (`atomic.write_bytes_atomic`: temp file,
-fsync, rename, fsync directory), then its index row in one committed transaction; `put`
-returns only after both. So after a SIGKILL at any point every envelope whose `put` returned
-is present and intact.
+Group commit (`put_many`; `put` is a batch of one): the containers of the whole batch are
+appended to the journal in one write and made durable with one `fdatasync`; then their index
+rows are committed in one transaction without an fsync of their own (the journal already
+holds them). `put_many` returns only after both, so after a SIGKILL (or a power loss) at any
+point every envelope whose put returned True is recovered, byte for byte. Until the next
+checkpoint an envelope is read from its journal record; the checkpoint (a thread: after a
+second without puts, when a segment holds `segment_bytes`, and at `close`) writes the
+envelope files, fsyncs them, their directories and the index, and deletes the segments. A
+clean close therefore leaves the plain per-envelope layout that builds before the journal
+wrote and read (tests/fixtures/store-9c89b38 is such a store); such a build opening a store
+after a crash would quarantine the rows whose files were not written yet, and catch-up would
+fetch them again.
 
 Uniqueness: one envelope per (sender, seq), and one per (sender, payload digest): a sender's
 content stored twice under two seqs is a duplicate, while two senders may hold the same
 payload (judging content across senders would let one peer censor another by re-signing its
-twin and delivering it first).
+twin and delivering it first). The index's format, and the migration of the earlier one, are
+`store.index`'s; recovery at `open` is `store.recovery`'s. `frames` checks size and SHA-256
+on every read and quarantines damaged content (the row leaves the index, so catch-up can
+fetch the envelope again), raising StoreError: a damaged file is never read as a twin.
 
-The index's format, and the migration of the earlier one, are `store.index`'s.
+Own sequence numbers: `Put.own` raises the own-seq counter to the twin's seq in the same
+commit as its index row, and `next_own_seq(name)` is one above that counter, every seq of
+ours stored now (one recovered from the journal included) and every seq of ours quarantined.
+A seq is taken only by storing a twin, so a publish that is cut short or refused leaves no
+gap; a twin signed but never stored never left the process, so signing another under its
+seq is no equivocation. An own twin is sent only after its batch is durable, so a seq that
+was sent is never handed out again, and two different signed twins under one seq
+(equivocation) cannot come from us.
 
-Recovery in `open`:
-- stray temp files (`atomic.is_temp_name`, a crash before rename) are deleted: never read;
-- an envelope file without an index row (a crash between rename and commit: the `put` never
-  returned) is *re-indexed* after its checksum and metadata verify. It is complete (it was
-  fsynced before the rename), it was verified by the caller before `put`, and keeping it
-  closes what would otherwise be a permanent hole in a sender's (or our own) sequence;
-  a file that fails verification is moved to quarantine instead;
-- an index row whose file is missing or of the wrong size is quarantined: the row leaves the
-  index (so catch-up can fetch the envelope again) and is recorded in `quarantined()`.
-  `frames` checks size and SHA-256 on every read and quarantines a damaged file the same way,
-  raising StoreError: a damaged file is never read as a twin.
-
-Own sequence numbers: `put(..., own=True)` raises the own-seq counter to the twin's seq in
-the same commit as its index row, and `next_own_seq(name)` is one above that counter, every
-seq of ours stored now (a re-indexed orphan included) and every seq of ours quarantined. A seq
-is taken only by storing a twin, so a publish that is cut short or refused leaves no gap; a
-twin signed but never stored never left the process, so signing another under its seq is no
-equivocation.
-
-Durability: `PRAGMA synchronous=FULL`. In WAL mode NORMAL already survives a process crash
-(SIGKILL), but the last commits may roll back after a power loss or OS crash; FULL fsyncs the
-WAL on every commit, so an own twin that was acknowledged (and then sent) is never forgotten
-and its seq never handed out again (two different signed messages under one seq would be
-equivocation), and an acknowledgement means the same thing after any crash. The price is one
-fsync per commit on top of the two a `put` already pays for its file: scripts/bench_store.py
-measured 6.5 ms vs 2.7 ms per 20 kB put on the 2-core dev VM, i.e. 0.65 s for a release of
-K = 100 twins.
+Cost (scripts/bench_store.py, 70 kB envelopes on the 2-core dev VM): one fsync per batch
+instead of three per envelope (file, directory, WAL at synchronous=FULL).
 
 The store does not parse wire messages: callers pass sender, seq, digest and metadata.
 Methods are thread-safe (one lock), so a node may call them through `asyncio.to_thread`.
@@ -64,41 +58,50 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from twinnode.atomic import fsync_dir, is_temp_name, mkdir_durable, write_bytes_atomic
+from twinnode.atomic import fsync_dir, mkdir_durable
 from twinnode.errors import StoreError
-from twinnode.store.container import container_checksum, pack_envelope, unpack_envelope
+from twinnode.store.container import container_checksum, unpack_envelope
 from twinnode.store.index import EntryMeta, Index, open_index
-from twinnode.store.layout import StateLayout, envelope_seq
-from twinnode.store.names import (
-    SENDER_RE,
-    check_sender,
-    check_seq,
-    check_token,
-    normalize_digest,
-)
+from twinnode.store.journal import SEGMENT_BYTES, Journal, Location, read_record
+from twinnode.store.layout import StateLayout
+from twinnode.store.names import Put, check_sender, check_seq, check_token, pack_put
+from twinnode.store.recovery import COUNTS, reconcile_files, replay_journal, write_file
 from twinnode.trust.seqset import MAX_SEQ, Holding
 
 log = logging.getLogger("twinnode.store")
+__all__ = ["Put", "Store"]
+
+IDLE_CHECKPOINT = 1.0  # seconds without a put after which the journal is checkpointed
 
 
 class Store:
     """One node's durable store; open with `Store.open(state_dir)`, one owner at a time."""
 
-    def __init__(self, layout: StateLayout, lock_fd: int, index: Index) -> None:
+    def __init__(self, layout: StateLayout, lock_fd: int, index: Index,
+                 journal: Journal) -> None:
         self.layout = layout
         self.state_dir = layout.root
         self.root = layout.store
         self.envelopes_dir = layout.envelopes
         self.quarantine_dir = layout.quarantine
-        self.recovery: dict[str, int] = {"temp_removed": 0, "reindexed": 0,
-                                         "duplicates_removed": 0, "quarantined": 0}
+        self.recovery: dict[str, int] = dict.fromkeys(COUNTS, 0)
         self._lock_fd: int | None = lock_fd
         self._index = index
+        self._journal = journal
+        self._in_journal: dict[tuple[str, int], Location] = {}  # acknowledged, no file yet
+        self._unsynced: set[Path] = set()  # files recovery wrote, synced at the checkpoint
+        self._dirs: set[Path] = set()      # sender directories known to exist
         self._mutex = threading.RLock()
+        self._checkpointing = threading.Lock()
+        self._last_put = time.monotonic()
+        self._wake = threading.Event()
+        self._closing = False
+        self._checkpointer: threading.Thread | None = None
 
     @classmethod
-    def open(cls, state_dir: str | Path) -> "Store":
-        """Lock `state_dir`, open (or create) the index and recover from any earlier crash."""
+    def open(cls, state_dir: str | Path, segment_bytes: int = SEGMENT_BYTES) -> "Store":
+        """Lock `state_dir`, open (or create) the index and recover from any earlier crash
+        (`store.recovery`). `segment_bytes`: when the journal is checkpointed."""
         layout = StateLayout.of(state_dir)
         try:
             mkdir_durable(layout.root, mode=0o700)
@@ -107,14 +110,17 @@ class Store:
             raise StoreError(f"cannot use state directory {layout.root}: {exc}") from None
         index = None
         try:
-            for d in (layout.store, layout.envelopes, layout.quarantine):
+            for d in (layout.store, layout.envelopes, layout.quarantine, layout.journal):
                 mkdir_durable(d, mode=0o700)
             index = open_index(layout.index)
-            store = cls(layout, lock_fd, index)
+            store = cls(layout, lock_fd, index, Journal(layout.journal, segment_bytes))
             try:
                 store._recover()
             except OSError as exc:
                 raise StoreError(f"store recovery in {layout.store} failed: {exc}") from None
+            store._checkpointer = threading.Thread(target=store._checkpoint_when_due,
+                                                   name="store-checkpoint", daemon=True)
+            store._checkpointer.start()
             return store
         except BaseException:
             if index is not None:
@@ -123,8 +129,16 @@ class Store:
             raise
 
     def close(self) -> None:
-        """Close the index and release the lock; safe to call twice."""
+        """Checkpoint (so a clean close leaves no journal), close the index and release the
+        lock; safe to call twice."""
+        self._closing = True
+        self._wake.set()
+        if self._checkpointer is not None and self._checkpointer is not threading.current_thread():
+            self._checkpointer.join()
+        if not self._index.closed:
+            self.checkpoint()
         with self._mutex:
+            self._journal.close()
             self._index.close()
             if self._lock_fd is not None:
                 _release_lock(self._lock_fd)
@@ -141,36 +155,44 @@ class Store:
     def put(self, sender: str, seq: int, digest: bytes | str, frames: Sequence[bytes], *,
             kind: str = "twin", k: int | None = None, release: str | None = None,
             status: str = "accepted", own: bool = False) -> bool:
-        """Store an envelope durably; True once acknowledged, False if (sender, seq) or
-        (sender, digest) is already stored (then nothing is written). `own`: one of our own
-        twins, so the own-seq counter rises to `seq` in the same commit."""
-        meta: dict[str, Any] = {
-            "sender": check_sender(sender), "seq": check_seq(seq),
-            "digest": normalize_digest(digest), "kind": check_token("kind", kind),
-            "k": k, "release": release, "status": check_token("status", status),
-            "received": time.time()}
-        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
-            raise StoreError(f"twin index k={k!r} must be a non-negative integer or None")
-        if release is not None and (not isinstance(release, str) or len(release) > 256):
-            raise StoreError(f"release {release!r} must be a string of at most 256 characters")
-        if not isinstance(frames, (list, tuple)) or not all(
-                isinstance(f, (bytes, bytearray, memoryview)) for f in frames):
-            raise StoreError("frames must be a list of bytes")
-        blob = pack_envelope(meta, frames)
+        """Store one envelope durably (a batch of one, see `put_many`); True once
+        acknowledged, False if (sender, seq) or (sender, digest) is already stored."""
+        return self.put_many([Put(sender, seq, digest, frames, kind=kind, k=k,
+                                  release=release, status=status, own=own)])[0]
+
+    def put_many(self, puts: Sequence[Put]) -> builtins.list[bool]:
+        """Store a batch durably with one fsync (group commit); per envelope True once
+        acknowledged, False if its (sender, seq) or (sender, digest) is already stored or
+        comes earlier in the batch (then nothing is written for it). `Put.own`: one of our
+        own twins, so the own-seq counter rises to its seq in the same commit."""
+        packed = [pack_put(p) for p in puts]
+        results = [False] * len(packed)
         with self._mutex:
-            if self._index.known(sender, seq, meta["digest"]):
-                return False
-            path = self._path(sender, seq)
+            fresh: builtins.list[int] = []
+            keys: set[tuple[str, object]] = set()
+            for i, (meta, _, _) in enumerate(packed):
+                s, q, d = meta["sender"], meta["seq"], meta["digest"]
+                if (s, q) in keys or (s, d) in keys or self._index.known(s, q, d):
+                    continue
+                keys |= {(s, q), (s, d)}
+                fresh.append(i)
+            if not fresh:
+                return results
             try:
-                write_bytes_atomic(path, blob, dir_mode=0o700)
-            except OSError as exc:
-                raise StoreError(f"could not write envelope {sender}#{seq}: {exc}") from None
-            try:
-                self._index.insert(meta, len(blob), container_checksum(blob), own=own)
-            except sqlite3.Error as exc:
-                path.unlink(missing_ok=True)  # never acknowledged
-                raise StoreError(f"could not index envelope {sender}#{seq}: {exc}") from exc
-        return True
+                places = self._journal.append([packed[i][1] for i in fresh])  # durable now
+                self._index.insert_many([(meta, len(blob), container_checksum(blob), own)
+                                         for meta, blob, own in (packed[i] for i in fresh)])
+            except (OSError, sqlite3.Error) as exc:  # the journal may hold it: recovery would
+                self._journal.seal()                 # index it, as a batch a crash cut short
+                raise StoreError(f"could not store {len(fresh)} envelope(s): {exc}") from None
+            for i, place in zip(fresh, places):
+                results[i] = True
+                self._in_journal[(packed[i][0]["sender"], packed[i][0]["seq"])] = place
+            self._last_put = time.monotonic()
+            if self._journal.full:
+                self._journal.seal()
+                self._wake.set()
+        return results
 
     def has(self, sender: str, seq: int) -> bool:
         """Whether (sender, seq) is stored."""
@@ -194,8 +216,9 @@ class Store:
             if facts is None:
                 raise StoreError(f"no envelope {sender}#{seq} in the store")
             path = self._path(sender, seq)
+            place = self._in_journal.get((sender, seq))
             try:
-                blob = path.read_bytes()
+                blob = path.read_bytes() if place is None else read_record(place)
                 if (len(blob), container_checksum(blob)) != facts:
                     raise StoreError(f"{path}: size or checksum differs from the index")
                 return unpack_envelope(blob, str(path))[1]
@@ -256,6 +279,54 @@ class Store:
         with self._mutex:
             return self._index.quarantined()
 
+    # ---- durability ----
+
+    def checkpoint(self) -> None:
+        """Write the files of the envelopes the journal holds, fsync them, their directories
+        and the index, then delete the journal segments: afterwards the store is the plain
+        per-envelope layout (what builds before the journal read). Runs beside `put_many`,
+        which it holds up for one file at a time."""
+        with self._checkpointing:
+            with self._mutex:
+                self._journal.seal()
+                sealed = list(self._journal.sealed)
+                todo = list(self._in_journal.items())
+                files, self._unsynced = self._unsynced, set()
+            if not sealed:
+                return
+            try:
+                for key, place in todo:
+                    with self._mutex:
+                        if self._in_journal.get(key) == place:  # not quarantined meanwhile
+                            files.add(self._write_file(key, read_record(place)))
+                for path in sorted(files):
+                    _fsync_file(path)
+                for directory in sorted({p.parent for p in files}):
+                    fsync_dir(directory)
+                with self._mutex:
+                    if self._index.closed or not self._index.checkpoint():
+                        self._unsynced |= files  # the index is busy: the journal stays
+                        return
+                    self._journal.remove(sealed)
+                    for key, place in todo:
+                        if self._in_journal.get(key) == place:
+                            del self._in_journal[key]
+            except (OSError, sqlite3.Error, StoreError) as exc:
+                with self._mutex:
+                    self._unsynced |= files
+                log.error("store checkpoint failed (the journal is kept): %s", exc)
+
+    def _checkpoint_when_due(self) -> None:
+        """The checkpoint thread: after a second without puts, or when a segment is full."""
+        while not self._closing:
+            self._wake.wait(IDLE_CHECKPOINT)
+            self._wake.clear()
+            with self._mutex:
+                due = bool(self._journal.sealed) or (bool(self._in_journal) and time.monotonic()
+                                                     - self._last_put >= IDLE_CHECKPOINT)
+            if due and not self._closing:
+                self.checkpoint()
+
     # ---- own sequence numbers ----
 
     def own_seq(self) -> int:
@@ -285,6 +356,7 @@ class Store:
 
     def _quarantine(self, sender: str, seq: int, reason: str, path: Path | None) -> None:
         """Move a bad file aside (first), then drop its row and record why (one commit)."""
+        self._in_journal.pop((sender, seq), None)
         kept = None
         if path is not None and path.exists():
             kept = self.layout.quarantined(sender, seq, time.time_ns())
@@ -296,52 +368,34 @@ class Store:
         log.warning("QUARANTINED envelope %s#%d: %s", sender, seq, reason)
 
     def _recover(self) -> None:
-        """Delete temp files, re-index complete orphans, quarantine rows without a good file."""
-        rows = self._index.sizes()
-        seen: set[tuple[str, int]] = set()
-        for sender_dir in sorted(self.envelopes_dir.iterdir()):
-            if not sender_dir.is_dir() or not SENDER_RE.fullmatch(sender_dir.name):
-                log.warning("ignoring unexpected entry %s in the store", sender_dir)
-                continue
-            for path in sorted(sender_dir.iterdir()):
-                seq = envelope_seq(path.name)
-                if is_temp_name(path.name):
-                    path.unlink(missing_ok=True)
-                    self.recovery["temp_removed"] += 1
-                elif seq is None:
-                    log.warning("ignoring unexpected file %s in the store", path)
-                elif (key := (sender_dir.name, seq)) in rows:
-                    seen.add(key)
-                    if path.stat().st_size != rows[key]:
-                        self._quarantine(*key, "file size differs from the index", path)
-                else:
-                    self._adopt(key, path)
-        for key in sorted(rows.keys() - seen):
-            self._quarantine(*key, "file missing", None)
+        """Replay the journal, checkpoint it away, reconcile files and rows (`store.recovery`)."""
+        self._unsynced |= replay_journal(self.layout, self._index, self._journal,
+                                         self.recovery)
+        self.checkpoint()
+        reconcile_files(self.layout, self._index, self.recovery, self._quarantine)
         if any(self.recovery.values()):
             log.warning("store recovery in %s: %s", self.root, self.recovery)
 
-    def _adopt(self, key: tuple[str, int], path: Path) -> None:
-        """Index a complete file whose row a crash lost, or quarantine it if it is bad."""
-        blob = path.read_bytes()
-        try:
-            meta, _ = unpack_envelope(blob, str(path))
-            if (meta.get("sender"), meta.get("seq")) != key:
-                raise StoreError(f"{path}: metadata names {meta.get('sender')}#"
-                                 f"{meta.get('seq')}")
-            meta["digest"] = normalize_digest(meta.get("digest"))
-            check_token("kind", meta.get("kind"))
-            check_token("status", meta.get("status"))
-        except StoreError as exc:
-            self._quarantine(*key, f"unindexed file failed verification: {exc}", path)
-            return
-        if self._index.seq_of_digest(key[0], meta["digest"]) is not None:
-            path.unlink()
-            fsync_dir(path.parent)
-            self.recovery["duplicates_removed"] += 1
-            return
-        self._index.insert(meta, len(blob), container_checksum(blob))
-        self.recovery["reindexed"] += 1
+    def _write_file(self, key: tuple[str, int], blob: bytes) -> Path:
+        """An envelope's file, from its journal record (not fsynced: the caller syncs)."""
+        path = self._path(*key)
+        if path.parent not in self._dirs:
+            mkdir_durable(path.parent, mode=0o700)
+            self._dirs.add(path.parent)
+        write_file(path, blob)
+        return path
+
+
+def _fsync_file(path: Path) -> None:
+    """fsync one file; one moved away meanwhile (quarantine syncs its own move) is skipped."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _acquire_lock(layout: StateLayout) -> int:
