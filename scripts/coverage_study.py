@@ -46,6 +46,8 @@ from twinnode.analysis.fit import (  # noqa: E402
     twins_fit,
 )
 from twinnode.analysis.options import DEFAULT_HETEROGENEITY, HETEROGENEITIES  # noqa: E402
+from twinnode.analysis.sites import add_between_release, peer_fits  # noqa: E402
+from twinnode.analysis.usable import usable_peers  # noqa: E402
 from twinnode.analysis.weighting import choose_weight  # noqa: E402
 from twinnode.lab.simtwins import SMALL_TRUE_COEFFICIENTS, TwinMaker, simulate_small, small_schema  # noqa: E402
 
@@ -74,6 +76,8 @@ def run_study(twin_maker: TwinMaker, reps: int = 200, k: int = 100, peers: int =
                                         seed=base + 50 + i)
                  for i in range(peers)}
         fits: dict[str, PooledFit] = {"twins-only": twins_fit(schema, twins["peer0"], options)}
+        checked = usable_peers(schema, twins)
+        singles = peer_fits(schema, checked, options)  # each peer's twins alone: the sites of τ²
         for w in weights:
             if w == "auto":
                 lam = choose_weight(schema, local, twins, seed=base, options=options).chosen
@@ -82,10 +86,12 @@ def run_study(twin_maker: TwinMaker, reps: int = 200, k: int = 100, peers: int =
             else:
                 lam = float(w)
                 name = "combined" if lam == 1.0 else f"combined@{lam:g}"
-            for het in heterogeneities:  # the between-release term: default, or as named
+            for het in heterogeneities:  # the between-release term, as `analyze_party` adds it
                 label = name if het == DEFAULT_HETEROGENEITY else f"{name}[{het}]"
-                fits[label] = combined_fit(schema, local, twins, weight=lam,
-                                           options=replace(options, heterogeneity=het))
+                opts = replace(options, heterogeneity=het)
+                fits[label] = add_between_release(
+                    combined_fit(schema, local, checked, weight=lam, options=opts),
+                    local_fit(schema, local, opts), singles)
         fits["local-only"] = local_fit(schema, local, options)
         if truth is None:
             truth = np.array([SMALL_TRUE_COEFFICIENTS[t] for t in fits["local-only"].terms])
