@@ -44,6 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                             f"./{DEFAULT_STATE}); the socket is <state>/control.sock")
     where.add_argument("--socket", type=Path, help="the control socket itself")
     p.add_argument("--json", action="store_true", help="print the raw JSON result")
+    p.add_argument("--csv", type=Path, metavar="FILE",
+                   help="analyze wait=true: also write the summary table to FILE as CSV")
     p.add_argument("--timeout", type=float, default=30.0,
                    help="seconds to wait for the reply (default 30)")
     p.add_argument("cmd", metavar="COMMAND", help=", ".join(CTL_COMMANDS))
@@ -72,6 +74,9 @@ def run(args: argparse.Namespace) -> int:
     params = resolve_paths(args.cmd, parse_params(args.params, BARE.get(args.cmd, ())))
     if not args.timeout > 0:
         raise ConfigError(f"--timeout must be positive, got {args.timeout}")
+    if args.csv is not None and (args.cmd != "analyze" or params.get("wait") is not True):
+        raise ConfigError("--csv goes with `analyze wait=true` (the table comes with the "
+                          "finished analysis)")
     if args.cmd == "watch":
         from twinnode.cli.ctl_wait import watch_job
 
@@ -92,6 +97,10 @@ def run(args: argparse.Namespace) -> int:
         result = dict(done)
     else:
         result = request_sync(path, args.cmd, params, timeout=args.timeout)
+    if args.csv is not None:
+        from twinnode.cli.summary import write_csv
+
+        write_csv(result["summary"], args.csv)
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:
@@ -327,11 +336,14 @@ def format_screen(r: Mapping[str, Any]) -> str:
 
 
 def format_analyze(r: Mapping[str, Any]) -> str:
-    """A job reply, with the combined and local coefficients as a table."""
-    marks = ("disagreeing", "moved_outside_local")
-    lines = [format_job({k: v for k, v in r.items()
-                         if k != "coefficients" and k not in marks})]
-    if r.get("coefficients"):
+    """A job reply, with the summary table (`cli.summary`) of the finished analysis."""
+    from twinnode.cli.summary import render
+
+    marks = ("disagreeing", "moved_outside_local", "coefficients", "summary")
+    lines = [format_job({k: v for k, v in r.items() if k not in marks})]
+    if r.get("summary"):
+        lines += ["", render(r["summary"]), ""]
+    elif r.get("coefficients"):  # a node from before the summary table
         lines += _table(["TERM", "COMBINED", "SE", "LOCAL", "SE", "TWINS AGREE"],
                         [[term] + [_scalar(c.get(key)) for key in
                                    ("estimate", "se", "local_estimate", "local_se")]

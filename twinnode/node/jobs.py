@@ -277,7 +277,7 @@ async def analyze_job(ctx: NodeContext, job: JobState, args: Mapping[str, Any]) 
                        f"twin weight {weight['chosen']:g} ({weight['mode']}); "
                        f"{report['screening']['message']}",
             "verdict": weight["verdict"], "report": str(path), "peers": pooling["peers"],
-            "coefficients": summary,
+            "coefficients": summary, "summary": report["summary"],
             "disagreeing": (report["agreement"] or {}).get("disagreeing", []),
             "moved_outside_local": report["moved_outside_local"],
             **({"ll_local": report["ll_local"], "ll_combined": report["ll_combined"]}
