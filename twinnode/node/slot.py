@@ -31,8 +31,9 @@ class JobState:
     error: TwinnodeError | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"name": self.name, "state": self.state, "progress": self.progress,
-               "detail": self.detail, "started": self.started, "finished": self.finished}
+        out: dict[str, Any] = {
+            "name": self.name, "state": self.state, "progress": self.progress,
+            "detail": self.detail, "started": self.started, "finished": self.finished}
         if self.steps is not None:
             out |= {"steps": list(self.steps), "elbo": self.elbo, "eta": self.eta}
         if self.error is not None:
