@@ -36,7 +36,8 @@ def node(tmp_path: Path):
     write_table(make_small_frame(schema, n=2000, seed=3), tmp_path / "alice.csv", schema)
     save_identity(Identity.generate("alice"), tmp_path / "keys")
     pub, router = free_ports(2)
-    doc = {"node": {"name": "alice"}, "data": {"path": "alice.csv", "schema": "schema.toml"},
+    doc = {"node": {"name": "alice"},
+           "data": {"path": "alice.csv", "schema": "schema.toml"},
            "privacy": {"epochs": STEPS * 0.1, "q": 0.1}, "generator": {"components": 4, "chunk": STEPS},
            "twins": {"k": 2}, "network": {"pub": f"tcp://127.0.0.1:{pub}",
                                          "router": f"tcp://127.0.0.1:{router}"}}

@@ -67,8 +67,8 @@ def still_running(cmd: str, job: Mapping[str, Any], timeout: float, where: str) 
     """The message for a job that outlived ctl's wait."""
     return (f"{cmd} is still running after {timeout:g} s: {describe(job)}\n"
             f"The node goes on with it; nothing failed, and asking again would start nothing "
-            f"new. Follow it with `twinnode ctl {where}status` (its job line), or wait longer "
-            f"with --timeout SECONDS.")
+            f"new. Follow it live with `twinnode ctl {where}watch` (or its job line in "
+            f"`twinnode ctl {where}status`), or wait longer with --timeout SECONDS.")
 
 
 def describe(job: Mapping[str, Any]) -> str:
