@@ -38,7 +38,8 @@ def node(tmp_path: Path):
     pub, router = free_ports(2)
     doc = {"node": {"name": "alice"},
            "data": {"path": "alice.csv", "schema": "schema.toml"},
-           "privacy": {"epochs": STEPS * 0.1, "q": 0.1}, "generator": {"components": 4, "chunk": STEPS},
+           "privacy": {"epochs": STEPS * 0.1, "q": 0.1},
+           "generator": {"components": 4, "chunk": STEPS},
            "twins": {"k": 2}, "network": {"pub": f"tcp://127.0.0.1:{pub}",
                                          "router": f"tcp://127.0.0.1:{router}"}}
     (tmp_path / "node.toml").write_text(to_toml(doc, []))
