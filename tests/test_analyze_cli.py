@@ -41,10 +41,10 @@ def test_analyze_prints_the_coefficient_table_with_local_alongside(workdir, caps
     out = capsys.readouterr().out
     # Assert
     assert code == 0
-    assert "local est" in out and "95% interval" in out
+    assert "exp(coef)" in out and "[0.025" in out and "agree-p" in out  # the summary table
     for term in ("Intercept", "age", "region[south]", "region[east]", "smoker"):
         assert term in out
-    assert "K = 6 from 4 peer(s)" in out
+    assert "twins of 4 peer(s) (hosp0, hosp1, hosp2, hosp3), K = 6" in out
     assert "FLAGGED" in out and "hosp3" in out
     assert "test log-likelihood per record" in out and "combined" in out
 

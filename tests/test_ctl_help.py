@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from twinnode.cli.ctl import format_twins, resolve_paths
-from twinnode.cli.ctl_help import HELP
+from twinnode.cli.ctl_help import CLIENT_COMMANDS, HELP
 from twinnode.cli.main import build_parser, main
 from twinnode.node.command_names import COMMANDS
 
@@ -26,7 +26,7 @@ def test_every_subcommands_help_has_an_example():
 
 
 def test_every_control_command_has_its_own_help_with_an_example():
-    assert set(HELP) == set(COMMANDS)
+    assert set(HELP) == set(COMMANDS) | set(CLIENT_COMMANDS)
     assert all(example.startswith("twinnode ctl ") for _, _, example in HELP.values())
 
 

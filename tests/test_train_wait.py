@@ -63,8 +63,8 @@ def test_train_wait_past_the_timeout_says_it_runs_exits_0_and_charges_once(
     # Assert: exit 0, said to be running, how to follow it, progress shown meanwhile
     assert code == 0, (out, err)
     assert "train is still running after 2 s" in out and "nothing failed" in out
-    assert "ctl --socket" in out and "status" in out
-    assert "train running" in err  # the progress line(s) ctl printed while it waited
+    assert "ctl --socket" in out and "watch" in out and "status" in out
+    assert err.startswith("train ") and "train: " in err  # the bar's line(s) while it waited
     # the job went on to the end, and the ledger holds exactly one charge
     assert job["state"] == "done", job
     assert len(charged(config)) == 1 and charged(config)[0]["status"] == "trained"

@@ -62,6 +62,12 @@ not read.
   and samples of the Monte Carlo test log-likelihood per record), and, as before this
   module, ``ll_local``, ``ll_combined``, ``ll_local_samples``, ``ll_combined_samples``,
   ``ll_local_plugin``, ``ll_combined_plugin``.
+- ``summary``: the console's summary table, statsmodels style (`summary`): ``header``
+  (``outcome``, ``rows``, ``peers``, ``k``, ``weight``, ``weight_mode``, ``verdict``,
+  ``rule``, ``interval``, ``level``, ``cov_type``, ``agreement_alpha``, ``screening``) and
+  ``terms`` (per term: ``term``, ``estimate``, ``se``, ``rate_ratio`` and its
+  ``rate_ratio_lower`` / ``_upper``, ``p``, ``lower``, ``upper``, ``fallback``,
+  ``local_estimate``, ``local_lower``, ``local_upper``, ``agreement_p`` (Holm), ``agrees``).
 - ``timing``: seconds per step (screening, weight, fits, evaluation, total).
 """
 from __future__ import annotations
@@ -95,6 +101,7 @@ from twinnode.analysis.options import (
 from twinnode.analysis.peerstats import local_statistics, statistics_by_peer
 from twinnode.analysis.screening import ScreeningReport, screening_report, screening_status
 from twinnode.analysis.sites import add_between_release, peer_fits, twins_agreement
+from twinnode.analysis.summary import summary
 from twinnode.analysis.usable import Peers, PeerSet, usable_peers
 from twinnode.analysis.weighting import WeightChoice, choose_weight, fixed_weight, parse_weight
 from twinnode.atomic import jsonable
@@ -142,6 +149,7 @@ class PartyReport:
                              "ll_combined_samples": comb.samples,
                              "ll_local_plugin": loc.plugin, "ll_combined_plugin": comb.plugin})
             out["evaluation"] = {"local": loc.to_dict(), "combined": comb.to_dict()}
+        out["summary"] = summary(out)
         out["timing"] = jsonable(dict(self.timing))
         return out
 

@@ -51,6 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="release directories (receipt.json + twin-NNN.csv), one per peer")
     p.add_argument("--test", type=Path, help="held-out data for the test log-likelihood")
     p.add_argument("--json", action="store_true", help="print one JSON object instead")
+    p.add_argument("--csv", type=Path, metavar="FILE",
+                   help="also write the summary table to FILE as CSV (cells as printed)")
     p.add_argument("--covariates", help="comma list of covariates (default: all columns)")
     p.add_argument("--reference", action="append", default=[], metavar="COL=LEVEL",
                    help="reference level of a categorical covariate (default: its first)")
@@ -134,6 +136,10 @@ def run(args: argparse.Namespace) -> int:
                            folds=args.folds, replicates=args.cv_replicates,
                            selection=args.select, seed=args.seed, draws=args.draws)
     out = report.to_dict()
+    if args.csv is not None:
+        from twinnode.cli.summary import write_csv
+
+        write_csv(out["summary"], args.csv)
     if args.json:
         print(json.dumps(out, indent=2, allow_nan=False))
     else:
@@ -161,31 +167,17 @@ def _references(items: list[str]) -> dict[str, str]:
 
 
 def render(out: dict[str, Any]) -> str:
-    """The human-readable report: twin weight, coefficients, pooling, screening, scores."""
-    pooling, design = out["pooling"], out["design"]
-    peers = pooling["peers"]
-    level = round(100 * pooling["level"])
-    lines = [f"Poisson GLM of {design['outcome']} on {len(design['covariates'])} covariate(s), "
-             f"robust {pooling['cov_type']} errors; K = {pooling['k']} from {len(peers)} "
-             f"peer(s): {', '.join(peers) or '-'}",
-             f"rows per fit: " + ", ".join(f"{k} {v}" for k, v in pooling["rows"].items()),
-             "", _render_weight(out["weight"]), "",
-             f"{'term':<22}{'estimate':>10}{'SE':>9}  {f'{level}% interval':<24}{'df':>7}"
-             f"{'local est':>11}{'local SE':>9}"]
-    for term, c in out["coefficients"].items():
-        interval = f"[{_num(c['lower'])}, {_num(c['upper'])}]"
-        mark = " *" if c["fallback"] else ""
-        df = ("inf" if c["df"] is None and c["estimate"] is not None else
-              ">1e5" if c["df"] is not None and c["df"] > 1e5 else _num(c["df"], 1))
-        lines.append(f"{term[:21]:<22}{_num(c['estimate']):>10}{_num(c['se']):>9}  "
-                     f"{interval:<24}{df:>7}{_num(c['local_estimate']):>11}"
-                     f"{_num(c['local_se']):>9}{mark}")
+    """The human-readable report: the summary table, twin weight, pooling, screening,
+    scores."""
+    from twinnode.cli.summary import render as render_summary
+
+    pooling = out["pooling"]
+    lines = [render_summary(out["summary"]), "", _render_weight(out["weight"])]
     lines += ["", f"pooling: {pooling['rule']} rule, {pooling['interval']} intervals; "
                   f"fallback ({pooling['fallback_rule']}) for {pooling['fallback_count']} "
                   f"term(s){' (marked *)' if pooling['fallback_count'] else ''}; "
-                  f"{pooling['failed_replicates']} failed replicate(s) excluded",
-              "(a small df means T is small against the between-twin variance b: the "
-              "variance estimate is itself uncertain, so the t interval is wide)"]
+                  f"{pooling['failed_replicates']} failed replicate(s) excluded; each term's df "
+              "is in the JSON report (--json)"]
     lines += _render_between(pooling.get("heterogeneity"))
     lines += [f"warning: {w}" for w in pooling["warnings"]]
     lines += ["", _render_agreement(out.get("agreement"), out.get("moved_outside_local", []))]

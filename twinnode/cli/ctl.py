@@ -18,6 +18,7 @@ from twinnode.node.command_names import COMMANDS, JOB_COMMANDS
 from twinnode.node.control_client import request_sync, socket_path
 
 DEFAULT_STATE = "state"
+CTL_COMMANDS = (*COMMANDS, "watch")  # watch: ctl_wait.watch_job, made of status requests
 _KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
 
 
@@ -25,11 +26,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ctl", help="send a command to a running node", add_help=False,
                        description="Send COMMAND to the node whose state directory is --state "
                                    "(or whose control socket is --socket) and print the reply. "
-                                   f"Commands: {', '.join(COMMANDS)}. Extra KEY=VALUE "
+                                   f"Commands: {', '.join(CTL_COMMANDS)}. Extra KEY=VALUE "
                                    "arguments are passed on; values are read as JSON when "
                                    "they parse (epochs=10 is a number, name=x a string).",
                        epilog="examples: twinnode ctl --state state status; twinnode ctl "
-                              "--state state train wait=true; twinnode ctl analyze --help\n"
+                              "--state state train; twinnode ctl --state state watch; "
+                              "twinnode ctl analyze --help\n"
                               "exit codes: 0 ok (also when wait=true gave up waiting on a job "
                               "that goes on: the message says so), 13 the command failed, "
                               "14 no node is running",
@@ -42,9 +44,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                             f"./{DEFAULT_STATE}); the socket is <state>/control.sock")
     where.add_argument("--socket", type=Path, help="the control socket itself")
     p.add_argument("--json", action="store_true", help="print the raw JSON result")
+    p.add_argument("--csv", type=Path, metavar="FILE",
+                   help="analyze wait=true: also write the summary table to FILE as CSV")
     p.add_argument("--timeout", type=float, default=30.0,
                    help="seconds to wait for the reply (default 30)")
-    p.add_argument("cmd", metavar="COMMAND", help=", ".join(COMMANDS))
+    p.add_argument("cmd", metavar="COMMAND", help=", ".join(CTL_COMMANDS))
     p.add_argument("params", nargs="*", metavar="KEY=VALUE", help="command arguments")
     p.set_defaults(func=run)
 
@@ -55,7 +59,7 @@ class _CommandHelp(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: Any, option_string: str | None = None) -> None:
         cmd = getattr(namespace, "cmd", None)
-        if cmd in COMMANDS:
+        if cmd in CTL_COMMANDS:
             from twinnode.cli.ctl_help import command_help
 
             print(command_help(cmd))
@@ -70,6 +74,16 @@ def run(args: argparse.Namespace) -> int:
     params = resolve_paths(args.cmd, parse_params(args.params, BARE.get(args.cmd, ())))
     if not args.timeout > 0:
         raise ConfigError(f"--timeout must be positive, got {args.timeout}")
+    if args.csv is not None and (args.cmd != "analyze" or params.get("wait") is not True):
+        raise ConfigError("--csv goes with `analyze wait=true` (the table comes with the "
+                          "finished analysis)")
+    if args.cmd == "watch":
+        from twinnode.cli.ctl_wait import watch_job
+
+        if params:
+            raise ConfigError("watch takes no KEY=VALUE arguments")
+        print(watch_job(path, args.timeout))
+        return 0
     if args.cmd in JOB_COMMANDS and params.get("wait") is True:
         from twinnode.cli.ctl_wait import STILL_RUNNING_EXIT, wait_for_job
 
@@ -83,6 +97,10 @@ def run(args: argparse.Namespace) -> int:
         result = dict(done)
     else:
         result = request_sync(path, args.cmd, params, timeout=args.timeout)
+    if args.csv is not None:
+        from twinnode.cli.summary import write_csv
+
+        write_csv(result["summary"], args.csv)
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:
@@ -335,11 +353,14 @@ def format_screen(r: Mapping[str, Any]) -> str:
 
 
 def format_analyze(r: Mapping[str, Any]) -> str:
-    """A job reply, with the combined and local coefficients as a table."""
-    marks = ("disagreeing", "moved_outside_local")
-    lines = [format_job({k: v for k, v in r.items()
-                         if k != "coefficients" and k not in marks})]
-    if r.get("coefficients"):
+    """A job reply, with the summary table (`cli.summary`) of the finished analysis."""
+    from twinnode.cli.summary import render
+
+    marks = ("disagreeing", "moved_outside_local", "coefficients", "summary")
+    lines = [format_job({k: v for k, v in r.items() if k not in marks})]
+    if r.get("summary"):
+        lines += ["", render(r["summary"]), ""]
+    elif r.get("coefficients"):  # a node from before the summary table
         lines += _table(["TERM", "COMBINED", "SE", "LOCAL", "SE", "TWINS AGREE"],
                         [[term] + [_scalar(c.get(key)) for key in
                                    ("estimate", "se", "local_estimate", "local_se")]

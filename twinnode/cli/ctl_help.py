@@ -5,9 +5,12 @@ the node serves has its entry here.
 """
 from __future__ import annotations
 
-JOB_NOTE = ("Answers at once (\"<cmd> started\" and the job; follow it with `ctl status`), or "
-            "with wait=true when the job ends; while ctl waits it prints the job's progress, "
-            "and a job that outlives --timeout is reported as still running (exit 0).")
+CLIENT_COMMANDS = ("watch",)  # ctl's own: made of status requests, not sent to the node as such
+
+JOB_NOTE = ("Answers at once (\"<cmd> started\" and the job; follow it live with `ctl watch`), "
+            "or with wait=true when the job ends; while ctl waits it shows the job's bar "
+            "(steps, ELBO, ETA), and a job that outlives --timeout is reported as still running "
+            "(exit 0).")
 
 HELP: dict[str, tuple[str, str, str]] = {
     # command: (what it does, its arguments, an example)
@@ -53,6 +56,12 @@ HELP: dict[str, tuple[str, str, str]] = {
                 "policy=... threshold=P weight=auto|W test=FILE.csv (relative paths are "
                 "resolved by ctl) peers='[\"bob\",\"carol\"]' wait=true",
                 "twinnode ctl --state state analyze test=heldout.csv wait=true --timeout 300"),
+    "watch": ("Follow the node's running job live until it ends, whoever started it: a bar "
+              "with steps, ELBO per row and ETA, updated at least every second (on a terminal "
+              "in place, else one line per update). Exits 0 when the job is done, 13 when it "
+              "failed or was abandoned; with no job running it names the last one and exits "
+              "0. --timeout bounds each status request, not the watch.", "(none)",
+              "twinnode ctl --state state watch"),
     "shutdown": ("Reply, then stop the node as on SIGTERM (a running job is abandoned; a "
                  "training run's charge stays).", "(none)",
                  "twinnode ctl --state state shutdown"),

@@ -1,12 +1,17 @@
-"""`twinnode ctl JOB wait=true`: wait for a job, showing its progress, and never call a job that
-is still running a failure.
+"""`twinnode ctl JOB wait=true` and `twinnode ctl watch`: follow a node's job live, and never
+call a job that is still running a failure.
 
-The request (with `wait=true`) goes out on its own connection in a thread; meanwhile `status`
-is asked every second and the job's progress printed to stderr (a line when it changes, at
-most every 2 s; one line rewritten in place on a terminal). When the job ends the node's reply
-is printed as usual. When `--timeout` passes first, the node is asked once more: a job still
-running is said to be so, with the commands to follow it, and ctl exits 0 (STILL_RUNNING_EXIT):
-the job goes on, nothing failed, and asking again would only start a second one.
+`wait=true`: the request goes out on its own connection in a thread; meanwhile `status` is
+asked every POLL seconds and the job's bar (`cli.progress.JobBar`: steps, ELBO, ETA) drawn on
+stderr (in place on a terminal; else a line when it changes, at most every second). When the
+job ends the node's reply is printed as usual. When `--timeout` passes first, the node is
+asked once more: a job still running is said to be so, with the commands to follow it, and ctl
+exits 0 (STILL_RUNNING_EXIT): the job goes on, nothing failed, and asking again would only
+start a second one.
+
+`watch`: follows the node's running job the same way until it ends, whoever started it, and
+exits 0 when it is done (13 when it failed or was abandoned); with no job running it says
+which job ran last and exits 0. `--timeout` bounds each status request, not the watch.
 """
 from __future__ import annotations
 
@@ -14,14 +19,14 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, TextIO
+from typing import Any, Mapping, TextIO
 
-from twinnode.errors import ReplyTimeout, TwinnodeError
+from twinnode.cli.progress import JobBar, clock
+from twinnode.errors import ControlError, ReplyTimeout, TwinnodeError
 from twinnode.node.control_client import request_sync
 
 STILL_RUNNING_EXIT = 0  # documented: `wait` gave up waiting, the job goes on
-POLL = 1.0              # seconds between status requests
-LINE_EVERY = 2.0        # seconds between progress lines when stderr is not a terminal
+POLL = 0.5              # seconds between status requests (the worker reports every 0.5 s)
 
 
 def wait_for_job(path: Path, cmd: str, params: dict[str, Any], timeout: float, where: str,
@@ -41,7 +46,7 @@ def wait_for_job(path: Path, cmd: str, params: dict[str, Any], timeout: float, w
     started = time.time()
     thread = threading.Thread(target=ask, name=f"ctl-{cmd}", daemon=True)
     thread.start()
-    show = _Progress(err or sys.stderr)
+    show = JobBar(err or sys.stderr)
     while thread.is_alive():
         thread.join(POLL)
         if thread.is_alive():
@@ -62,8 +67,8 @@ def still_running(cmd: str, job: Mapping[str, Any], timeout: float, where: str) 
     """The message for a job that outlived ctl's wait."""
     return (f"{cmd} is still running after {timeout:g} s: {describe(job)}\n"
             f"The node goes on with it; nothing failed, and asking again would start nothing "
-            f"new. Follow it with `twinnode ctl {where}status` (its job line), or wait longer "
-            f"with --timeout SECONDS.")
+            f"new. Follow it live with `twinnode ctl {where}watch` (or its job line in "
+            f"`twinnode ctl {where}status`), or wait longer with --timeout SECONDS.")
 
 
 def describe(job: Mapping[str, Any]) -> str:
@@ -89,30 +94,32 @@ def _job_of(path: Path, cmd: str, since: float) -> Mapping[str, Any] | None:
     return job
 
 
-class _Progress:
-    """Prints a job's progress to `err`: in place on a terminal, else a line on each change
-    (at most every LINE_EVERY seconds)."""
+def watch_job(path: Path, timeout: float, err: TextIO | None = None) -> str:
+    """Follow the node's running job until it ends; its last line. Raises ControlError when
+    it failed or was abandoned (ctl exits 13); a node that stops answering raises as any
+    request does."""
+    job = request_sync(path, "status", {}, timeout=timeout).get("job")
+    if not isinstance(job, Mapping) or job.get("state") != "running":
+        last = describe(job) if isinstance(job, Mapping) else "none since the node started"
+        return f"no job running (last: {last})"
+    show, started = JobBar(err or sys.stderr), job.get("started")
+    try:
+        while job.get("state") == "running":
+            show(job)
+            time.sleep(POLL)
+            now = request_sync(path, "status", {}, timeout=timeout).get("job")
+            if not isinstance(now, Mapping) or now.get("started") != started:
+                return f"{job.get('name')} ended; a new {_name(now)} job is running"
+            job = now
+        show(job)
+    finally:
+        show.close()
+    took = float(job.get("finished") or 0) - float(job.get("started") or 0)
+    if job.get("state") != "done":
+        raise ControlError(f"{job.get('name')} {job.get('state')} after {clock(took)}: "
+                           f"{job.get('error') or job.get('detail') or 'no reason given'}")
+    return f"{job.get('name')} done in {clock(took)}"
 
-    def __init__(self, err: TextIO) -> None:
-        self.err, self.tty = err, err.isatty()
-        self.last, self.when, self.width = "", -LINE_EVERY, 0
-        self.clock: Callable[[], float] = time.monotonic
 
-    def __call__(self, job: Mapping[str, Any] | None) -> None:
-        if job is None:
-            return
-        text = describe(job)
-        if text == self.last or (not self.tty and self.clock() - self.when < LINE_EVERY):
-            return
-        self.last, self.when = text, self.clock()
-        if self.tty:
-            self.err.write("\r" + text.ljust(self.width))
-            self.width = len(text)
-        else:
-            self.err.write(text + "\n")
-        self.err.flush()
-
-    def close(self) -> None:
-        if self.tty and self.width:
-            self.err.write("\n")
-            self.err.flush()
+def _name(job: Any) -> str:
+    return str(job.get("name")) if isinstance(job, Mapping) else "?"

@@ -4,9 +4,16 @@
 dpsvi.py: it draws each step's batch from d3p's secure PRNG (Poisson: a batch size drawn
 exactly from Binomial(N, q), then that many rows padded to the calibrated maximum; fixed:
 d3p's batchifier), runs the steps as jitted `lax.scan` chunks, and stops on divergence.
+
+Progress is reported by time, not only per chunk: every TICK_EVERY steps the compiled chunk
+calls back to the host (`jax.debug.callback` under a `lax.cond`, a few microseconds), and the
+host passes the step and the chunk's running mean loss on at most every `PROGRESS_EVERY`
+seconds. A chunk of 500 steps on a large batch can take many seconds; the callback keeps the
+reports under a second apart without shrinking the chunks (which would cost per-chunk work).
 """
 from __future__ import annotations
 
+import threading
 import time
 from functools import lru_cache
 from typing import Any, Callable, Mapping, NamedTuple
@@ -28,6 +35,38 @@ from twinnode.generator.trace import TraceTail
 
 ProgressFn = Callable[[int, int, float], None]  # (steps done, total steps, ELBO per row)
 Arrays = tuple[jax.Array, ...]
+TICK_EVERY = 8          # steps between the compiled chunk's host callbacks
+PROGRESS_EVERY = 0.5    # seconds: at most this often a report inside a chunk
+
+
+class _Reporter:
+    """Passes (done, total, ELBO/row) on at chunk ends, and inside a chunk at most every
+    PROGRESS_EVERY seconds; the ticks come from XLA's thread, hence the lock."""
+
+    def __init__(self, progress: ProgressFn, total: int, n: int) -> None:
+        self.progress, self.total, self.n = progress, total, n
+        self.lock, self.last = threading.Lock(), time.monotonic()
+
+    def tick(self, step: int, loss: float) -> None:
+        with self.lock:
+            now = time.monotonic()
+            if now - self.last >= PROGRESS_EVERY and step < self.total:
+                self.last = now
+                self.progress(step, self.total, -loss / self.n)
+
+    def chunk_end(self, done: int, loss: float) -> None:
+        with self.lock:
+            self.last = time.monotonic()
+            self.progress(done, self.total, -loss / self.n)
+
+
+_reporters: list[_Reporter] = []  # the running fit's, read by the compiled chunk's callback
+
+
+def _tick(step: Any, loss: Any) -> None:
+    """Host side of the in-chunk callback (a module function: the compiled chunk is cached)."""
+    if _reporters:
+        _reporters[-1].tick(int(step), float(loss))
 
 
 class TrainResult(NamedTuple):
@@ -86,23 +125,18 @@ def fit(data: ModelData, layout: Layout, calibration: Calibration,
     svi_state = svi.init(init_key, *(a[:1] for a in arrays))
     if start is not None:
         svi_state = _restart(svi, svi_state, initial_latent(layout, n, settings, start))
-    total, done, overflow, losses = calibration.steps, 0, 0, []
+    total = calibration.steps
     tail = TraceTail(total, settings.average)
-    while done < total:
-        svi_state, over, loss, trace = run_chunk(svi_state, batch_key, jnp.uint32(done),
-                                                 jnp.uint32(total), arrays, thresholds)
-        tail.add(done, {k: np.asarray(v) for k, v in trace.items()})
-        done = min(done + settings.chunk, total)
-        overflow += int(over)
-        # Divergence is judged on the parameters (post-processing of the noisy releases),
-        # never on the loss, which is computed from the data outside the accountant.
-        if not all(bool(jnp.all(jnp.isfinite(v))) for v in svi.get_params(svi_state).values()):
-            raise GeneratorError(f"training diverged at step {done} (parameters not finite); "
-                                 "try a smaller learning rate")
-        per_row = float(loss) / n  # shown locally only (progress), never released
-        losses.append(per_row)
-        if progress is not None:
-            progress(done, total, -per_row)
+    reporter = None if progress is None else _Reporter(progress, total, n)
+    if reporter is not None:
+        reporter.chunk_end(0, float("nan"))  # about to step (the first chunk compiles)
+        _reporters.append(reporter)
+    try:
+        svi_state, overflow, losses = _steps(svi, run_chunk, svi_state, batch_key, arrays,
+                                             thresholds, total, settings.chunk, tail, reporter)
+    finally:
+        if reporter is not None:
+            _reporters.remove(reporter)
     if tail.steps:  # iterate averaging (free: post-processing of the released trace)
         params = {k: np.asarray(v) for k, v in svi.constrain_fn(
             {k: jnp.asarray(v) for k, v in tail.mean().items()}).items()}
@@ -112,6 +146,30 @@ def fit(data: ModelData, layout: Layout, calibration: Calibration,
         noise = None
     return TrainResult(params=params, losses=np.asarray(losses), overflow_steps=overflow,
                        seconds=time.perf_counter() - t0, loc_noise_sd=noise)
+
+
+def _steps(svi: Any, run_chunk: Callable[..., Any], svi_state: Any, batch_key: jax.Array,
+           arrays: Arrays, thresholds: Arrays, total: int, chunk: int, tail: TraceTail,
+           reporter: _Reporter | None) -> tuple[Any, int, list[float]]:
+    """Run the `total` steps chunk by chunk; (final state, overflowed batches, loss/row per
+    chunk). Raises GeneratorError when the parameters stop being finite."""
+    n = int(arrays[0].shape[0])
+    done, overflow, losses = 0, 0, []
+    while done < total:
+        svi_state, over, loss, trace = run_chunk(svi_state, batch_key, jnp.uint32(done),
+                                                 jnp.uint32(total), arrays, thresholds)
+        tail.add(done, {k: np.asarray(v) for k, v in trace.items()})
+        done = min(done + chunk, total)
+        overflow += int(over)
+        # Divergence is judged on the parameters (post-processing of the noisy releases),
+        # never on the loss, which is computed from the data outside the accountant.
+        if not all(bool(jnp.all(jnp.isfinite(v))) for v in svi.get_params(svi_state).values()):
+            raise GeneratorError(f"training diverged at step {done} (parameters not finite); "
+                                 "try a smaller learning rate")
+        losses.append(float(loss) / n)  # shown locally only (progress), never released
+        if reporter is not None:
+            reporter.chunk_end(done, float(loss))
+    return svi_state, overflow, losses
 
 
 def _restart(svi: Any, svi_state: Any, latent: np.ndarray) -> Any:
@@ -162,8 +220,11 @@ def _compiled(layout: Layout, n: int, settings: GeneratorSettings, batching: str
             active = i < total  # the last chunk may run past the step count: no-ops
             svi_state = jax.tree_util.tree_map(lambda a, b: jnp.where(active, a, b),
                                                new_state, svi_state)
-            return ((svi_state, overflow + jnp.where(active, over, 0),
-                     loss_sum + jnp.where(active, loss, 0.0)),
+            loss_sum = loss_sum + jnp.where(active, loss, 0.0)
+            jax.lax.cond(active & ((i + 1) % TICK_EVERY == 0),  # progress by time: _tick
+                         lambda: jax.debug.callback(_tick, i + 1, loss_sum / (i + 1 - start)),
+                         lambda: None)
+            return ((svi_state, overflow + jnp.where(active, over, 0), loss_sum),
                     svi.optim.get_params(svi_state.optim_state))
 
         steps = start + jnp.arange(settings.chunk, dtype=jnp.uint32)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from twinnode.atomic import write_json_atomic
 from twinnode.errors import ControlError, PrivacyError
@@ -49,13 +50,8 @@ async def generate(ctx: NodeContext, job: JobState, kind: str, args: Mapping[str
                sender=ctx.name, data_path=str(cfg.data.path), plan=plan,
                settings=cfg.generator,
                cap_epsilon=cfg.privacy.cap_epsilon, cpus=cfg.training.cpus)
-    job.detail = f"{kind}: starting the worker"
-
-    def progress(done: int, total: int, elbo: float) -> None:
-        job.progress = done / total if total else None
-        job.detail = f"{kind}: step {done}/{total}, ELBO/row {elbo:.3f}"
-
-    release = await Worker().run(spec, progress)
+    job.detail = f"{kind}: starting the worker (loading JAX and the data)"
+    release = await Worker().run(spec, StepProgress(job, kind))
     rid, created = release.receipt.get("release"), float(release.receipt.get("created", 0))
     receipt = await asyncio.to_thread(_new_receipt_path, ctx.layout.receipts,
                                       f"{rid}-{created:.0f}")  # one per draw
@@ -65,6 +61,31 @@ async def generate(ctx: NodeContext, job: JobState, kind: str, args: Mapping[str
           k=len(release.twins), epsilon_spent=spent,
           release_epsilon=release.receipt.get("epsilon"))
     return release
+
+
+class StepProgress:
+    """The worker's (done, total, ELBO/row) reports onto the job: progress, steps, ELBO, and
+    the seconds left at the rate since the first step (the first chunk also compiles)."""
+
+    def __init__(self, job: JobState, kind: str, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
+        self.job, self.kind, self.clock = job, kind, clock
+        self.first: tuple[float, int] | None = None  # (when, done) of the first report
+
+    def __call__(self, done: int, total: int, elbo: float) -> None:
+        job, now = self.job, self.clock()
+        job.progress = done / total if total else None
+        job.steps = (done, total)
+        job.elbo = elbo if math.isfinite(elbo) else None
+        if self.first is None and done > 0:  # past the compile
+            self.first = (now, done)
+        when, start = self.first or (now, done)
+        job.eta = (now - when) * (total - done) / (done - start) if done > start else None
+        job.detail = (f"{self.kind}: step {done}/{total}, ELBO/row {elbo:.3f}"
+                      if job.elbo is not None else
+                      f"{self.kind}: compiling the model ({total} steps to run)")
+        if done >= total:
+            job.detail += "; drawing the twins"
 
 
 def _new_receipt_path(directory: Path, stem: str) -> Path:
@@ -160,7 +181,7 @@ async def _publish(ctx: NodeContext, job: JobState, release: Release) -> dict[st
     def progress(done: int, total: int) -> None:
         job.progress, job.detail = done / total, f"publishing twin {done}/{total}"
 
-    job.progress = 0.0
+    job.progress, job.steps, job.elbo, job.eta = 0.0, None, None, None
     seqs = await ctx.publish_release(release, progress)
     return {"message": f"published {len(seqs)} twins (seqs {seqs[0]}-{seqs[-1]})",
             "release": release.receipt.get("release"), "seqs": [seqs[0], seqs[-1]]}
@@ -256,7 +277,7 @@ async def analyze_job(ctx: NodeContext, job: JobState, args: Mapping[str, Any]) 
                        f"twin weight {weight['chosen']:g} ({weight['mode']}); "
                        f"{report['screening']['message']}",
             "verdict": weight["verdict"], "report": str(path), "peers": pooling["peers"],
-            "coefficients": summary,
+            "coefficients": summary, "summary": report["summary"],
             "disagreeing": (report["agreement"] or {}).get("disagreeing", []),
             "moved_outside_local": report["moved_outside_local"],
             **({"ll_local": report["ll_local"], "ll_combined": report["ll_combined"]}

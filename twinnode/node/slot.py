@@ -15,20 +15,27 @@ log = logging.getLogger("twinnode.node")
 
 @dataclass
 class JobState:
-    """One job's name, state, progress and outcome."""
+    """One job's name, state, progress and outcome; a training job also has its steps
+    (done, total), the latest ELBO per row and an estimate of the seconds left (`eta`)."""
 
     name: str
     state: str = "running"
     progress: float | None = None
     detail: str = ""
+    steps: tuple[int, int] | None = None
+    elbo: float | None = None
+    eta: float | None = None
     started: float = field(default_factory=time.time)
     finished: float | None = None
     result: dict[str, Any] = field(default_factory=dict)
     error: TwinnodeError | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"name": self.name, "state": self.state, "progress": self.progress,
-               "detail": self.detail, "started": self.started, "finished": self.finished}
+        out: dict[str, Any] = {
+            "name": self.name, "state": self.state, "progress": self.progress,
+            "detail": self.detail, "started": self.started, "finished": self.finished}
+        if self.steps is not None:
+            out |= {"steps": list(self.steps), "elbo": self.elbo, "eta": self.eta}
         if self.error is not None:
             out["error"] = str(self.error)
         return out
