@@ -19,7 +19,8 @@ from twinnode.lab.harness import free_ports, to_toml
 from twinnode.schema import Schema
 from twinnode.trust.identity import Identity, save_identity
 
-STEPS = 4000  # epochs / q, run as ONE compiled chunk: every update before the end is a tick
+STEPS = 40_000  # epochs / q, run as ONE compiled chunk: every update before the end is a tick
+# (4,000 steps took under a second on a quiet machine: too few updates to judge the bar by)
 STEP_LINE = re.compile(r"^train \[[#.]+\] +\d+%  step (\d+)/(\d+)  ELBO/row (-?\d+\.\d+)")
 
 
