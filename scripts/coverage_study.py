@@ -20,6 +20,10 @@ centre moved once by the matching noise: calibrated, so the intervals should sti
     .venv/bin/python scripts/coverage_study.py --reps 200 --k 100
     .venv/bin/python scripts/coverage_study.py --reps 200 --k 100 --inflate 4
     .venv/bin/python scripts/coverage_study.py --reps 200 --n-local 2000 --weights 1,auto
+    # real DP twins from cached posteriors (docs/results/coverage/README.md); the combined
+    # fits get the between-release term as `analyze_party` adds it, [off] without it
+    .venv/bin/python scripts/coverage_study.py --twin-maker dp --reps 10 --n-peer 3000 \
+        --heterogeneity pmm,off --cache docs/results/coverage/posteriors [--noise-aware no]
 """
 from __future__ import annotations
 
