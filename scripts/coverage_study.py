@@ -81,7 +81,8 @@ def run_study(twin_maker: TwinMaker, reps: int = 200, k: int = 100, peers: int =
                  for i in range(peers)}
         fits: dict[str, PooledFit] = {"twins-only": twins_fit(schema, twins["peer0"], options)}
         checked = usable_peers(schema, twins)
-        singles = peer_fits(schema, checked, options)  # each peer's twins alone: the sites of τ²
+        singles = (peer_fits(schema, checked, options)  # each peer's twins alone: τ²'s sites
+                   if any(h != "off" for h in heterogeneities) else {})
         for w in weights:
             if w == "auto":
                 lam = choose_weight(schema, local, twins, seed=base, options=options).chosen

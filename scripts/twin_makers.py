@@ -47,11 +47,11 @@ def make(name: str, inflate: float = 1.0, epochs: float | None = None,
 
         def dp(schema: Schema, frame: pd.DataFrame, *, sender: str, k: int,
                epsilon: float, seed: int) -> Sequence[Twin]:
-            key = (sender, seed, k, epsilon, noise_aware,
-                   pd.util.hash_pandas_object(frame).sum())
+            digest = int(pd.util.hash_pandas_object(frame).sum()) & (2**64 - 1)
+            key = (sender, seed, k, epsilon, noise_aware, digest)
             if key not in cache:
-                post = _posterior(schema, frame, sender=sender, epsilon=epsilon, seed=seed,
-                                  epochs=epochs, ledgers=root, cache_dir=cache_dir)
+                post = _posterior(schema, frame, digest, sender=sender, epsilon=epsilon,
+                                  seed=seed, epochs=epochs, ledgers=root, cache_dir=cache_dir)
                 if noise_aware is False:  # the same training, twins that share its DP noise
                     post = replace(post, settings=replace(post.settings, noise_aware=False))
                 cache[key] = draw_release(post, schema, k, sender, seed=seed).twins
@@ -60,10 +60,11 @@ def make(name: str, inflate: float = 1.0, epochs: float | None = None,
     raise ValueError(f"unknown twin maker {name!r}; expected one of {MAKERS}")
 
 
-def _posterior(schema: Schema, frame: pd.DataFrame, *, sender: str, epsilon: float, seed: int,
-               epochs: float | None, ledgers: Path, cache_dir: str | None) -> Posterior:
-    """The DP posterior of one party's rows: trained under a fresh ledger, or from the cache."""
-    digest = int(pd.util.hash_pandas_object(frame).sum()) & (2**64 - 1)
+def _posterior(schema: Schema, frame: pd.DataFrame, digest: int, *, sender: str,
+               epsilon: float, seed: int, epochs: float | None, ledgers: Path,
+               cache_dir: str | None) -> Posterior:
+    """The DP posterior of one party's rows (`digest`: of the rows, names the cache file):
+    trained under a fresh ledger, or read from the cache."""
     stored = None if cache_dir is None else Path(cache_dir) / (
         f"{sender}-s{seed}-e{epsilon:g}-ep{epochs or 'default'}-{digest:x}.npz")
     if stored is not None and stored.exists():
