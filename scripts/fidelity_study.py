@@ -51,7 +51,7 @@ def party(rows: int, seed: int):  # -> (schema, frame)
 
 
 def run_cell(method: str, rows: int, epsilon: float, seed: int, k: int,
-             average: float | None = None) -> dict:
+             average: float | None = None, overrides: dict | None = None) -> dict:
     from twinnode.generator.privacy import Ledger
     from twinnode.generator.release import draw_release, train_posterior
     from twinnode.generator.settings import GeneratorSettings, TrainPlan
@@ -66,8 +66,8 @@ def run_cell(method: str, rows: int, epsilon: float, seed: int, k: int,
     else:
         plan = TrainPlan(epsilon=epsilon, marginal_share=0.0 if method == "before" else None)
         settings = (GeneratorSettings(average=0.0, noise_aware=False) if method == "before"
-                    else GeneratorSettings() if average is None
-                    else GeneratorSettings(average=average))
+                    else GeneratorSettings(**(overrides or {})) if average is None
+                    else GeneratorSettings(average=average, **(overrides or {})))
         with tempfile.TemporaryDirectory() as state:
             t0 = time.perf_counter()
             post = train_posterior(schema, real, plan, Ledger(state), settings, seed=seed + 1)
@@ -120,7 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--new-average", type=float, default=None,
                     help="the new method with another averaged share of the steps (its cells "
                          "are labelled new-aA)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="the new method with a GeneratorSettings field changed (repeatable; "
+                         "its cells are labelled new-KEY=VALUE)")
     args = ap.parse_args(argv)
+    overrides = dict(_setting(text) for text in args.set)
     methods = list(args.methods)
     if "mst" in methods:
         from twinnode.lab import mst
@@ -136,13 +140,17 @@ def main(argv: list[str] | None = None) -> int:
         for rows in args.rows:
             for eps in args.epsilon:
                 for method in methods:
-                    label = (f"new-a{args.new_average:g}" if method == "new"
-                             and args.new_average is not None else method)
+                    label = method
+                    if method == "new" and args.new_average is not None:
+                        label += f"-a{args.new_average:g}"
+                    if method == "new" and args.set:
+                        label += "-" + ",".join(args.set)
                     path = cells_dir / f"{label}-{rows}-{eps:g}-{seed}.json"
                     if path.exists():
                         cells.append(json.loads(path.read_text()))
                         continue
-                    cell = run_cell(method, rows, eps, seed, args.twins, args.new_average)
+                    cell = run_cell(method, rows, eps, seed, args.twins, args.new_average,
+                                    overrides if method == "new" else None)
                     cell["method"] = label
                     path.write_text(json.dumps(cell, indent=1))
                     cells.append(cell)
@@ -158,6 +166,17 @@ def main(argv: list[str] | None = None) -> int:
         + "\n\n" + table + "\n")
     print(table)
     return 0
+
+
+def _setting(text: str) -> tuple[str, object]:
+    """KEY=VALUE for a GeneratorSettings field, the value read as JSON where it parses."""
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise SystemExit(f"--set {text!r}: expected KEY=VALUE")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 if __name__ == "__main__":

@@ -61,7 +61,8 @@ def test_every_section_round_trips_its_values(files):
                   privacy={"epsilon": 2, "delta": 1e-5, "cap_epsilon": 4.0,
                            "batching": "fixed", "epochs": 5, "q": 0.05},
                   generator={"components": 4, "outcome": "negbinomial", "clip": 1.5,
-                             "learning_rate": 0.01},
+                             "learning_rate": 0.01, "head_learning_rate": 0.03,
+                             "center_head": False},
                   twins={"k": 7}, training={"auto": True, "cpus": [1, 0]},
                   network={"heartbeat_interval": 0.5, "catchup_interval": 3,
                            "catchup_batch": 8, "hwm": 100},
@@ -70,6 +71,7 @@ def test_every_section_round_trips_its_values(files):
     assert config.node.log_format == "json" and config.state_dir == Path("/tmp/x")
     assert config.privacy.epsilon == 2.0 and config.privacy.batching == "fixed"
     assert config.generator.outcome == "negbinomial" and config.k == 7
+    assert config.generator.head_learning_rate == 0.03 and not config.generator.center_head
     assert config.training.cpus == (0, 1) and config.network.catchup_batch == 8
     assert config.keys_dir == files / "k" and config.screening.threshold == 0.05
 
@@ -79,6 +81,7 @@ def test_every_section_round_trips_its_values(files):
     ("privacy", "epsilon", "one", r"\[privacy\] epsilon: must be a number"),
     ("privacy", "delta", 1.0, r"\[privacy\] delta: must be > 0 and < 1"),
     ("privacy", "batching", "random", r"\[privacy\] batching: must be one of poisson, fixed"),
+    ("generator", "head_learning_rate", 0, r"\[generator\] head_learning_rate: must be > 0"),
     ("twins", "k", 0, r"\[twins\] k: must be an integer in 1\.\.100000"),
     ("twins", "k", 2.5, r"\[twins\] k: must be an integer, got 2.5"),
     ("training", "auto", "yes", r"\[training\] auto: must be a boolean"),

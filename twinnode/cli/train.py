@@ -66,6 +66,12 @@ def _add_release_method_args(p: argparse.ArgumentParser, plan: TrainPlan,
                    help=f"per-example clipping norm C (default {gen.clip:g})")
     p.add_argument("--learning-rate", type=float, default=gen.learning_rate,
                    help=f"Adam step size (default {gen.learning_rate:g})")
+    p.add_argument("--head-learning-rate", type=float, default=gen.head_learning_rate,
+                   help="Adam step size on the outcome head alone (default: the same as "
+                        "--learning-rate; docs/GENERATOR.md, \"The head under DP noise\")")
+    p.add_argument("--center-head", action="store_true", default=gen.center_head,
+                   help="centre the head's features at the noisy marginal means (needs a "
+                        "marginal share > 0; off by default)")
     p.add_argument("--components", type=int, default=gen.components,
                    help=f"mixture components (default {gen.components})")
     p.add_argument("--outcome-likelihood", choices=["poisson", "negbinomial"],
@@ -123,7 +129,9 @@ def run_train(args: argparse.Namespace) -> int:
     settings = GeneratorSettings(components=args.components, outcome=args.outcome_likelihood,
                                  clip=args.clip, learning_rate=args.learning_rate,
                                  variant=args.variant, average=args.average,
-                                 noise_aware=args.noise_aware)
+                                 noise_aware=args.noise_aware,
+                                 head_learning_rate=args.head_learning_rate,
+                                 center_head=args.center_head)
     pinned = pin_to_cpus(parse_cpus(args.cpus))  # before JAX starts its threads
 
     from twinnode.cli.progress import TrainProgress

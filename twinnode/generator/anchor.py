@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 from twinnode.generator.layout import Layout
-from twinnode.generator.marginals import (Marginals, binary_rates, binned_mean, count_edges,
-                                          quantiles, shares)
+from twinnode.generator.marginals import (Marginals, binary_rates, binned_mean, continuous_edges,
+                                          count_edges, quantiles, shares)
 from twinnode.generator.models import PUBLIC_SEED, public_init
 from twinnode.generator.settings import GeneratorSettings
 
@@ -48,6 +48,18 @@ def anchored_start(layout: Layout, settings: GeneratorSettings,
     mean_y = binned_mean(m.outcome, count_edges(layout.outcome_upper), m.n)
     start["intercept"] = _f32(np.log(max(mean_y, 0.05)))
     return start
+
+
+def head_center(layout: Layout, m: Marginals) -> tuple[float, ...]:
+    """The head's features' means under the noisy marginals, in `head_features`' order
+    (binary rates, level shares but the first, count means / upper, continuous means)."""
+    parts = [binary_rates(m)] if layout.binary else []
+    parts += [shares(counts, m.n)[1:] for counts in m.categorical]
+    parts += [np.array([binned_mean(c, count_edges(upper), m.n) / max(upper, 1)])
+              for c, (_, upper) in zip(m.count, layout.count)]
+    mids = 0.5 * (continuous_edges()[:-1] + continuous_edges()[1:])
+    parts += [np.array([shares(c, m.n) @ mids]) for c in m.continuous]
+    return tuple(float(v) for v in np.concatenate(parts)) if parts else ()
 
 
 def _f32(a: np.ndarray | float) -> np.ndarray:

@@ -47,13 +47,14 @@ HEAD_SITES = ("coef", "intercept", "concentration")
 
 def make_dpsvi(model: Callable[..., None], guide: AutoDiagonalNormal,
                settings: GeneratorSettings, batching: str, sigma: float, size: int,
-               expected_batch: float) -> DPSVI:
+               expected_batch: float, head: np.ndarray | None = None) -> DPSVI:
     """The inference object for a variant and batching, clipping at C, noise sigma * C.
 
     `size` is the padded maximum (poisson) or the exact batch size (fixed); the noisy sum is
-    divided by `expected_batch` (= qN) under Poisson batching, by `size` otherwise.
+    divided by `expected_batch` (= qN) under Poisson batching, by `size` otherwise. `head`
+    (the head's coordinates in the flat latent vector) gets `head_learning_rate`.
     """
-    common = dict(model=model, guide=guide, optim=numpyro.optim.Adam(settings.learning_rate),
+    common = dict(model=model, guide=guide, optim=numpyro.optim.Adam(step_sizes(settings, head)),
                   per_example_loss=Trace_ELBO(), clipping_threshold=settings.clip,
                   dp_scale=sigma, rng_suite=secure_rng)
     if settings.variant == "aligned":
@@ -63,6 +64,21 @@ def make_dpsvi(model: Callable[..., None], guide: AutoDiagonalNormal,
     if batching == "poisson":
         return PoissonDPSVI(expected_batch=expected_batch, **common)
     return DPSVI(**common)
+
+
+def step_sizes(settings: GeneratorSettings, head: np.ndarray | None) -> Any:
+    """Adam's step: one number, or per coordinate when the head has its own (a schedule that
+    returns the vector; the guide's locations and scales are both flat latent vectors).
+
+    Under DP noise Adam's step is about lr / (noise sd) times the gradient, so the head's
+    slow directions (a continuous covariate's slope) take hundreds of steps to converge and
+    the averaged head can lag toward its start. A larger step on the head removes the lag
+    but adds its own bias; off by default (docs/GENERATOR.md, "The head under DP noise").
+    """
+    if head is None or settings.head_learning_rate is None:
+        return settings.learning_rate
+    rates = jnp.where(jnp.asarray(head), settings.head_learning_rate, settings.learning_rate)
+    return lambda _: rates
 
 
 def head_mask(guide: AutoDiagonalNormal) -> np.ndarray:

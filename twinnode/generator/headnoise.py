@@ -26,15 +26,23 @@ from twinnode.generator.settings import GeneratorSettings
 ROWS = 20_000  # synthetic rows the information is averaged over
 
 
-def head_information(params: Mapping[str, np.ndarray], layout: Layout, n: int,
-                     settings: GeneratorSettings, seed: int = 0) -> np.ndarray:
-    """Fisher information of the head's (coef..., intercept) for n rows at the released fit."""
+def synthetic_design(params: Mapping[str, np.ndarray], layout: Layout,
+                     settings: GeneratorSettings, seed: int = 0
+                     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """ROWS covariate rows drawn from the released mixture as the head's design (features,
+    then a column of ones), and the guide's point estimate they were drawn at."""
     model, guide = set_up(layout, ROWS, settings)
     point = guide.median({k: jnp.asarray(v) for k, v in params.items()})
     out = Predictive(model, posterior_samples={k: v[None] for k, v in point.items()},
                      return_sites=row_sites(layout))(jax.random.PRNGKey(seed))
-    f = row_features(predicted_rows(out, 0, ROWS, layout), layout, settings.head_origin)
-    design = np.concatenate([f, np.ones((ROWS, 1))], axis=1)
+    f = row_features(predicted_rows(out, 0, ROWS, layout), layout, settings)
+    return np.concatenate([f, np.ones((ROWS, 1))], axis=1), point
+
+
+def head_information(params: Mapping[str, np.ndarray], layout: Layout, n: int,
+                     settings: GeneratorSettings, seed: int = 0) -> np.ndarray:
+    """Fisher information of the head's (coef..., intercept) for n rows at the released fit."""
+    design, point = synthetic_design(params, layout, settings, seed)
     eta = design @ np.r_[np.asarray(point["coef"], np.float64), float(point["intercept"])]
     mu = np.exp(np.clip(eta, -30, 30))
     if settings.outcome == "negbinomial":

@@ -32,7 +32,7 @@ def twin_model(xb: jax.Array | None = None, xc: jax.Array | None = None,
                xn: jax.Array | None = None, xr: jax.Array | None = None,
                y: jax.Array | None = None, *, layout: Layout, num_rows: int,
                components: int = 16, outcome: str = "poisson",
-               head_origin: str = "lower") -> None:
+               head_origin: str = "lower", head_center: tuple[float, ...] = ()) -> None:
     """Mixture over covariates with a GLM outcome head (Prediger et al. 2023).
 
     Generative story:
@@ -66,7 +66,7 @@ def twin_model(xb: jax.Array | None = None, xc: jax.Array | None = None,
             covariates = sample_covariates(mixture, n)
         else:
             numpyro.factor("covariates", covariate_log_likelihood(mixture, *covariates))
-        f = head_features(*covariates, layout, head_origin)
+        f = head_features(*covariates, layout, head_origin, head_center)
         mean = jnp.exp(jnp.clip(intercept + f @ coef, -30.0, 30.0))
         numpyro.sample("y", dist.NegativeBinomial2(mean, phi) if outcome == "negbinomial"
                        else dist.Poisson(mean), obs=y)
@@ -132,7 +132,7 @@ def covariate_log_likelihood(mix: Mixture, xb: jax.Array, xc: jax.Array, xn: jax
 
 
 def head_features(xb: jax.Array, xc: jax.Array, xn: jax.Array, xr: jax.Array, layout: Layout,
-                  origin: str = "lower") -> jax.Array:
+                  origin: str = "lower", center: tuple[float, ...] = ()) -> jax.Array:
     """The outcome head's covariates, each mapped onto [0, 1] by its public range.
 
     Scaling by the schema's bounds (never by data statistics) keeps every coefficient of
@@ -141,6 +141,9 @@ def head_features(xb: jax.Array, xc: jax.Array, xn: jax.Array, xr: jax.Array, la
     every row and its coefficient would be tied to the intercept, which under DP noise
     trains poorly; at zero, only the rows that have it inform its coefficient. (`origin=
     "midpoint"` maps onto [-1, 1] instead, as the first prototype did; kept for comparisons.)
+    A `center` (one value per feature: the noisy marginal means, anchor.py) is subtracted
+    last, so the intercept is the log rate at the average row and no longer tied to the
+    slopes (`center_head`, off by default: docs/GENERATOR.md, "The head under DP noise").
     """
     parts = [xb]
     for j, (_, levels) in enumerate(layout.categorical):
@@ -149,19 +152,22 @@ def head_features(xb: jax.Array, xc: jax.Array, xn: jax.Array, xr: jax.Array, la
     parts.append(xn / jnp.maximum(uppers, 1.0))
     parts.append(xr)
     f = jnp.concatenate([p.astype(jnp.float32) for p in parts], axis=-1)
-    return 2.0 * f - 1.0 if origin == "midpoint" else f
+    f = 2.0 * f - 1.0 if origin == "midpoint" else f
+    return f - jnp.asarray(center, jnp.float32) if center else f
 
 
-def row_features(data: ModelData, layout: Layout, origin: str = "lower") -> np.ndarray:
+def row_features(data: ModelData, layout: Layout, settings: GeneratorSettings) -> np.ndarray:
     """`head_features` of a set of rows given as the model's arrays, as float64 numpy."""
     xb, xc, xn, xr = (jnp.asarray(a) for a in data[:4])
-    return np.asarray(head_features(xb, xc, xn, xr, layout, origin), np.float64)
+    return np.asarray(head_features(xb, xc, xn, xr, layout, settings.head_origin,
+                                    settings.head_center), np.float64)
 
 
 def make_model(layout: Layout, n: int, settings: GeneratorSettings) -> Callable[..., None]:
     """`twin_model` for a schema's layout, n rows and the settings' model options."""
     return partial(twin_model, layout=layout, num_rows=n, components=settings.components,
-                   outcome=settings.outcome, head_origin=settings.head_origin)
+                   outcome=settings.outcome, head_origin=settings.head_origin,
+                   head_center=settings.head_center)
 
 
 def public_init(layout: Layout, settings: GeneratorSettings) -> dict[str, np.ndarray]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import platform
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from twinnode.errors import PrivacyError
 from twinnode.generator.layout import Layout
 from twinnode.generator.posterior import Posterior
 from twinnode.generator.accounting import calibrate_split
-from twinnode.generator.anchor import anchored_start
+from twinnode.generator.anchor import anchored_start, head_center
 from twinnode.generator.headnoise import head_information, head_noise_cov
 from twinnode.generator.marginals import Marginals, measure
 from twinnode.generator.privacy import Calibration, Ledger
@@ -64,12 +64,15 @@ def train_posterior(schema: Schema, frame: pd.DataFrame, plan: TrainPlan, ledger
         marginals = (measure(data, layout, cal.marginal_multiplier, seed)
                      if cal.marginal_share > 0 else None)
         start = None if marginals is None else anchored_start(layout, settings, marginals)
+        if marginals is not None and settings.center_head:
+            settings = replace(settings, head_center=head_center(layout, marginals))
         result = fit(data, layout, cal, settings, seed, progress, start)
+        params = result.params
     except BaseException:
         ledger.set_status(entry["id"], "failed (still charged)")
         raise
     ledger.set_status(entry["id"], "trained")
-    return Posterior(params=result.params, schema_hash=schema.hash, n=n, settings=settings,
+    return Posterior(params=params, schema_hash=schema.hash, n=n, settings=settings,
                      calibration=cal, release=entry["id"], created=time.time(),
                      loc_noise_sd=result.loc_noise_sd,
                      marginals=None if marginals is None else marginals.to_dict())
@@ -170,6 +173,10 @@ def method(posterior: Posterior) -> str:
              f"{s.components}-component mixture with a {s.outcome} head"]
     if c.marginal_share:
         parts.append(f"anchored on noisy one-way marginals ({c.marginal_share:g} of mu^2)")
+    if s.head_center:
+        parts.append("the head's features centred at the noisy marginal means")
+    if s.head_learning_rate is not None:
+        parts.append(f"the head's own Adam step {s.head_learning_rate:g}")
     if s.average:
         parts.append(f"iterates averaged over the last {s.average:g} of the steps")
     parts.append("each twin drawn with the DP noise of the averaged locations (noise-aware)"

@@ -68,7 +68,7 @@ def _calibrated(data: ModelData, theta: Mapping[str, np.ndarray], layout: Layout
                 rng: np.random.Generator) -> ModelData:
     """Covariates onto a draw of the marginals, then y from this twin's own head."""
     data = calibrate_covariates(data, layout, marginals, rng)
-    f = row_features(data, layout, settings.head_origin)
+    f = row_features(data, layout, settings)
     conc = theta.get("concentration")
     y = draw_outcome(f, np.asarray(theta["coef"], np.float64), float(theta["intercept"]),
                      settings.outcome, None if conc is None else float(conc), rng)

@@ -21,6 +21,7 @@ class GeneratorSettings:
     outcome: str = "poisson"
     clip: float = 32.0          # study on public data: docs/GENERATOR.md, "Defaults"
     learning_rate: float = 1e-2
+    head_learning_rate: float | None = None  # Adam's step on the outcome head (None: the same)
     init_scale: float = 0.1
     chunk: int = 500
     variant: str = "aligned"  # aligned: DPVIm (privatise locations only); dpsvi: d3p's DPSVI
@@ -29,6 +30,8 @@ class GeneratorSettings:
     head_weight: float = 1.0  # aligned: the head's gradient weight before clipping (dpsvi.py)
     average: float = 0.5      # share of the last steps whose iterates are averaged (0: last)
     noise_aware: bool = True  # twins' draws include the averaged locations' DP noise
+    center_head: bool = False  # anchored: the head's features centred at the noisy marginal means
+    head_center: tuple[float, ...] = ()  # those means, one per feature (set when trained)
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -43,6 +46,10 @@ class GeneratorSettings:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise GeneratorError(f"{name} must be a positive number, got {value}")
+        if self.head_learning_rate is not None and not (
+                math.isfinite(self.head_learning_rate) and self.head_learning_rate > 0):
+            raise GeneratorError(f"head_learning_rate must be a positive number, "
+                                 f"got {self.head_learning_rate}")
         if self.head_origin not in HEAD_ORIGINS:
             raise GeneratorError(f"head_origin must be one of {', '.join(HEAD_ORIGINS)}, "
                                  f"got {self.head_origin!r}")
@@ -51,6 +58,10 @@ class GeneratorSettings:
         if not 0 <= self.average < 1:
             raise GeneratorError(f"average must be in [0, 1) (0: the last iterate), "
                                  f"got {self.average}")
+        center = tuple(float(c) for c in self.head_center)
+        if not all(math.isfinite(c) for c in center):
+            raise GeneratorError(f"head_center must be finite numbers, got {center}")
+        object.__setattr__(self, "head_center", center)  # a JSON list back to a tuple
         if self.chunk < 1:
             raise GeneratorError(f"chunk must be >= 1, got {self.chunk}")
 

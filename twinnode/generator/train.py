@@ -26,9 +26,9 @@ from d3p.minibatch import subsample_batchify_data
 from d3p.util import sample_from_array
 
 from twinnode.errors import GeneratorError
-from twinnode.generator.dpsvi import LOC, PoissonDPSVI, make_dpsvi
+from twinnode.generator.dpsvi import LOC, PoissonDPSVI, head_mask, make_dpsvi
 from twinnode.generator.layout import Layout, ModelData
-from twinnode.generator.models import initial_latent, make_guide, make_model
+from twinnode.generator.models import initial_latent, make_guide, make_model, set_up
 from twinnode.generator.privacy import Calibration
 from twinnode.generator.settings import GeneratorSettings
 from twinnode.generator.trace import TraceTail
@@ -77,6 +77,7 @@ class TrainResult(NamedTuple):
     overflow_steps: int        # Poisson batches that were truncated (almost always 0)
     seconds: float
     loc_noise_sd: np.ndarray | None = None  # DP noise in the averaged locations (trace.py)
+
 
 
 def binomial_thresholds(n: int, q: float, max_batch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -188,8 +189,10 @@ def _compiled(layout: Layout, n: int, settings: GeneratorSettings, batching: str
     same settings (a retrain, or a test) skips tracing and compiling.
     """
     model = make_model(layout, n, settings)
+    head = (None if settings.head_learning_rate is None
+            else head_mask(set_up(layout, n, settings)[1]))
     svi = make_dpsvi(model, make_guide(model, layout, settings), settings, batching, sigma,
-                     size, expected_batch)
+                     size, expected_batch, head)
 
     if batching == "poisson":
         def update(svi_state: Any, batch_key: jax.Array, i: jax.Array, arrays: Arrays,
