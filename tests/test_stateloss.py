@@ -1,0 +1,131 @@
+"""State-loss recovery (issue 15), with real `twinnode run` processes on 127.0.0.1: a node that
+lost its state directory but kept its keys publishes at once after `--recovered-state`; its new
+release reaches every peer, no seq is reused with other content anywhere, and its ledger shows
+both releases' epsilon. Beside it, the pieces on their own: equivocation on stored twins, a
+catch-up offer that shows it, the refusal of a fresh ledger, the ledger's rebuild."""
+from __future__ import annotations
+
+import asyncio
+import shutil
+
+import pytest
+from test_cluster import K, WAIT, World, cluster, held, verify_store, world  # noqa: F401
+
+from twinnode.errors import ControlError, EquivocatedMessage, PrivacyError, ReplayedMessage
+from twinnode.generator.privacy import Ledger
+from twinnode.lab.simtwins import as_release, posterior_twins, simulate_small
+from twinnode.node.recovery import Recovery, Stated, mark_used, start_mode
+from twinnode.releasedir import save_release
+from twinnode.trust.replay import ReplayGuard
+
+NAMES = ("alice", "bob", "carol")
+
+
+def second_release(world: World, tmp_path) -> str:
+    """Another release of alice's (other content, its own release id, epsilon 1)."""
+    twins = posterior_twins(world.schema, simulate_small(world.schema, 200, seed=0),
+                            sender="alice", k=K, seed=77)
+    path = tmp_path / "release-alice-2"
+    save_release(as_release(twins), path, world.schema)
+    return str(path)
+
+
+def test_a_node_that_lost_its_state_recovers_and_its_new_release_reaches_every_peer(
+        world, tmp_path):
+    again = second_release(world, tmp_path)
+    with cluster(world, tmp_path / "c") as c:
+        # Prepare: alice publishes (epsilon 1) and every node holds it
+        c.start()
+        c.wait_connected(WAIT)
+        c.ctl("alice", "publish", release=world.release("alice"), wait=True)
+        c.wait_holdings({"alice": K}, WAIT)
+        first = held(c, "bob")["alice"]
+        # Execute: alice's state directory is lost (keys kept)
+        assert c.stop("alice") == 0
+        shutil.rmtree(c.state_dir("alice"))
+        c.start("alice")  # without --recovered-state: refused (the marker beside its keys)
+        c.members["alice"].proc.wait(WAIT)
+        assert c.members["alice"].proc.returncode == PrivacyError.exit_code
+        assert "--recovered-state" in c.log_tail("alice", 5)
+        c.start("alice", args=["--recovered-state", "--spent-epsilon", "1"])
+        reply = c.ctl("alice", "publish", release=again, wait=True, timeout=WAIT)  # at once
+        # Assert: numbered above what peers hold, reached everyone, nothing forked
+        assert reply["seqs"] == [K + 1, 2 * K]
+        c.wait_holdings({"alice": 2 * K}, WAIT)
+        views = {name: held(c, name)["alice"] for name in NAMES}
+        assert views["alice"] == views["bob"] == views["carol"]
+        assert views["bob"][:K] == first  # the old twins, kept and fetched back
+        assert [seq for seq, _ in views["bob"]] == list(range(1, 2 * K + 1))
+        status = c.status("alice")
+        assert status["recovery"]["state"] == "done", status["recovery"]
+        assert status["budget"]["spent"] == pytest.approx(2.0)
+        for name in NAMES:
+            assert "equivocation" not in c.status(name)["rejected"]
+    for name in NAMES:
+        assert verify_store(c.state_dir(name), world, c, NAMES) == {"alice": 2 * K}
+    entries = Ledger(c.state_dir("alice")).snapshot()["entries"]
+    assert [e["kind"] for e in entries] == ["recovered", "recovered-release", "import"]
+    assert entries[0]["status"] == "recovered"
+    assert entries[1]["release_epsilon"] == 1.0 and entries[1]["epsilon"] == 0.0
+
+
+def test_an_equivocating_twin_is_refused_after_the_first_copy_left_the_memory():
+    guard = ReplayGuard(max_digests=2, lookup=lambda s, q: bytes([q]) * 32)
+    for seq in (1, 2, 3):
+        guard.accept("alice", seq, bytes([seq]) * 32)
+    with pytest.raises(ReplayedMessage):  # the same content again: a replay
+        guard.check("alice", 1, bytes([1]) * 32)
+    with pytest.raises(EquivocatedMessage) as info:  # seq 1's digest is only in the store
+        guard.check("alice", 1, b"\x09" * 32)
+    assert info.value.digests == (b"\x01" * 32, b"\x09" * 32)
+    assert guard.tips() == {"alice": (3, b"\x03" * 32)}
+
+
+def test_a_fresh_ledger_beside_keys_that_published_is_refused_without_a_statement(tmp_path):
+    marker = tmp_path / "keys" / "alice.used"
+    marker.parent.mkdir()
+    ledger = Ledger(tmp_path / "state")
+    assert start_mode(own_twins=False, ledger=ledger, marker=marker, stated=None) == "check"
+    mark_used(marker, tmp_path / "state")
+    with pytest.raises(PrivacyError, match="--recovered-state --spent-epsilon"):
+        start_mode(own_twins=False, ledger=ledger, marker=marker, stated=None)
+    assert start_mode(own_twins=False, ledger=ledger, marker=marker,
+                      stated=Stated(1.5)) == "recover"
+    # the releases peers serve back count only past the statement: max(stated, served)
+    ledger.recover_release("r1", 1.0, 1e-3)
+    assert ledger.snapshot()["spent_epsilon"] == pytest.approx(1.5)
+    ledger.recover_release("r2", 1.0, 1e-3)
+    ledger.recover_release("r2", 1.0, 1e-3)  # once per release
+    assert ledger.snapshot()["spent_epsilon"] == pytest.approx(2.0)
+    assert start_mode(own_twins=True, ledger=ledger, marker=marker,
+                      stated=Stated(9.0)) == "recover"  # resumed; not stated twice
+    assert ledger.snapshot()["spent_epsilon"] == pytest.approx(2.0)
+
+
+def test_a_statement_after_a_rebuild_counts_only_what_the_releases_do_not_show(tmp_path):
+    ledger = Ledger(tmp_path)
+    ledger.recover_release("r1", 1.0, 0.0)  # served back before the operator said anything
+    ledger.state_recovery(0.5, 0.0)
+    assert ledger.snapshot()["spent_epsilon"] == pytest.approx(1.0)
+    ledger.recover_release("r2", 1.0, 0.0)
+    assert ledger.snapshot()["spent_epsilon"] == pytest.approx(2.0)
+
+
+def test_recovery_waits_for_every_peer_then_refuses_on_silence_unless_accepted():
+    now = [0.0]
+    r = Recovery("alice", ("bob", "carol"), wait=10.0, clock=lambda: now[0])
+    r.begin("recover", 0.25)
+    r.on_heartbeat("bob", {"alice": 5}, own_held=0)
+    r.on_caught_up("bob")
+    assert r.verdict(own_held=5) is None and r.floor == 5  # carol not heard yet
+    now[0] = 11.0
+    with pytest.raises(ControlError, match="no answer from carol"):
+        r.verdict(own_held=5)
+    assert r.row(5)["state"] == "incomplete"
+    assert r.verdict(own_held=5, accept_silent=True) is True
+    # an empty state that learns from a peer that it lived before: refused until restarted
+    r = Recovery("alice", ("bob",), clock=lambda: now[0])
+    r.begin("check", 0.25)
+    r.on_heartbeat("bob", {"alice": 3}, own_held=0)
+    with pytest.raises(ControlError, match="--recovered-state"):
+        asyncio.run(r.ready(lambda: 0, lambda _: None))
