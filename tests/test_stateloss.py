@@ -6,10 +6,14 @@ catch-up offer that shows it, the refusal of a fresh ledger, the ledger's rebuil
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import logging
 import shutil
 
 import pytest
+from node_fixtures import node_factory  # noqa: F401
 from test_cluster import K, WAIT, World, cluster, held, verify_store, world  # noqa: F401
+from test_node import make_twins, party, signed  # noqa: F401
 
 from twinnode.errors import ControlError, EquivocatedMessage, PrivacyError, ReplayedMessage
 from twinnode.generator.privacy import Ledger
@@ -17,6 +21,8 @@ from twinnode.lab.simtwins import as_release, posterior_twins, simulate_small
 from twinnode.node.recovery import Recovery, Stated, mark_used, start_mode
 from twinnode.releasedir import save_release
 from twinnode.trust.replay import ReplayGuard
+from twinnode.trust.seqset import Holding
+from twinnode.wire import CatchupRequest, Signer, Verifier, encode_catchup_request
 
 NAMES = ("alice", "bob", "carol")
 
@@ -125,3 +131,66 @@ def test_recovery_waits_for_every_peer_then_refuses_on_silence_unless_accepted()
     r.on_heartbeat("bob", {"alice": 3}, own_held=0)
     with pytest.raises(ControlError, match="--recovered-state"):
         asyncio.run(r.ready(lambda: 0, lambda _: None))
+
+
+# ---- in-process: equivocation on stored twins and through a catch-up offer ----------------
+
+def test_a_second_twin_under_a_stored_seq_is_counted_logged_and_the_first_kept(
+        party, node_factory, caplog):
+    async def main() -> None:
+        # Prepare: alice holds bob's 1..3, and a restart forgets everything but the store
+        first = signed(make_twins(party.schema, "bob"), party.schema, party.bob)
+        other = signed(make_twins(party.schema, "bob", seed=5), party.schema, party.bob)
+        node = await node_factory.opened(party.config)
+        for f in first:
+            assert await node.handle_frames(f) is not None
+        await node.stop()
+        node = await node_factory.opened(party.config)
+        kept = node.store.get("bob", 2).digest
+        # Execute: bob signed other content as seq 2 (live), then sends seq 2 again
+        with caplog.at_level(logging.INFO, logger="twinnode.node"):
+            assert await node.handle_frames(other[1]) is None
+            assert await node.handle_frames(first[1]) is None
+        # Assert: counted once as equivocation (the replay apart), the first copy kept
+        assert dict(node.rejected) == {"equivocation": 1, "replay": 1}
+        assert node.store.get("bob", 2).digest == kept
+        line = next(r for r in caplog.records if getattr(r, "fields", {}).get("reason")
+                    == "equivocation")
+        fields = line.fields
+        assert fields["seq"] == 2 and fields["kept"] == kept
+        assert fields["refused"] == hashlib.sha256(other[1][2]).hexdigest()
+        assert fields["sender_fingerprint"] == node.trust.get("bob").sign_fingerprint
+        assert "recovered-state" in fields["hint"]
+
+    node_factory.run(main(), 60)
+
+
+def test_a_catch_up_offer_naming_other_content_gets_our_copy_and_the_requester_sees_it(
+        party, node_factory):
+    async def main() -> None:
+        node = await node_factory.opened(party.config)
+        first = signed(make_twins(party.schema, "bob"), party.schema, party.bob)
+        for f in first:
+            await node.handle_frames(f)
+        replies: list[list[bytes]] = []
+
+        async def reply(frames) -> bool:
+            replies.append(list(frames))
+            return True
+
+        # Execute: mallory holds bob's 1..3 too, but offers another digest for seq 3
+        tips = {"bob": (3, b"\x07" * 32)}
+        req = encode_catchup_request(CatchupRequest("mallory", "alice", {"bob": Holding(3)},
+                                                    tips=tips), Signer(party.mallory))
+        await node.handle_frames(req, channel="router", reply=reply)
+        # Assert: our bob seq 3, exactly as stored (her verifier refuses it as equivocation)
+        assert [f[0] for f in replies] == [b"twin:bob", b"end:alice"]
+        assert replies[0] == first[2]
+        guard = ReplayGuard()
+        guard.accept("bob", 3, b"\x07" * 32)
+        with pytest.raises(EquivocatedMessage):
+            Verifier(node.trust, node.schema, guard, local="mallory").open(replies[0])
+        # and alice's own offer names the digest of what she holds highest
+        assert node.verifier.guard.tips()["bob"] == (3, hashlib.sha256(first[2][2]).digest())
+
+    node_factory.run(main(), 60)

@@ -46,7 +46,7 @@ from twinnode.wire import Envelope
 
 log = logging.getLogger("twinnode.node")
 
-CHECK_WAIT = 5.0  # seconds (plus 3 heartbeats) an empty state waits for peers when nothing
+CHECK_WAIT = 2.0  # seconds (plus 3 heartbeats) an empty state waits for peers when nothing
                   # says it lived before
 POLL = 0.1
 
