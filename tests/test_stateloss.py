@@ -125,6 +125,9 @@ def test_recovery_waits_for_every_peer_then_refuses_on_silence_unless_accepted()
         r.verdict(own_held=5)
     assert r.row(5)["state"] == "incomplete"
     assert r.verdict(own_held=5, accept_silent=True) is True
+    assert r.next_seq(own_held=5) == 6
+    r.on_heartbeat("carol", {"alice": 10**9}, own_held=5)  # a claim no twin backs
+    assert r.next_seq(own_held=5) == 5 + 10_000 + 1  # cannot push us out of the window
     # an empty state that learns from a peer that it lived before: refused until restarted
     r = Recovery("alice", ("bob",), clock=lambda: now[0])
     r.begin("check", 0.25)

@@ -428,7 +428,7 @@ class Node:
                         live=lambda env: self.agreed.fits_everyone(env.frames, self.name,
                                                                    env.seq or 0))
         floor = max(await self.commits.next_own_seq(self.store),  # the store once, not per
-                    self.recovery.floor + 1)  # twin; above all any peer holds (recovery)
+                    self.recovery.next_seq(self.own_latest()))  # twin; above what peers hold
         for i, twin in enumerate(release.twins):
             if i in done:
                 continue

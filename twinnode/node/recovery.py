@@ -46,6 +46,7 @@ from twinnode.wire import Envelope
 
 log = logging.getLogger("twinnode.node")
 
+CLAIM_SLACK = 10_000  # the most a peer's unbacked claim may lift our next seq above what we hold
 CHECK_WAIT = 2.0  # seconds (plus 3 heartbeats) an empty state waits for peers when nothing
                   # says it lived before
 POLL = 0.1
@@ -138,6 +139,7 @@ class Recovery:
     detail: str = ""
     ledger_intact: bool = False  # a lost store beside a kept ledger needs no statement
     releases_back: set[str] = field(default_factory=set)  # ours, served back by peers
+    recovered: bool = False  # a recovery ran: publish above what peers said they hold
 
     def open(self, *, own_twins: bool, ledger: Ledger, marker: Path, stated: Stated | None,
              heartbeat_interval: float) -> None:
@@ -184,8 +186,15 @@ class Recovery:
 
     @property
     def floor(self) -> int:
-        """The highest watermark of our seqs any peer reported: we publish above it."""
+        """The highest watermark of our seqs any peer reported."""
         return max(self.heard.values(), default=0)
+
+    def next_seq(self, own_held: int) -> int:
+        """The lowest seq a publish may take after a recovery: above every watermark of
+        ours a peer reported, though never more than CLAIM_SLACK above what we hold (a
+        pinned peer's claim alone must not push our seqs out of the others' window).
+        Without a recovery our own store is the authority (1)."""
+        return min(self.floor, own_held + CLAIM_SLACK) + 1 if self.recovered else 1
 
     def waiting_on(self) -> list[str]:
         need = self.caught_up if self.mode == "recover" else set(self.heard)
@@ -212,7 +221,7 @@ class Recovery:
 
     def _finish(self, own_held: int, why: str) -> None:
         recovering = self.mode == "recover"
-        self.mode, self.detail = "done", why
+        self.mode, self.detail, self.recovered = "done", why, recovering
         if recovering or self.floor:
             event(log, "recovery.done", why, own_held=own_held, floor=self.floor,
                   peers=",".join(f"{p}:{w}" for p, w in sorted(self.heard.items())))
