@@ -17,7 +17,9 @@ from test_node import make_twins, party, signed  # noqa: F401
 
 from twinnode.errors import ControlError, EquivocatedMessage, PrivacyError, ReplayedMessage
 from twinnode.generator.privacy import Ledger
+from twinnode.lab.harness import ClusterError
 from twinnode.lab.simtwins import as_release, posterior_twins, simulate_small
+from twinnode.node.preflight import run_checks
 from twinnode.node.recovery import Recovery, Stated, mark_used, start_mode
 from twinnode.releasedir import save_release
 from twinnode.trust.replay import ReplayGuard
@@ -197,3 +199,47 @@ def test_a_catch_up_offer_naming_other_content_gets_our_copy_and_the_requester_s
         assert node.verifier.guard.tips()["bob"] == (3, hashlib.sha256(first[2][2]).digest())
 
     node_factory.run(main(), 60)
+
+
+def test_twinnode_check_reports_a_lost_state_directory_and_writes_nothing(party):
+    marker = party.config.keys_dir / "alice.used"
+    assert next(c for c in run_checks(party.config) if c.name == "state").ok
+    mark_used(marker, party.config.state_dir)  # these keys published; the state is gone
+    state = next(c for c in run_checks(party.config) if c.name == "state")
+    assert isinstance(state.error, PrivacyError) and "--recovered-state" in str(state.error)
+    assert not party.config.state_dir.exists()
+
+
+@pytest.mark.slow
+def test_a_recovery_with_a_silent_peer_is_refused_until_the_operator_accepts_the_silence(
+        world, tmp_path):
+    again = second_release(world, tmp_path)
+    with cluster(world, tmp_path / "c") as c:
+        # Prepare: alice's first release reaches bob and carol, then alice loses her state
+        c.start()
+        c.wait_connected(WAIT)
+        c.ctl("alice", "publish", release=world.release("alice"), wait=True)
+        c.wait_holdings({"alice": K}, WAIT)
+        assert c.stop("alice") == 0 and c.stop("carol") == 0
+        shutil.rmtree(c.state_dir("alice"))
+        path = c.config_path("alice")
+        path.write_text(path.read_text().replace("[network]\n",
+                                                 "[network]\nrecovery_wait = 3.0\n", 1))
+        # Execute: a start without --recovered-state is refused (exit 6, the marker)
+        with pytest.raises(ClusterError, match="exited with 6"):
+            c.start("alice")
+        assert "--recovered-state --spent-epsilon X" in c.log_tail("alice", 2)
+        c.start("alice", args=["--recovered-state", "--spent-epsilon", "1"])
+        # carol is down: after recovery_wait, publishing is refused with her name
+        with pytest.raises(ControlError, match="no answer from carol"):
+            c.ctl("alice", "publish", release=again, wait=True, timeout=WAIT)
+        assert c.status("alice")["recovery"]["state"] == "incomplete"
+        reply = c.ctl("alice", "publish", release=again, wait=True, accept_silent=True)
+        # Assert: above what bob holds; carol, back, gets everything without a fork
+        assert reply["seqs"] == [K + 1, 2 * K]
+        c.start("carol")
+        c.wait_holdings({"alice": 2 * K}, WAIT)
+        views = {name: held(c, name)["alice"] for name in NAMES}
+        assert views["alice"] == views["bob"] == views["carol"]
+        assert all("equivocation" not in c.status(n)["rejected"] for n in NAMES)
+        assert c.status("alice")["budget"]["spent"] == pytest.approx(2.0)

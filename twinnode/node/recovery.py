@@ -36,13 +36,15 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping
 
 from twinnode.atomic import write_json_atomic
 from twinnode.errors import ControlError, PrivacyError
 from twinnode.eventlog import event
 from twinnode.generator.privacy import Ledger
-from twinnode.wire import Envelope
+
+if TYPE_CHECKING:
+    from twinnode.wire import Envelope
 
 log = logging.getLogger("twinnode.node")
 
@@ -103,16 +105,27 @@ def start_mode(*, own_twins: bool, ledger: Ledger, marker: Path,
     if stated is not None:
         event(log, "recovery.ignored", "this state directory was recovered already: "
               "--recovered-state is ignored", level=logging.WARNING)
-    elif rebuilt and (marker.exists() or ledger.path.exists()):
-        why = (f"these keys have published before ({_marker_text(marker)})" if marker.exists()
-               else "peers served back twins of ours it had lost")
-        raise PrivacyError(
-            f"{ledger.dir} has no privacy ledger of its own but {why}: the state directory "
+    elif statement is None and (lost := lost_state(ledger, marker)) is not None:
+        raise PrivacyError(lost)
+    return "off" if own_twins else "check"
+
+
+def lost_state(ledger: Ledger, marker: Path) -> str | None:
+    """Why this state directory is a lost one that needs `--recovered-state` (no ledger of
+    its own beside a marker, or beside our twins that peers served back), or None.
+    `twinnode check` reports it too."""
+    if ledger.path.exists():  # reads without creating anything (`twinnode check` writes none)
+        if not ledger.rebuilt_only() or ledger.statement() is not None:
+            return None
+    elif not marker.exists() or ledger.history_traces():  # traces: the ledger refuses itself
+        return None
+    why = (f"these keys have published before ({_marker_text(marker)})" if marker.exists()
+           else "peers served back twins of ours it had lost")
+    return (f"{ledger.dir} has no privacy ledger of its own but {why}: the state directory "
             "was lost. A fresh ledger would forget the privacy spent, and new twins would "
             "reuse seqs peers hold. Restore it from a backup, or start with `twinnode run "
             "--config ... --recovered-state --spent-epsilon X` (X: the epsilon this site "
             "spent before, from your records; the releases peers hold are added when more)")
-    return "off" if own_twins else "check"
 
 
 def _marker_text(marker: Path) -> str:
@@ -140,6 +153,12 @@ class Recovery:
     ledger_intact: bool = False  # a lost store beside a kept ledger needs no statement
     releases_back: set[str] = field(default_factory=set)  # ours, served back by peers
     recovered: bool = False  # a recovery ran: publish above what peers said they hold
+    check_wait: float = CHECK_WAIT  # the shorter wait of an empty state with no evidence
+
+    @property
+    def limit(self) -> float:
+        """Seconds the current mode waits for the peers."""
+        return min(self.wait, self.check_wait) if self.mode == "check" else self.wait
 
     def open(self, *, own_twins: bool, ledger: Ledger, marker: Path, stated: Stated | None,
              heartbeat_interval: float) -> None:
@@ -152,8 +171,7 @@ class Recovery:
 
     def begin(self, mode: str, heartbeat_interval: float) -> None:
         self.mode, self.started = mode, self.clock()
-        if mode == "check":
-            self.wait = min(self.wait, CHECK_WAIT + 3 * heartbeat_interval)
+        self.check_wait = CHECK_WAIT + 3 * heartbeat_interval
         if mode in ("check", "recover"):
             event(log, f"recovery.{mode}", self.describe(0))
 
@@ -168,6 +186,7 @@ class Recovery:
         self.heard[peer] = max(self.heard.get(peer, 0), held)
         if self.mode == "check" and held > own_held:
             self.mode = "recover" if self.ledger_intact else "required"
+            self.started = self.clock()  # the recovery's own wait starts now
             event(log, f"recovery.{self.mode}", self.describe(own_held),
                   level=logging.WARNING if self.ledger_intact else logging.ERROR,
                   peer=peer, holds=held)
@@ -210,17 +229,23 @@ class Recovery:
         if not waiting and own_held >= self.floor:
             self._finish(own_held, "every peer answered")
             return True
-        if self.clock() - self.started < self.wait:
+        if self.clock() - self.started < self.limit:
             return None
         if self.mode == "check" or accept_silent:
-            self._finish(own_held, f"no answer from {', '.join(waiting)} within "
-                         f"{self.wait:g} s" + (" (accepted by the operator)"
-                                               if self.mode == "recover" else ""))
+            self._finish(own_held, f"no answer from {', '.join(waiting) or 'nobody'} within "
+                         f"{self.limit:g} s, our seqs held up to {own_held} of {self.floor}"
+                         + (" (accepted by the operator)" if self.mode == "recover" else ""),
+                         silent=waiting)
             return True
         raise ControlError(self.describe(own_held))
 
-    def _finish(self, own_held: int, why: str) -> None:
+    def _finish(self, own_held: int, why: str, silent: list[str] | None = None) -> None:
         recovering = self.mode == "recover"
+        if silent and not recovering:  # a new site whose peers are not up yet, most often
+            event(log, "recovery.unchecked", f"first publish without a heartbeat of "
+                  f"{', '.join(silent)}: had these keys published from a state directory "
+                  "now lost, those peers would refuse the twins as equivocation",
+                  level=logging.WARNING)
         self.mode, self.detail, self.recovered = "done", why, recovering
         if recovering or self.floor:
             event(log, "recovery.done", why, own_held=own_held, floor=self.floor,
@@ -231,7 +256,7 @@ class Recovery:
         heard = ", ".join(f"{p} holds our 1-{w}" if w else f"{p} holds none of ours"
                           for p, w in sorted(self.heard.items())) or "no peer heard yet"
         waiting = ", ".join(self.waiting_on()) or "nobody"
-        left = max(0.0, self.wait - (self.clock() - self.started))
+        left = max(0.0, self.limit - (self.clock() - self.started))
         if self.mode == "off":
             return "not needed (our store holds our twins)"
         if self.mode == "done":
@@ -248,14 +273,14 @@ class Recovery:
             return (f"recovering: {heard}; we hold our seqs up to {own_held} of "
                     f"{self.floor}; waiting on {waiting} ({left:.0f} s left)")
         return (f"recovery incomplete: no answer from {waiting} within {self.wait:g} s "
-                f"({heard}); publishing and training are refused: start the silent "
+                f"({heard}; we hold our seqs up to {own_held} of {self.floor}); publishing and training are refused: start the silent "
                 "peers, or publish with accept_silent=true to number above what the others "
                 "hold (a silent peer may hold later twins of ours)")
 
     def row(self, own_held: int) -> dict[str, object]:
         """What `status` shows."""
         return {"state": self.mode if self.mode != "recover" or
-                self.clock() - self.started < self.wait else "incomplete",
+                self.clock() - self.started < self.limit else "incomplete",
                 "detail": self.describe(own_held), "floor": self.floor}
 
     async def ready(self, own_held: Callable[[], int], report: Callable[[str], None],
