@@ -243,3 +243,33 @@ def test_a_recovery_with_a_silent_peer_is_refused_until_the_operator_accepts_the
         assert views["alice"] == views["bob"] == views["carol"]
         assert all("equivocation" not in c.status(n)["rejected"] for n in NAMES)
         assert c.status("alice")["budget"]["spent"] == pytest.approx(2.0)
+
+
+def test_without_the_marker_the_peers_heartbeats_show_the_loss_and_publishing_is_refused(
+        world, tmp_path):
+    again = second_release(world, tmp_path)
+    with cluster(world, tmp_path / "c") as c:
+        # Prepare: alice publishes, then loses her state and the marker beside her keys
+        c.start()
+        c.wait_connected(WAIT)
+        c.ctl("alice", "publish", release=world.release("alice"), wait=True)
+        c.wait_holdings({"alice": K}, WAIT)
+        assert c.stop("alice") == 0
+        shutil.rmtree(c.state_dir("alice"))
+        (c.state_dir("alice").parent / "keys" / "alice.used").unlink()
+        # Execute: she starts as a new site; her peers' heartbeats say they hold her 1-3
+        c.start("alice")
+        with pytest.raises(ControlError, match="--recovered-state"):
+            c.ctl("alice", "publish", release=again, wait=True, timeout=WAIT)
+        assert c.status("alice")["recovery"]["state"] == "required"
+        assert c.stop("alice") == 0
+        with pytest.raises(ClusterError, match="exited with 6"):  # her twins came back
+            c.start("alice")
+        c.start("alice", args=["--recovered-state", "--spent-epsilon", "0"])
+        reply = c.ctl("alice", "publish", release=again, wait=True, timeout=WAIT)
+        # Assert: nothing forked, and the ledger rebuilt the first release from its twins
+        assert reply["seqs"] == [K + 1, 2 * K]
+        c.wait_holdings({"alice": 2 * K}, WAIT)
+        views = {name: held(c, name)["alice"] for name in NAMES}
+        assert views["alice"] == views["bob"] == views["carol"]
+        assert c.status("alice")["budget"]["spent"] == pytest.approx(2.0)
