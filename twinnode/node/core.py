@@ -133,17 +133,13 @@ class Node:
         """Open the store and rebuild the replay guard from its index (no sockets)."""
         if self.store is not None:
             return
-        self.store = store = self.commits.store = await asyncio.to_thread(Store.open,
-                                                                          self.layout.root)
+        self.store = store = self.commits.store = await asyncio.to_thread(
+            Store.open, self.layout.root)
         guard = ReplayGuard(lookup=lambda s, q: bytes.fromhex(e.digest)
                             if (e := store.get(s, q)) is not None else None)
         for entry in await asyncio.to_thread(store.list):
             guard.accept(entry.sender, entry.seq, bytes.fromhex(entry.digest))
         self.verifier = Verifier(self.trust, self.schema, guard, self.limits, local=self.name)
-        await asyncio.to_thread(partial(  # PrivacyError: a lost state without a statement
-            self.recovery.open, own_twins=store.counts().get(self.name, 0) > 0,
-            ledger=self.ledger, marker=self.marker, stated=self.stated,
-            heartbeat_interval=self.config.network.heartbeat_interval))
 
     async def start(self) -> None:
         """Open the store, bind and connect the sockets, serve control, start the tasks."""
@@ -153,6 +149,10 @@ class Node:
         self._stop_requested.clear()
         try:
             await self.open()
+            await asyncio.to_thread(partial(  # PrivacyError: a lost state without a statement
+                self.recovery.open, own_twins=self.require_store().counts().get(self.name, 0)
+                > 0, ledger=self.ledger, marker=self.marker, stated=self.stated,
+                heartbeat_interval=self.config.network.heartbeat_interval))
             self.transport = await open_transport(self.identity, self.config, self.limits,
                                                   self.refusals.denied)
             self.control = ControlServer(self.layout.control_socket, handlers(self))
