@@ -246,7 +246,8 @@ class Recovery:
                   f"{', '.join(silent)}: had these keys published from a state directory "
                   "now lost, those peers would refuse the twins as equivocation",
                   level=logging.WARNING)
-        self.mode, self.detail, self.recovered = "done", why, recovering
+        self.detail, self.recovered = why, recovering
+        self.mode = "done" if recovering else "off"  # a checked empty state: nothing to say
         if recovering or self.floor:
             event(log, "recovery.done", why, own_held=own_held, floor=self.floor,
                   peers=",".join(f"{p}:{w}" for p, w in sorted(self.heard.items())))
@@ -258,7 +259,7 @@ class Recovery:
         waiting = ", ".join(self.waiting_on()) or "nobody"
         left = max(0.0, self.limit - (self.clock() - self.started))
         if self.mode == "off":
-            return "not needed (our store holds our twins)"
+            return "not needed (our store holds our twins, or no peer holds any)"
         if self.mode == "done":
             return f"done: {self.detail}; we hold our seqs up to {own_held}"
         if self.mode == "required":
