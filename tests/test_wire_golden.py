@@ -67,6 +67,9 @@ GOLDEN = {
     # a heartbeat carrying its sender's limits (issue 15); "hb" above, without them, is the
     # heartbeat of a node at the default limits, byte for byte as before
     "hb-limits": "ef1166eb379f18f5120892d6c1476fea47d362b38fc727a9b9bb2a58088905d6",
+    # a catch-up request offering the digest of the highest seq held per sender (issue 15:
+    # equivocation seen by catch-up); "req" above, without them, is byte for byte as before
+    "req-tips": "606f66b5c4650befb9355b927971a863a9fc2fe7f9f6f0b7db3297840ba80752",
 }
 
 
@@ -110,6 +113,9 @@ def golden_messages() -> dict[str, list[bytes]]:
                                                 nonce["hb"], 500, 123_456), signer),
         "req": encode_catchup_request(CatchupRequest("alice", "bob", have, rid, CREATED,
                                                      nonce["req"]), signer),
+        "req-tips": encode_catchup_request(CatchupRequest(
+            "alice", "bob", have, rid, CREATED, nonce["req"],
+            {"alice": (3, b"\x0a" * 32), "carol": (20, b"\x0b" * 32)}), signer),
         "end": encode_catchup_end(CatchupEnd("alice", "bob", rid, 17, CREATED, nonce["end"]),
                                   signer),
     }
@@ -140,5 +146,8 @@ def test_the_pinned_frames_open_back_to_the_messages_that_made_them() -> None:
                           ).message
     assert (hb.max_rows, hb.max_frame, hb.holdings) == (500, 123_456, {"bob": 7, "carol": 0})
     req = decode_catchup_request(messages["req"], verifier).message
-    assert req.have["carol"] == Holding(5, ((8, 9), (12, 20)))
+    assert req.have["carol"] == Holding(5, ((8, 9), (12, 20))) and req.tips is None
+    req = decode_catchup_request(messages["req-tips"], Verifier(
+        trust, SCHEMA, ReplayGuard(), local="bob", clock=lambda: CREATED)).message
+    assert req.tips == {"alice": (3, b"\x0a" * 32), "carol": (20, b"\x0b" * 32)}
     assert decode_catchup_end(messages["end"], verifier).message.count == 17

@@ -275,6 +275,9 @@ def format_status(r: Mapping[str, Any]) -> str:
     lines = [head, f"job: {_job(r.get('job'))}"]
     if r.get("budget"):
         lines.append(f"budget: {_budget(r['budget'])}")
+    recovery = r.get("recovery") or {}
+    if recovery.get("state") not in (None, "off"):  # a lost state (docs/NODE.md)
+        lines.append(f"recovery: {recovery.get('detail')}")
     lines.append("peers:")
     lines += _peer_rows(r.get("peers", []))
     lines += _link_lines(r.get("peers", []))

@@ -6,6 +6,8 @@ import asyncio
 import signal
 from pathlib import Path
 
+from twinnode.errors import ConfigError
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run this party's node (long-lived)",
@@ -23,6 +25,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                    help="override [node] log_level")
     p.add_argument("--log-format", choices=["kv", "json"], help="override [node] log_format")
+    p.add_argument("--recovered-state", action="store_true",
+                   help="this node's state directory was lost (its keys were kept): state "
+                        "what it spent before with --spent-epsilon; it publishes only once "
+                        "its peers' copies of its twins are fetched back (docs/NODE.md, "
+                        "'Losing the state directory')")
+    p.add_argument("--spent-epsilon", type=float, metavar="X",
+                   help="with --recovered-state: the epsilon this site spent before the "
+                        "loss, from your records (the releases peers hold are added when "
+                        "they show more)")
+    p.add_argument("--spent-delta", type=float, default=0.0, metavar="D",
+                   help="with --recovered-state: the delta spent before (default 0)")
     p.set_defaults(func=run)
 
 
@@ -30,6 +43,9 @@ def run(args: argparse.Namespace) -> int:
     from twinnode.eventlog import configure
     from twinnode.node.config import load_config
 
+    if args.recovered_state != (args.spent_epsilon is not None):
+        raise ConfigError("--recovered-state and --spent-epsilon go together: a node whose "
+                          "state directory was lost states what it spent before")
     config = load_config(args.config)
     from twinnode.node.preflight import check_inputs
 
@@ -38,14 +54,18 @@ def run(args: argparse.Namespace) -> int:
     check_inputs(config)
     configure(args.log_level or config.node.log_level,
               args.log_format or config.node.log_format)
-    asyncio.run(_serve(config))
+    stated = None
+    if args.recovered_state:
+        from twinnode.node.recovery import Stated
+        stated = Stated(args.spent_epsilon, args.spent_delta)
+    asyncio.run(_serve(config, stated))
     return 0
 
 
-async def _serve(config) -> None:
+async def _serve(config, stated=None) -> None:
     from twinnode.node.core import Node
 
-    node = Node(config)
+    node = Node(config, stated=stated)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, node.request_stop, sig.name)

@@ -128,6 +128,16 @@ def epsilon_for(sigma: float, delta: float, q: float, steps: int, relation: str)
 
 
 # ------------------------------------------------------------------------ ledger
+RECOVERED = "recovered"                   # the operator's statement of earlier spending
+RECOVERED_RELEASE = "recovered-release"   # a release of ours rebuilt from peers' copies
+
+
+def _rebuilt(doc: dict[str, Any]) -> tuple[float, float]:
+    """The full (epsilon, delta) of every release rebuilt so far."""
+    rows = [e for e in doc["entries"] if e.get("kind") == RECOVERED_RELEASE]
+    return (sum(e["release_epsilon"] for e in rows), sum(e["release_delta"] for e in rows))
+
+
 class Ledger:
     """Append-only record of privacy spent from one data set, with a cap on total epsilon.
 
@@ -180,10 +190,74 @@ class Ledger:
         return found + sorted(self.dir.glob("*/receipt.json"))[:1]
 
     def has_release(self, release: str) -> bool:
-        """Whether a training run (or an imported release) with this id is charged here."""
+        """Whether a training run (or an imported or recovered release) with this id is
+        charged here."""
         with self._locked() as doc:
             return any(e.get("id") == release or e.get("release") == release
-                       for e in doc["entries"] if e["epsilon"] > 0)
+                       for e in doc["entries"]
+                       if e["epsilon"] > 0 or e.get("kind") == RECOVERED_RELEASE)
+
+    # ---- state-loss recovery (docs/NODE.md, "Losing the state directory") ----
+
+    def fresh(self) -> bool:
+        """No ledger file and no trace of training: what a lost state directory leaves."""
+        return not self.path.exists() and not self.history_traces()
+
+    def statement(self) -> dict[str, Any] | None:
+        """The operator's recovery statement (`run --recovered-state`), or None."""
+        with self._locked() as doc:
+            return next((dict(e) for e in doc["entries"] if e.get("kind") == RECOVERED), None)
+
+    def rebuilt_only(self) -> bool:
+        """Whether every entry was rebuilt from our releases that peers hold (or there is
+        none): a ledger the operator may still state the earlier spending into."""
+        with self._locked() as doc:
+            return all(e.get("kind") == RECOVERED_RELEASE for e in doc["entries"])
+
+    def state_recovery(self, epsilon: float, delta: float) -> dict[str, Any]:
+        """Record what the operator states was spent before the state was lost; it counts
+        only what the releases rebuilt so far do not already show (`_recount`)."""
+        if not (math.isfinite(epsilon) and epsilon >= 0 and 0 <= delta < 1):
+            raise PrivacyError(f"the spent epsilon must be >= 0 and delta in [0, 1), got "
+                               f"{epsilon}, {delta}")
+        with self._locked() as doc:
+            if any(e.get("kind") == RECOVERED for e in doc["entries"]):
+                raise PrivacyError(f"{self.path}: the earlier spending was stated already")
+            shown = _rebuilt(doc)
+            entry = {"id": uuid.uuid4().hex[:16], "kind": RECOVERED, "time": time.time(),
+                     "epsilon": max(0.0, epsilon - shown[0]),
+                     "delta": max(0.0, delta - shown[1]), "stated_epsilon": float(epsilon),
+                     "stated_delta": float(delta), "status": "recovering",
+                     "note": "spent before the state directory was lost, as the operator "
+                             "stated it (run --recovered-state)"}
+            doc["entries"].append(entry)
+            write_json_atomic(self.path, doc)
+            return entry
+
+    def recover_release(self, release: str, epsilon: float, delta: float,
+                        **details: Any) -> dict[str, Any] | None:
+        """Record one of our releases that a peer served back (its signed twins carry its
+        epsilon and delta); None if it is in the ledger already. Under a statement it
+        counts only what goes past the stated total, so the ledger shows
+        max(stated, sum of recovered releases) for what was spent before."""
+        with self._locked() as doc:
+            if any(e.get("id") == release or e.get("release") == release
+                   for e in doc["entries"]):
+                return None
+            before = _rebuilt(doc)
+            stated = next(((e["stated_epsilon"], e["stated_delta"]) for e in doc["entries"]
+                           if e.get("kind") == RECOVERED), (0.0, 0.0))
+            after = (before[0] + epsilon, before[1] + delta)
+            counted = [max(0.0, a - s) - max(0.0, b - s)
+                       for a, b, s in zip(after, before, stated)]
+            entry = {"id": uuid.uuid4().hex[:16], "kind": RECOVERED_RELEASE,
+                     "time": time.time(), "epsilon": counted[0], "delta": counted[1],
+                     "release": release, "release_epsilon": float(epsilon),
+                     "release_delta": float(delta), "status": "rebuilt from the twins a "
+                     "peer served back", **details}
+            doc["entries"].append(entry)
+            write_json_atomic(self.path, doc)
+            return entry
 
     def snapshot(self) -> dict[str, Any]:
         """Spent, cap and left, plus every entry: what `budget` commands show."""

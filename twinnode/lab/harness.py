@@ -117,8 +117,9 @@ class LocalCluster:
 
     # ---- processes ----
 
-    def start(self, *names: str, timeout: float = 60.0) -> None:
-        """Start the named nodes (default: all not running) and wait for their control sockets."""
+    def start(self, *names: str, timeout: float = 60.0, args: Sequence[str] = ()) -> None:
+        """Start the named nodes (default: all not running) and wait for their control
+        sockets; `args` go to `twinnode run` (e.g. --recovered-state --spent-epsilon 1)."""
         chosen = names or tuple(n for n, m in self.members.items() if not self.running(n))
         for name in chosen:
             m = self.members[name]
@@ -127,7 +128,8 @@ class LocalCluster:
             env = dict(os.environ, PYTHONUNBUFFERED="1", JAX_PLATFORMS="cpu")
             with open(m.log, "ab") as log:
                 m.proc = subprocess.Popen(
-                    [sys.executable, "-m", "twinnode.cli", "run", "--config", str(m.config)],
+                    [sys.executable, "-m", "twinnode.cli", "run", "--config", str(m.config),
+                     *args],
                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                     start_new_session=True)
         for name in chosen:

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from twinnode.errors import StoreError
 from twinnode.eventlog import event
@@ -37,6 +38,7 @@ from twinnode.wire import (
 )
 
 log = logging.getLogger("twinnode.node")
+PLAIN_FOR = 600.0  # seconds a peer that did not answer a request with `tips` is asked without
 
 
 class CatchupRunner:
@@ -51,6 +53,8 @@ class CatchupRunner:
         self.wanted = {name: asyncio.Event() for name in catchup.peers}
         self._ends: dict[bytes, asyncio.Future[CatchupEnd]] = {}
         self._turn_free = asyncio.Event()
+        self.caught_up: Callable[[str], None] | None = None  # a peer sent all we lacked
+        self._plain: dict[str, float] = {}  # peer -> until when it is asked without `tips`
 
     # ---- fed by the node's ingest ----
 
@@ -152,7 +156,8 @@ class CatchupRunner:
         new twins arrived (0 when it is not connected or does not answer)."""
         total = 0
         while True:
-            req = CatchupRequest(self.own, peer, self.catchup.have(guard))
+            tips = guard.tips() if self._plain.get(peer, 0.0) < time.monotonic() else None
+            req = CatchupRequest(self.own, peer, self.catchup.have(guard), tips=tips)
             self.catchup.expect_end(peer, req.request_id)
             future = self._ends[req.request_id] = asyncio.get_running_loop().create_future()
             before = self.counters["accepted"]
@@ -166,6 +171,8 @@ class CatchupRunner:
             except asyncio.TimeoutError:
                 event(log, "catchup.timeout", f"no end marker within {CATCHUP_TIMEOUT:g} s",
                       level=logging.WARNING, peer=peer)
+                if tips:  # a node of an earlier release refuses `tips`: ask it without
+                    self._plain[peer] = time.monotonic() + PLAIN_FOR
                 return total
             finally:
                 self.catchup.forget(req.request_id)
@@ -175,6 +182,8 @@ class CatchupRunner:
             event(log, "catchup.done", peer=peer, sent=end.count, new=new,
                   level=logging.INFO if end.count else logging.DEBUG)
             if not self.catchup.again(end.count, new):
+                if self.caught_up is not None:
+                    self.caught_up(peer)
                 return total
             await asyncio.sleep(CATCHUP_GAP)
 
@@ -189,6 +198,9 @@ class CatchupRunner:
             return
         wanted = await asyncio.to_thread(self.missing_for, store, req.have,
                                          self.network.catchup_batch, req.sender)
+        if req.tips:  # our copy of a seq it holds with other content: it sees both
+            wanted = (await asyncio.to_thread(conflicts, store, req.tips, req.sender)
+                      )[:self.network.catchup_batch] + wanted
         sent = 0
         for sender, seq in wanted:
             try:
@@ -219,3 +231,19 @@ class CatchupRunner:
                             if (sender, q) not in unfit][:limit]
                    for sender in sorted(set(have) & set(store.counts()))}
         return self.catchup.serve_plan(lacking, limit)
+
+
+def conflicts(store: Store, tips: Mapping[str, tuple[int, bytes]],
+              requester: str) -> list[tuple[str, int]]:
+    """The (sender, seq) of a request's `tips` that we hold with another digest: we send
+    our copy (signed by its sender), so the requester refuses it as equivocation and logs
+    both digests (rate-limited there); here only at DEBUG (a claim, not a proof)."""
+    out = []
+    for sender, (seq, digest) in sorted(tips.items()):
+        entry = store.get(sender, seq)
+        if entry is not None and entry.digest != digest.hex():
+            out.append((sender, seq))
+            event(log, "catchup.conflict", f"{requester} holds other content as {sender} seq "
+                  f"{seq} than we do", level=logging.DEBUG, peer=requester, sender=sender,
+                  seq=seq, ours=entry.digest, theirs=digest.hex())
+    return out

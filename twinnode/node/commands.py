@@ -51,6 +51,7 @@ async def status(ctx: NodeContext, args: dict[str, Any]) -> Mapping[str, Any]:
     job = ctx.current_job()
     return {"node": ctx.name, "pid": os.getpid(),
             "uptime": ctx.uptime(), "own_seq": ctx.own_latest(),
+            "recovery": ctx.recovery.row(ctx.own_latest()),
             "peers": _peer_rows(ctx), "twins": ctx.require_store().counts(),
             "rejected": dict(sorted(ctx.rejected.items())),
             "budget": await _budget(ctx, entries=False),
@@ -97,7 +98,8 @@ async def budget(ctx: NodeContext, args: dict[str, Any]) -> Mapping[str, Any]:
 
 async def train(ctx: NodeContext, args: dict[str, Any]) -> Mapping[str, Any]:
     args = check_args("train", args, {"epochs": float, "epsilon": float, "k": int,
-                                      "publish": bool, "wait": bool, "again": bool})
+                                      "publish": bool, "wait": bool, "again": bool,
+                                      "accept_silent": bool})
     _positive("train", args, "epochs", "epsilon", "k")
     _bounded_k("train", args)
     epsilon = float(args.get("epsilon", ctx.config.privacy.epsilon))
@@ -129,7 +131,8 @@ async def _spend_line(ctx: NodeContext, epsilon: float) -> str:
 
 async def publish(ctx: NodeContext, args: dict[str, Any]) -> Mapping[str, Any]:
     args = check_args("publish", args, {"release": str, "k": int, "epochs": float,
-                                        "epsilon": float, "wait": bool})
+                                        "epsilon": float, "wait": bool,
+                                        "accept_silent": bool})
     _positive("publish", args, "k", "epochs", "epsilon")
     _bounded_k("publish", args)
     if "release" not in args and not jobs.posterior_path(ctx).exists():

@@ -74,6 +74,7 @@ class NetworkSection:
     max_rows: int = 1_000_000           # rows in one peer twin (wire.WireLimits.max_rows)
     relink_after: int = 5               # heartbeats of a peer's silence before a relink (0: off)
     relink_max: float = 30.0            # seconds: the longest wait between two relinks
+    recovery_wait: float = 60.0         # seconds a recovering node waits for every peer
 
 
 @dataclass(frozen=True)
@@ -268,7 +269,8 @@ def _network_section(ne: _Section) -> NetworkSection:
         hwm=ne.integer("hwm", 10_000, lo=10, hi=10_000_000),
         max_rows=ne.integer("max_rows", 1_000_000, lo=1, hi=1_000_000),
         relink_after=ne.integer("relink_after", 5, lo=0, hi=10_000),
-        relink_max=ne.number("relink_max", 30.0, lo=0.1, hi=86_400.0))
+        relink_max=ne.number("relink_max", 30.0, lo=0.1, hi=86_400.0),
+        recovery_wait=ne.number("recovery_wait", 60.0, lo=0.0, hi=86_400.0))
     if 0 < network.relink_after < 2:
         raise ne.error("relink_after", "must be 0 (never relink) or at least 2 heartbeats")
     if network.pub == network.router:

@@ -15,6 +15,7 @@ from twinnode.node.agreed import PeerLimits
 from twinnode.node.catchup import PeerState
 from twinnode.node.config import NodeConfig
 from twinnode.node.links import Links
+from twinnode.node.recovery import Recovery
 from twinnode.node.slot import Body, JobState
 from twinnode.node.stored_twins import StoredTwins
 from twinnode.schema import Schema
@@ -72,6 +73,10 @@ class NodeContext(Protocol):
     @property
     def agreed(self) -> PeerLimits:
         """What each peer accepts, what we withheld from it, what of its we refused."""
+
+    @property
+    def recovery(self) -> Recovery:
+        """Whether publishing must wait for peers' holdings of our seqs (a lost state)."""
 
     @property
     def stored_twins(self) -> StoredTwins:

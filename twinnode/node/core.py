@@ -6,9 +6,9 @@
               publish job when nothing of ours was published yet)
     tasks     SUB loop (twins, heartbeats) - ROUTER loop (catch-up requests opened at once,
               answered fairly: `node.serving`) - one DEALER loop and one catch-up worker per
-              peer - heartbeat - periodic catch-up - the links' watch (`node.links`: a
-              silent peer's connections made again) - the peers file's
-              watch (`reload_peers`, as `ctl peers reload`: `node.membership`'s change)
+              peer - heartbeat - periodic catch-up - the links' watch (`node.links`) - the
+              peers file's watch (`reload_peers`) - the recovery watch (`node.recovery`: an
+              empty state publishes above what peers hold of ours; a lost ledger is refused)
     stop()    cancel the job (a training worker is terminated, its ledger charge stays),
               cancel the tasks, close the control socket, the sockets (linger 0), the store
 
@@ -24,8 +24,7 @@ Catch-up (the Clone pattern): `node.catchup` holds its state and decides, loop-f
 `node.catchup_runner` carries the decisions out (heartbeats, a worker per peer, the periodic
 timer, requests, answers). This module feeds them what ingest opened and runs their tasks.
 
-Jobs (`node.jobs`) and control commands (`node.commands`) see this node as a
-`node.context.NodeContext`; the receive loops are `node.receiving`'s.
+Jobs and control commands see this node as a `node.context.NodeContext`.
 """
 from __future__ import annotations
 
@@ -38,13 +37,7 @@ from dataclasses import replace
 from functools import partial
 from typing import Any, Coroutine, Mapping, Sequence
 
-from twinnode.errors import (
-    ControlError,
-    DuplicateMessage,
-    StoreError,
-    TwinTooLarge,
-    WireError,
-)
+from twinnode.errors import ControlError, DuplicateMessage, StoreError, TwinTooLarge, WireError
 from twinnode.eventlog import event
 from twinnode.generator.privacy import Ledger
 from twinnode.node.agreed import PeerLimits
@@ -60,6 +53,8 @@ from twinnode.node.membership import PeerChanges, log_changes, peer_changes
 from twinnode.node.groupcommit import GroupCommit
 from twinnode.node.own_releases import Outbox, own_envelope, published_before
 from twinnode.node.receiving import Reply, max_frame_bytes, receive_loop, tagged, watch_peers
+from twinnode.node.recovery import (Recovery, Stated, mark_used, marker_path,
+                                    own_release_back, watch)
 from twinnode.node.rejections import RejectionLog
 from twinnode.node.serving import CatchupServer
 from twinnode.node.slot import Body, JobSlot, JobState
@@ -70,22 +65,9 @@ from twinnode.store.layout import StateLayout
 from twinnode.store.store import Store
 from twinnode.trust.identity import Identity, TrustStore
 from twinnode.twins import Release
-from twinnode.wire import (
-    END,
-    HEARTBEAT,
-    REQUEST,
-    TWIN,
-    CatchupEnd,
-    CatchupRequest,
-    Envelope,
-    Heartbeat,
-    ReplayGuard,
-    Signer,
-    Verifier,
-    WireLimits,
-    encode_twin,
-    limits_for,
-)
+from twinnode.wire import (END, HEARTBEAT, REQUEST, TWIN, CatchupEnd, CatchupRequest, Envelope,
+                           Heartbeat, ReplayGuard, Signer, Verifier, WireLimits, encode_twin,
+                           limits_for)
 
 log = logging.getLogger("twinnode.node")
 
@@ -97,8 +79,10 @@ OFFLOAD_BYTES = 64 * 1024  # messages with a larger payload are verified in a th
 class Node:
     """One party's node. `start()`/`stop()` are symmetric; `stop()` is safe twice."""
 
-    def __init__(self, config: NodeConfig, limits: WireLimits = WireLimits()) -> None:
-        self.config = config
+    def __init__(self, config: NodeConfig, limits: WireLimits = WireLimits(),
+                 stated: Stated | None = None) -> None:
+        """`stated`: `run --recovered-state`, what was spent before the state was lost."""
+        self.config, self.stated = config, stated
         self.name = config.name
         self.layout = StateLayout.of(config.state_dir)
         self.schema = Schema.load(config.data.schema)
@@ -132,7 +116,11 @@ class Node:
         self._started = time.monotonic()
         self._stopping = False
         self.refusals = RejectionLog(log, self.rejected,  # counted, logged without flooding
-                                     known=self.trust.__contains__)
+                                     known=self.trust.__contains__, fingerprint=lambda n:
+                                     self.trust.get(n).sign_fingerprint)
+        self.recovery = Recovery(self.name, tuple(self.peers), wait=config.network.recovery_wait)
+        self.catchup_runner.caught_up = self.recovery.on_caught_up
+        self.marker = marker_path(config.keys_dir, self.name)
 
     @property
     def peers(self) -> Mapping[str, PeerState]:
@@ -145,9 +133,11 @@ class Node:
         """Open the store and rebuild the replay guard from its index (no sockets)."""
         if self.store is not None:
             return
-        self.store = self.commits.store = await asyncio.to_thread(Store.open, self.layout.root)
-        guard = ReplayGuard()
-        for entry in await asyncio.to_thread(self.store.list):
+        self.store = store = self.commits.store = await asyncio.to_thread(
+            Store.open, self.layout.root)
+        guard = ReplayGuard(lookup=lambda s, q: bytes.fromhex(e.digest)
+                            if (e := store.get(s, q)) is not None else None)
+        for entry in await asyncio.to_thread(store.list):
             guard.accept(entry.sender, entry.seq, bytes.fromhex(entry.digest))
         self.verifier = Verifier(self.trust, self.schema, guard, self.limits, local=self.name)
 
@@ -159,6 +149,10 @@ class Node:
         self._stop_requested.clear()
         try:
             await self.open()
+            await asyncio.to_thread(partial(  # PrivacyError: a lost state without a statement
+                self.recovery.open, own_twins=self.require_store().counts().get(self.name, 0)
+                > 0, ledger=self.ledger, marker=self.marker, stated=self.stated,
+                heartbeat_interval=self.config.network.heartbeat_interval))
             self.transport = await open_transport(self.identity, self.config, self.limits,
                                                   self.refusals.denied)
             self.control = ControlServer(self.layout.control_socket, handlers(self))
@@ -205,6 +199,7 @@ class Node:
                     self.server.run(from_router, self._open_request,
                                     partial(runner.serve, store=self.require_store())),
                     runner.heartbeats(transport, self.verifier.guard), runner.periodic(),
+                    watch(self.recovery, self.own_latest, self.ledger),
                     keep(self.links, transport, lambda: self.catchup.peers,
                          min(self.config.network.heartbeat_interval, 1.0)),
                     watch_peers([self.config.path, self.config.peers_file],
@@ -254,6 +249,7 @@ class Node:
             self.catchup_runner.set_peers([(p.name, p.pub_address or "") for p in new],
                                           self.trust.names)
             self.links.set_peers(new)
+            self.recovery.set_peers(p.name for p in new)
             if change and self.transport is not None:
                 await self._relink(change)
             return log_changes(change, self.trust, self.name)
@@ -347,6 +343,7 @@ class Node:
             return None
         if isinstance(env.message, Heartbeat) and self.verifier is not None:
             self.catchup_runner.on_heartbeat(env.message, self.verifier.guard)
+            self.recovery.on_heartbeat(env.sender, env.message.holdings, self.own_latest())
         elif isinstance(env.message, CatchupRequest):
             await self.catchup_runner.serve(env.message, reply, self.require_store())
         return env
@@ -399,6 +396,8 @@ class Node:
         elif self.verifier is not None:
             self.verifier.accept(env)
             self.counters["accepted"] += 1
+            if env.sender == self.name and channel != "local" and self.recovery.back(env):
+                self._spawn(asyncio.to_thread(own_release_back, self.ledger, env))
             if channel in ("sub", "dealer"):  # live, or the peer being asked makes progress
                 self.catchup.on_twin(live=channel == "sub")
             event(log, "twin.accepted", peer=env.sender, seq=env.seq, channel=channel,
@@ -428,7 +427,8 @@ class Node:
         outbox = Outbox(self.transport, self.counters, progress, len(done), len(release.twins),
                         live=lambda env: self.agreed.fits_everyone(env.frames, self.name,
                                                                    env.seq or 0))
-        floor = await self.commits.next_own_seq(self.store)  # the store once, not per twin
+        floor = max(await self.commits.next_own_seq(self.store),  # the store once, not per
+                    self.recovery.next_seq(self.own_latest()))  # twin; above what peers hold
         for i, twin in enumerate(release.twins):
             if i in done:
                 continue
@@ -442,7 +442,9 @@ class Node:
             seqs.append(seq)
             await outbox.add(i, env, stored)  # sent once durable, in seq order
         await outbox.close()
+        await asyncio.to_thread(mark_used, self.marker, self.layout.root)
         event(log, "release.published", release=release.receipt.get("release"),
               k=len(release.twins), seqs=f"{seqs[0]}-{seqs[-1]}" if seqs else "-")
         return seqs
+
 

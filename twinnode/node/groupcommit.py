@@ -75,8 +75,10 @@ class GroupCommit:
         assert seq is not None
         first = self._by_seq.get((env.sender, seq))
         if first is not None and first != env.digest:
-            raise EquivocatedMessage(f"{env.sender} signed two different twins as seq {seq} "
-                                     f"(digests {first.hex()[:12]} and {env.digest.hex()[:12]})")
+            exc = EquivocatedMessage(f"{env.sender} signed two different twins as seq {seq} "
+                                     f"(kept {first.hex()}, refused {env.digest.hex()})")
+            exc.digests = (first, env.digest)  # type: ignore[attr-defined]  # for the log
+            raise exc
         if first is not None:
             raise ReplayedMessage(f"{env.sender} seq {seq} is being stored already")
         other = self._by_digest.get((env.sender, env.digest))

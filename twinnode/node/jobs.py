@@ -98,8 +98,18 @@ def _new_receipt_path(directory: Path, stem: str) -> Path:
     return path
 
 
+async def recovered(ctx: NodeContext, job: JobState, args: Mapping[str, Any]) -> None:
+    """Before anything is charged or signed: wait (bounded) while a lost state is being
+    recovered (`node.recovery`); ControlError when publishing is refused."""
+    def report(text: str) -> None:
+        job.detail = text
+
+    await ctx.recovery.ready(ctx.own_latest, report, bool(args.get("accept_silent")))
+
+
 async def train_job(ctx: NodeContext, job: JobState, args: Mapping[str, Any]) -> dict[str, Any]:
     """Train, draw K twins, and (unless publish=false) publish them."""
+    await recovered(ctx, job, args)
     release = await generate(ctx, job, "train", args)
     if not args.get("publish", True):
         return {"message": f"trained release {release.receipt.get('release')} "
@@ -111,6 +121,7 @@ async def train_job(ctx: NodeContext, job: JobState, args: Mapping[str, Any]) ->
 async def publish_job(ctx: NodeContext, job: JobState, args: Mapping[str, Any]) -> dict[str, Any]:
     """Publish `release` (a directory from `twinnode train`), or fresh twins: sampled from
     the saved posterior when there is one (free), else trained (charges the ledger)."""
+    await recovered(ctx, job, args)
     if "release" in args:
         directory = Path(args["release"])
         if not directory.is_absolute():

@@ -144,6 +144,12 @@ def running_pid(layout: StateLayout) -> int | None:
 
 def _state(config: NodeConfig, running: int | None) -> str:
     root = config.state_dir
+    from twinnode.generator.privacy import Ledger  # no JAX: the ledger is plain JSON
+    from twinnode.node.recovery import lost_state, marker_path
+
+    lost = lost_state(Ledger(root), marker_path(config.keys_dir, config.name))
+    if lost is not None:  # `run` refuses to start on it without --recovered-state
+        raise PrivacyError(lost)
     if not root.exists():
         parent = next((p for p in root.parents if p.exists()), Path("/"))
         if not os.access(parent, os.W_OK | os.X_OK):
@@ -152,7 +158,6 @@ def _state(config: NodeConfig, running: int | None) -> str:
         return f"{root}: will be created at first start (a new privacy ledger with it)"
     if not root.is_dir() or not os.access(root, os.W_OK | os.X_OK):
         raise StoreError(f"{root}: not a writable directory")
-    from twinnode.generator.privacy import Ledger  # no JAX: the ledger is plain JSON
 
     try:
         snap = Ledger(root, cap_epsilon=config.privacy.cap_epsilon).snapshot()

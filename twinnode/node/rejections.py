@@ -47,6 +47,10 @@ HINTS = {
               "site needs the same schema.toml content; compare `twinnode check`'s schema hash",
     "version": "the peer runs a twinnode release with another wire version: upgrade the older",
     "stale": "the message is outside the freshness window: check both machines' clocks (NTP)",
+    "equivocation": "the sender signed two different twins under one seq; the first copy is "
+                    "kept. Most often that site lost its state directory, kept its keys and "
+                    "published again without `twinnode run --recovered-state` (docs/NODE.md, "
+                    "'Losing the state directory'); else its signing key is used twice",
     "zap-denied": "a client with a CURVE key that no [[peers]] entry pins: a peer whose keys "
                   f"changed, or a curve_key copied wrongly; {_COMPARE}",
 }
@@ -63,10 +67,12 @@ class RejectionLog:
 
     def __init__(self, log: logging.Logger, counts: Counter[str],
                  clock: Callable[[], float] = time.monotonic, window: float = WINDOW,
-                 known: Callable[[str], bool] | None = None) -> None:
-        """`known(name)`: whether a sender name is pinned (others share the key "?")."""
+                 known: Callable[[str], bool] | None = None,
+                 fingerprint: Callable[[str], str | None] | None = None) -> None:
+        """`known(name)`: whether a sender name is pinned (others share the key "?");
+        `fingerprint(name)`: its signing key's, for an equivocation's line."""
         self.log, self.counts, self.clock, self.window = log, counts, clock, window
-        self.known = known
+        self.known, self.fingerprint = known, fingerprint
         self._seen: dict[tuple[str, str], _Seen] = {}
         self._new: dict[str, tuple[float, int]] = {}  # reason -> (window start, new keys)
 
@@ -82,7 +88,18 @@ class RejectionLog:
         level = logging.INFO if exc.reason in QUIET_REASONS else logging.WARNING
         event(self.log, "rejected", rejection_line(exc)[:300], level=level, reason=exc.reason,
               peer=peer, seq=getattr(exc, "seq", None), channel=channel,
-              count=self.counts[exc.reason], **self._extra(exc.reason, repeated, many))
+              count=self.counts[exc.reason], **self._evidence(exc, label),
+              **self._extra(exc.reason, repeated, many))
+
+    def _evidence(self, exc: WireError, label: str) -> dict[str, object]:
+        """An equivocation's line names the sender's signing fingerprint and both digests."""
+        digests = getattr(exc, "digests", None)
+        if not isinstance(digests, tuple) or len(digests) != 2:
+            return {}
+        found = self.fingerprint(label) if self.fingerprint is not None and label != "?" \
+            else None
+        return {"sender_fingerprint": found or "?", "kept": digests[0].hex(),
+                "refused": digests[1].hex()}
 
     def denied(self, key: bytes) -> None:
         """ZAP refused a CURVE client whose public key (Z85) is `key`."""

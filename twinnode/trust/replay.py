@@ -10,7 +10,8 @@ accepted under another seq (a release published twice). Another sender's twin wi
 payload is not a duplicate: otherwise a peer could re-sign someone else's twin, deliver it
 first, and have the original refused forever. An equivocation is a second, different twin
 under an accepted (sender, seq): the sender signed two messages with one seq. It is told apart
-from a plain replay while the first twin's digest is among the last `max_digests` accepted.
+from a plain replay while the first twin's digest is among the last `max_digests` accepted,
+and beyond them through `lookup` (the node passes its store's index: every stored twin).
 
 Nothing is recorded until `accept`, which the node calls after the twin is durably stored, so a
 twin refused by a later check (schema) is not burnt. A twin refused for good (its signed header
@@ -22,6 +23,7 @@ API (a `Verifier` is built with a `ReplayGuard`).
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Callable
 
 from twinnode.errors import DuplicateMessage, EquivocatedMessage, MalformedMessage, ReplayedMessage
 from twinnode.trust.seqset import MAX_AHEAD, Holding, SeqSet
@@ -33,7 +35,11 @@ class ReplayGuard:
     """Accepted (sender, seq) pairs and the recent (sender, digest) pairs; rebuilt from the store."""
 
     def __init__(self, max_digests: int = 65_536, max_ahead: int = MAX_AHEAD,
-                 window: bool = True) -> None:
+                 window: bool = True,
+                 lookup: Callable[[str, int], bytes | None] | None = None) -> None:
+        """`lookup(sender, seq)`: the digest of an accepted twin no longer remembered here
+        (the store's), so equivocation is told from a replay for every stored twin."""
+        self.lookup = lookup
         self.max_digests = max_digests
         self.max_ahead = max_ahead
         self.window = window
@@ -46,10 +52,12 @@ class ReplayGuard:
         """Raise ReplayedMessage / EquivocatedMessage / DuplicateMessage / MalformedMessage if
         this twin must not be accepted."""
         if self.accepted(sender, seq):
-            first = self._by_seq.get((sender, seq))
+            first = self.digest_of(sender, seq)
             if first is not None and first != digest:
-                raise EquivocatedMessage(f"{sender} signed two different twins as seq {seq} "
-                                         f"(digests {first.hex()[:12]} and {digest.hex()[:12]})")
+                exc = EquivocatedMessage(f"{sender} signed two different twins as seq {seq} "
+                                         f"(kept {first.hex()}, refused {digest.hex()})")
+                exc.digests = (first, digest)  # type: ignore[attr-defined]  # for the log
+                raise exc
             raise ReplayedMessage(f"{sender} seq {seq} was already accepted "
                                   f"(watermark {self.latest(sender)})")
         other = self._by_digest.get((sender, digest))
@@ -76,6 +84,24 @@ class ReplayGuard:
                 if b >= a:
                     settled.add_range(a, b)
         self._settled[sender].add(seq)
+
+    def digest_of(self, sender: str, seq: int) -> bytes | None:
+        """The digest of the accepted twin (sender, seq), or None when unknown."""
+        first = self._by_seq.get((sender, seq))
+        if first is None and self.lookup is not None and self.accepted(sender, seq):
+            first = self.lookup(sender, seq)
+        return first
+
+    def tips(self) -> dict[str, tuple[int, bytes]]:
+        """Per sender the highest accepted seq and its digest (where known): what a catch-up
+        request offers, so a server holding other content under it can show it."""
+        out: dict[str, tuple[int, bytes]] = {}
+        for sender, seqs in sorted(self._seqs.items()):
+            top = seqs.holding().latest
+            digest = self.digest_of(sender, top) if top else None
+            if digest is not None:
+                out[sender] = (top, digest)
+        return out
 
     def latest(self, sender: str) -> int:
         """The contiguous watermark: every seq 1..latest from `sender` is settled (0: none)."""

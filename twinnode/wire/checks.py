@@ -231,6 +231,16 @@ def _have(v: Any, limits: WireLimits) -> str | None:
     return None
 
 
+def _tips(v: Any, limits: WireLimits) -> str | None:
+    if type(v) is not dict or not v:
+        return "must be a non-empty map of sender -> [seq, 32-byte digest]"
+    for k, t in v.items():
+        if _name(k, limits) or type(t) is not list or len(t) != 2 or _int(1)(t[0], limits) \
+                or _bin(DIGEST_BYTES)(t[1], limits):
+            return f"entry {k!r:.40}: must be node name -> [seq >= 1, 32-byte digest]"
+    return None
+
+
 _COMMON: dict[str, Check] = {
     "version": _int(VERSION, VERSION), "type": _any, "sender": _name,
     "created": _float(0.0, 2.0**40), "payload_len": _payload_len,
@@ -250,4 +260,5 @@ _SPECS: dict[str, dict[str, Check]] = {
 # fields a header may carry, all of them or none (a heartbeat without them: the defaults)
 _OPTIONAL: dict[str, dict[str, Check]] = {
     HEARTBEAT: {"max_rows": _int(1, 1_000_000), "max_frame": _int(1, 2**40)},
+    REQUEST: {"tips": _tips},
 }

@@ -124,9 +124,12 @@ def encode_catchup_request(req: CatchupRequest, signer: Signer) -> list[bytes]:
     have = {str(k): {"watermark": int(h.watermark), "ranges": [[int(a), int(b)] for a, b in
                                                              h.ranges]}
             for k, h in bounded(req.have, MAX_RANGES).items()}
-    return envelope_frames(REQUEST, signer, req.sender, {
-        "created": float(req.created), "to": req.to, "request_id": req.request_id,
-        "have": have, "nonce": req.nonce})
+    fields: dict[str, Any] = {"created": float(req.created), "to": req.to,
+                              "request_id": req.request_id, "have": have}
+    if req.tips:  # optional (absent: the bytes of version 1.0); only senders named in have
+        fields["tips"] = {str(k): [int(seq), bytes(d)] for k, (seq, d) in req.tips.items()
+                          if k in have}
+    return envelope_frames(REQUEST, signer, req.sender, {**fields, "nonce": req.nonce})
 
 
 def decode_catchup_request(frames: Sequence[bytes], verifier: Opener) -> Envelope:
@@ -137,7 +140,10 @@ def decode_catchup_request(frames: Sequence[bytes], verifier: Opener) -> Envelop
 def _read_catchup_request(h: Mapping[str, Any]) -> CatchupRequest:
     have = {k: Holding(v["watermark"], tuple((a, b) for a, b in v["ranges"]))
             for k, v in h["have"].items()}
-    return CatchupRequest(h["sender"], h["to"], have, h["request_id"], h["created"], h["nonce"])
+    tips = {k: (int(seq), bytes(d)) for k, (seq, d) in h["tips"].items()} \
+        if "tips" in h else None
+    return CatchupRequest(h["sender"], h["to"], have, h["request_id"], h["created"], h["nonce"],
+                          tips)
 
 
 # ------------------------------------------------------------------ catch-up end

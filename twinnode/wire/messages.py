@@ -48,6 +48,10 @@ class CatchupRequest:
     request_id: bytes = field(default_factory=_nonce)
     created: float = field(default_factory=time.time)
     nonce: bytes = field(default_factory=_nonce)
+    # sender -> (seq, payload digest) of the highest seq we hold of it: a server holding
+    # other content under that seq sends its copy, so the requester sees the equivocation
+    # (absent or empty: the bytes of version 1.0)
+    tips: Mapping[str, tuple[int, bytes]] | None = None
 
 
 @dataclass(frozen=True)
