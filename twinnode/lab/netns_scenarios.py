@@ -125,9 +125,12 @@ class Scenarios:
     def netem(self, spec: str, seconds: float) -> Outcome:
         """`tc netem SPEC` on every link for `seconds` (kernels that have netem)."""
         pairs = [(a, b) for i, a in enumerate(self.names) for b in self.names[i + 1:]]
-        return self.run("netem", f"netem {spec}",
-                        lambda: [self.lab.netem(a, b, spec) for a, b in pairs],
-                        lambda: [self.lab.netem(a, b, None) for a, b in pairs], seconds)
+
+        def on(spec: str | None) -> None:
+            for a, b in pairs:
+                self.lab.netem(a, b, spec)
+
+        return self.run("netem", f"netem {spec}", lambda: on(spec), lambda: on(None), seconds)
 
     # ---- the common frame ----
 

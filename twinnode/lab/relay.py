@@ -33,6 +33,7 @@ import os
 import random
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -132,8 +133,7 @@ async def serve(args: argparse.Namespace) -> None:
     servers = []
     for spec in args.forward:
         listen, target = (_hostport(x) for x in spec.split("=", 1))
-        servers.append(await asyncio.start_server(
-            lambda r, w, t=target: relay.handle(t, r, w), *listen))
+        servers.append(await asyncio.start_server(partial(relay.handle, target), *listen))
     print(f"relay {args.me}: listening on {', '.join(args.forward)}", flush=True)
     while True:
         policy.reload()
