@@ -42,7 +42,9 @@ class Outcome:
     converge_after_fault_s: float  # from the fault's end until every node held every twin
     converge_after_publish_s: float
     twins_per_node: int
-    converged_during_fault: bool  # a partition or a flap must make this False (the cut bites)
+    converged_during_fault: bool  # a partition must make this False (the cut bites)
+    fault_seen: bool | None  # the scenario's own check at the fault's end (partition: each
+    # side held its own side's new twins and none of the other's); None: no such check
     refused: dict[str, dict[str, int]]  # per node, refusals other than BENIGN (must be empty)
     benign: dict[str, dict[str, int]] = field(default_factory=dict)  # replay/duplicate counts
     relays: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -85,7 +87,21 @@ class Scenarios:
         """Every link between the two sides down for `seconds`, then up."""
         side, other = sorted(side), sorted(other)
         return self.run("partition", f"{{{','.join(side)}}} | {{{','.join(other)}}} links down",
-                        lambda: self.lab.partition(side, other), self.lab.heal, seconds)
+                        lambda: self.lab.partition(side, other), self.lab.heal, seconds,
+                        probe=lambda: self.split([side, other]))
+
+    def split(self, sides: Sequence[Sequence[str]]) -> bool:
+        """Whether each side holds all of its own side's twins and not the other's latest."""
+        want = self.k * self.rounds
+        holdings = {n: held(self.c, n) for side in sides for n in side}
+        for side in sides:
+            for n in side:
+                for s, h in holdings.items():
+                    mine = h.get(s, [])
+                    theirs = holdings[n].get(s, [])
+                    if (s in side and theirs != mine) or (s not in side and len(theirs) >= want):
+                        return False
+        return True
 
     def flap(self, name: str, cycles: int, down_s: float, up_s: float) -> Outcome:
         """All of one node's links down `down_s`, up `up_s`, `cycles` times (in a thread, while
@@ -135,8 +151,9 @@ class Scenarios:
     # ---- the common frame ----
 
     def run(self, scenario: str, fault: str, start: Callable[[], Any], end: Callable[[], Any],
-            hold: float) -> Outcome:
-        """Start the fault, publish a new release everywhere, hold, end the fault, converge."""
+            hold: float, probe: Callable[[], bool] | None = None) -> Outcome:
+        """Start the fault, publish a new release everywhere, hold, `probe` what the fault
+        did, end it, converge."""
         before = {n: self.c.status(n)["rejected"] for n in self.names}
         relays_before = self.lab.relay_stats()
         t0 = time.monotonic()
@@ -150,6 +167,7 @@ class Scenarios:
             if converged_at is None and self.converged():
                 converged_at = time.monotonic()
             time.sleep(POLL)
+        bit = probe() if probe else None
         end()
         t_end = time.monotonic()
         if converged_at is None:
@@ -162,7 +180,7 @@ class Scenarios:
         return Outcome(
             scenario, fault, round(t_end - t0, 1), round(max(0.0, converged_at - t_end), 1),
             round(converged_at - t_pub, 1), self.k * self.rounds * len(self.names),
-            converged_at <= t_end,
+            converged_at <= t_end, bit,
             {n: {r: c for r, c in d.items() if r not in BENIGN} for n, d in delta.items()},
             {n: {r: c for r, c in d.items() if r in BENIGN} for n, d in delta.items()},
             {n: {k: v - relays_before.get(n, {}).get(k, 0) for k, v in s.items()}
