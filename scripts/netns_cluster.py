@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import tempfile
 import time
@@ -52,6 +53,8 @@ def main() -> int:
     ap.add_argument("--workdir", type=Path, help="default: a new directory under /tmp")
     ap.add_argument("--record", type=Path, help="write the outcomes here (JSON)")
     args = ap.parse_args()
+    # SIGTERM (a CI timeout) unwinds like ^C, so the `with` blocks below remove everything
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     reason = unavailable()
     if reason:
         print(f"netns_cluster: skipped: {reason}", file=sys.stderr)
@@ -87,7 +90,7 @@ def main() -> int:
              "netem": netem, "digests_identical": same,
              "outcomes": [o.to_dict() for o in outcomes]}, indent=1) + "\n")
         print(f"outcomes in {args.record}")
-    return 0 if same and all(o.ok for o in outcomes) else 1
+    return 0 if same and all(o.ok and o.fault_seen is not False for o in outcomes) else 1
 
 
 def one(run: Scenarios, name: str, names: list[str], args: argparse.Namespace,
@@ -111,9 +114,11 @@ def one(run: Scenarios, name: str, names: list[str], args: argparse.Namespace,
 
 def line(o: Outcome) -> str:
     refused = {n: r for n, r in o.refused.items() if r}
-    return (f"{o.scenario:<10} fault {o.fault_s:5.1f} s, converged {o.converge_after_fault_s:5.1f}"
-            f" s after it ({o.converge_after_publish_s:.1f} s after the publish), "
-            f"{o.twins_per_node} twins per node; refused wrongly: {refused or 'nothing'}")
+    seen = "" if o.fault_seen is None else f" (the cut seen: {o.fault_seen})"
+    return (f"{o.scenario:<10} fault {o.fault_s:5.1f} s{seen}, converged "
+            f"{o.converge_after_fault_s:5.1f} s after it ({o.converge_after_publish_s:.1f} s "
+            f"after the publish), {o.twins_per_node} twins per node; refused wrongly: "
+            f"{refused or 'nothing'}")
 
 
 if __name__ == "__main__":

@@ -109,3 +109,15 @@ def test_leftover_namespaces_of_a_dead_run_are_removed(tmp_path):
         assert ns not in _namespaces()
     finally:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def test_a_failing_run_leaves_no_namespace_behind(tmp_path):
+    # Prepare / Execute: a lab that fails after its namespaces, links and relays are up
+    with pytest.raises(RuntimeError, match="boom"):
+        with NetLab(["x", "y"], tmp_path) as net:
+            net.up()
+            assert len([ns for ns in _namespaces() if ns.startswith(net.tag + "-")]) == 2
+            raise RuntimeError("boom")
+    # Assert: its namespaces and relay processes are gone
+    assert not [ns for ns in _namespaces() if ns.startswith(net.tag + "-")]
+    assert all(p.poll() is not None for p in net.relays.values())

@@ -11,6 +11,8 @@ other party pinned, plus any `extra_peers`), and runs `python -m twinnode.cli ru
 state in `workdir/<name>/state` and its log in `workdir/<name>/node.log`. Training workers are
 pinned to one CPU each, round robin. Waits poll the nodes' control sockets; nothing sleeps a
 fixed time. `close()` sends SIGTERM, then SIGKILL to the process group after a grace period.
+`endpoints` (where each node binds and where its peers dial it) and `launcher` (a command
+prefix per node) let twinnode.lab.netns run the same nodes in network namespaces.
 """
 from __future__ import annotations
 
