@@ -1,7 +1,8 @@
 """Run real twinnode nodes, each in its own network namespace, through network faults.
 
     sudo python scripts/netns_cluster.py [--parties 5] [--k 3] [--partition 60]
-        [--flap 4x5/5] [--hold 20] [--scenarios baseline,partition,flap,delay,loss,netem]
+        [--flap 4x5/5] [--hold 20]
+        [--scenarios baseline,partition,flap,delay,loss,harsh,netem]
         [--workdir DIR] [--record FILE.json] [--keep]
 
 Builds a NetLab (twinnode.lab.netns: one namespace per node, a veth per pair, a fault relay in
@@ -14,6 +15,8 @@ release of K simulated twins on every node, holds its fault, ends it):
 - flap       the last node's links: CYCLES x (DOWN s down, UP s up), as --flap CYCLESxDOWN/UP
 - delay      every relay: 200 ms ± 150 ms per chunk (streams overtake each other) for --hold s
 - loss       every relay: 5% of chunks stalled 1.5 s, 2% cut the connection, 20% of new
+             connections refused, for --hold s
+- harsh      every relay: 300 ms ± 300 ms, 20% of chunks stalled 3 s, 10% cut, 50% of new
              connections refused, for --hold s
 - netem      (only where the kernel has the netem qdisc) delay 100ms 50ms loss 5% reorder 25%
 
@@ -39,6 +42,8 @@ from twinnode.lab.netns_scenarios import (Outcome, Scenarios, digests_agree, mak
 NAMES = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi")
 DELAY = {"*": {"delay": 0.2, "jitter": 0.15}}
 LOSS = {"*": {"stall": 0.05, "stall_s": 1.5, "cut": 0.02, "refuse": 0.2}}
+HARSH = {"*": {"delay": 0.3, "jitter": 0.3, "stall": 0.2, "stall_s": 3.0, "cut": 0.1,
+               "refuse": 0.5}}
 NETEM = "delay 100ms 50ms loss 5% reorder 25%"
 
 
@@ -49,7 +54,7 @@ def main() -> int:
     ap.add_argument("--partition", type=float, default=60.0, help="seconds the sides are cut")
     ap.add_argument("--flap", default="4x5/5", help="CYCLESxDOWN/UP seconds")
     ap.add_argument("--hold", type=float, default=20.0, help="seconds delay/loss are on")
-    ap.add_argument("--scenarios", default="baseline,partition,flap,delay,loss,netem")
+    ap.add_argument("--scenarios", default="baseline,partition,flap,delay,loss,harsh,netem")
     ap.add_argument("--workdir", type=Path, help="default: a new directory under /tmp")
     ap.add_argument("--record", type=Path, help="write the outcomes here (JSON)")
     args = ap.parse_args()
@@ -107,6 +112,8 @@ def one(run: Scenarios, name: str, names: list[str], args: argparse.Namespace,
         return run.relay("delay", DELAY, args.hold)
     if name == "loss":
         return run.relay("loss", LOSS, args.hold)
+    if name == "harsh":
+        return run.relay("harsh", HARSH, args.hold)
     if name == "netem":
         return run.netem(NETEM, args.hold) if netem else None
     raise SystemExit(f"unknown scenario {name!r}")
@@ -115,6 +122,8 @@ def one(run: Scenarios, name: str, names: list[str], args: argparse.Namespace,
 def line(o: Outcome) -> str:
     refused = {n: r for n, r in o.refused.items() if r}
     seen = "" if o.fault_seen is None else f" (the cut seen: {o.fault_seen})"
+    if o.converge_after_link_up_s is not None:
+        seen += f" (converged {o.converge_after_link_up_s:.1f} s after the links came back)"
     return (f"{o.scenario:<10} fault {o.fault_s:5.1f} s{seen}, converged "
             f"{o.converge_after_fault_s:5.1f} s after it ({o.converge_after_publish_s:.1f} s "
             f"after the publish), {o.twins_per_node} twins per node; refused wrongly: "

@@ -45,6 +45,7 @@ class Outcome:
     converged_during_fault: bool  # a partition must make this False (the cut bites)
     fault_seen: bool | None  # the scenario's own check at the fault's end (partition: each
     # side held its own side's new twins and none of the other's); None: no such check
+    converge_after_link_up_s: float | None  # flap: from the links' last return before it
     refused: dict[str, dict[str, int]]  # per node, refusals other than BENIGN (must be empty)
     benign: dict[str, dict[str, int]] = field(default_factory=dict)  # replay/duplicate counts
     relays: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -76,6 +77,7 @@ class Scenarios:
         self.k = k
         self.rounds = 0
         self.timeout = timeout
+        self.links_up: list[float] = []  # when a flapping node's links last came back
 
     # ---- the scenarios ----
 
@@ -114,6 +116,7 @@ class Scenarios:
                     self.lab.isolate(name)
                     time.sleep(down_s)
                     self.lab.heal()
+                    self.links_up.append(time.monotonic())
                     if i < cycles - 1:
                         time.sleep(up_s)
             except BaseException as e:  # re-raised in the caller's thread by done()
@@ -157,6 +160,7 @@ class Scenarios:
         before = {n: self.c.status(n)["rejected"] for n in self.names}
         relays_before = self.lab.relay_stats()
         t0 = time.monotonic()
+        self.links_up = []
         start()
         self.rounds += 1
         t_pub = time.monotonic()
@@ -181,6 +185,8 @@ class Scenarios:
             scenario, fault, round(t_end - t0, 1), round(max(0.0, converged_at - t_end), 1),
             round(converged_at - t_pub, 1), self.k * self.rounds * len(self.names),
             converged_at <= t_end, bit,
+            round(converged_at - max((t for t in self.links_up if t <= converged_at),
+                                     default=t_end), 1) if self.links_up else None,
             {n: {r: c for r, c in d.items() if r not in BENIGN} for n, d in delta.items()},
             {n: {r: c for r, c in d.items() if r in BENIGN} for n, d in delta.items()},
             {n: {k: v - relays_before.get(n, {}).get(k, 0) for k, v in s.items()}
