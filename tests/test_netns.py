@@ -10,7 +10,6 @@ reason, where network namespaces cannot be made (not root, no `ip`, no netns sup
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 from typing import Iterator
 
 import pytest
