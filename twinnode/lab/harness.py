@@ -11,6 +11,8 @@ other party pinned, plus any `extra_peers`), and runs `python -m twinnode.cli ru
 state in `workdir/<name>/state` and its log in `workdir/<name>/node.log`. Training workers are
 pinned to one CPU each, round robin. Waits poll the nodes' control sockets; nothing sleeps a
 fixed time. `close()` sends SIGTERM, then SIGKILL to the process group after a grace period.
+`endpoints` (where each node binds and where its peers dial it) and `launcher` (a command
+prefix per node) let twinnode.lab.netns run the same nodes in network namespaces.
 """
 from __future__ import annotations
 
@@ -33,6 +35,9 @@ from twinnode.trust.identity import Identity, Peer, format_sign_key, save_identi
 
 POLL = 0.05  # seconds between two polls of a condition
 
+# (index, name) -> (pub and router addresses peers dial, pub and router addresses it binds)
+Endpoints = Callable[[int, str], tuple[str, str, str, str]]
+
 
 class ClusterError(TwinnodeError):
     """A local cluster node did not start, connect or converge in time (with its log tail)."""
@@ -54,6 +59,7 @@ class _Member:
     pub: str
     router: str
     cpu: int
+    bind: tuple[str, str]  # where the node binds its PUB and ROUTER (peers dial pub/router)
     proc: subprocess.Popen | None = None
 
     @property
@@ -81,7 +87,9 @@ class LocalCluster:
                  heartbeat_interval: float = 0.25, catchup_interval: float = 2.0,
                  screening: Mapping[str, Any] | None = None, extra_peers: Iterable[Peer] = (),
                  log_level: str = "info", log_format: str = "kv",
-                 cpus: Sequence[int] | None = None, grace: float = 15.0) -> None:
+                 cpus: Sequence[int] | None = None, grace: float = 15.0,
+                 endpoints: Endpoints | None = None,
+                 launcher: Callable[[str], Sequence[str]] | None = None) -> None:
         self.workdir = Path(workdir).resolve()
         self.schema = Path(schema).resolve()
         self.grace = grace
@@ -89,17 +97,18 @@ class LocalCluster:
         if len(set(names)) != len(names):
             raise ClusterError(f"party names must be distinct, got {names}")
         cpus = sorted(cpus if cpus is not None else os.sched_getaffinity(0))
-        ports = free_ports(2 * len(parties))
+        endpoints = endpoints or loopback_endpoints(len(parties))
+        self.launcher = launcher
         self.members: dict[str, _Member] = {}
         for i, spec in enumerate(parties):
             directory = self.workdir / spec.name
             directory.mkdir(parents=True, exist_ok=True)
             identity = Identity.generate(spec.name)
             save_identity(identity, directory / "keys")
+            pub, router, bind_pub, bind_router = endpoints(i, spec.name)
             self.members[spec.name] = _Member(
                 PartySpec(spec.name, Path(spec.data).resolve()), directory, identity,
-                f"tcp://127.0.0.1:{ports[2 * i]}", f"tcp://127.0.0.1:{ports[2 * i + 1]}",
-                cpus[i % len(cpus)])
+                pub, router, cpus[i % len(cpus)], (bind_pub, bind_router))
         self.extra_peers = tuple(extra_peers)
         for m in self.members.values():
             doc = {"node": {"name": m.spec.name, "state_dir": str(m.state),
@@ -107,7 +116,7 @@ class LocalCluster:
                    "data": {"path": str(m.spec.data), "schema": str(self.schema)},
                    "privacy": dict(privacy or {}), "generator": dict(generator or {}),
                    "twins": {"k": k}, "training": {"auto": auto_train, "cpus": [m.cpu]},
-                   "network": {"pub": m.pub, "router": m.router,
+                   "network": {"pub": m.bind[0], "router": m.bind[1],
                                "heartbeat_interval": heartbeat_interval,
                                "catchup_interval": catchup_interval},
                    "keys": {"dir": str(m.dir / "keys")},
@@ -126,10 +135,11 @@ class LocalCluster:
             if self.running(name):
                 raise ClusterError(f"node {name} is already running")
             env = dict(os.environ, PYTHONUNBUFFERED="1", JAX_PLATFORMS="cpu")
+            prefix = list(self.launcher(name)) if self.launcher else []
             with open(m.log, "ab") as log:
                 m.proc = subprocess.Popen(
-                    [sys.executable, "-m", "twinnode.cli", "run", "--config", str(m.config),
-                     *args],
+                    [*prefix, sys.executable, "-m", "twinnode.cli", "run", "--config",
+                     str(m.config), *args],
                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                     start_new_session=True)
         for name in chosen:
@@ -268,6 +278,17 @@ class LocalCluster:
         except FileNotFoundError:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
+
+
+def loopback_endpoints(n: int) -> Endpoints:
+    """Free ports on 127.0.0.1 for `n` nodes; each binds where its peers dial."""
+    ports = free_ports(2 * n)
+
+    def endpoints(i: int, name: str) -> tuple[str, str, str, str]:
+        pub, router = (f"tcp://127.0.0.1:{ports[2 * i + j]}" for j in (0, 1))
+        return pub, router, pub, router
+
+    return endpoints
 
 
 def free_ports(n: int) -> list[int]:
