@@ -65,6 +65,9 @@ def test_a_node_that_lost_its_state_recovers_and_its_new_release_reaches_every_p
         assert status["budget"]["spent"] == pytest.approx(2.0)
         for name in NAMES:
             assert "equivocation" not in c.status(name)["rejected"]
+        # the ledger's statement is marked by the recovery's watcher, a poll after "done"
+        c.wait_until(lambda: Ledger(c.state_dir("alice")).snapshot()["entries"][0]["status"]
+                     == "recovered", WAIT, "alice's ledger statement marked recovered")
     for name in NAMES:
         assert verify_store(c.state_dir(name), world, c, NAMES) == {"alice": 2 * K}
     entries = Ledger(c.state_dir("alice")).snapshot()["entries"]
