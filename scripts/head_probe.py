@@ -28,13 +28,10 @@ import pandas as pd  # noqa: E402
 from twinnode.analysis.fit import local_fit, twins_fit  # noqa: E402
 from twinnode.data import frame_to_arrays  # noqa: E402
 from twinnode.generator.accounting import calibrate_split  # noqa: E402
-from twinnode.generator.anchor import anchored_start, head_center  # noqa: E402
 from twinnode.generator.layout import Layout  # noqa: E402
-from twinnode.generator.marginals import measure  # noqa: E402
 from twinnode.generator.posterior import Posterior  # noqa: E402
-from twinnode.generator.release import draw_release  # noqa: E402
+from twinnode.generator.release import draw_release, fit_release  # noqa: E402
 from twinnode.generator.settings import GeneratorSettings, TrainPlan  # noqa: E402
-from twinnode.generator.train import fit  # noqa: E402
 from twinnode.lab.simtwins import simulate_small, small_schema  # noqa: E402
 from twinnode.schema import Schema  # noqa: E402
 
@@ -49,16 +46,8 @@ def probe_posterior(schema: Schema, frame: pd.DataFrame, plan: TrainPlan,
     cal = replace(cal, sigma=cal.sigma * noise,
                   marginal_multiplier=cal.marginal_multiplier * noise)
     data = layout.encode(frame_to_arrays(schema, frame))
-    marginals = (measure(data, layout, cal.marginal_multiplier, seed)
-                 if cal.marginal_share > 0 else None)
-    start = None if marginals is None else anchored_start(layout, settings, marginals)
-    if marginals is not None and settings.center_head:
-        settings = replace(settings, head_center=head_center(layout, marginals))
-    result = fit(data, layout, cal, settings, seed, None, start)
-    return Posterior(params=result.params, schema_hash=schema.hash, n=n, settings=settings,
-                     calibration=cal, release="probe", created=0.0,
-                     loc_noise_sd=result.loc_noise_sd,
-                     marginals=None if marginals is None else marginals.to_dict())
+    return replace(fit_release(data, layout, cal, settings, seed), schema_hash=schema.hash,
+                   release="probe")
 
 
 def main() -> int:

@@ -20,7 +20,7 @@ import pandas as pd
 
 from twinnode.data import data_fingerprint, frame_to_arrays
 from twinnode.errors import PrivacyError
-from twinnode.generator.layout import Layout
+from twinnode.generator.layout import Layout, ModelData
 from twinnode.generator.posterior import Posterior
 from twinnode.generator.accounting import calibrate_split
 from twinnode.generator.anchor import anchored_start, head_center
@@ -61,19 +61,29 @@ def train_posterior(schema: Schema, frame: pd.DataFrame, plan: TrainPlan, ledger
                           schema_hash=schema.hash, data=data_fingerprint(frame),
                           **privacy_split(cal))
     try:
-        marginals = (measure(data, layout, cal.marginal_multiplier, seed)
-                     if cal.marginal_share > 0 else None)
-        start = None if marginals is None else anchored_start(layout, settings, marginals)
-        if marginals is not None and settings.center_head:
-            settings = replace(settings, head_center=head_center(layout, marginals))
-        result = fit(data, layout, cal, settings, seed, progress, start)
-        params = result.params
+        posterior = fit_release(data, layout, cal, settings, seed, progress)
     except BaseException:
         ledger.set_status(entry["id"], "failed (still charged)")
         raise
     ledger.set_status(entry["id"], "trained")
-    return Posterior(params=params, schema_hash=schema.hash, n=n, settings=settings,
-                     calibration=cal, release=entry["id"], created=time.time(),
+    return replace(posterior, schema_hash=schema.hash, release=entry["id"])
+
+
+def fit_release(data: ModelData, layout: Layout, cal: Calibration,
+                settings: GeneratorSettings, seed: int | None = None,
+                progress: ProgressFn | None = None) -> Posterior:
+    """The release's mechanisms on encoded rows, as calibrated (nothing charged here): the
+    noisy marginals, the anchored start, DP training; the posterior's schema hash and
+    release id are left for the caller to fill in."""
+    n = int(data.y.shape[0])
+    marginals = (measure(data, layout, cal.marginal_multiplier, seed)
+                 if cal.marginal_share > 0 else None)
+    start = None if marginals is None else anchored_start(layout, settings, marginals)
+    if marginals is not None and settings.center_head:
+        settings = replace(settings, head_center=head_center(layout, marginals))
+    result = fit(data, layout, cal, settings, seed, progress, start)
+    return Posterior(params=result.params, schema_hash="", n=n, settings=settings,
+                     calibration=cal, release="", created=time.time(),
                      loc_noise_sd=result.loc_noise_sd,
                      marginals=None if marginals is None else marginals.to_dict())
 
