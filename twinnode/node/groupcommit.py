@@ -30,7 +30,7 @@ from twinnode.errors import (
     StoreError,
     WireError,
 )
-from twinnode.store.store import Put, Store
+from twinnode.store.store import Packed, Put, Store, pack_put
 from twinnode.wire import Envelope
 
 log = logging.getLogger("twinnode.node")
@@ -45,6 +45,7 @@ Acknowledge = Callable[[Envelope, str, "bool | StoreError"], None]
 class _Item:
     env: Envelope
     channel: str
+    packed: Packed | StoreError  # its container, made at submit (or why the store refuses it)
     done: asyncio.Future[bool] = field(default_factory=lambda: asyncio.get_running_loop()
                                        .create_future())
 
@@ -89,7 +90,7 @@ class GroupCommit:
         acknowledged, False if it was not stored (already held, or the store failed)."""
         seq = env.seq
         assert seq is not None
-        item = _Item(env, channel)
+        item = _Item(env, channel, _pack(env, self.own))
         self._queue.append(item)
         self._by_seq[(env.sender, seq)] = env.digest
         self._by_digest[(env.sender, env.digest)] = seq
@@ -153,18 +154,15 @@ class GroupCommit:
         store = self.store
         if store is None:
             return [StoreError("the node's store is not open")] * len(batch)
-        puts = []
-        for item in batch:
-            env, p = item.env, item.env.twin.provenance
-            assert env.seq is not None
-            puts.append(Put(env.sender, env.seq, env.digest, env.frames, kind="twin",
-                            k=p.index, release=p.release, own=env.sender == self.own))
+        outcomes: list[bool | StoreError] = [i.packed if isinstance(i.packed, StoreError)
+                                             else False for i in batch]
+        packed = [i.packed for i in batch if not isinstance(i.packed, StoreError)]
         try:
-            stored = await asyncio.to_thread(store.put_many, puts)
+            stored = iter(await asyncio.to_thread(store.put_packed, packed) if packed else [])
         except StoreError as exc:
             return [exc] * len(batch)
         self.batches += 1
-        return list(stored)
+        return [o if isinstance(o, StoreError) else next(stored) for o in outcomes]
 
     def _forget(self, item: _Item) -> None:
         env = item.env
@@ -172,3 +170,15 @@ class GroupCommit:
         if self._by_seq.get((env.sender, env.seq)) == env.digest:
             del self._by_seq[(env.sender, env.seq)]
             self._by_digest.pop((env.sender, env.digest), None)
+
+
+def _pack(env: Envelope, own: str) -> Packed | StoreError:
+    """A verified twin's container for the store (on the event loop, as it arrives: the
+    thread that writes the batch then needs Python's lock for little but the index)."""
+    p = env.twin.provenance
+    assert env.seq is not None
+    try:
+        return pack_put(Put(env.sender, env.seq, env.digest, env.frames, kind="twin",
+                            k=p.index, release=p.release, own=env.sender == own))
+    except StoreError as exc:
+        return exc
