@@ -52,6 +52,7 @@ class PeerState:
     name: str
     address: str
     last_heartbeat: float | None = None    # on the catch-up clock (time.monotonic)
+    last_word: float | None = None         # its last twin live or frame on our DEALER to it
     latest: int | None = None
     holdings: dict[str, int] = field(default_factory=dict)
     asked: HeartbeatState | None = None    # the heartbeat state that last woke catch-up
@@ -89,6 +90,22 @@ class Catchup:
         self.pending = {rid: p for rid, p in self.pending.items() if p in self.peers}
 
     # ---- heartbeats and live traffic ----
+
+    def on_word(self, name: str) -> None:
+        """Something came from `name` over its own connection (a twin of its own live, any
+        frame on our DEALER to it): the link lives, though a heartbeat may still be queued
+        behind a burst of twins (`node.links` relinks only a peer silent in every way)."""
+        peer = self.peers.get(name)
+        if peer is not None:
+            peer.last_word = self.clock()
+
+    def heard(self, name: str) -> float | None:
+        """When `name` was last heard in any way (a heartbeat or `on_word`), or None."""
+        peer = self.peers.get(name)
+        if peer is None:
+            return None
+        times = [t for t in (peer.last_heartbeat, peer.last_word) if t is not None]
+        return max(times) if times else None
 
     def on_heartbeat(self, hb: Heartbeat, guard: ReplayGuard) -> bool:
         """Record a peer's heartbeat; True when it should wake that peer's catch-up: its first

@@ -186,7 +186,9 @@ class Node:
         assert transport is not None and self.verifier is not None
 
         async def from_dealer() -> tuple[list[bytes], Reply | None]:
-            return await transport.recv_reply(name), None
+            frames = await transport.recv_reply(name)
+            self.catchup.on_word(name)  # over the CURVE connection to its ROUTER: it lives
+            return frames, None
         self._peer_tasks[name] = [asyncio.create_task(c) for c in (
             receive_loop("dealer", from_dealer, self._receive, self.rejected),
             self.catchup_runner.worker(name, transport, self.verifier.guard))]
@@ -345,6 +347,8 @@ class Node:
             if isinstance(exc, TwinTooLarge) and self.verifier is not None:  # signed: for good
                 self.agreed.decline(self.verifier.guard, exc)
             return None
+        if channel == "sub" and env.family == TWIN:
+            self.catchup.on_word(env.sender)  # its own twin live: its PUB connection lives
         if stored is not None and wait and not await stored:
             return None
         if isinstance(env.message, Heartbeat) and self.verifier is not None:
