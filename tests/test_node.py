@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import stat
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -382,6 +383,45 @@ def test_a_lack_shown_by_a_heartbeat_waits_while_live_twins_fill_it_and_asks_onc
         assert await node.catchup_runner.still_lacking("bob", node.verifier.guard) is True
 
     node_factory.run(main(), 6 * WAIT)
+
+
+def test_an_end_marker_waits_for_the_twins_before_it_not_for_a_stream_after_it(
+        party, node_factory):
+    async def main() -> tuple[bool, int, int]:
+        # Prepare: the store's first write waits for one gate, every later write for another
+        node = await node_factory.opened(party.config)
+        frames = signed(make_twins(party.schema, "bob", k=4), party.schema, party.bob)
+        gates = [threading.Event(), threading.Event()]
+        writes = []
+        put_packed = node.store.put_packed
+
+        def gated(packed):
+            writes.append(len(packed))
+            gates[min(len(writes), 2) - 1].wait(WAIT)
+            return put_packed(packed)
+        node.store.put_packed = gated
+        for f in frames[:2]:  # the reply's twins: one batch, held at the first gate
+            await node.handle_frames(f, "dealer", wait=False)
+        await asyncio.sleep(0.05)
+        # Execute: the end marker's wait starts; twins keep arriving behind it
+        settled = asyncio.create_task(node.commits.settled())
+        await asyncio.sleep(0)
+        for f in frames[2:]:
+            await node.handle_frames(f, "sub", wait=False)
+        gates[0].set()  # the first batch is written; the next stays behind its gate
+        while not settled.done() and len(writes) < 2:
+            await asyncio.sleep(0.01)
+        waited_for_stream = not settled.done() and await asyncio.sleep(0.3) is None \
+            and not settled.done()
+        held_when_settled = node.verifier.guard.latest("bob")
+        gates[1].set()
+        await node.commits.drain()
+        await settled
+        return waited_for_stream, held_when_settled, node.counters["accepted"]
+
+    waited_for_stream, held_when_settled, accepted = node_factory.run(main(), 6 * WAIT)
+    # Assert: the wait ended once the twins before it were acknowledged, not the stream's
+    assert not waited_for_stream and held_when_settled == 2 and accepted == 4
 
 
 def test_a_catch_up_batch_is_shared_round_robin_between_senders(party, node_factory):

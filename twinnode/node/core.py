@@ -337,7 +337,7 @@ class Node:
         try:
             env, stored = await self._ingest(frames, channel)
             if isinstance(env.message, CatchupEnd):
-                await self.commits.drain()  # what the batch brought is counted first
+                await self.commits.settled()  # what the reply brought is counted first
                 try:
                     self.catchup_runner.on_end(env.message, env.sender)
                 except WireError as exc:

@@ -58,6 +58,7 @@ class GroupCommit:
         self.store: Store | None = None
         self.batches = 0  # put_many calls made (status: twins per fsync = accepted / batches)
         self._queue: list[_Item] = []
+        self._writing: list[_Item] = []  # the batch being written
         self._by_seq: dict[tuple[str, int], bytes] = {}
         self._by_digest: dict[tuple[str, bytes], int] = {}
         self._flush: asyncio.Task[None] | None = None
@@ -124,22 +125,34 @@ class GroupCommit:
         return len(self._by_seq)
 
     async def drain(self) -> None:
-        """Wait until every twin submitted so far is stored and acknowledged (or refused)."""
+        """Wait until the queue is empty: every twin submitted, now and meanwhile, is stored
+        and acknowledged (or refused); for stopping."""
         while self._flush is not None and not self._flush.done():
             await asyncio.wait({self._flush})
+
+    async def settled(self) -> None:
+        """Wait until every twin submitted so far is acknowledged (or refused), not for those
+        submitted meanwhile: an end marker counts what its reply brought without waiting for
+        a live burst to end (`drain` waited for an empty queue, which a start-up's stream of
+        live twins kept from happening for longer than the requester's 15 s)."""
+        waiting = [item.done for item in [*self._writing, *self._queue] if not item.done.done()]
+        if waiting:
+            await asyncio.wait(waiting)
 
     async def _run(self) -> None:
         """Write what is queued, batch after batch, until the queue is empty."""
         while self._queue:
             batch, self._queue = self._queue[:self.max_batch], self._queue[self.max_batch:]
+            self._writing = batch
             try:
                 outcomes = await self._write(batch)
             except asyncio.CancelledError:
                 for item in [*batch, *self._queue]:
                     self._forget(item)
                     item.done.cancel()
-                self._queue = []
+                self._queue = self._writing = []
                 raise
+            self._writing = []
             for item, outcome in zip(batch, outcomes):
                 self._forget(item)
                 try:
