@@ -48,7 +48,7 @@ from twinnode.errors import (
 from twinnode.eventlog import event
 from twinnode.generator.privacy import Ledger
 from twinnode.node.agreed import PeerLimits
-from twinnode.node.catchup import Catchup, PeerState
+from twinnode.node.catchup import Catchup, PeerState, heartbeat_gap
 from twinnode.node.catchup_runner import CatchupRunner
 from twinnode.node.commands import handlers
 from twinnode.node.config import NodeConfig, read_peers
@@ -61,7 +61,7 @@ from twinnode.node.groupcommit import GroupCommit
 from twinnode.node.own_releases import Outbox, own_envelope, published_before
 from twinnode.node.receiving import Reply, max_frame_bytes, receive_loop, tagged, watch_peers
 from twinnode.node.rejections import RejectionLog
-from twinnode.node.serving import CatchupServer
+from twinnode.node.serving import CatchupServer, open_request
 from twinnode.node.slot import Body, JobSlot, JobState
 from twinnode.node.stored_twins import StoredTwins
 from twinnode.node.transport import Transport
@@ -91,9 +91,7 @@ log = logging.getLogger("twinnode.node")
 
 CHANNELS = {"sub": (TWIN, HEARTBEAT), "router": (REQUEST,), "dealer": (TWIN, END),
             "local": (TWIN,)}
-OFFLOAD_BYTES = 1 << 20  # messages with a larger payload are verified in a thread (a
-# smaller one costs the loop < 1 ms: a thread hop would cost more than it spares, as the GIL
-# is shared)
+OFFLOAD_BYTES = 1 << 20  # a larger payload is verified in a thread (a smaller: < 1 ms on the loop)
 
 
 class Node:
@@ -113,7 +111,9 @@ class Node:
         self.rejected: Counter[str] = Counter()
         self.counters: Counter[str] = Counter()
         self.catchup = Catchup([(p.name, p.pub_address or "") for p in config.peers],
-                               self.trust.names, config.network.heartbeat_interval)
+                               self.trust.names, config.network.heartbeat_interval,
+                               heartbeat_gap=heartbeat_gap(config.network.heartbeat_interval,
+                                                             config.network.relink_after))
         self.agreed = PeerLimits(self.schema, self.limits)
         self.catchup_runner = CatchupRunner(self.catchup, self.name, self.signer, config.network,
                                             self.counters, self.rejected, self.agreed)
@@ -206,7 +206,7 @@ class Node:
             return frames, partial(transport.reply, routing_id)
 
         self._spawn(receive_loop("sub", from_sub, self._receive, self.rejected),
-                    self.server.run(from_router, self._open_request,
+                    self.server.run(from_router, partial(open_request, self.verifier, self.refusals),
                                     partial(runner.serve, store=self.require_store())),
                     runner.heartbeats(transport, self.verifier.guard), runner.periodic(),
                     keep(self.links, transport, lambda: self.catchup.peers,
@@ -357,17 +357,6 @@ class Node:
             await self.catchup_runner.serve(env.message, reply, self.require_store())
         return env
 
-    def _open_request(self, frames: Sequence[bytes]) -> CatchupRequest | None:
-        """A ROUTER message opened at once, before any slot (a request touches no replay
-        state, so no lock), or None: refused, counted and logged."""
-        assert self.verifier is not None
-        try:
-            env = self.verifier.open(frames, expect=CHANNELS["router"], channel="router")
-        except WireError as exc:
-            self.refusals.refused(exc, "router")
-            return None
-        return env.message if isinstance(env.message, CatchupRequest) else None
-
     async def _ingest(self, frames: Sequence[bytes],
                       channel: str) -> tuple[Envelope, asyncio.Future[bool] | None]:
         """Verify, check the channel, and submit a twin to the group commit (its future: True
@@ -390,8 +379,10 @@ class Node:
 
     async def _receive(self, frames: Sequence[bytes], channel: str,
                        reply: Reply | None = None) -> None:
-        """`handle_frames` for the receive loops: a twin queued for the disk, not waited for."""
-        await self.handle_frames(frames, channel, reply, wait=False)
+        """`handle_frames` for the receive loops: a twin queued for the disk, not waited for;
+        a heartbeat soon after its peer's last verified one left unopened (`skip_heartbeat`)."""
+        if channel != "sub" or not frames or not self.catchup.skip_heartbeat(frames[0]):
+            await self.handle_frames(frames, channel, reply, wait=False)
 
     def _acknowledge(self, env: Envelope, channel: str, stored: bool | StoreError) -> None:
         """A twin's batch was written: record it as seen and count it, or refuse it."""
