@@ -25,7 +25,7 @@ from twinnode.node.control_client import request, socket_path
 from twinnode.node.jobs import analyze_job, screen_job
 from twinnode.releasedir import save_release
 from twinnode.schema import Schema
-from twinnode.trust.identity import Identity, save_identity
+from twinnode.trust.identity import Identity, TrustStore, save_identity
 from twinnode.twins import Provenance, Twin
 from twinnode.wire import (
     CatchupEnd,
@@ -510,6 +510,35 @@ def test_published_seqs_are_stored_before_sending_and_never_reused_after_restart
         assert status["counters"]["published"] == 6
 
     node_factory.run(main(), 6 * WAIT)
+
+
+def test_a_publish_encodes_each_twin_once_and_peers_open_what_it_stored(party, node_factory,
+                                                                       monkeypatch):
+    import twinnode.wire.codec as codec
+    encoded = []
+    encode_columns = codec.encode_columns
+
+    def counting(arrays, schema):
+        encoded.append(1)
+        return encode_columns(arrays, schema)
+    monkeypatch.setattr(codec, "encode_columns", counting)
+
+    async def main() -> tuple[list[int], list]:
+        node = node_factory(party.config)
+        await node.start()
+        try:
+            seqs = await node.publish_release(as_release(make_twins(party.schema, "alice", k=4)))
+            frames = [await asyncio.to_thread(node.store.frames, "alice", s) for s in seqs]
+        finally:
+            await node.stop()
+        return seqs, frames
+
+    seqs, frames = node_factory.run(main(), 6 * WAIT)
+    # Assert: four twins, four encodings (the publish check's, signed as they were), and a
+    # peer opens every stored envelope as a valid twin of alice's
+    assert seqs == [1, 2, 3, 4] and len(encoded) == 4
+    bob = Verifier(TrustStore([party.alice.peer()]), party.schema, ReplayGuard())
+    assert [bob.open(f).seq for f in frames] == [1, 2, 3, 4]
 
 
 def test_a_publish_cut_short_is_completed_by_publishing_the_release_again(party, node_factory):
