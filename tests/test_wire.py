@@ -722,3 +722,17 @@ def test_the_bytes_layer_loads_no_network_frames_or_jax_library():
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True).stdout.strip()
     assert loaded == ""
+
+
+def test_well_formed_is_every_check_before_the_signature(small_schema, alice, trust):
+    # Prepare: a heartbeat, the same with a forged signature, and three malformed ones
+    verifier = make_verifier(trust, small_schema)
+    good = encode_heartbeat(Heartbeat("alice", 0, {}, created=NOW), Signer(alice))
+    forged = [*good[:3], b"\0" * 64]
+    # Execute / Assert: shape, header and topic decide; the signature is not looked at
+    assert verifier.well_formed(good) and verifier.well_formed(forged)
+    assert not verifier.well_formed([good[0], b"\xc1", b"", b""])
+    assert not verifier.well_formed([b"hb:bob", *good[1:]])
+    assert not verifier.well_formed(good[:3])
+    with pytest.raises(InvalidSignature):
+        verifier.open(forged)

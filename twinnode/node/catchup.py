@@ -118,9 +118,11 @@ class Catchup:
             self.clock() - peer.last_heartbeat < self.heartbeat_gap
 
     def on_word(self, name: str) -> None:
-        """Something came from `name` over its own connection (a twin of its own live, any
-        frame on our DEALER to it): the link lives, though a heartbeat may still be queued
-        behind a burst of twins (`node.links` relinks only a peer silent in every way)."""
+        """Something came from `name`: a new twin it signed, live (its signature checked;
+        the SUB socket is shared, so another peer could forward it, as it could a fresh
+        heartbeat), or any frame on our DEALER to it (the CURVE connection to its ROUTER).
+        The link lives, though a heartbeat may still be queued behind a burst of twins
+        (`node.links` relinks only a peer silent in every way)."""
         peer = self.peers.get(name)
         if peer is not None:
             peer.last_word = self.clock()

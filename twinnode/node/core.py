@@ -380,9 +380,12 @@ class Node:
     async def _receive(self, frames: Sequence[bytes], channel: str,
                        reply: Reply | None = None) -> None:
         """`handle_frames` for the receive loops: a twin queued for the disk, not waited for;
-        a heartbeat soon after its peer's last verified one left unopened (`skip_heartbeat`)."""
-        if channel != "sub" or not frames or not self.catchup.skip_heartbeat(frames[0]):
-            await self.handle_frames(frames, channel, reply, wait=False)
+        a well-formed heartbeat soon after its peer's last verified one left unopened (its
+        signature unchecked: `skip_heartbeat`; a malformed one is still refused, counted)."""
+        if channel == "sub" and frames and self.catchup.skip_heartbeat(frames[0]) \
+                and self.verifier is not None and self.verifier.well_formed(frames):
+            return
+        await self.handle_frames(frames, channel, reply, wait=False)
 
     def _acknowledge(self, env: Envelope, channel: str, stored: bool | StoreError) -> None:
         """A twin's batch was written: record it as seen and count it, or refuse it."""

@@ -4,10 +4,11 @@ libzmq reconnects a lost TCP connection by itself, but gives up on one for good 
 denial, a failed CURVE handshake or a protocol error (one frame over our MAXMSGSIZE): the
 peer then stays silent until one side restarts. So, per pinned peer:
 
-    silent    no heartbeat nor any other word (a twin of its own live, a frame on our
-              DEALER to it) for `after` seconds ([network] relink_after heartbeats), or never
-              one since the link was made (a heartbeat queued behind a burst of twins is no
-              silence: relinking then dropped the burst and the catch-up reply in flight): its SUB and DEALER connections are dropped and made
+    silent    no heartbeat nor any other word (a new twin it signed, live; a frame on our
+              DEALER to it: `Catchup.on_word`) for `after` seconds ([network] relink_after
+              heartbeats), or never one since the link was made (a heartbeat queued behind a
+              burst of twins is no silence: relinking then dropped the burst and the catch-up
+              reply in flight): its SUB and DEALER connections are dropped and made
               again (`Transport.relink`), then again after 2x, 4x ... that wait, at most
               `backoff_max` ([network] relink_max) apart, until it is heard again
     dealer    the peer is heard but our DEALER to its ROUTER has had no handshake for `after`
