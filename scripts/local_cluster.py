@@ -10,8 +10,10 @@ each, waits until every node hears every peer, has each party publish K twins, w
 every node holds all M x K, then prints each node's holdings and the first party's combined
 analysis (skipped with --no-analysis). --record writes the convergence figures (seconds from
 the first publish to full holdings, each node's `catchup.timeout` lines, `busy` count, peak
-RSS and CPU seconds) as JSON, for docs/results/scale/. Without --train the twins are simulated from each party's rows (twinnode.lab.simtwins:
-fast, NOT differentially private); with --train every node trains the DP generator itself.
+RSS and CPU seconds; all nodes' CPU seconds from "all up" to the end, and the load average)
+as JSON, for docs/results/scale/. Without --train the twins are simulated from each party's rows
+(twinnode.lab.simtwins: fast, NOT differentially private); with --train every node trains the
+DP generator itself.
 """
 from __future__ import annotations
 
@@ -69,6 +71,7 @@ def main() -> int:
         c.start()
         c.wait_connected(120 + 10 * args.parties)
         t_up = time.monotonic()
+        cpu_up = sum(cpu_seconds(c, n) for n in names)
         print(f"{t_up - t0:6.1f} s  all nodes up and hearing each other")
         for name in names:
             if args.train:
@@ -83,6 +86,8 @@ def main() -> int:
               f"{what} twins ({t_all - t_pub:.1f} s after the first publish)")
         if args.record:
             record = figures(c, names, args, up=t_up - t0, converged=t_all - t_pub)
+            record["cpu_after_up_s"] = round(sum(cpu_seconds(c, n) for n in names) - cpu_up, 1)
+            record["load_average"] = [round(x, 1) for x in os.getloadavg()]
             for name in names:
                 record["nodes"][name]["converged_s"] = round(done[name] - t_pub, 1)
             args.record.write_text(json.dumps(record, indent=1) + "\n")
@@ -128,10 +133,16 @@ def wait_all(c: LocalCluster, names: list[str], k: int, timeout: float) -> dict[
     return done
 
 
+def cpu_seconds(c: LocalCluster, name: str) -> float:
+    """CPU seconds (user + system) the node's process has used so far."""
+    stat = Path(f"/proc/{c.members[name].proc.pid}/stat").read_text()
+    utime, stime = (int(x) for x in stat.split(")")[1].split()[11:13])
+    return (utime + stime) / os.sysconf("SC_CLK_TCK")
+
+
 def figures(c: LocalCluster, names: list[str], args: argparse.Namespace, up: float,
             converged: float) -> dict:
     """Per node: `catchup.timeout` lines in its log, `busy`, peak RSS (MB), CPU seconds."""
-    tick = os.sysconf("SC_CLK_TCK")
     nodes = {}
     for name in names:
         st = c.status(name)
@@ -139,14 +150,13 @@ def figures(c: LocalCluster, names: list[str], args: argparse.Namespace, up: flo
         proc = Path(f"/proc/{pid}")
         hwm = next(int(line.split()[1]) for line in (proc / "status").read_text().splitlines()
                    if line.startswith("VmHWM"))
-        utime, stime = (int(x) for x in (proc / "stat").read_text().split(")")[1].split()[11:13])
         log = c.log_path(name).read_text(encoding="utf-8", errors="replace")
         nodes[name] = {"catchup_timeouts": log.count("event=catchup.timeout"),
                        "busy": st["counters"].get("busy", st["rejected"].get("busy", 0)),
                        "catchup_requests": st["counters"].get("catchup_requests", 0),
                        "served": st["counters"].get("served", 0),
                        "peak_rss_mb": round(hwm / 1024, 1),
-                       "cpu_s": round((utime + stime) / tick, 1),
+                       "cpu_s": round(cpu_seconds(c, name), 1),
                        "rejected": st["rejected"]}
     timeouts = sum(n["catchup_timeouts"] for n in nodes.values())
     summary = (f"{args.parties} nodes x K={args.k}: converged {converged:.1f} s after the first "

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from twinnode.errors import MisaddressedMessage
-from twinnode.node.catchup import ASK_STALL, RECHECKS, SERVE_GAP, Catchup
+from twinnode.node.catchup import ASK_STALL, RECHECKS, SERVE_GAP, Catchup, heartbeat_gap
 from twinnode.node.serving import FairSlots
 from twinnode.trust.replay import Holding, ReplayGuard
 from twinnode.wire import Heartbeat
@@ -181,3 +181,32 @@ def test_serving_slots_are_one_per_peer_and_a_newer_request_replaces_the_waiting
     assert fair.done("bob") == [("erin", "e1")]
     assert fair.done("dave") == [] and fair.done("erin") == [] and fair.active == set()
     assert len(fair.waiting) == 0
+
+
+@pytest.mark.parametrize("relink_after, gap", [(5, 1.5), (0, 1.5), (3, 0.8), (2, 0.4)])
+def test_the_heartbeat_gap_leaves_a_peer_heard_well_within_its_relink_wait(relink_after, gap):
+    assert heartbeat_gap(BEAT, relink_after) == pytest.approx(gap)
+    # a heartbeat every period, one in two at most unopened: the longest wait between two
+    # opened ones (gap plus one period) stays under the relink wait
+    assert relink_after == 0 or heartbeat_gap(BEAT, relink_after) + BEAT < relink_after * BEAT
+
+
+def test_a_heartbeat_soon_after_a_verified_one_of_its_peer_is_left_unopened():
+    # Prepare: one in two of bob's heartbeats (every BEAT) may go unopened
+    clock, guard = Clock(), guard_holding()
+    state = Catchup([("bob", "tcp://b")], ["alice", "bob"], BEAT, clock,
+                    heartbeat_gap=heartbeat_gap(BEAT, 5))
+    # Execute / Assert: nothing verified yet from bob: opened
+    assert not state.skip_heartbeat(b"hb:bob")
+    state.on_heartbeat(Heartbeat("bob", 0, {}), guard)
+    opened = []
+    for _ in range(6):
+        clock.now += BEAT
+        if not state.skip_heartbeat(b"hb:bob"):
+            opened.append(clock.now)
+            state.on_heartbeat(Heartbeat("bob", 0, {}), guard)
+    assert [b - a for a, b in zip(opened, opened[1:])] == [2 * BEAT, 2 * BEAT]
+    # twins, other peers, ourselves and a node without a gap are always opened
+    assert not state.skip_heartbeat(b"twin:bob") and not state.skip_heartbeat(b"hb:carol")
+    assert not state.skip_heartbeat(b"hb:alice")
+    assert not make(clock).skip_heartbeat(b"hb:bob")

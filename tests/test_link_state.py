@@ -15,7 +15,7 @@ from test_node import WAIT, make_twins, party, signed  # noqa: F401  (party: a f
 from twinnode.cli.ctl import format_status
 from twinnode.errors import InvalidSignature, MalformedMessage, TwinTooLarge
 from twinnode.node.agreed import PeerLimits
-from twinnode.node.catchup import PeerState
+from twinnode.node.catchup import Catchup, PeerState
 from twinnode.node.links import Links
 from twinnode.node.transport import LinkEvent
 from twinnode.trust.identity import Identity, TrustStore
@@ -137,6 +137,30 @@ def test_a_connection_dropped_without_a_retry_is_named_a_protocol_error(bob):
     links.step(transport, {})
     assert "protocol error" in links.rows()["bob"]["last_error"]
     assert "5000 bytes" in links.rows()["bob"]["last_error"]
+
+
+def test_a_peer_whose_twins_arrive_while_its_heartbeats_queue_is_not_relinked(bob):
+    # Prepare: both links up, one heartbeat, then only twins of bob's own (a burst at
+    # start-up, its heartbeats queued behind them) for 5 s
+    clock = Clock()
+    links, transport = links_for(bob, clock)
+    states = {"bob": PeerState("bob", "")}
+    catchup = Catchup([("bob", "")], ["alice", "bob"], 0.2, clock=clock)
+    catchup.peers["bob"] = states["bob"]
+    transport.events = [up("sub"), up("dealer")]
+    states["bob"].last_heartbeat = clock.now
+    # Execute
+    for _ in range(10):
+        clock.now += 0.5
+        catchup.on_word("bob")
+        links.step(transport, states)
+    quiet = list(transport.relinked)
+    for _ in range(3):  # then nothing at all
+        clock.now += 0.5
+        links.step(transport, states)
+    # Assert: no relink while its words arrive; silent in every way, it is relinked
+    assert quiet == [] and catchup.heard("bob") == clock.now - 1.5
+    assert transport.relinked == [("bob", ("sub", "dealer"))]
 
 
 def test_a_heard_peer_whose_dealer_is_down_gets_only_its_dealer_relinked(bob):

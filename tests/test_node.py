@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import stat
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from twinnode.node.control_client import request, socket_path
 from twinnode.node.jobs import analyze_job, screen_job
 from twinnode.releasedir import save_release
 from twinnode.schema import Schema
-from twinnode.trust.identity import Identity, save_identity
+from twinnode.trust.identity import Identity, TrustStore, save_identity
 from twinnode.twins import Provenance, Twin
 from twinnode.wire import (
     CatchupEnd,
@@ -384,6 +385,45 @@ def test_a_lack_shown_by_a_heartbeat_waits_while_live_twins_fill_it_and_asks_onc
     node_factory.run(main(), 6 * WAIT)
 
 
+def test_an_end_marker_waits_for_the_twins_before_it_not_for_a_stream_after_it(
+        party, node_factory):
+    async def main() -> tuple[bool, int, int]:
+        # Prepare: the store's first write waits for one gate, every later write for another
+        node = await node_factory.opened(party.config)
+        frames = signed(make_twins(party.schema, "bob", k=4), party.schema, party.bob)
+        gates = [threading.Event(), threading.Event()]
+        writes = []
+        put_packed = node.store.put_packed
+
+        def gated(packed):
+            writes.append(len(packed))
+            gates[min(len(writes), 2) - 1].wait(WAIT)
+            return put_packed(packed)
+        node.store.put_packed = gated
+        for f in frames[:2]:  # the reply's twins: one batch, held at the first gate
+            await node.handle_frames(f, "dealer", wait=False)
+        await asyncio.sleep(0.05)
+        # Execute: the end marker's wait starts; twins keep arriving behind it
+        settled = asyncio.create_task(node.commits.settled())
+        await asyncio.sleep(0)
+        for f in frames[2:]:
+            await node.handle_frames(f, "sub", wait=False)
+        gates[0].set()  # the first batch is written; the next stays behind its gate
+        while not settled.done() and len(writes) < 2:
+            await asyncio.sleep(0.01)
+        waited_for_stream = not settled.done() and await asyncio.sleep(0.3) is None \
+            and not settled.done()
+        held_when_settled = node.verifier.guard.latest("bob")
+        gates[1].set()
+        await node.commits.drain()
+        await settled
+        return waited_for_stream, held_when_settled, node.counters["accepted"]
+
+    waited_for_stream, held_when_settled, accepted = node_factory.run(main(), 6 * WAIT)
+    # Assert: the wait ended once the twins before it were acknowledged, not the stream's
+    assert not waited_for_stream and held_when_settled == 2 and accepted == 4
+
+
 def test_a_catch_up_batch_is_shared_round_robin_between_senders(party, node_factory):
     async def main() -> list[tuple[str, int]]:
         node = await node_factory.opened(party.config)
@@ -470,6 +510,35 @@ def test_published_seqs_are_stored_before_sending_and_never_reused_after_restart
         assert status["counters"]["published"] == 6
 
     node_factory.run(main(), 6 * WAIT)
+
+
+def test_a_publish_encodes_each_twin_once_and_peers_open_what_it_stored(party, node_factory,
+                                                                       monkeypatch):
+    import twinnode.wire.codec as codec
+    encoded = []
+    encode_columns = codec.encode_columns
+
+    def counting(arrays, schema):
+        encoded.append(1)
+        return encode_columns(arrays, schema)
+    monkeypatch.setattr(codec, "encode_columns", counting)
+
+    async def main() -> tuple[list[int], list]:
+        node = node_factory(party.config)
+        await node.start()
+        try:
+            seqs = await node.publish_release(as_release(make_twins(party.schema, "alice", k=4)))
+            frames = [await asyncio.to_thread(node.store.frames, "alice", s) for s in seqs]
+        finally:
+            await node.stop()
+        return seqs, frames
+
+    seqs, frames = node_factory.run(main(), 6 * WAIT)
+    # Assert: four twins, four encodings (the publish check's, signed as they were), and a
+    # peer opens every stored envelope as a valid twin of alice's
+    assert seqs == [1, 2, 3, 4] and len(encoded) == 4
+    bob = Verifier(TrustStore([party.alice.peer()]), party.schema, ReplayGuard())
+    assert [bob.open(f).seq for f in frames] == [1, 2, 3, 4]
 
 
 def test_a_publish_cut_short_is_completed_by_publishing_the_release_again(party, node_factory):

@@ -56,7 +56,7 @@ from twinnode.wire import (
     seal,
     twin_digest,
 )
-from twinnode.wire.columnar import column_dtype, float32_bounds
+from twinnode.wire.columnar import column_dtype, decode_columns, float32_bounds
 
 NOW = 1_700_000_000.0
 PRE_SIGNATURE = (MalformedMessage, UnsupportedVersion, UnknownSender, InvalidSignature)
@@ -240,6 +240,44 @@ def test_continuous_values_at_a_bound_float32_rounds_past_stay_inside(alice):
     np.testing.assert_allclose(got, arrays["x"], rtol=0, atol=1e-8)
     lo, hi = float32_bounds(schema.columns[0])
     assert float(hi) <= 0.1 < float(np.nextafter(hi, np.float32(1)))
+
+
+@pytest.mark.parametrize("lower, upper", [(-0.1, 0.1), (0.0, 1.0), (1e-40, 3e-38),
+                                          (-1e300, 1e300), (0.1, 0.10000000000000002),
+                                          (5.0, 1e39)])
+def test_float32_column_check_equals_the_float64_definition_value_by_value(lower, upper):
+    # Prepare: float32 values around both bounds, the float32 range's ends, NaN and infinities
+    schema = Schema.from_toml(f'[columns.x]\ntype = "continuous"\nlower = {lower!r}\n'
+                              f'upper = {upper!r}\n')
+    with np.errstate(over="ignore"):  # a bound past the float32 range casts to infinity
+        edges = [np.float32(v) for v in (lower, upper, 0.0, -0.0, 1e-45, np.nan, np.inf,
+                                         np.finfo(np.float32).max, -np.finfo(np.float32).max,
+                                         -np.inf)]
+        values = {v for e in edges for v in (e, np.nextafter(e, np.float32(np.inf)),
+                                             np.nextafter(e, np.float32(-np.inf)))}
+    for v in values:
+        # Execute: one value alone, checked as the wire checks it
+        data = np.array([v], dtype="<f4").tobytes()
+        try:
+            decode_columns([("x", "f4", data)], 1, schema)
+            accepted = True
+        except SchemaMismatch:
+            accepted = False
+        # Assert: accepted exactly when finite and inside [lower, upper] as a float64
+        assert accepted == bool(np.isfinite(v) and lower <= float(v) <= upper), (v, lower, upper)
+
+
+def test_decoded_columns_are_made_when_read_and_equal_the_encoded_arrays(small_schema, alice,
+                                                                          trust):
+    twin = make_twin(small_schema, rows=21)
+    env = make_verifier(trust, small_schema).open(
+        encode_twin(twin, small_schema, 1, Signer(alice)))
+    arrays = env.twin.arrays
+    assert list(arrays) == small_schema.names and len(arrays) == len(small_schema.names)
+    for name in small_schema.names:
+        got = arrays[name]
+        assert got.dtype in (np.int64, np.float64) and arrays[name] is got  # made once
+        np.testing.assert_allclose(got, twin.arrays[name], rtol=1e-7, atol=0)  # float32
 
 
 def test_randhie_twin_payload_is_a_quarter_of_float64_msgpack(alice):
@@ -684,3 +722,17 @@ def test_the_bytes_layer_loads_no_network_frames_or_jax_library():
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True).stdout.strip()
     assert loaded == ""
+
+
+def test_well_formed_is_every_check_before_the_signature(small_schema, alice, trust):
+    # Prepare: a heartbeat, the same with a forged signature, and three malformed ones
+    verifier = make_verifier(trust, small_schema)
+    good = encode_heartbeat(Heartbeat("alice", 0, {}, created=NOW), Signer(alice))
+    forged = [*good[:3], b"\0" * 64]
+    # Execute / Assert: shape, header and topic decide; the signature is not looked at
+    assert verifier.well_formed(good) and verifier.well_formed(forged)
+    assert not verifier.well_formed([good[0], b"\xc1", b"", b""])
+    assert not verifier.well_formed([b"hb:bob", *good[1:]])
+    assert not verifier.well_formed(good[:3])
+    with pytest.raises(InvalidSignature):
+        verifier.open(forged)

@@ -49,10 +49,11 @@ def handlers(ctx: NodeContext) -> dict[str, Handler]:
 async def status(ctx: NodeContext, args: dict[str, Any]) -> Mapping[str, Any]:
     check_args("status", args, {})
     job = ctx.current_job()
+    held = await asyncio.to_thread(ctx.require_store().counts)  # waits while a batch syncs
     return {"node": ctx.name, "pid": os.getpid(),
             "uptime": ctx.uptime(), "own_seq": ctx.own_latest(),
             "recovery": ctx.recovery.row(ctx.own_latest()),
-            "peers": _peer_rows(ctx), "twins": ctx.require_store().counts(),
+            "peers": _peer_rows(ctx, held), "twins": held,
             "rejected": dict(sorted(ctx.rejected.items())),
             "budget": await _budget(ctx, entries=False),
             "job": job.to_dict() if job else None,
@@ -64,7 +65,9 @@ async def status(ctx: NodeContext, args: dict[str, Any]) -> Mapping[str, Any]:
 async def peers(ctx: NodeContext, args: dict[str, Any]) -> Mapping[str, Any]:
     args = check_args("peers", args, {"reload": bool})
     reload = await ctx.reload_peers() if args.get("reload") else None
-    return {"peers": _peer_rows(ctx), **({"reload": reload} if reload is not None else {})}
+    held = await asyncio.to_thread(ctx.require_store().counts)
+    return {"peers": _peer_rows(ctx, held),
+            **({"reload": reload} if reload is not None else {})}
 
 
 async def twins(ctx: NodeContext, args: dict[str, Any]) -> Mapping[str, Any]:
@@ -190,9 +193,10 @@ async def _job(ctx: NodeContext, name: str, args: dict[str, Any],
     return {**job.result, "job": job.to_dict()}
 
 
-def _peer_rows(ctx: NodeContext) -> list[dict[str, Any]]:
+def _peer_rows(ctx: NodeContext, held: Mapping[str, int]) -> list[dict[str, Any]]:
+    """One row per peer; `held`: the store's counts, read in a thread (the store's lock is
+    held while a batch is synced: reading them on the event loop stalled it)."""
     interval = ctx.config.network.heartbeat_interval
-    held = ctx.require_store().counts()
     now = time.monotonic()
     links = ctx.links.rows()
     return [{"name": p.name, "address": p.address, "connected": p.alive(interval, now),

@@ -30,7 +30,7 @@ from twinnode.errors import (
     StoreError,
     WireError,
 )
-from twinnode.store.store import Put, Store
+from twinnode.store.store import Packed, Put, Store, pack_put
 from twinnode.wire import Envelope
 
 log = logging.getLogger("twinnode.node")
@@ -45,6 +45,7 @@ Acknowledge = Callable[[Envelope, str, "bool | StoreError"], None]
 class _Item:
     env: Envelope
     channel: str
+    packed: Packed | StoreError  # its container, made at submit (or why the store refuses it)
     done: asyncio.Future[bool] = field(default_factory=lambda: asyncio.get_running_loop()
                                        .create_future())
 
@@ -57,6 +58,7 @@ class GroupCommit:
         self.store: Store | None = None
         self.batches = 0  # put_many calls made (status: twins per fsync = accepted / batches)
         self._queue: list[_Item] = []
+        self._writing: list[_Item] = []  # the batch being written
         self._by_seq: dict[tuple[str, int], bytes] = {}
         self._by_digest: dict[tuple[str, bytes], int] = {}
         self._flush: asyncio.Task[None] | None = None
@@ -91,7 +93,7 @@ class GroupCommit:
         acknowledged, False if it was not stored (already held, or the store failed)."""
         seq = env.seq
         assert seq is not None
-        item = _Item(env, channel)
+        item = _Item(env, channel, _pack(env, self.own))
         self._queue.append(item)
         self._by_seq[(env.sender, seq)] = env.digest
         self._by_digest[(env.sender, env.digest)] = seq
@@ -125,22 +127,34 @@ class GroupCommit:
         return len(self._by_seq)
 
     async def drain(self) -> None:
-        """Wait until every twin submitted so far is stored and acknowledged (or refused)."""
+        """Wait until the queue is empty: every twin submitted, now and meanwhile, is stored
+        and acknowledged (or refused); for stopping."""
         while self._flush is not None and not self._flush.done():
             await asyncio.wait({self._flush})
+
+    async def settled(self) -> None:
+        """Wait until every twin submitted so far is acknowledged (or refused), not for those
+        submitted meanwhile: an end marker counts what its reply brought without waiting for
+        a live burst to end (`drain` waited for an empty queue, which a start-up's stream of
+        live twins kept from happening for longer than the requester's 15 s)."""
+        waiting = [item.done for item in [*self._writing, *self._queue] if not item.done.done()]
+        if waiting:
+            await asyncio.wait(waiting)
 
     async def _run(self) -> None:
         """Write what is queued, batch after batch, until the queue is empty."""
         while self._queue:
             batch, self._queue = self._queue[:self.max_batch], self._queue[self.max_batch:]
+            self._writing = batch
             try:
                 outcomes = await self._write(batch)
             except asyncio.CancelledError:
                 for item in [*batch, *self._queue]:
                     self._forget(item)
                     item.done.cancel()
-                self._queue = []
+                self._queue = self._writing = []
                 raise
+            self._writing = []
             for item, outcome in zip(batch, outcomes):
                 self._forget(item)
                 try:
@@ -155,18 +169,15 @@ class GroupCommit:
         store = self.store
         if store is None:
             return [StoreError("the node's store is not open")] * len(batch)
-        puts = []
-        for item in batch:
-            env, p = item.env, item.env.twin.provenance
-            assert env.seq is not None
-            puts.append(Put(env.sender, env.seq, env.digest, env.frames, kind="twin",
-                            k=p.index, release=p.release, own=env.sender == self.own))
+        outcomes: list[bool | StoreError] = [i.packed if isinstance(i.packed, StoreError)
+                                             else False for i in batch]
+        packed = [i.packed for i in batch if not isinstance(i.packed, StoreError)]
         try:
-            stored = await asyncio.to_thread(store.put_many, puts)
+            stored = iter(await asyncio.to_thread(store.put_packed, packed) if packed else [])
         except StoreError as exc:
             return [exc] * len(batch)
         self.batches += 1
-        return list(stored)
+        return [o if isinstance(o, StoreError) else next(stored) for o in outcomes]
 
     def _forget(self, item: _Item) -> None:
         env = item.env
@@ -174,3 +185,15 @@ class GroupCommit:
         if self._by_seq.get((env.sender, env.seq)) == env.digest:
             del self._by_seq[(env.sender, env.seq)]
             self._by_digest.pop((env.sender, env.digest), None)
+
+
+def _pack(env: Envelope, own: str) -> Packed | StoreError:
+    """A verified twin's container for the store (on the event loop, as it arrives: the
+    thread that writes the batch then needs Python's lock for little but the index)."""
+    p = env.twin.provenance
+    assert env.seq is not None
+    try:
+        return pack_put(Put(env.sender, env.seq, env.digest, env.frames, kind="twin",
+                            k=p.index, release=p.release, own=env.sender == own))
+    except StoreError as exc:
+        return exc

@@ -4,8 +4,11 @@ libzmq reconnects a lost TCP connection by itself, but gives up on one for good 
 denial, a failed CURVE handshake or a protocol error (one frame over our MAXMSGSIZE): the
 peer then stays silent until one side restarts. So, per pinned peer:
 
-    silent    no heartbeat for `after` seconds ([network] relink_after heartbeats), or never
-              one since the link was made: its SUB and DEALER connections are dropped and made
+    silent    no heartbeat nor any other word (a new twin it signed, live; a frame on our
+              DEALER to it: `Catchup.on_word`) for `after` seconds ([network] relink_after
+              heartbeats), or never one since the link was made (a heartbeat queued behind a
+              burst of twins is no silence: relinking then dropped the burst and the catch-up
+              reply in flight): its SUB and DEALER connections are dropped and made
               again (`Transport.relink`), then again after 2x, 4x ... that wait, at most
               `backoff_max` ([network] relink_max) apart, until it is heard again
     dealer    the peer is heard but our DEALER to its ROUTER has had no handshake for `after`
@@ -166,7 +169,10 @@ class Links:
             return {}
         now, out = self.clock(), {}
         for name, link in self.links.items():
-            heard = states[name].last_heartbeat if name in states else None
+            state = states.get(name)
+            heard = None if state is None else max(
+                (t for t in (state.last_heartbeat, state.last_word) if t is not None),
+                default=None)
             silent = now - max(heard if heard is not None else link.made, link.made) > self.after
             if not silent:
                 link.backoff.pop("sub", None)

@@ -23,25 +23,33 @@ from twinnode.node.transport import Transport
 from twinnode.schema import Schema
 from twinnode.store.store import Store
 from twinnode.twins import Release, Twin
-from twinnode.wire import TWIN, Envelope, WireLimits, twin_digest
+from twinnode.wire import TWIN, Envelope, TwinPayload, WireLimits, twin_payload
 from twinnode.wire.checks import unpack_header
 
 log = logging.getLogger("twinnode.node")
+KEEP_PAYLOADS = 256 << 20  # encoded payloads a publish keeps from its check to its signing
 
 
-def published_before(store: Store, schema: Schema, own: str, release: Release) -> set[int]:
+def published_before(store: Store, schema: Schema, own: str, release: Release,
+                     keep_bytes: int = KEEP_PAYLOADS) -> tuple[set[int], dict[int, TwinPayload]]:
     """Indices of the twins of `release` already stored as `own`'s under this release and
-    index (an earlier publish of it, cut short). ControlError, before anything is sent, if
-    the release is not `own`'s, if every twin was published, if a twin's content went out
-    under another release or index, or if two twins are identical. Blocking (it encodes
-    every payload): run it in a thread."""
+    index (an earlier publish of it, cut short), and the encoded payloads of the others, as
+    many as fit in `keep_bytes` (the publish signs them without encoding them again).
+    ControlError, before anything is sent, if the release is not `own`'s, if every twin was
+    published, if a twin's content went out under another release or index, or if two twins
+    are identical. Blocking (it encodes every payload): run it in a thread."""
     if release.sender != own:
         raise ControlError(f"this release is from {release.sender!r}, not {own!r}; make it "
                            f"with --sender {own}")
     seen: dict[bytes, int] = {}
     done: set[int] = set()
+    payloads: dict[int, TwinPayload] = {}
     for i, twin in enumerate(release.twins):
-        digest = twin_digest(twin, schema)
+        encoded = twin_payload(twin, schema)
+        digest = encoded.digest
+        if keep_bytes >= len(encoded.payload):
+            payloads[i] = encoded
+            keep_bytes -= len(encoded.payload)
         seq = store.has_digest(own, digest)
         if seq is not None:
             entry = store.get(own, seq)
@@ -60,7 +68,7 @@ def published_before(store: Store, schema: Schema, own: str, release: Release) -
     if done:
         event(log, "release.resumed", f"{len(done)} of {len(release.twins)} twins were "
               "published before; publishing the rest", release=release.receipt.get("release"))
-    return done
+    return done, {i: v for i, v in payloads.items() if i not in done}
 
 
 def own_envelope(frames: list[bytes], twin: Twin, limits: WireLimits) -> Envelope:

@@ -26,13 +26,27 @@ import logging
 from collections import Counter, OrderedDict
 from typing import Any, Callable, Coroutine, Generic, Sequence, TypeVar
 
+from twinnode.errors import WireError
 from twinnode.eventlog import event
 from twinnode.node.receiving import Receive, Reply
-from twinnode.wire import CatchupRequest
+from twinnode.node.rejections import RejectionLog
+from twinnode.wire import REQUEST, CatchupRequest, Verifier
 
 log = logging.getLogger("twinnode.node")
 
 SLOTS = 4  # catch-up requests answered at once (one per peer at most)
+
+
+def open_request(verifier: Verifier, refusals: RejectionLog,
+                 frames: Sequence[bytes]) -> CatchupRequest | None:
+    """A ROUTER message opened at once, before any slot (a request touches no replay state,
+    so no lock), or None: refused, counted and logged."""
+    try:
+        env = verifier.open(frames, expect=(REQUEST,), channel="router")
+    except WireError as exc:
+        refusals.refused(exc, "router")
+        return None
+    return env.message if isinstance(env.message, CatchupRequest) else None
 
 T = TypeVar("T")
 OpenRequest = Callable[[Sequence[bytes]], CatchupRequest | None]  # None: refused (counted)

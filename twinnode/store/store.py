@@ -64,12 +64,19 @@ from twinnode.store.container import container_checksum, unpack_envelope
 from twinnode.store.index import EntryMeta, Index, open_index
 from twinnode.store.journal import SEGMENT_BYTES, Journal, Location, read_record
 from twinnode.store.layout import StateLayout
-from twinnode.store.names import Put, check_sender, check_seq, check_token, pack_put
+from twinnode.store.names import (
+    Packed,
+    Put,
+    check_sender,
+    check_seq,
+    check_token,
+    pack_put,
+)
 from twinnode.store.recovery import COUNTS, reconcile_files, replay_journal, write_file
 from twinnode.trust.seqset import MAX_SEQ, Holding
 
 log = logging.getLogger("twinnode.store")
-__all__ = ["Put", "Store"]
+__all__ = ["Packed", "Put", "Store", "pack_put"]
 
 IDLE_CHECKPOINT = 1.0  # seconds without a put after which the journal is checkpointed
 
@@ -165,7 +172,12 @@ class Store:
         acknowledged, False if its (sender, seq) or (sender, digest) is already stored or
         comes earlier in the batch (then nothing is written for it). `Put.own`: one of our
         own twins, so the own-seq counter rises to its seq in the same commit."""
-        packed = [pack_put(p) for p in puts]
+        return self.put_packed([pack_put(p) for p in puts])
+
+    def put_packed(self, packed: Sequence[Packed]) -> builtins.list[bool]:
+        """`put_many` of puts the caller packed already (`store.names.pack_put`: checked, in
+        their containers): a node packs each twin as it arrives, on its own thread, so the
+        thread that writes a batch holds Python's lock for little more than the index."""
         results = [False] * len(packed)
         with self._mutex:
             fresh: builtins.list[int] = []

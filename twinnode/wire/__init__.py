@@ -23,8 +23,10 @@ from twinnode.wire.codec import (
     encode_catchup_end,
     encode_catchup_request,
     encode_heartbeat,
+    TwinPayload,
     encode_twin,
     twin_digest,
+    twin_payload,
 )
 from twinnode.wire.envelope import (
     END,
@@ -46,6 +48,6 @@ from twinnode.wire.verify import Verifier, rejection_line
 __all__ = ["VERSION", "FAMILIES", "TWIN", "HEARTBEAT", "REQUEST", "END", "WireLimits",
            "Signer", "Envelope", "Heartbeat", "CatchupRequest", "CatchupEnd", "Holding",
            "ReplayGuard", "Verifier", "limits_for", "frame_limit", "twin_rows", "topic", "signed_message", "seal",
-           "encode_twin", "twin_digest", "encode_heartbeat", "encode_catchup_request",
+           "encode_twin", "twin_digest", "twin_payload", "TwinPayload", "encode_heartbeat", "encode_catchup_request",
            "encode_catchup_end", "decode_twin", "decode_heartbeat", "decode_catchup_request",
            "decode_catchup_end", "rejection_line"]

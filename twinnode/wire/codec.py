@@ -10,7 +10,7 @@ family. Header field order is part of the signed bytes: do not reorder the dicts
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Mapping, NamedTuple, Protocol, Sequence
 
 from twinnode.atomic import jsonable
 from twinnode.errors import DataError, MalformedMessage
@@ -21,7 +21,7 @@ from twinnode.wire.columnar import decode_columns, encode_columns, unpack_column
 from twinnode.wire.envelope import END, HEARTBEAT, REQUEST, TWIN, Envelope, Signer, envelope_frames
 from twinnode.wire.messages import CatchupEnd, CatchupRequest, Heartbeat, Message
 
-__all__ = ["Opener", "encode_twin", "twin_digest", "decode_twin", "encode_heartbeat",
+__all__ = ["Opener", "TwinPayload", "twin_payload", "encode_twin", "twin_digest", "decode_twin", "encode_heartbeat",
            "decode_heartbeat", "encode_catchup_request", "decode_catchup_request",
            "encode_catchup_end", "decode_catchup_end", "read_message"]
 
@@ -54,14 +54,32 @@ def _decode_as(family: str, frames: Sequence[bytes], verifier: Opener) -> Envelo
 
 
 # ------------------------------------------------------------------ twin
-def encode_twin(twin: Twin, schema: Schema, seq: int, signer: Signer) -> list[bytes]:
-    """A twin as signed frames; DataError if it does not fit `schema` (peers would refuse it)."""
+class TwinPayload(NamedTuple):
+    """A twin's encoded columns, their row count and SHA-256: what `encode_twin` signs."""
+
+    payload: bytes
+    rows: int
+    digest: bytes
+
+
+def twin_payload(twin: Twin, schema: Schema) -> TwinPayload:
+    """A twin's columns as payload bytes (checked against `schema`: DataError if they misfit)
+    and their digest, which does not depend on the seq: a publish encodes each twin once,
+    finds the twins it published before by the digest, and signs the same bytes."""
+    payload, rows = encode_columns(twin.arrays, schema)
+    return TwinPayload(payload, rows, hashlib.sha256(payload).digest())
+
+
+def encode_twin(twin: Twin, schema: Schema, seq: int, signer: Signer,
+                payload: TwinPayload | None = None) -> list[bytes]:
+    """A twin as signed frames; DataError if it does not fit `schema` (peers would refuse it).
+    `payload`: this twin's `twin_payload`, made earlier (not encoded again)."""
     p = twin.provenance
     if p.schema_hash != schema.hash:
         raise DataError(f"twin was made under schema {p.schema_hash[:12]}, not {schema.short_hash}")
     if not isinstance(seq, int) or not 1 <= seq <= MAX_SEQ:
         raise DataError(f"twin sequence numbers are 1..{MAX_SEQ}, got {seq!r}")
-    payload, rows = encode_columns(twin.arrays, schema)
+    data, rows, digest = payload if payload is not None else twin_payload(twin, schema)
     if rows != p.n:
         raise DataError(f"twin has {rows} rows but its provenance says N = {p.n}; a twin has "
                         "the size of the data it was made from")
@@ -69,14 +87,13 @@ def encode_twin(twin: Twin, schema: Schema, seq: int, signer: Signer) -> list[by
               "epsilon": float(p.epsilon), "delta": float(p.delta), "n": int(p.n),
               "k": int(p.k), "index": int(p.index), "relation": p.relation,
               "release": p.release, "generator": jsonable(dict(p.generator)), "rows": rows}
-    return envelope_frames(TWIN, signer, p.sender, fields, payload)
+    return envelope_frames(TWIN, signer, p.sender, fields, data, digest)
 
 
 def twin_digest(twin: Twin, schema: Schema) -> bytes:
     """The payload digest `encode_twin` would sign for `twin` (it does not depend on the seq):
     lets a sender find a twin it already published before it takes a seq for it."""
-    payload, _ = encode_columns(twin.arrays, schema)
-    return hashlib.sha256(payload).digest()
+    return twin_payload(twin, schema).digest
 
 
 def decode_twin(frames: Sequence[bytes], verifier: Opener) -> Envelope:

@@ -16,7 +16,8 @@ value within the schema's bounds.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from functools import lru_cache
+from typing import Any, Iterator, Mapping
 
 import msgpack
 import numpy as np
@@ -57,6 +58,7 @@ def max_payload_bytes(schema: Schema, rows: int) -> int:
     return total
 
 
+@lru_cache(maxsize=1024)
 def float32_bounds(col: Column) -> tuple[np.float32, np.float32]:
     """The float32 values closest to the column's bounds from the inside."""
     finfo = np.finfo(np.float32)
@@ -108,12 +110,16 @@ def unpack_columns(payload: bytes, max_columns: int) -> list[tuple[str, str, byt
 
 
 def decode_columns(columns: list[tuple[str, str, bytes]], rows: int,
-                   schema: Schema) -> dict[str, NDArray[Any]]:
-    """Typed column bytes -> arrays in `Schema.check_arrays` layout; SchemaMismatch on misfit."""
+                   schema: Schema) -> "Columns":
+    """Typed column bytes -> arrays in `Schema.check_arrays` layout; SchemaMismatch on misfit.
+
+    Every value is checked here, on the wire's own narrow dtype (one min/max pass a column);
+    the int64/float64 arrays are made when a column is first read (`Columns`): a node that
+    stores a twin never reads its arrays, an analysis that reads it later does."""
     names = [c[0] for c in columns]
     if names != schema.names:
         raise SchemaMismatch(f"columns {names[:20]} do not match the schema's {schema.names[:20]}")
-    arrays: dict[str, NDArray[Any]] = {}
+    raw: dict[str, tuple[str, NDArray[Any]]] = {}
     for col, (name, dtype, data) in zip(schema.columns, columns):
         want = column_dtype(col)
         if dtype != want:
@@ -122,29 +128,60 @@ def decode_columns(columns: list[tuple[str, str, bytes]], rows: int,
         if len(data) != column_nbytes(dtype, rows):
             raise SchemaMismatch(f"column '{name}' has {len(data)} bytes, {rows} rows of "
                                  f"{dtype} need {column_nbytes(dtype, rows)}")
-        arrays[name] = _decode_one(col, dtype, data, rows)
-    return arrays
+        raw[name] = (dtype, _check_one(col, dtype, data, rows))
+    return Columns(raw, rows)
 
 
-def _decode_one(col: Column, dtype: str, data: bytes, rows: int) -> NDArray[Any]:
+class Columns(Mapping[str, NDArray[Any]]):
+    """A checked twin's columns: int64 (binary, codes, counts) and float64 (continuous) arrays,
+    each made from the wire bytes when first read, then kept."""
+
+    def __init__(self, raw: dict[str, tuple[str, NDArray[Any]]], rows: int) -> None:
+        self._raw, self._rows = raw, rows
+        self._made: dict[str, NDArray[Any]] = {}
+
+    def __getitem__(self, name: str) -> NDArray[Any]:
+        made = self._made.get(name)
+        if made is None:
+            dtype, raw = self._raw[name]
+            if dtype == "bits":
+                made = np.unpackbits(raw, count=self._rows, bitorder="little").astype(np.int64)
+            else:
+                made = raw.astype(np.float64 if dtype == "f4" else np.int64)
+            self._made[name] = made
+        return made
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+
+def _check_one(col: Column, dtype: str, data: bytes, rows: int) -> NDArray[Any]:
+    """The column's values on their wire dtype (no copy), after checking every one of them."""
     raw = np.frombuffer(data, dtype=np.uint8 if dtype == "bits" else _NUMPY[dtype])
     if dtype == "bits":
         if rows % 8 and raw[-1] >> (rows % 8):
             raise SchemaMismatch(f"column '{col.name}': padding bits are not zero")
-        return np.unpackbits(raw, count=rows, bitorder="little").astype(np.int64)
+        return raw
+    if not rows:
+        return raw
     if dtype == "f4":
-        values = raw.astype(np.float64)
-        lower, upper = col.bounds
-        bad = ~(np.isfinite(values) & (values >= lower) & (values <= upper))
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
+        # float32 x: lower <= x <= upper exactly when lo <= x <= hi (the float32 values
+        # nearest the bounds from inside); NaN fails both, min and max carry it
+        lo, hi = float32_bounds(col)
+        if not (raw.min() >= lo and raw.max() <= hi):
+            values = raw.astype(np.float64)
+            lower, upper = col.bounds
+            i = int(np.flatnonzero(~(np.isfinite(values) & (values >= lower)
+                                     & (values <= upper)))[0])
             raise SchemaMismatch(f"column '{col.name}' row {i}: {values[i]!r} is not a finite "
                                  f"number in [{lower!r}, {upper!r}]")
-        return values
-    bad = raw >= col.cardinality
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
+        return raw
+    if int(raw.max()) >= col.cardinality:
+        i = int(np.flatnonzero(raw >= col.cardinality)[0])
         what = "code" if col.type == "categorical" else "count"
         raise SchemaMismatch(f"column '{col.name}' row {i}: {what} {int(raw[i])} outside "
                              f"0..{col.cardinality - 1}")
-    return raw.astype(np.int64)
+    return raw

@@ -99,10 +99,12 @@ def seal(header: Mapping[str, Any], payload: bytes, signer: Signer,
 
 
 def envelope_frames(family: str, signer: Signer, sender: str, fields: Mapping[str, Any],
-                    payload: bytes = b"") -> list[bytes]:
-    """The signed frames of one message: the common header fields around the family's."""
+                    payload: bytes = b"", digest: bytes | None = None) -> list[bytes]:
+    """The signed frames of one message: the common header fields around the family's.
+    `digest`: the payload's SHA-256 when the caller computed it already (from these bytes)."""
     if sender != signer.name:
         raise DataError(f"message names sender {sender!r} but the signer is {signer.name!r}")
     header = {"version": VERSION, "type": family, "sender": sender, **fields,
-              "payload_len": len(payload), "payload_digest": hashlib.sha256(payload).digest()}
+              "payload_len": len(payload),
+              "payload_digest": hashlib.sha256(payload).digest() if digest is None else digest}
     return seal(header, payload, signer)

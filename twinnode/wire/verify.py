@@ -88,6 +88,19 @@ class Verifier:
             exc.sender, exc.seq = sender, seq  # type: ignore[attr-defined]  # for rejection_line
             raise
 
+    def well_formed(self, frames: Sequence[bytes]) -> bool:
+        """Whether `frames` pass every check before the signature's (sizes, header fields,
+        topic): a node may leave such a message unopened (`Catchup.skip_heartbeat`), while
+        anything else still goes through `open` and is refused and counted."""
+        try:
+            topic_frame, header_bytes, payload, _ = split_frames(frames, self._structure)
+            header = unpack_header(header_bytes, self.limits)
+            check_version(header)
+            check_header(header, topic_frame, self._structure, self.schema)
+        except WireError:
+            return False
+        return True
+
     def accept(self, envelope: Envelope) -> None:
         """Record a stored twin as seen, so a re-send is a replay and its content a duplicate."""
         if envelope.family == TWIN:
