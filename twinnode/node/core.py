@@ -22,10 +22,8 @@ so the two cannot disagree after a crash, and a quarantined envelope can be fetc
 
 Catch-up (the Clone pattern): `node.catchup` holds its state and decides, loop-free;
 `node.catchup_runner` carries the decisions out (heartbeats, a worker per peer, the periodic
-timer, requests, answers). This module feeds them what ingest opened and runs their tasks.
-
-Jobs and control commands see this node as a `node.context.NodeContext`.
-"""
+timer, requests, answers). This module feeds them what ingest opened and runs their tasks;
+jobs and control commands see this node as a `node.context.NodeContext`."""
 from __future__ import annotations
 
 import asyncio
