@@ -49,7 +49,7 @@ from scipy.special import gammaln
 from twinnode.analysis.arrays import BoolArray, FloatArray, IntArray
 from twinnode.analysis.options import COV_TYPES, DEFAULT_COV_TYPE
 from twinnode.analysis.newton import Newton, run_newton, start_values
-from twinnode.analysis.spd import gram, spd_inverse
+from twinnode.analysis.spd import gram, grams, spd_inverse
 from twinnode.errors import AnalysisError
 
 ACCEPTED_COV_TYPES = (*COV_TYPES, None)
@@ -268,14 +268,14 @@ def _sandwich(Xt: FloatArray, y: FloatArray, w: FloatArray, newton: Newton,
         return coef, cov_all, part_all
     both = kc[:, :, None] & kc[:, None, :]
     bread = newton.bread[sel]
-    stale = np.flatnonzero(~newton.fresh[sel])
-    if stale.size:
-        bread[stale] = spd_inverse(gram(Xt, wc[stale] * mu[stale], idx[stale]) * both[stale]
-                                   + np.eye(p) * (~kc[stale])[:, :, None])
-    bread = bread * both  # zero rows/columns for dropped terms: they drop out
+    stale = ~newton.fresh[sel]
     r2: FloatArray = np.square(wc * (yc - mu))
+    hess, meat = grams(Xt, idx, (wc * mu, stale), (r2, np.ones(len(idx), bool)))
+    if stale.any():
+        s = np.flatnonzero(stale)
+        bread[s] = spd_inverse(hess[s] * both[s] + np.eye(p) * (~kc[s])[:, :, None])
+    bread = bread * both  # zero rows/columns for dropped terms: they drop out
     factor = np.ones(len(idx)) if cov_type == "HC0" else _hc1_factor(wc, kc.sum(axis=1))
-    meat = gram(Xt, r2, idx)
     cov_all[idx] = _symmetric(bread @ meat @ bread * factor[:, None, None], both)
     if part is None:
         part_all[idx] = np.where(both, 0.0, np.nan)

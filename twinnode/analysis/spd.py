@@ -37,6 +37,23 @@ def gram(Xt: FloatArray, v: FloatArray, rows: IntArray | None = None) -> FloatAr
     return out
 
 
+def grams(Xt: FloatArray, rows: IntArray, *weights: tuple[FloatArray, BoolArray]
+          ) -> list[FloatArray]:
+    """For each (v, wanted) pair, (m, p, p) X' diag(v[j]) X of Xt[rows[j]] where wanted[j]
+    (zero elsewhere): several weightings of one replicate formed while its design is in
+    cache (the sandwich's bread and meat)."""
+    p, n = Xt.shape[1], Xt.shape[2]
+    out = [np.zeros((len(rows), p, p)) for _ in weights]
+    scratch, root = np.empty((p, n)), np.empty(n)
+    for j, i in enumerate(rows):
+        for (v, wanted), o in zip(weights, out):
+            if wanted[j]:
+                np.sqrt(v[j], out=root)
+                np.multiply(Xt[i], root, out=scratch)
+                np.matmul(scratch, scratch.T, out=o[j])
+    return out
+
+
 def xdot(Xt: FloatArray, r: FloatArray, rows: IntArray) -> FloatArray:
     """(m, p) X r for Xt[rows[j]] and r[j] (m, n): a score, without copying the designs."""
     out: FloatArray = np.empty((len(rows), Xt.shape[1]))
