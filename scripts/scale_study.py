@@ -20,6 +20,13 @@ Run it pinned to one core and niced (unpinned JAX on this 2-core machine is 3-5x
     taskset -c 1 nice -n 10 .venv/bin/python scripts/scale_study.py rows \\
         --n 3000,30000,300000 --steps 300000=1000 --out docs/results/scale/rows.json
 
+``fits``: the combined analysis alone against N (K = 100; 1 and 4 peers), with simulated
+twins (`simtwins.posterior_twins`, not DP: the fit's cost does not depend on the maker),
+pinned likewise:
+
+    taskset -c 1 nice -n 10 .venv/bin/python scripts/scale_study.py fits \
+        --n 3000,30000,300000 --peers 1,4 --out docs/results/scale/fits.json
+
 ``nodes``: `scripts/local_cluster.py --no-analysis --record` once per node count (real
 `twinnode run` processes on 127.0.0.1, simulated twins, K each), one after another, and a
 summary of convergence time, catch-up timeouts, peak RSS and CPU per node:
@@ -130,6 +137,40 @@ def cmd_rows(args: argparse.Namespace) -> dict:
     return {"points": points}
 
 
+def cmd_fits(args: argparse.Namespace) -> dict:
+    """The combined analysis alone against N, with simulated twins (`simtwins`, not DP:
+    the fit's cost does not depend on how the twins were made), for each peer count."""
+    from twinnode.analysis.fit import AnalysisOptions, combined_fit
+    from twinnode.lab.simtwins import posterior_twins, simulate_small, small_schema
+
+    schema, points = small_schema(), []
+    for n in args.n:
+        for peers in args.peers:
+            if n * (1 + peers) > args.max_rows:
+                continue
+            local = simulate_small(schema, n, args.seed)
+            twins = {f"peer{i}": posterior_twins(schema, simulate_small(schema, n, 1 + i),
+                                                 sender=f"peer{i}", k=args.k, seed=i)
+                     for i in range(peers)}
+            times, cpu = [], []
+            for _ in range(args.repeat):
+                t, c = time.perf_counter(), time.process_time()
+                fit = combined_fit(schema, local, twins)
+                times.append(time.perf_counter() - t)
+                cpu.append(time.process_time() - c)
+            point = {"n": n, "peers": peers, "k": args.k, "rows_per_fit": n * (1 + peers),
+                     "terms": len(fit.terms), "seconds": [round(x, 3) for x in times],
+                     "cpu_seconds": [round(x, 3) for x in cpu],
+                     "ms_per_fit": round(1e3 * min(times) / args.k, 2),
+                     "us_per_row_and_fit": round(1e6 * min(times) / args.k / (n * (1 + peers)),
+                                                 3), "failed": fit.failed}
+            print(json.dumps(point), flush=True)
+            points.append(point)
+            del twins
+            _write(args, {"points": points})
+    return {"points": points}
+
+
 def cmd_nodes(args: argparse.Namespace) -> dict:
     runs = []
     for m in args.nodes:
@@ -188,6 +229,15 @@ def main(argv: list[str] | None = None) -> int:
     rows.add_argument("--peers", type=int, default=1)
     rows.add_argument("--seed", type=int, default=0)
     rows.add_argument("--out", default="docs/results/scale/rows.json")
+    fits = sub.add_parser("fits", help="the combined analysis alone against N")
+    fits.add_argument("--n", type=_ints, default=[3000, 30000, 300000])
+    fits.add_argument("--peers", type=_ints, default=[1, 4])
+    fits.add_argument("--k", type=int, default=100)
+    fits.add_argument("--repeat", type=int, default=2)
+    fits.add_argument("--max-rows", type=int, default=1_500_000,
+                      help="skip points with more rows per fit (memory: K x rows twins)")
+    fits.add_argument("--seed", type=int, default=0)
+    fits.add_argument("--out", default="docs/results/scale/fits.json")
     nodes = sub.add_parser("nodes", help="local clusters of M nodes x K twins")
     nodes.add_argument("--nodes", type=_ints, default=[5, 10, 20])
     nodes.add_argument("--k", type=int, default=100)
@@ -195,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     nodes.add_argument("--out", default="docs/results/scale/nodes.json")
     args = ap.parse_args(argv)
     args.started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    (cmd_rows if args.part == "rows" else cmd_nodes)(args)
+    {"rows": cmd_rows, "fits": cmd_fits, "nodes": cmd_nodes}[args.part](args)
     return 0
 
 

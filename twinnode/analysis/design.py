@@ -147,7 +147,7 @@ def stack_blocks(blocks: Sequence[Sequence[Block | Rows]], design: Design,
     sizes = [sum(_rows(b) for b in row) for row in blocks]
     K, n, p = len(blocks), max(sizes), design.p
     if out is not None and out.X.shape[0] >= K and out.X.shape[1:] == (p, n):
-        X, y, w, part = (a[:K] for a in out)
+        X, y, w, part = out.X[:K], out.y[:K], out.w[:K], out.part[:K]
     else:
         X, y = np.empty((K, p, n)), np.empty((K, n))
         w, part = np.empty((K, n)), np.empty((K, n), bool)
