@@ -130,8 +130,9 @@ class _ScoreStep:
     def score(self, rows: IntArray, fresh: IntArray) -> tuple[FloatArray, FloatArray]:
         """(m, p) scores X'(wy - w mu) of `rows`; (f, p, p) Hessians X' diag(w mu) X of
         `fresh` (a subset of rows), formed from the same weights while X is in cache."""
-        for i in rows:
-            self._products(i, bool(np.isin(i, fresh)))
+        due = set(fresh.tolist())
+        for i in rows.tolist():
+            self._products(i, i in due)
         return self.grad[rows], self.hess[fresh]
 
     def hessian(self, rows: IntArray) -> FloatArray:
@@ -161,12 +162,13 @@ class _ScoreStep:
         more than CHORD since its last (`moved_before` + this move) or this move was
         below REUSE (the next Hessian is then the sandwich's bread)."""
         t, moved = np.ones(len(rows)), np.empty(len(rows))
+        # converged if the full step is taken (t = 1) and it is this small
+        small = (np.abs(step).max(axis=1, initial=0.0)
+                 <= tol * (1.0 + np.abs(beta + step).max(axis=1, initial=0.0))).tolist()
         done = np.zeros(len(rows), bool)
-        for j, i in enumerate(rows):
+        for j, i in enumerate(rows.tolist()):
             t[j], moved[j] = self._step(i, step[j])
-            s = t[j] * step[j]
-            done[j] = t[j] == 1.0 and (np.abs(s).max(initial=0.0)
-                                      <= tol * (1.0 + np.abs(beta[j] + s).max(initial=0.0)))
+            done[j] = t[j] == 1.0 and small[j]
             if not done[j]:
                 self.due[i] = not (moved[j] > REUSE and moved_before[j] + moved[j] <= CHORD)
                 self._products(i, bool(self.due[i]))
