@@ -32,13 +32,14 @@ pinned likewise:
 summary of convergence time, catch-up timeouts, peak RSS and CPU per node:
 
     nice -n 10 .venv/bin/python scripts/scale_study.py nodes --nodes 5,10,20,50 --k 100 \\
-        --out docs/results/scale/nodes.json
+        --heartbeat 1 --out docs/results/scale/nodes.json
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -175,12 +176,14 @@ def cmd_nodes(args: argparse.Namespace) -> dict:
     runs = []
     for m in args.nodes:
         record = Path(args.out).with_name(f"nodes-{m}.json")
+        work = tempfile.mkdtemp(prefix=f"tnscale{m}-", dir="/tmp")
         cmd = [sys.executable, str(HERE / "local_cluster.py"), "--parties", str(m), "--k",
-               str(args.k), "--no-analysis", "--record", str(record),
-               "--heartbeat", str(args.heartbeat)]
+               str(args.k), "--no-analysis", "--record", str(record), "--workdir", work,
+               "--heartbeat", str(args.heartbeat), "--timeout", str(args.timeout)]
         print(" ".join(cmd), flush=True)
         t = time.perf_counter()
         done = subprocess.run(cmd, check=False)
+        shutil.rmtree(work, ignore_errors=True)  # M x M x K twins on disk
         row: dict[str, Any] = {"nodes": m, "k": args.k, "exit": done.returncode,
                                "wall_seconds": round(time.perf_counter() - t, 1),
                                "record": record.name}
@@ -201,14 +204,17 @@ def cmd_nodes(args: argparse.Namespace) -> dict:
 
 def _write(args: argparse.Namespace, body: dict) -> None:
     head = {"command": "python " + " ".join(sys.argv), "commit": _commit(),
+            "main_commit": _commit("main"),
             "cpus": sorted(os.sched_getaffinity(0)), "started": args.started}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(head | body, indent=1) + "\n")
 
 
-def _commit() -> str:
+def _commit(base: str | None = None) -> str:
+    """HEAD's commit, or with `base` the commit HEAD shares with that branch."""
+    cmd = ["rev-parse", "HEAD"] if base is None else ["merge-base", "HEAD", base]
     try:
-        return subprocess.run(["git", "-C", str(HERE), "rev-parse", "HEAD"], check=True,
+        return subprocess.run(["git", "-C", str(HERE), *cmd], check=True,
                               capture_output=True, text=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -241,7 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     nodes = sub.add_parser("nodes", help="local clusters of M nodes x K twins")
     nodes.add_argument("--nodes", type=_ints, default=[5, 10, 20])
     nodes.add_argument("--k", type=int, default=100)
-    nodes.add_argument("--heartbeat", type=float, default=0.25)
+    nodes.add_argument("--heartbeat", type=float, default=1.0,
+                       help="[network] heartbeat_interval (the node's default 1 s)")
+    nodes.add_argument("--timeout", type=float, default=1500.0)
     nodes.add_argument("--out", default="docs/results/scale/nodes.json")
     args = ap.parse_args(argv)
     args.started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
