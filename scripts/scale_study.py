@@ -175,7 +175,8 @@ def cmd_fits(args: argparse.Namespace) -> dict:
 def cmd_nodes(args: argparse.Namespace) -> dict:
     runs = []
     for m in args.nodes:
-        record = Path(args.out).with_name(f"nodes-{m}.json")
+        tag = "" if args.heartbeat == 1.0 else f"-hb{args.heartbeat:g}"
+        record = Path(args.out).with_name(f"nodes-{m}{tag}.json")
         work = tempfile.mkdtemp(prefix=f"tnscale{m}-", dir="/tmp")
         cmd = [sys.executable, str(HERE / "local_cluster.py"), "--parties", str(m), "--k",
                str(args.k), "--no-analysis", "--record", str(record), "--workdir", work,
@@ -183,10 +184,12 @@ def cmd_nodes(args: argparse.Namespace) -> dict:
         print(" ".join(cmd), flush=True)
         t = time.perf_counter()
         done = subprocess.run(cmd, check=False)
-        shutil.rmtree(work, ignore_errors=True)  # M x M x K twins on disk
+        if done.returncode == 0:  # M x M x K twins on disk; kept (with the logs) on failure
+            shutil.rmtree(work, ignore_errors=True)
         row: dict[str, Any] = {"nodes": m, "k": args.k, "exit": done.returncode,
                                "wall_seconds": round(time.perf_counter() - t, 1),
-                               "record": record.name}
+                               "record": record.name, "workdir": None if done.returncode == 0
+                               else work}
         if done.returncode == 0 and record.exists():
             rec = json.loads(record.read_text())
             per = rec["nodes"].values()
