@@ -4,6 +4,7 @@
                                     [--workdir DIR] [--keep-running]
                                     [--no-analysis] [--record FILE.json]
                                     [--heartbeat SECONDS] [--catchup-interval SECONDS]
+                                    [--timeout SECONDS]
 
 Writes keys and configs per party (twinnode.lab.harness.LocalCluster), starts `twinnode run` for
 each, waits until every node hears every peer, has each party publish K twins, waits until

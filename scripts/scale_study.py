@@ -29,7 +29,9 @@ pinned likewise:
 
 ``nodes``: `scripts/local_cluster.py --no-analysis --record` once per node count (real
 `twinnode run` processes on 127.0.0.1, simulated twins, K each), one after another, and a
-summary of convergence time, catch-up timeouts, peak RSS and CPU per node:
+summary of convergence time, catch-up timeouts, peak RSS and CPU per node. Each run's record
+is nodes-M.json beside --out (nodes-M-hbH.json at another heartbeat); a failed run keeps its
+work directory (node logs) and names it in the summary:
 
     nice -n 10 .venv/bin/python scripts/scale_study.py nodes --nodes 5,10,20,50 --k 100 \\
         --heartbeat 1 --out docs/results/scale/nodes.json
