@@ -4,6 +4,7 @@
                                     [--workdir DIR] [--keep-running]
                                     [--no-analysis] [--record FILE.json]
                                     [--heartbeat SECONDS] [--catchup-interval SECONDS]
+                                    [--timeout SECONDS]
 
 Writes keys and configs per party (twinnode.lab.harness.LocalCluster), starts `twinnode run` for
 each, waits until every node hears every peer, has each party publish K twins, waits until
@@ -43,6 +44,8 @@ def main() -> int:
     ap.add_argument("--record", type=Path, help="write the convergence figures here (JSON)")
     ap.add_argument("--heartbeat", type=float, default=0.25,
                     help="[network] heartbeat_interval (the harness's 0.25; a node's default 1)")
+    ap.add_argument("--timeout", type=float, help="seconds to wait for full holdings "
+                    "(default: 3600 with --train, else 600)")
     ap.add_argument("--catchup-interval", type=float, default=2.0,
                     help="[network] catchup_interval (the harness's 2; a node's default 10)")
     args = ap.parse_args()
@@ -80,7 +83,7 @@ def main() -> int:
                 c.ctl(name, "publish", release=str(root / f"release-{name}"))
         what = "DP-trained" if args.train else "simulated (not DP)"
         t_pub = time.monotonic()
-        done = wait_all(c, names, args.k, 3600 if args.train else 600)
+        done = wait_all(c, names, args.k, args.timeout or (3600 if args.train else 600))
         t_all = time.monotonic()
         print(f"{t_all - t0:6.1f} s  every node holds {args.parties} x {args.k} "
               f"{what} twins ({t_all - t_pub:.1f} s after the first publish)")

@@ -25,7 +25,7 @@ twins' noise and bias against the local rows' noise. Pure functions: no files, n
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -53,10 +53,13 @@ from twinnode.errors import AnalysisError
 from twinnode.schema import Schema
 from twinnode.twins import Twin
 
+Builder = Callable[[Sequence[int], Optional[Stack]], Stack]
+"""Stacks the given replicates (into the stack passed, when it fits: `stack_blocks`)."""
 MAX_ELEMENTS = 500_000
-"""Replicates are fitted in chunks of about this many design-matrix cells (4 MB): small
-enough to stay in cache (measured 1.6x faster than one batch of K = 100), large enough that
-numpy's per-call overhead is shared."""
+"""Replicates are fitted in chunks of about this many design-matrix cells (4 MB), which
+bounds the memory of a stack. The fitter's products run one replicate at a time (`newton`,
+`spd`), so the chunk size hardly changes the time any more (0.5 to 14 million cells within
+the noise on randhie, K = 100; measured, issue 16)."""
 
 
 @dataclass(frozen=True)
@@ -203,13 +206,13 @@ def combined_fit(schema: Schema, local_frame: pd.DataFrame | None, peers: Peers 
         return _local_run(design, options, "combined", local, weight, warnings)
     names = tuple(twins)
 
-    def build(ks: Sequence[int]) -> Stack:
+    def build(ks: Sequence[int], out: Stack | None = None) -> Stack:
         blocks = []
         for i in ks:
             row: list[Block | Rows] = [] if local is None else [local]
             row += [Rows(twins[name][i].arrays, weight, True) for name in names]
             blocks.append(row)
-        return stack_blocks(blocks, design)
+        return stack_blocks(blocks, design, out)
 
     rows = {"local": 0 if local is None else len(local.y)}
     rows |= {name: twins[name][0].rows for name in names}
@@ -311,12 +314,15 @@ def _local_block(schema: Schema, design: Design, frame: pd.DataFrame) -> Block:
 def _local_run(design: Design, options: AnalysisOptions, kind: str, local: Block,
                weight: float, warnings: list[str]) -> PooledFit:
     """The local rows as one replicate (K = 1)."""
-    return _run(design, options, kind, 1, lambda ks: stack_blocks([[local]], design), (),
+    def build(ks: Sequence[int], out: Stack | None = None) -> Stack:
+        return stack_blocks([[local]], design)
+
+    return _run(design, options, kind, 1, build, (),
                 {"local": len(local.y)}, weight, warnings)
 
 
 def _run(design: Design, options: AnalysisOptions, kind: str, k: int,
-         build: Callable[[Sequence[int]], Stack], peers: tuple[str, ...],
+         build: Builder, peers: tuple[str, ...],
          rows: Mapping[str, int], weight: float, warnings: list[str]) -> PooledFit:
     """Fit all replicates, pool them, and write down what went wrong."""
     fits = _fit_replicates(options, k, build, max(1, sum(rows.values()) * design.p))
@@ -343,18 +349,20 @@ def _run(design: Design, options: AnalysisOptions, kind: str, k: int,
                      options=options, warnings=tuple(warnings), replicates=reps)
 
 
-def _fit_replicates(options: AnalysisOptions, k: int, build: Callable[[Sequence[int]], Stack],
+def _fit_replicates(options: AnalysisOptions, k: int, build: Builder,
                     cells: int) -> list[BatchFit]:
     """The K replicates' fits, in chunks of about MAX_ELEMENTS design cells (`cells` per
     replicate), each chunk started from the first replicate's estimate."""
     chunk = max(1, MAX_ELEMENTS // cells)
     # replicates differ little: the first one's estimate is a start from which Newton
     # needs ~3 steps for the others (and the first step shares one Hessian, `glm`)
-    X, y, w, part = build([0])
+    X, y, w, part = build([0], None)
     fits = [fit_poisson_columns(X, y, w, part=part, cov_type=options.cov_type)]
     warm = fits[0].coef[0] if fits[0].converged[0] else None
+    stack = None  # one buffer for every chunk (stack_blocks fills it again)
     for start in range(1, k, chunk):
-        X, y, w, part = build(range(start, min(k, start + chunk)))
+        stack = build(range(start, min(k, start + chunk)), stack)
+        X, y, w, part = stack
         fits.append(fit_poisson_columns(X, y, w, part=part, cov_type=options.cov_type,
                                         start=warm))
     return fits

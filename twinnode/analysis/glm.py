@@ -49,7 +49,7 @@ from scipy.special import gammaln
 from twinnode.analysis.arrays import BoolArray, FloatArray, IntArray
 from twinnode.analysis.options import COV_TYPES, DEFAULT_COV_TYPE
 from twinnode.analysis.newton import Newton, run_newton, start_values
-from twinnode.analysis.spd import gram, spd_inverse
+from twinnode.analysis.spd import gram, grams, spd_inverse
 from twinnode.errors import AnalysisError
 
 ACCEPTED_COV_TYPES = (*COV_TYPES, None)
@@ -262,26 +262,26 @@ def _sandwich(Xt: FloatArray, y: FloatArray, w: FloatArray, newton: Newton,
     if idx.size == 0:
         return coef, cov_all, part_all
     sel = slice(None) if idx.size == K else idx
-    Xc, yc, wc, kc, mu = Xt[sel], y[sel], w[sel], keep[sel], newton.mu[sel]
+    yc, wc, kc, mu = y[sel], w[sel], keep[sel], newton.mu[sel]
     coef[idx] = np.where(kc, newton.beta[sel], np.nan)
     if cov_type is None:
         return coef, cov_all, part_all
     both = kc[:, :, None] & kc[:, None, :]
     bread = newton.bread[sel]
-    stale = np.flatnonzero(~newton.fresh[sel])
-    if stale.size:
-        bread[stale] = spd_inverse(gram(Xc[stale], wc[stale] * mu[stale]) * both[stale]
-                                   + np.eye(p) * (~kc[stale])[:, :, None])
-    bread = bread * both  # zero rows/columns for dropped terms: they drop out
+    stale = ~newton.fresh[sel]
     r2: FloatArray = np.square(wc * (yc - mu))
+    hess, meat = grams(Xt, idx, (wc * mu, stale), (r2, np.ones(len(idx), bool)))
+    if stale.any():
+        s = np.flatnonzero(stale)
+        bread[s] = spd_inverse(hess[s] * both[s] + np.eye(p) * (~kc[s])[:, :, None])
+    bread = bread * both  # zero rows/columns for dropped terms: they drop out
     factor = np.ones(len(idx)) if cov_type == "HC0" else _hc1_factor(wc, kc.sum(axis=1))
-    meat = gram(Xc, r2)
     cov_all[idx] = _symmetric(bread @ meat @ bread * factor[:, None, None], both)
     if part is None:
         part_all[idx] = np.where(both, 0.0, np.nan)
     else:
         pc = np.asarray(part, bool).reshape(K, n)[sel]
-        meat_p = _part_meat(Xc, r2, pc, meat)
+        meat_p = _part_meat(Xt, idx, r2, pc, meat)
         part_all[idx] = _symmetric(bread @ meat_p @ bread * factor[:, None, None], both)
     return coef, cov_all, part_all
 
@@ -292,15 +292,16 @@ def _symmetric(cov: FloatArray, both: BoolArray) -> FloatArray:
     return out
 
 
-def _part_meat(Xt: FloatArray, r2: FloatArray, part: BoolArray, meat: FloatArray
-               ) -> FloatArray:
-    """X' diag(r2 part) X. When the other rows lie in a short prefix (a combined fit's local
-    rows come first), the whole meat less theirs, which reads only that prefix."""
+def _part_meat(Xt: FloatArray, rows: IntArray, r2: FloatArray, part: BoolArray,
+               meat: FloatArray) -> FloatArray:
+    """X' diag(r2 part) X for the replicates Xt[rows]. When the other rows lie in a short
+    prefix (a combined fit's local rows come first), the whole meat less theirs, which
+    reads only that prefix."""
     other = np.flatnonzero(((~part) & (r2 > 0)).any(axis=0))
     end = int(other[-1]) + 1 if other.size else 0
     if end > Xt.shape[2] // 2:
-        return gram(Xt, r2 * part)
-    rest: FloatArray = meat - gram(Xt[:, :, :end], r2[:, :end] * ~part[:, :end])
+        return gram(Xt, r2 * part, rows)
+    rest: FloatArray = meat - gram(Xt[:, :, :end], r2[:, :end] * ~part[:, :end], rows)
     return rest
 
 
