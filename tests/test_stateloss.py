@@ -38,15 +38,20 @@ def second_release(world: World, tmp_path) -> str:
     return str(path)
 
 
+def first_release_everywhere(c, world) -> None:
+    """Start the cluster; alice publishes her first release and every node holds it."""
+    c.start()
+    c.wait_connected(WAIT)
+    c.ctl("alice", "publish", release=world.release("alice"), wait=True)
+    c.wait_holdings({"alice": K}, WAIT)
+
+
 def test_a_node_that_lost_its_state_recovers_and_its_new_release_reaches_every_peer(
         world, tmp_path):
     again = second_release(world, tmp_path)
     with cluster(world, tmp_path / "c") as c:
         # Prepare: alice publishes (epsilon 1) and every node holds it
-        c.start()
-        c.wait_connected(WAIT)
-        c.ctl("alice", "publish", release=world.release("alice"), wait=True)
-        c.wait_holdings({"alice": K}, WAIT)
+        first_release_everywhere(c, world)
         first = held(c, "bob")["alice"]
         # Execute: alice's state directory is lost (keys kept)
         assert c.stop("alice") == 0
@@ -219,10 +224,7 @@ def test_a_recovery_with_a_silent_peer_is_refused_until_the_operator_accepts_the
     again = second_release(world, tmp_path)
     with cluster(world, tmp_path / "c") as c:
         # Prepare: alice's first release reaches bob and carol, then alice loses her state
-        c.start()
-        c.wait_connected(WAIT)
-        c.ctl("alice", "publish", release=world.release("alice"), wait=True)
-        c.wait_holdings({"alice": K}, WAIT)
+        first_release_everywhere(c, world)
         assert c.stop("alice") == 0 and c.stop("carol") == 0
         shutil.rmtree(c.state_dir("alice"))
         path = c.config_path("alice")
@@ -253,10 +255,7 @@ def test_without_the_marker_the_peers_heartbeats_show_the_loss_and_publishing_is
     again = second_release(world, tmp_path)
     with cluster(world, tmp_path / "c") as c:
         # Prepare: alice publishes, then loses her state and the marker beside her keys
-        c.start()
-        c.wait_connected(WAIT)
-        c.ctl("alice", "publish", release=world.release("alice"), wait=True)
-        c.wait_holdings({"alice": K}, WAIT)
+        first_release_everywhere(c, world)
         assert c.stop("alice") == 0
         shutil.rmtree(c.state_dir("alice"))
         (c.state_dir("alice").parent / "keys" / "alice.used").unlink()
