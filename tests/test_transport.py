@@ -195,3 +195,57 @@ def test_replies_to_a_requester_that_stops_reading_are_bounded_then_abandoned(mo
     sent = run(main())
     # Assert: a handful (both high-water marks plus what the kernel's TCP buffers hold)
     assert 4 <= sent < 40
+
+
+
+def test_relinking_under_streams_of_multipart_messages_never_aborts_and_receiving_goes_on():
+    """A relink closes the old socket and makes a new one: `disconnect()` on a SUB holding
+    part of a message from one of several publishers aborts the process in libzmq
+    (`!_more`, zeromq/libzmq#3485); 20- and 50-node start-ups lost nodes that way. The
+    receives pending on the old sockets carry on on the new ones."""
+    async def main() -> None:
+        # Prepare: three servers streaming 3-frame messages to one client's SUB
+        client_keys = zmq.curve_keypair()
+        keys = [zmq.curve_keypair() for _ in range(3)]
+        servers = [await started(k, [client_keys[0]]) for k in keys]
+        client = await started(client_keys, [])
+        links = [(f"s{i}", s.endpoints["pub"], s.endpoints["router"], k[0])
+                 for i, (s, k) in enumerate(zip(servers, keys))]
+        for link in links:
+            client.connect(*link)
+        live: list = []
+        replies: list = []
+        tasks = [asyncio.create_task(drain(client, live, client.recv_sub)),
+                 asyncio.create_task(drain(client, replies, lambda: client.recv_reply("s0")))]
+
+        async def stream(server: Transport) -> None:
+            while True:
+                await server.publish([b"twin:s", b"x" * 2000, b"y" * 50_000])
+                await asyncio.sleep(0)
+
+        tasks += [asyncio.create_task(stream(s)) for s in servers]
+        try:
+            await until(lambda: len(live) > 20, "the first messages")
+            # Execute: relink s0 on both roles 100 times while all three streams flow
+            for _ in range(100):
+                client.relink(*links[0])
+                await asyncio.sleep(0.005)
+            # Assert: the receive loops are alive and hear the servers on the new sockets
+            heard = len(live)
+            await until(lambda: len(live) > heard + 20, "messages after the relinks")
+            assert all(len(m) == 3 and len(m[2]) == 50_000 for m in live)
+            sent = False
+            while not sent:
+                sent = await client.request("s0", [b"req:client", b"have"])
+                await asyncio.sleep(0.02)
+            routing_id, _ = await asyncio.wait_for(servers[0].recv_request(), WAIT)
+            assert await servers[0].reply(routing_id, [b"end:s0", b"done"])
+            await until(lambda: replies == [[b"end:s0", b"done"]], "the reply")
+            assert not any(t.done() for t in tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for t in (*servers, client):
+                t.close()
+
+    run(main())

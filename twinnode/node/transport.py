@@ -22,8 +22,8 @@ inside a message: framing, signatures and meaning are `wire.py`'s and the node's
 libzmq gives up on a connection for good after a ZAP denial, a failed CURVE handshake or a
 protocol error (a frame over MAXMSGSIZE): it retries only lost TCP connections. So the SUB
 and every DEALER carry a socket monitor; `link_events` drains what they saw (without
-blocking), and `relink` disconnects and connects one peer's endpoints again (`node.links`
-decides when).
+blocking), and `relink` makes one peer's connections again (`node.links`
+decides when) on new sockets.
 """
 from __future__ import annotations
 
@@ -102,6 +102,7 @@ class Transport:
         self.sub: zmq.asyncio.Socket | None = None
         self.dealers: dict[str, zmq.asyncio.Socket] = {}
         self.endpoints: dict[str, str] = {}
+        self._subscribed: dict[str, tuple[str, bytes]] = {}  # peer: (its PUB, its server key)
         self._monitors: dict[str | None, tuple[zmq.asyncio.Socket, zmq.Socket]] = {}
 
     async def start(self, pub: str, router: str) -> None:
@@ -117,11 +118,7 @@ class Transport:
             self.router = self._server(zmq.ROUTER, router, "router", sndhwm=self.reply_hwm,
                                        maxmsgsize=self.request_bytes)
             self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-            self.sub = self._socket(zmq.SUB)
-            self._client(self.sub)
-            for prefix in SUBSCRIPTIONS:
-                self.sub.setsockopt(zmq.SUBSCRIBE, prefix)
-            self._monitor(None, self.sub)
+            self.sub = self._new_sub()
         except BaseException:
             self.close()
             raise
@@ -136,18 +133,15 @@ class Transport:
         try:
             self.sub.setsockopt(zmq.CURVE_SERVERKEY, server_key)
             self.sub.connect(pub_address)  # the server key is read at connect time
-            dealer = self._socket(zmq.DEALER)
-            self._client(dealer, server_key)
-            dealer.setsockopt(zmq.IMMEDIATE, 1)
-            self._monitor(peer, dealer)
-            dealer.connect(router_address)
+            self.dealers[peer] = self._new_dealer(peer, router_address, server_key)
         except zmq.ZMQError as exc:
             raise TransportError(f"cannot connect to peer {peer!r} at {pub_address} / "
                                  f"{router_address}: {exc}") from None
-        self.dealers[peer] = dealer
+        self._subscribed[peer] = (pub_address, server_key)
 
     def disconnect(self, peer: str, pub_address: str) -> None:
         """Stop subscribing to `peer`'s PUB and close our DEALER to its ROUTER."""
+        self._subscribed.pop(peer, None)
         if self.sub is not None:
             try:
                 self.sub.disconnect(pub_address)
@@ -160,19 +154,26 @@ class Transport:
 
     def relink(self, peer: str, pub_address: str, router_address: str, server_key: bytes,
                roles: Iterable[str] = ("sub", "dealer")) -> None:
-        """Drop and make again our connection(s) to `peer`'s PUB ("sub") and ROUTER ("dealer"):
-        the sockets stay open (a pending receive goes on), libzmq shakes hands anew."""
+        """Make our connection(s) to `peer`'s PUB ("sub") and ROUTER ("dealer") again, on new
+        sockets: libzmq shakes hands anew. The old socket is closed, never disconnected:
+        `disconnect()` on a socket that holds part of a message aborts the process in libzmq
+        (`Assertion failed: !_more (src/fq.cpp)`, zeromq/libzmq#3485). A receive pending on
+        the old socket goes on on the new one (`recv_sub`, `recv_reply`); what the old one
+        held unread is lost, and catch-up fetches it again. The SUB serves every peer, so a
+        new SUB connects to all of them."""
         roles = set(roles)
+        if peer in self._subscribed:
+            self._subscribed[peer] = (pub_address, server_key)
         if "sub" in roles and self.sub is not None:
-            with contextlib.suppress(zmq.ZMQError):
-                self.sub.disconnect(pub_address)
-            self.sub.setsockopt(zmq.CURVE_SERVERKEY, server_key)
-            self.sub.connect(pub_address)
+            old = self.sub
+            self._unmonitor(None, old)  # first: the new SUB's monitor takes its place
+            self.sub = self._new_sub()
+            old.close(linger=0)
         dealer = self.dealers.get(peer)
         if "dealer" in roles and dealer is not None:
-            with contextlib.suppress(zmq.ZMQError):
-                dealer.disconnect(router_address)
-            dealer.connect(router_address)
+            self._unmonitor(peer, dealer)
+            self.dealers[peer] = self._new_dealer(peer, router_address, server_key)
+            dealer.close(linger=0)
 
     def link_events(self) -> list[LinkEvent]:
         """Every event the SUB's and the DEALERs' monitors saw since the last call (no wait)."""
@@ -224,7 +225,7 @@ class Transport:
         await self._need(self.pub).send_multipart(frames)
 
     async def recv_sub(self) -> list[bytes]:
-        return await self._need(self.sub).recv_multipart()
+        return await self._recv(lambda: self._need(self.sub))
 
     async def recv_request(self) -> tuple[bytes, list[bytes]]:
         """(routing id, frames) of the next message on the ROUTER."""
@@ -250,7 +251,21 @@ class Transport:
             return False
 
     async def recv_reply(self, peer: str) -> list[bytes]:
-        return await self._dealer(peer).recv_multipart()
+        return await self._recv(lambda: self._dealer(peer))
+
+    @staticmethod
+    async def _recv(current: Callable[[], zmq.asyncio.Socket]) -> list[bytes]:
+        """The next message on `current()`; when `relink` replaced that socket meanwhile
+        (closing the old one cancels its pending receive), go on on the new one."""
+        while True:
+            sock = current()
+            try:
+                return await sock.recv_multipart()
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling() == 0 and current() is not sock:
+                    continue  # our socket was replaced, not our task cancelled
+                raise
 
     def close(self) -> None:
         """Close every socket (linger 0) and stop the ZAP handler; safe to call twice."""
@@ -306,12 +321,34 @@ class Transport:
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
 
+    def _new_sub(self) -> zmq.asyncio.Socket:
+        """A SUB for our subscriptions, monitored, connected to every peer's PUB."""
+        sub = self._socket(zmq.SUB)
+        self._client(sub)
+        for prefix in SUBSCRIPTIONS:
+            sub.setsockopt(zmq.SUBSCRIBE, prefix)
+        self._monitor(None, sub)
+        for pub_address, server_key in self._subscribed.values():
+            sub.setsockopt(zmq.CURVE_SERVERKEY, server_key)
+            sub.connect(pub_address)  # the server key is read at connect time
+        return sub
+
+    def _new_dealer(self, peer: str, router_address: str,
+                    server_key: bytes) -> zmq.asyncio.Socket:
+        """A DEALER to `peer`'s ROUTER, monitored, connected."""
+        dealer = self._socket(zmq.DEALER)
+        self._client(dealer, server_key)
+        dealer.setsockopt(zmq.IMMEDIATE, 1)
+        self._monitor(peer, dealer)
+        dealer.connect(router_address)
+        return dealer
+
     def _monitor(self, peer: str | None, sock: zmq.asyncio.Socket) -> None:
         """Watch `sock`'s links (`link_events`); `peer` None is the SUB."""
         mon = sock.get_monitor_socket(LINK_EVENTS)
         self._monitors[peer] = (mon, zmq.Socket.shadow(mon.underlying))
 
-    def _unmonitor(self, peer: str, sock: zmq.asyncio.Socket) -> None:
+    def _unmonitor(self, peer: str | None, sock: zmq.asyncio.Socket) -> None:
         watched = self._monitors.pop(peer, None)
         if watched is not None:
             with contextlib.suppress(zmq.ZMQError):
