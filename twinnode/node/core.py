@@ -264,7 +264,7 @@ class Node:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            transport.disconnect(peer.name, peer.pub_address or "")
+            transport.disconnect(peer.name)
         transport.allow_only(p.curve_key for p in self.config.peers)
         for peer in change.added:
             transport.connect(peer.name, peer.pub_address or "", peer.router_address or "",
@@ -446,5 +446,3 @@ class Node:
         event(log, "release.published", release=release.receipt.get("release"),
               k=len(release.twins), seqs=f"{seqs[0]}-{seqs[-1]}" if seqs else "-")
         return seqs
-
-

@@ -131,22 +131,18 @@ class Transport:
         if peer in self.dealers:
             raise TransportError(f"peer {peer!r} is already connected")
         try:
-            self.sub.setsockopt(zmq.CURVE_SERVERKEY, server_key)
-            self.sub.connect(pub_address)  # the server key is read at connect time
+            _subscribe(self.sub, pub_address, server_key)
             self.dealers[peer] = self._new_dealer(peer, router_address, server_key)
         except zmq.ZMQError as exc:
             raise TransportError(f"cannot connect to peer {peer!r} at {pub_address} / "
                                  f"{router_address}: {exc}") from None
         self._subscribed[peer] = (pub_address, server_key)
 
-    def disconnect(self, peer: str, pub_address: str) -> None:
-        """Stop subscribing to `peer`'s PUB and close our DEALER to its ROUTER."""
-        self._subscribed.pop(peer, None)
-        if self.sub is not None:
-            try:
-                self.sub.disconnect(pub_address)
-            except zmq.ZMQError:
-                pass  # never connected (or already gone)
+    def disconnect(self, peer: str) -> None:
+        """Stop subscribing to `peer`'s PUB and close our DEALER to its ROUTER (new SUB
+        without it: never `disconnect()`, see `relink`)."""
+        if self._subscribed.pop(peer, None) is not None:
+            self._renew_sub()
         dealer = self.dealers.pop(peer, None)
         if dealer is not None:
             self._unmonitor(peer, dealer)
@@ -164,11 +160,8 @@ class Transport:
         roles = set(roles)
         if peer in self._subscribed:
             self._subscribed[peer] = (pub_address, server_key)
-        if "sub" in roles and self.sub is not None:
-            old = self.sub
-            self._unmonitor(None, old)  # first: the new SUB's monitor takes its place
-            self.sub = self._new_sub()
-            old.close(linger=0)
+        if "sub" in roles:
+            self._renew_sub()
         dealer = self.dealers.get(peer)
         if "dealer" in roles and dealer is not None:
             self._unmonitor(peer, dealer)
@@ -321,6 +314,15 @@ class Transport:
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
 
+    def _renew_sub(self) -> None:
+        """Replace the SUB by a new one connected to every peer in `_subscribed`."""
+        if self.sub is None:
+            return
+        old = self.sub
+        self._unmonitor(None, old)  # first: the new SUB's monitor takes its place
+        self.sub = self._new_sub()
+        old.close(linger=0)
+
     def _new_sub(self) -> zmq.asyncio.Socket:
         """A SUB for our subscriptions, monitored, connected to every peer's PUB."""
         sub = self._socket(zmq.SUB)
@@ -329,8 +331,7 @@ class Transport:
             sub.setsockopt(zmq.SUBSCRIBE, prefix)
         self._monitor(None, sub)
         for pub_address, server_key in self._subscribed.values():
-            sub.setsockopt(zmq.CURVE_SERVERKEY, server_key)
-            sub.connect(pub_address)  # the server key is read at connect time
+            _subscribe(sub, pub_address, server_key)
         return sub
 
     def _new_dealer(self, peer: str, router_address: str,
@@ -366,3 +367,9 @@ class Transport:
         if sock is None:
             raise TransportError("transport is closed")
         return sock
+
+
+def _subscribe(sub: zmq.asyncio.Socket, pub_address: str, server_key: bytes) -> None:
+    """Connect `sub` to a peer's PUB under that peer's CURVE server key."""
+    sub.setsockopt(zmq.CURVE_SERVERKEY, server_key)
+    sub.connect(pub_address)  # the server key is read at connect time
