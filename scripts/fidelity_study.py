@@ -124,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="the new method with a GeneratorSettings field changed (repeatable; "
                          "its cells are labelled new-KEY=VALUE)")
     args = ap.parse_args(argv)
-    overrides = dict(_setting(text) for text in args.set)
+    from studylib import parse_setting
+
+    overrides = dict(parse_setting(text) for text in args.set)
     methods = list(args.methods)
     if "mst" in methods:
         from twinnode.lab import mst
@@ -166,17 +168,6 @@ def main(argv: list[str] | None = None) -> int:
         + "\n\n" + table + "\n")
     print(table)
     return 0
-
-
-def _setting(text: str) -> tuple[str, object]:
-    """KEY=VALUE for a GeneratorSettings field, the value read as JSON where it parses."""
-    key, sep, value = text.partition("=")
-    if not sep:
-        raise SystemExit(f"--set {text!r}: expected KEY=VALUE")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
 
 
 if __name__ == "__main__":

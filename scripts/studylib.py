@@ -145,3 +145,15 @@ def markdown(df: pd.DataFrame) -> str:
     rule = "|" + "---|" * len(df.columns)
     body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join([head, rule, *body])
+
+
+def parse_setting(text: str) -> tuple[str, Any]:
+    """A `--set KEY=VALUE` override of a TrainPlan / GeneratorSettings field, the value read
+    as JSON where it parses (numbers, true/false, lists), else kept as text."""
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise SystemExit(f"--set {text!r}: expected KEY=VALUE")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value

@@ -104,10 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from twinnode.data import randhie
 
-    overrides = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        overrides[key] = json.loads(value) if value[:1] in "0123456789-[{" else value
+    overrides = dict(studylib.parse_setting(item) for item in args.set)
     n0s = [int(x) for x in args.n0.split(",")]
     splits = args.splits.split(",")
     epsilons = [float(x) for x in args.epsilons.split(",")]
