@@ -123,7 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="the new method with a GeneratorSettings field changed (repeatable; "
                          "its cells are labelled new-KEY=VALUE)")
+    ap.add_argument("--shard", default="0/1", metavar="I/N",
+                    help="run only the seeds s with s %% N == I (several processes side by side)")
     args = ap.parse_args(argv)
+    shard, shards = (int(x) for x in args.shard.split("/"))
     from studylib import parse_setting
 
     overrides = dict(parse_setting(text) for text in args.set)
@@ -138,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     cells_dir = args.out / "cells"
     cells_dir.mkdir(parents=True, exist_ok=True)
     cells = []
-    for seed in range(args.seeds):
+    for seed in range(shard, args.seeds, shards):
         for rows in args.rows:
             for eps in args.epsilon:
                 for method in methods:

@@ -72,6 +72,10 @@ def _add_release_method_args(p: argparse.ArgumentParser, plan: TrainPlan,
     p.add_argument("--center-head", action="store_true", default=gen.center_head,
                    help="centre the head's features at the noisy marginal means (needs a "
                         "marginal share > 0; off by default)")
+    p.add_argument("--head-newton", action="store_true", default=gen.head_newton,
+                   help="move the averaged head one Newton step along the averaging window's "
+                        "mean noisy gradient (free; off by default: docs/GENERATOR.md, \"The "
+                        "head under DP noise\")")
     p.add_argument("--components", type=int, default=gen.components,
                    help=f"mixture components (default {gen.components})")
     p.add_argument("--outcome-likelihood", choices=["poisson", "negbinomial"],
@@ -131,7 +135,8 @@ def run_train(args: argparse.Namespace) -> int:
                                  variant=args.variant, average=args.average,
                                  noise_aware=args.noise_aware,
                                  head_learning_rate=args.head_learning_rate,
-                                 center_head=args.center_head)
+                                 center_head=args.center_head,
+                                 head_newton=args.head_newton)
     pinned = pin_to_cpus(parse_cpus(args.cpus))  # before JAX starts its threads
 
     from twinnode.cli.progress import TrainProgress

@@ -42,6 +42,7 @@ from numpyro.infer.util import potential_energy
 from twinnode.generator.settings import GeneratorSettings
 
 LOC, SCALE = "auto_loc", "auto_scale"
+ADAM_B1 = 0.9  # Adam's first-moment decay (numpyro's default), which trace.py relies on
 HEAD_SITES = ("coef", "intercept", "concentration")
 
 
@@ -54,7 +55,7 @@ def make_dpsvi(model: Callable[..., None], guide: AutoDiagonalNormal,
     divided by `expected_batch` (= qN) under Poisson batching, by `size` otherwise. `head`
     (the head's coordinates in the flat latent vector) gets `head_learning_rate`.
     """
-    common = dict(model=model, guide=guide, optim=numpyro.optim.Adam(step_sizes(settings, head)),
+    common = dict(model=model, guide=guide, optim=numpyro.optim.Adam(step_sizes(settings, head), b1=ADAM_B1),
                   per_example_loss=Trace_ELBO(), clipping_threshold=settings.clip,
                   dp_scale=sigma, rng_suite=secure_rng)
     if settings.variant == "aligned":

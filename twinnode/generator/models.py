@@ -25,6 +25,7 @@ from twinnode.generator.settings import GeneratorSettings
 _EPS = 1e-6
 MIN_SCALE = 0.01  # floor on a component's sd (share of the column's range): keeps point masses
                   # (many zeros, a few plan levels) from collapsing a component to infinite density
+COEF_PRIOR_SD, INTERCEPT_PRIOR_SD = 1.0, 2.5  # the head's priors (features on [0, 1])
 PUBLIC_SEED = 20230405  # the guide's starting values come from this seed, never from data
 
 
@@ -52,9 +53,9 @@ def twin_model(xb: jax.Array | None = None, xc: jax.Array | None = None,
     the model samples `num_rows` new rows instead.
     """
     mixture = mixture_prior(layout, components)
-    coef = numpyro.sample("coef", dist.Normal(0.0, 1.0).expand([len(layout.feature_names)])
+    coef = numpyro.sample("coef", dist.Normal(0.0, COEF_PRIOR_SD).expand([len(layout.feature_names)])
                           .to_event(1))
-    intercept = numpyro.sample("intercept", dist.Normal(0.0, 2.5))
+    intercept = numpyro.sample("intercept", dist.Normal(0.0, INTERCEPT_PRIOR_SD))
     phi = (numpyro.sample("concentration", dist.LogNormal(0.0, 2.0))
            if outcome == "negbinomial" else None)
 

@@ -24,7 +24,7 @@ from twinnode.generator.layout import Layout, ModelData
 from twinnode.generator.posterior import Posterior
 from twinnode.generator.accounting import calibrate_split
 from twinnode.generator.anchor import anchored_start, head_center
-from twinnode.generator.headnoise import head_information, head_noise_cov
+from twinnode.generator.headnoise import head_information, head_noise_cov, newton_head
 from twinnode.generator.marginals import Marginals, measure
 from twinnode.generator.privacy import Calibration, Ledger
 from twinnode.generator.sample import sample_twins
@@ -82,7 +82,10 @@ def fit_release(data: ModelData, layout: Layout, cal: Calibration,
     if marginals is not None and settings.center_head:
         settings = replace(settings, head_center=head_center(layout, marginals))
     result = fit(data, layout, cal, settings, seed, progress, start)
-    return Posterior(params=result.params, schema_hash="", n=n, settings=settings,
+    params = result.params
+    if settings.head_newton and result.loc_gradient is not None:
+        params = newton_head(params, result.loc_gradient, layout, n, settings)
+    return Posterior(params=params, schema_hash="", n=n, settings=settings,
                      calibration=cal, release="", created=time.time(),
                      loc_noise_sd=result.loc_noise_sd,
                      marginals=None if marginals is None else marginals.to_dict())
@@ -189,6 +192,8 @@ def method(posterior: Posterior) -> str:
         parts.append(f"the head's own Adam step {s.head_learning_rate:g}")
     if s.average:
         parts.append(f"iterates averaged over the last {s.average:g} of the steps")
+    if s.average and s.head_newton:
+        parts.append("the averaged head moved one Newton step along the window's mean gradient")
     parts.append("each twin drawn with the DP noise of the averaged locations (noise-aware)"
                  if posterior.noise_aware else "twins share the release's DP noise (not noise-aware)")
     return "; ".join(parts)

@@ -32,6 +32,7 @@ class GeneratorSettings:
     noise_aware: bool = True  # twins' draws include the averaged locations' DP noise
     center_head: bool = False  # anchored: the head's features centred at the noisy marginal means
     head_center: tuple[float, ...] = ()  # those means, one per feature (set when trained)
+    head_newton: bool = False  # averaged: one Newton step on the head from the window's gradient
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:

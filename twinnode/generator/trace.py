@@ -6,6 +6,10 @@ last iterate carries. The same trace shows how much noise is left: the window is
 consecutive batches, and the spread of the batch means, divided by their number, estimates
 the variance of the average (the batch-means estimator for a correlated series). That sd is
 what makes the twins noise-aware (sample.py adds it to the guide's own sd).
+
+The tail also keeps each series' values at the two edges of the window (the step before it
+and its last step), which turn a trace of Adam's first moment into the window's mean
+gradient (`mean_gradient`).
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ class TraceTail:
         self.first = total - self.batches * self.length
         self.total = total
         self._sums: dict[str, np.ndarray] = {}
+        self._edges: dict[str, list[np.ndarray | None]] = {}
 
     @property
     def steps(self) -> int:
@@ -37,6 +42,11 @@ class TraceTail:
             return
         rows = next(iter(chunk.values())).shape[0]
         index = np.arange(start, start + rows)
+        for name, values in chunk.items():
+            edges = self._edges.setdefault(name, [None, None])
+            for side, row in enumerate((self.first - 1, self.total - 1)):
+                if start <= row < start + rows:
+                    edges[side] = np.asarray(values[row - start], np.float64)
         keep = (index >= self.first) & (index < self.total)
         if not keep.any():
             return
@@ -58,3 +68,15 @@ class TraceTail:
             var = means.var(axis=0, ddof=1) / self.batches if self.batches > 1 else 0 * means[0]
             out[k] = np.sqrt(var).astype(np.float32)
         return out
+
+    def mean_gradient(self, name: str, beta1: float) -> np.ndarray | None:
+        """The window's mean gradient from a trace of Adam's first moment m (m_t = b1 m_(t-1)
+        + (1 - b1) g_t, so the g's sum is the m's sum plus b1 / (1 - b1) times m's change
+        over the window); None when the window or an edge is missing."""
+        before, last = self._edges.get(name, [None, None])
+        if before is None and self.first == 0 and last is not None:
+            before = np.zeros_like(last)  # Adam's moments start at zero
+        if not self.steps or name not in self._sums or before is None or last is None:
+            return None
+        total = self._sums[name].sum(axis=0) + beta1 / (1 - beta1) * (last - before)
+        return total / self.steps

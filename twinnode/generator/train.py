@@ -22,11 +22,12 @@ import d3p.random as secure_rng
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.example_libraries.optimizers import unpack_optimizer_state
 from d3p.minibatch import subsample_batchify_data
 from d3p.util import sample_from_array
 
 from twinnode.errors import GeneratorError
-from twinnode.generator.dpsvi import LOC, PoissonDPSVI, head_mask, make_dpsvi
+from twinnode.generator.dpsvi import ADAM_B1, LOC, PoissonDPSVI, head_mask, make_dpsvi
 from twinnode.generator.layout import Layout, ModelData
 from twinnode.generator.models import initial_latent, make_guide, make_model, set_up
 from twinnode.generator.privacy import Calibration
@@ -35,6 +36,7 @@ from twinnode.generator.trace import TraceTail
 
 ProgressFn = Callable[[int, int, float], None]  # (steps done, total steps, ELBO per row)
 Arrays = tuple[jax.Array, ...]
+MOMENT = "adam_m"        # the trace's series of Adam's first moment of the locations
 TICK_EVERY = 8          # steps between the compiled chunk's host callbacks
 PROGRESS_EVERY = 0.5    # seconds: at most this often a report inside a chunk
 
@@ -77,6 +79,7 @@ class TrainResult(NamedTuple):
     overflow_steps: int        # Poisson batches that were truncated (almost always 0)
     seconds: float
     loc_noise_sd: np.ndarray | None = None  # DP noise in the averaged locations (trace.py)
+    loc_gradient: np.ndarray | None = None  # the window's mean noisy gradient, per row
 
 
 
@@ -138,15 +141,20 @@ def fit(data: ModelData, layout: Layout, calibration: Calibration,
     finally:
         if reporter is not None:
             _reporters.remove(reporter)
+    gradient = None
     if tail.steps:  # iterate averaging (free: post-processing of the released trace)
         params = {k: np.asarray(v) for k, v in svi.constrain_fn(
-            {k: jnp.asarray(v) for k, v in tail.mean().items()}).items()}
+            {k: jnp.asarray(v) for k, v in tail.mean().items() if k != MOMENT}).items()}
         noise = tail.mean_sd()[LOC]
+        gradient = tail.mean_gradient(MOMENT, ADAM_B1)
+        if gradient is not None:  # d3p scales the step's gradient up to the N rows
+            gradient = gradient / float(svi_state.observation_scale)
     else:
         params = {k: np.asarray(v) for k, v in svi.get_params(svi_state).items()}
         noise = None
     return TrainResult(params=params, losses=np.asarray(losses), overflow_steps=overflow,
-                       seconds=time.perf_counter() - t0, loc_noise_sd=noise)
+                       seconds=time.perf_counter() - t0, loc_noise_sd=noise,
+                       loc_gradient=gradient)
 
 
 def _steps(svi: Any, run_chunk: Callable[..., Any], svi_state: Any, batch_key: jax.Array,
@@ -178,6 +186,15 @@ def _restart(svi: Any, svi_state: Any, latent: np.ndarray) -> Any:
     params = dict(svi.optim.get_params(svi_state.optim_state))
     params[LOC] = jnp.asarray(latent, params[LOC].dtype)
     return svi_state._replace(optim_state=svi.optim.init(params))
+
+
+def _trace_row(svi: Any, svi_state: Any) -> dict[str, jax.Array]:
+    """What the trace keeps of a step: the parameters, and Adam's first moment of the
+    locations (the noisy gradients' running mean, from which trace.py recovers the window's
+    mean gradient for the head's Newton step, headnoise.py)."""
+    row = dict(svi.optim.get_params(svi_state.optim_state))
+    row[MOMENT] = unpack_optimizer_state(svi_state.optim_state[1])[LOC].subtree[1]
+    return row
 
 
 @lru_cache(maxsize=4)
@@ -228,7 +245,7 @@ def _compiled(layout: Layout, n: int, settings: GeneratorSettings, batching: str
                          lambda: jax.debug.callback(_tick, i + 1, loss_sum / (i + 1 - start)),
                          lambda: None)
             return ((svi_state, overflow + jnp.where(active, over, 0), loss_sum),
-                    svi.optim.get_params(svi_state.optim_state))
+                    _trace_row(svi, svi_state))
 
         steps = start + jnp.arange(settings.chunk, dtype=jnp.uint32)
         (svi_state, overflow, loss_sum), trace = jax.lax.scan(

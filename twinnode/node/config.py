@@ -251,6 +251,7 @@ def _generator_section(ge: _Section) -> GeneratorSettings:
         head_learning_rate=ge.number("head_learning_rate", _GEN.head_learning_rate, lo=0.0,
                                      lo_open=True),
         center_head=ge.get("center_head", bool, _GEN.center_head),
+        head_newton=ge.get("head_newton", bool, _GEN.head_newton),
         chunk=ge.integer("chunk", _GEN.chunk, lo=1, hi=100_000),
         variant=ge.choice("variant", VARIANTS, _GEN.variant),
         head_share=ge.number("head_share", _GEN.head_share, lo=0.0, hi=1.0, hi_open=True),
