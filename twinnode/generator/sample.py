@@ -5,7 +5,8 @@ model's generative story with those parameters, decoded back to the schema's typ
 """
 from __future__ import annotations
 
-from typing import Mapping
+from functools import lru_cache
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +38,7 @@ def sample_twins(params: Mapping[str, np.ndarray], layout: Layout, n: int, k: in
     own draw of them before its outcome is drawn from its head (calibrate.py).
     """
     key = jax.random.PRNGKey(np.random.SeedSequence(seed).generate_state(1)[0])
-    model, guide = set_up(layout, n, settings)
+    guide = set_up(layout, n, settings)[1]
     jparams = {name: jnp.asarray(v) for name, v in params.items()}
     if loc_noise_sd is not None:
         noise = np.where(head_mask(guide), 0.0, loc_noise_sd) if head_cov is not None \
@@ -47,20 +48,37 @@ def sample_twins(params: Mapping[str, np.ndarray], layout: Layout, n: int, k: in
     thetas = guide.sample_posterior(draw_key, jparams, sample_shape=(k,))
     if head_cov is not None:
         thetas = _add_head_noise(thetas, head_cov, jax.random.fold_in(draw_key, 1), k)
-    sites = row_sites(layout)
+    rows_of = draw_rows(layout, n, settings)
     rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
     twins: list[dict[str, np.ndarray]] = []
     for start in range(0, k, group):
         part = {name: v[start:start + group] for name, v in thetas.items()}
-        predictive = Predictive(model, posterior_samples=part, return_sites=sites)
-        out = predictive(jax.random.fold_in(rows_key, start))
-        for i in range(len(next(iter(part.values())))):
+        size = len(next(iter(part.values())))
+        full = {name: jnp.concatenate([v, jnp.repeat(v[:1], group - size, axis=0)])
+                for name, v in part.items()}  # one shape for every group: compiled once
+        out = rows_of(jax.random.fold_in(rows_key, start), full)
+        for i in range(size):
             data = predicted_rows(out, i, n, layout)
             if marginals is not None:
                 data = _calibrated(data, {k: np.asarray(v[i]) for k, v in part.items()},
                                    layout, settings, marginals, rng)
             twins.append(layout.decode(data))
     return twins
+
+
+@lru_cache(maxsize=8)
+def draw_rows(layout: Layout, n: int, settings: GeneratorSettings
+              ) -> Callable[[jax.Array, Mapping[str, jax.Array]], Any]:
+    """The model's rows for a group of parameter draws, jitted once per (layout, n, settings):
+    a Predictive traced anew for every group recompiled each time (most of a draw's time)."""
+    model = set_up(layout, n, settings)[0]
+    sites = row_sites(layout)
+
+    @jax.jit
+    def rows(key: jax.Array, draws: Mapping[str, jax.Array]) -> Any:
+        return Predictive(model, posterior_samples=draws, return_sites=sites)(key)
+
+    return rows
 
 
 def _calibrated(data: ModelData, theta: Mapping[str, np.ndarray], layout: Layout,
