@@ -194,3 +194,15 @@ def test_twinnode_run_with_a_bad_config_exits_3_naming_the_key(files, capsys):
     assert cli_main(["run", "--config", str(path)]) == 3
     assert f"{path}: [twins] k: must be an integer in 1..100000, got -2" in \
         capsys.readouterr().err
+
+
+def test_the_node_toml_init_writes_sets_the_analysis_defaults(files):
+    from twinnode.node.config import AnalysisSection
+
+    # Execute: a new site, as a user makes one
+    assert cli_main(["init", "alice", "--dir", str(files), "--host", "127.0.0.1",
+                     "--data", "data.csv"]) == 0
+    config = load_config(files / "node.toml")
+    # Assert: [analysis] is there, with `twinnode analyze`'s defaults
+    assert "[analysis]" in (files / "node.toml").read_text()
+    assert config.analysis == AnalysisSection()
