@@ -108,6 +108,8 @@ def test_on_disagreement_local_reports_the_local_fit_for_the_flagged_term_only(s
         assert row["local_only"] is True and row["between_variance"] is None
         assert d["coefficients"][term]["estimate"] != row["estimate"]
     assert s["replaced_by_local"] == flagged
+    # screening's with / without comparison stays on the fits as fitted
+    assert s["screening"]["with_flagged"] == d["screening"]["with_flagged"]
     assert [t["term"] for t in s["summary"]["terms"] if t["local_only"]] == flagged
     assert s["summary"]["header"]["on_disagreement"] == "local"
     # every term that agrees exactly as the default reports it

@@ -131,10 +131,14 @@ class PartyReport:
     noise_aware: Mapping[str, bool] = field(default_factory=dict)  # peer -> its release is
     timing: Mapping[str, float] = field(default_factory=dict)
     replaced: tuple[str, ...] = ()  # terms `combined` reports local only (`disagreement`)
+    reported: PooledFit | None = None  # the policy's fit with those terms' local values
 
     @property
     def combined(self) -> PooledFit:
-        """The combined fit the policy selects (without the flagged only under exclude)."""
+        """The combined fit the policy selects (without the flagged only under exclude), with
+        the local values of the `replaced` terms."""
+        if self.reported is not None:
+            return self.reported
         return self.without_flagged if self.screening.policy == "exclude" else self.with_flagged
 
     def to_dict(self) -> dict[str, Any]:
@@ -194,15 +198,14 @@ def analyze_party(schema: Schema, local_frame: pd.DataFrame, peers: Peers | Peer
     clock.lap("fits")
     evaluation = None
     if test_frame is not None:
-        kept = fits.without_flagged if policy == "exclude" else fits.with_flagged
         evaluation = {"local": evaluate(fits.local, schema, test_frame, draws, seed),
-                      "combined": evaluate(kept, schema, test_frame, draws, seed)}
+                      "combined": evaluate(fits.reported, schema, test_frame, draws, seed)}
         clock.lap("evaluation")
     return PartyReport(schema_hash=schema.hash, options=options, weight=choice,
                        with_flagged=fits.with_flagged, without_flagged=fits.without_flagged,
                        local=fits.local, screening=report, evaluation=evaluation,
                        agreement=fits.agreement, noise_aware=checked.noise_aware(),
-                       timing=clock.laps(), replaced=fits.replaced)
+                       timing=clock.laps(), replaced=fits.replaced, reported=fits.reported)
 
 
 @dataclass(frozen=True)
@@ -211,14 +214,16 @@ class _Fits:
     without_flagged: PooledFit
     local: PooledFit
     agreement: Agreement | None
+    reported: PooledFit  # the policy's fit, the replaced terms with the local values
     replaced: tuple[str, ...]
 
 
 def _fits(schema: Schema, local_frame: pd.DataFrame, checked: PeerSet,
           report: ScreeningReport, lam: float, options: AnalysisOptions) -> _Fits:
     """The combined fits at λ (with and without the flagged peers), the local fit, the
-    between-release term, the agreement test, and the terms the policy's fit reports local
-    only (`disagreement`, when `options.on_disagreement` is "local")."""
+    between-release term, the agreement test, and the policy's fit as reported: local only
+    for the terms that disagree when `options.on_disagreement` is "local" (`disagreement`;
+    the with / without fits stay as fitted, so screening compares like with like)."""
     # each fit shares K among its own peers only
     with_all = combined_fit(schema, local_frame, checked, weight=lam, options=options)
     without = (with_all if not report.flagged else
@@ -229,15 +234,10 @@ def _fits(schema: Schema, local_frame: pd.DataFrame, checked: PeerSet,
     with_all = add_between_release(with_all, alone, singles)
     without = (with_all if not report.flagged else
                add_between_release(without, alone, singles))
-    exclude = report.policy == "exclude"
-    kept = without if exclude else with_all
+    kept = without if report.policy == "exclude" else with_all
     agree = twins_agreement(schema, alone, checked.only(list(kept.peers)), options)
-    kept, replaced = local_where_disagreeing(kept, alone, agree, options.on_disagreement)
-    if exclude:
-        without = kept
-    else:
-        with_all = kept
-    return _Fits(with_all, without, alone, agree, replaced)
+    reported, replaced = local_where_disagreeing(kept, alone, agree, options.on_disagreement)
+    return _Fits(with_all, without, alone, agree, reported, replaced)
 
 
 def screen(schema: Schema, peers: Peers | PeerSet, policy: str = DEFAULT_POLICY,
