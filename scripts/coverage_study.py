@@ -12,6 +12,10 @@ generator per party, or pass any maker to `run_study`/`main`), and records wheth
   chosen by `weighting.choose_weight` on party 0's rows (seeded per repetition; the
   distribution of the chosen λ is reported), ``combined@W`` a fixed λ = W;
 - local only: party 0's rows alone (a check of the HC1 intervals themselves),
+- with `--on-disagreement local`, each combined scenario again as ``<scenario>+local``: the
+  terms where all peers' twins alone disagree with party 0's rows (`agreement`, Holm at
+  0.05) reported with the local-only interval (`disagreement`); `replaced_share` is the
+  share of terms replaced,
 
 under each pooling rule (reiter, rubin, mixed) and both interval references (t, normal).
 `--inflate F` > 1 gives DP-like twins (each twin's posterior F times wider, the release's
@@ -50,7 +54,8 @@ from twinnode.analysis.fit import (  # noqa: E402
     twins_fit,
 )
 from twinnode.analysis.options import DEFAULT_HETEROGENEITY, HETEROGENEITIES  # noqa: E402
-from twinnode.analysis.sites import add_between_release, peer_fits  # noqa: E402
+from twinnode.analysis.disagreement import local_where_disagreeing  # noqa: E402
+from twinnode.analysis.sites import add_between_release, peer_fits, twins_agreement  # noqa: E402
 from twinnode.analysis.usable import usable_peers  # noqa: E402
 from twinnode.analysis.weighting import choose_weight  # noqa: E402
 from twinnode.lab.simtwins import SMALL_TRUE_COEFFICIENTS, TwinMaker, simulate_small, small_schema  # noqa: E402
@@ -63,7 +68,8 @@ def run_study(twin_maker: TwinMaker, reps: int = 200, k: int = 100, peers: int =
               n_local: int = 300, n_peer: int = 1000, epsilon: float = 1.0, seed: int = 0,
               weights: Sequence[str | float] = (1.0,),
               heterogeneities: Sequence[str] = (DEFAULT_HETEROGENEITY,),
-              progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+              progress: Callable[[int], None] | None = None,
+              on_disagreement: Sequence[str] = ("keep",)) -> dict[str, Any]:
     """Coverage per scenario, rule and interval reference, over `reps` repetitions."""
     schema = small_schema()
     options = AnalysisOptions()
@@ -72,6 +78,7 @@ def run_study(twin_maker: TwinMaker, reps: int = 200, k: int = 100, peers: int =
     fallbacks: dict[str, list[int]] = {}
     widths: dict[str, list[np.ndarray]] = {}
     chosen: list[float] = []
+    replaced: dict[str, list[int]] = {}
     for rep in range(reps):
         base = seed * 1_000_003 + rep * 101
         local = simulate_small(schema, n_local, base)
@@ -100,17 +107,26 @@ def run_study(twin_maker: TwinMaker, reps: int = 200, k: int = 100, peers: int =
         fits["local-only"] = local_fit(schema, local, options)
         if truth is None:
             truth = np.array([SMALL_TRUE_COEFFICIENTS[t] for t in fits["local-only"].terms])
+        agree = (twins_agreement(schema, fits["local-only"], checked, options)
+                 if "local" in on_disagreement else None)
         for scenario, fit in fits.items():
             rules = ("single",) if scenario == "local-only" else RULES
             for rule in rules:
                 for interval in INTERVALS:
                     f = (repool(fit, interval=interval) if rule == "single"
                          else repool(fit, rule=rule, interval=interval))
-                    key = f"{scenario}/{rule}/{interval}"
-                    p = f.pooled
-                    hits.setdefault(key, []).append((p.lower <= truth) & (truth <= p.upper))
-                    widths.setdefault(key, []).append(p.upper - p.lower)
-                    fallbacks.setdefault(key, []).append(int(p.fallback.sum()))
+                    variants = [(scenario, f, ())]
+                    if agree is not None and scenario.startswith("combined"):
+                        alone = repool(fits["local-only"], interval=interval)
+                        variants.append((f"{scenario}+local",
+                                         *local_where_disagreeing(f, alone, agree, "local")))
+                    for name, g, swapped in variants:
+                        key = f"{name}/{rule}/{interval}"
+                        p = g.pooled
+                        hits.setdefault(key, []).append((p.lower <= truth) & (truth <= p.upper))
+                        widths.setdefault(key, []).append(p.upper - p.lower)
+                        fallbacks.setdefault(key, []).append(int(p.fallback.sum()))
+                        replaced.setdefault(key, []).append(len(swapped))
         if progress:
             progress(rep + 1)
     terms = list(fits["local-only"].terms)
@@ -124,10 +140,11 @@ def run_study(twin_maker: TwinMaker, reps: int = 200, k: int = 100, peers: int =
             "mc_se": float(np.sqrt(cov.mean() * (1 - cov.mean()) / reps)),  # per term
             "median_width": dict(zip(terms, map(float, np.median(np.array(widths[key]),
                                                                    axis=0)))),
-            "fallback_share": float(np.sum(fallbacks[key]) / arr.size)}
+            "fallback_share": float(np.sum(fallbacks[key]) / arr.size),
+            "replaced_share": float(np.sum(replaced[key]) / arr.size)}
     out = {"reps": reps, "k": k, "peers": peers, "n_local": n_local, "n_peer": n_peer,
            "epsilon": epsilon, "seed": seed, "weights": [str(w) for w in weights],
-           "heterogeneities": list(heterogeneities),
+           "heterogeneities": list(heterogeneities), "on_disagreement": list(on_disagreement),
            "truth": dict(zip(terms, map(float, truth))), "results": results}
     if chosen:
         lam = np.array(chosen)
@@ -161,6 +178,9 @@ def main(argv: Sequence[str] | None = None,
     ap.add_argument("--heterogeneity", default=DEFAULT_HETEROGENEITY,
                     help="comma list of between-release terms for the combined fits "
                          f"(of {','.join(HETEROGENEITIES)}; default {DEFAULT_HETEROGENEITY})")
+    ap.add_argument("--on-disagreement", default="keep",
+                    help="keep, or keep,local: also each combined scenario with the terms "
+                         "whose twins disagree reported local only (+local)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--weights", default="1,auto",
                     help="comma list of twin weights: numbers in [0, 1] and/or auto (1,auto)")
@@ -176,17 +196,19 @@ def main(argv: Sequence[str] | None = None,
                     n_local=args.n_local, n_peer=args.n_peer, epsilon=args.epsilon,
                     seed=args.seed, weights=_weights(args.weights),
                     heterogeneities=_heterogeneities(args.heterogeneity),
+                    on_disagreement=[x.strip() for x in args.on_disagreement.split(",")],
                     progress=lambda r: print(f"\r{r}/{args.reps}", end="", file=sys.stderr))
     print(file=sys.stderr)
     out["seconds"] = round(time.perf_counter() - t0, 1)
     print(f"coverage of nominal 95% intervals, {out['reps']} repetitions, K = {out['k']}, "
           f"{out['peers']} peers x {out['n_peer']} rows, local {out['n_local']} rows, "
           f"maker {args.twin_maker}, inflate {args.inflate} ({out['seconds']} s)")
-    print(f"{'scenario/rule/interval':<28}{'mean':>7}{'±mc':>7}{'fallback':>9}   per term")
+    print(f"{'scenario/rule/interval':<34}{'mean':>7}{'±mc':>7}{'fallback':>9}{'local':>7}"
+          "   per term")
     for key, r in out["results"].items():
         per = " ".join(f"{v:.3f}" for v in r["coverage"].values())
-        print(f"{key:<28}{r['coverage_mean']:>7.3f}{r['mc_se']:>7.3f}"
-              f"{r['fallback_share']:>9.3f}   {per}")
+        print(f"{key:<34}{r['coverage_mean']:>7.3f}{r['mc_se']:>7.3f}"
+              f"{r['fallback_share']:>9.3f}{r['replaced_share']:>7.3f}   {per}")
     print("terms:", " ".join(out["truth"]))
     if "chosen_weight" in out:
         c = out["chosen_weight"]

@@ -22,7 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from twinnode.lab.simtwins import small_schema  # noqa: E402
 
-SCENARIOS = ("twins-only", "combined", "combined[off]", "combined-auto", "combined-auto[off]")
+SCENARIOS = ("twins-only", "combined", "combined+local", "combined[off]", "combined-auto",
+             "combined-auto+local", "combined-auto[off]")
 
 
 def families(terms: Sequence[str]) -> dict[str, list[str]]:
@@ -52,6 +53,7 @@ def rows_of(path: Path, rule: str, interval: str) -> list[dict[str, Any]]:
             "coverage": r["coverage_mean"],
             **{f: sum(r["coverage"][t] for t in ts) / len(ts) for f, ts in fam.items()},
             "width vs local": sorted(widths)[len(widths) // 2],
+            **({"replaced": r["replaced_share"]} if "+local" in scenario else {}),
             "λ mean": run.get("chosen_weight", {}).get("mean") if "auto" in scenario
             else (1.0 if scenario.startswith("combined") else None)})
     local_row = {"file": path.stem, "local rows": run["n_local"], "scenario": "local-only",

@@ -64,6 +64,34 @@ def test_analyze_names_the_terms_where_the_twins_disagree_with_the_local_rows(wo
     assert het["added_variance"] > 0 and het["sites"] == 5
 
 
+def test_on_disagreement_local_reports_the_local_fit_where_the_twins_disagree(workdir, capsys):
+    # Prepare: hosp3 codes smoker the other way round; screening off keeps it in the fit
+    base = ("--screen", "off", "--weight", "1", "--agreement-alpha", "0.05")
+    # Execute
+    main(_args(workdir, *base, "--on-disagreement", "local"))
+    out = capsys.readouterr().out
+    main(_args(workdir, *base, "--on-disagreement", "local", "--json"))
+    doc = json.loads(capsys.readouterr().out)
+    main(_args(workdir, *base, "--json"))
+    kept = json.loads(capsys.readouterr().out)
+    # Assert: smoker is the local fit's, marked; the terms that agree are as by default
+    smoker = doc["coefficients"]["smoker"]
+    assert doc["replaced_by_local"] == ["smoker"] and smoker["local_only"] is True
+    assert (smoker["estimate"], smoker["lower"], smoker["upper"]) == \
+        (smoker["local_estimate"], smoker["local_lower"], smoker["local_upper"])
+    assert kept["coefficients"]["smoker"]["estimate"] != smoker["estimate"]
+    assert doc["coefficients"]["age"] == kept["coefficients"]["age"]
+    assert doc["options"]["on_disagreement"] == "local"
+    assert doc["options"]["agreement_alpha"] == 0.05
+    assert "(local only: smoker:" in out
+    assert "reported with the local-only estimate and interval" in out
+
+
+def test_an_agreement_alpha_outside_0_1_is_refused(workdir, capsys):
+    code = main(_args(workdir, "--agreement-alpha", "1.5"))
+    assert code != 0 and "--agreement-alpha must be in (0, 1)" in capsys.readouterr().err
+
+
 def test_analyze_json_has_the_documented_keys(workdir, capsys):
     # Execute
     code = main(_args(workdir, "--test", str(workdir / "test.csv"), "--json", "--draws", "30"))

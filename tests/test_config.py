@@ -91,12 +91,49 @@ def test_every_section_round_trips_its_values(files):
     ("node", "log_format", "xml", r"\[node\] log_format: must be one of kv, json"),
     ("node", "name", "bad name", r"\[node\] name: invalid node name"),
     ("screening", "policy", "drop", r"\[screening\] policy: must be one of off, flag, exclude"),
+    ("analysis", "heterogeneity", "reml",
+     r"\[analysis\] heterogeneity: must be one of pmm, pm, dl, off, got 'reml'"),
+    ("analysis", "interval", "z", r"\[analysis\] interval: must be one of t, normal"),
+    ("analysis", "rule", "paper", r"\[analysis\] rule: must be one of mixed, reiter, rubin"),
+    ("analysis", "on_disagreement", "drop",
+     r"\[analysis\] on_disagreement: must be one of keep, local, got 'drop'"),
+    ("analysis", "agreement_alpha", 0, r"\[analysis\] agreement_alpha: must be > 0 and < 1"),
+    ("analysis", "level", 95, r"\[analysis\] level: must be > 0 and < 1, got 95"),
+    ("analysis", "weight", 1.5, r"\[analysis\] weight: must be \"auto\" or a number in "
+                                r"\[0, 1\], got 1.5"),
+    ("analysis", "weight", "half", r"\[analysis\] weight: must be \"auto\" or a number"),
+    ("analysis", "weight", True, r"\[analysis\] weight: must be \"auto\" or a number"),
 ])
 def test_a_wrong_value_names_the_file_section_and_key(files, section, key, value, message):
     path = write(files, minimal(**{section: {key: value}}))
     with pytest.raises(ConfigError, match=message) as info:
         load_config(path)
     assert str(info.value).startswith(f"{path}: ")
+
+
+def test_analysis_defaults_are_twinnode_analyzes_and_every_key_round_trips(files):
+    # Prepare: the defaults `twinnode analyze` and the analysis itself use
+    from twinnode.analysis import options
+    from twinnode.analysis.fit import AnalysisOptions
+
+    plain = AnalysisOptions()
+    values = {"weight": 0.3, "rule": "rubin", "heterogeneity": "dl", "interval": "normal",
+              "level": 0.9, "agreement_alpha": 0.01, "on_disagreement": "local"}
+    # Execute
+    default = load_config(write(files, minimal())).analysis
+    custom = load_config(write(files, minimal(analysis=values))).analysis
+    whole = load_config(write(files, minimal(analysis={"weight": 1}))).analysis
+    # Assert
+    assert default.weight == options.DEFAULT_WEIGHT == "auto"
+    assert (default.rule, default.heterogeneity, default.interval, default.level,
+            default.agreement_alpha, default.on_disagreement) == \
+        (plain.rule, plain.heterogeneity, plain.interval, plain.level, plain.agreement_alpha,
+         plain.on_disagreement) == ("mixed", "pmm", "t", 0.95, 0.05, "keep")
+    assert {key: getattr(custom, key) for key in values} == values
+    assert whole.weight == 1.0 and isinstance(whole.weight, float)
+    with pytest.raises(ConfigError, match=r"\[analysis\] heterogenity: unknown key \(keys "
+                                          r"of \[analysis\]: agreement_alpha, "):
+        load_config(write(files, minimal(analysis={"heterogenity": "off"})))
 
 
 def test_unknown_keys_and_sections_are_errors_not_silent_defaults(files):
@@ -157,3 +194,15 @@ def test_twinnode_run_with_a_bad_config_exits_3_naming_the_key(files, capsys):
     assert cli_main(["run", "--config", str(path)]) == 3
     assert f"{path}: [twins] k: must be an integer in 1..100000, got -2" in \
         capsys.readouterr().err
+
+
+def test_the_node_toml_init_writes_sets_the_analysis_defaults(files):
+    from twinnode.node.config import AnalysisSection
+
+    # Execute: a new site, as a user makes one
+    assert cli_main(["init", "alice", "--dir", str(files), "--host", "127.0.0.1",
+                     "--data", "data.csv"]) == 0
+    config = load_config(files / "node.toml")
+    # Assert: [analysis] is there, with `twinnode analyze`'s defaults
+    assert "[analysis]" in (files / "node.toml").read_text()
+    assert config.analysis == AnalysisSection()

@@ -427,6 +427,18 @@ def test_ctl_analyze_marks_the_terms_where_the_twins_disagree():
     assert "wholly outside the local one: smoker" in text
 
 
+def test_ctl_analyze_prints_the_options_used_and_not_their_raw_dict():
+    reply = {"message": "analysis over 2 peer(s)", "disagreeing": ["smoker"],
+             "replaced_by_local": ["smoker"],
+             "options": {"weight": "auto", "rule": "mixed", "heterogeneity": "off",
+                         "interval": "t", "level": 0.95, "agreement_alpha": 0.2,
+                         "on_disagreement": "local", "covariates": None}}
+    text = format_result("analyze", reply)
+    assert ("options: weight auto, rule mixed, heterogeneity off, interval t, level 0.95, "
+            "agreement_alpha 0.2, on_disagreement local") in text
+    assert "covariates" not in text and "replaced_by_local" not in text
+
+
 def test_ctl_imports_neither_the_node_nor_the_store_nor_zmq():
     import subprocess
     import sys

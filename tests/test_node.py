@@ -336,6 +336,81 @@ def test_analyze_job_scores_a_test_set_and_restricts_to_named_peers(party, tmp_p
     node_factory.run(main(), 6 * WAIT)
 
 
+def test_analyze_takes_its_defaults_from_the_analysis_section_and_the_call_overrides_them(
+        party, node_factory):
+    # Prepare: node.toml's [analysis] sets a site's defaults
+    path = party.config.path
+    path.write_text(path.read_text() + '\n[analysis]\nweight = 1.0\nheterogeneity = "off"\n'
+                    'interval = "normal"\nagreement_alpha = 0.2\non_disagreement = "local"\n')
+    config = load_config(path)
+    # bob's and carol's twins code smoker the other way round: they disagree on it
+    def flip(twin: Twin, seed: int) -> Twin:
+        frame = make_small_frame(party.schema, n=400, seed=50 * seed + twin.provenance.index)
+        arrays = frame_to_arrays(party.schema, poison_frame(party.schema, frame, "flip:smoker"))
+        return Twin(replace(twin.provenance, n=400), arrays)
+
+    flipped = {name: [flip(t, seed) for t in make_twins(party.schema, name, seed=seed)]
+               for seed, name in enumerate(("bob", "carol"))}
+
+    async def main() -> list[dict[str, Any]]:
+        node = await node_factory.opened(config)
+        for name, twins in flipped.items():
+            for f in signed(twins, party.schema, getattr(party, name)):
+                assert await node.handle_frames(f) is not None
+        # Execute: one analysis with the config's values, one overriding two of them
+        reports = []
+        for args in ({"policy": "off"},
+                     {"policy": "off", "heterogeneity": "dl", "weight": "auto",
+                      "on_disagreement": "keep"}):
+            node.start_job("analyze", lambda job, args=args: analyze_job(node, job, args))
+            job = await node.wait_job()
+            assert job.state == "done", job.error
+            reports.append(json.loads(Path(job.result["report"]).read_text())
+                           | {"reply": job.result})
+        return reports
+
+    configured, overridden = node_factory.run(main(), 6 * WAIT)
+    # Assert: the report records what was used
+    opts = configured["options"]
+    assert (opts["heterogeneity"], opts["interval"], opts["agreement_alpha"],
+            opts["on_disagreement"]) == ("off", "normal", 0.2, "local")
+    assert configured["weight"]["mode"] == "fixed" and configured["weight"]["chosen"] == 1.0
+    assert configured["pooling"]["heterogeneity"] is None
+    assert configured["agreement"]["alpha"] == 0.2
+    assert "smoker" in configured["replaced_by_local"]
+    assert configured["replaced_by_local"] == configured["agreement"]["disagreeing"]
+    smoker = configured["coefficients"]["smoker"]
+    assert smoker["local_only"] and smoker["estimate"] == smoker["local_estimate"]
+    assert configured["reply"]["options"]["weight"] == 1.0
+    opts = overridden["options"]
+    assert (opts["heterogeneity"], opts["interval"], opts["on_disagreement"]) == \
+        ("dl", "normal", "keep")
+    assert overridden["weight"]["mode"] == "auto"
+    assert overridden["pooling"]["heterogeneity"]["method"] == "dl"
+    assert overridden["replaced_by_local"] == []
+    assert "smoker" in overridden["reply"]["disagreeing"]
+
+
+@pytest.mark.parametrize("args, message", [
+    ({"on_disagreement": "drop"}, "on_disagreement must be one of keep, local"),
+    ({"heterogeneity": "reml"}, "heterogeneity must be one of pmm, pm, dl, off"),
+    ({"agreement_alpha": 1.0}, r"agreement_alpha must be in \(0, 1\)"),
+    ({"level": 0}, r"level must be in \(0, 1\)"),
+    ({"interval": 3}, "argument interval must be str"),
+])
+def test_ctl_analyze_refuses_bad_analysis_arguments_before_any_job(party, node_factory, args,
+                                                                   message):
+    from twinnode.node.commands import analyze
+
+    async def main() -> None:
+        node = await node_factory.opened(party.config)
+        with pytest.raises(ControlError, match=message):
+            await analyze(node, dict(args))
+        assert node.current_job() is None
+
+    node_factory.run(main(), 2 * WAIT)
+
+
 def test_heartbeat_showing_twins_we_lack_wakes_catchup_for_that_peer_once_per_state(
         party, node_factory):
     async def main() -> None:

@@ -35,12 +35,14 @@ from twinnode.analysis.arrays import BoolArray, FloatArray, IntArray
 from twinnode.analysis.design import Block, Design, Rows, Stack, make_design, stack_blocks
 from twinnode.analysis.glm import BatchFit, fit_poisson_columns
 from twinnode.analysis.options import (
+    DEFAULT_AGREEMENT_ALPHA,
     DEFAULT_COV_TYPE,
     DEFAULT_DRAWS,
     DEFAULT_FALLBACK,
     DEFAULT_HETEROGENEITY,
     DEFAULT_INTERVAL,
     DEFAULT_LEVEL,
+    DEFAULT_ON_DISAGREEMENT,
     DEFAULT_RULE,
     DEFAULT_SEED,
 )
@@ -74,6 +76,8 @@ class AnalysisOptions:
     interval: str = DEFAULT_INTERVAL
     cov_type: str = DEFAULT_COV_TYPE
     heterogeneity: str = DEFAULT_HETEROGENEITY  # applied by `sites.add_between_release`
+    agreement_alpha: float = DEFAULT_AGREEMENT_ALPHA  # `agreement`, via `sites.twins_agreement`
+    on_disagreement: str = DEFAULT_ON_DISAGREEMENT    # applied by `disagreement.local_where`
 
     def design(self, schema: Schema) -> Design:
         return make_design(schema, self.covariates, self.reference)
@@ -82,7 +86,9 @@ class AnalysisOptions:
         return {"covariates": None if self.covariates is None else list(self.covariates),
                 "reference": dict(self.reference), "rule": self.rule,
                 "fallback": self.fallback, "level": self.level, "interval": self.interval,
-                "cov_type": self.cov_type, "heterogeneity": self.heterogeneity}
+                "cov_type": self.cov_type, "heterogeneity": self.heterogeneity,
+                "agreement_alpha": self.agreement_alpha,
+                "on_disagreement": self.on_disagreement}
 
 
 @dataclass(frozen=True)

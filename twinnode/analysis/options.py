@@ -38,6 +38,10 @@ estimates: median-unbiased Paule–Mandel (default), Paule–Mandel, DerSimonian
 # agreement of the twins with the party's own rows (`agreement`)
 DEFAULT_AGREEMENT_ALPHA = 0.05
 """A term disagrees when its Holm-adjusted p-value (over the terms) is below."""
+ON_DISAGREEMENT = ("keep", "local")
+DEFAULT_ON_DISAGREEMENT = "keep"
+"""What the report gives for a term that disagrees (`disagreement`): keep the combined
+estimate and interval, or report the local-only ones in their place."""
 
 # robust standard errors (`glm`)
 COV_TYPES = ("HC0", "HC1")

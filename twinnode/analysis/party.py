@@ -8,7 +8,8 @@ rows ∪ λ-weighted twins for every k and pool (`fit.combined_fit`), with and w
 flagged peers (this module does every combined fit; screening fits none); fit the local
 rows alone; fit each peer's twins alone and add the between-release term to the
 combined fits' T (`sites`, `heterogeneity`); test the twins alone against the local fit
-per term (`agreement`); with a test set, score both. `twinnode analyze` and the node both call
+per term (`agreement`), and report the local fit's values for the terms that disagree when
+asked (`disagreement`); with a test set, score both. `twinnode analyze` and the node both call
 `analyze_party`, so they give the same report.
 
 Peers are taken as given: a peer whose release is defective, incomplete or has K < 2 is
@@ -24,7 +25,7 @@ not read.
 - ``design``: ``outcome``, ``covariates``, ``reference`` (categorical -> reference level),
   ``terms`` (the coefficients' order).
 - ``options``: covariates, reference, rule, fallback, level, interval, cov_type,
-  heterogeneity.
+  heterogeneity, agreement_alpha, on_disagreement.
 - ``weight``: ``mode`` (auto | fixed | no-peers | unvalidated), ``chosen`` (λ used),
   ``best`` (the grid's best mean), ``selection`` (best | guarded | one-se | fixed),
   ``grid``, ``curve`` (per λ: ``weight``, ``mean`` held-out log-likelihood per record,
@@ -37,7 +38,8 @@ not read.
   ``upper``, ``df``, ``u_bar``, ``b``, ``total_variance``, ``fallback``, ``k_used``,
   ``dropped_in``, ``between_variance`` (the between-release term in ``total_variance``;
   null when off), and the local fit's ``local_estimate``, ``local_se``, ``local_lower``,
-  ``local_upper``.
+  ``local_upper``; ``local_only`` (true: the twins disagree and ``on_disagreement`` is
+  local, so the term's values above are the local fit's; `disagreement`).
 - ``pooling`` / ``local_pooling``: how the combined / local fit was pooled: ``kind``,
   ``rule``, ``fallback_rule``, ``fallback_count``, ``fallback_terms``,
   ``covariance_fallback`` (the covariance matrix took the fallback's correlations), ``k``,
@@ -50,6 +52,8 @@ not read.
   ``z``, ``p``, ``p_holm``, ``disagree`` (`agreement`).
 - ``moved_outside_local``: the terms whose combined interval lies wholly outside the
   local-only interval.
+- ``replaced_by_local``: the terms reported local only (empty unless ``on_disagreement``
+  is local).
 - ``screening``: ``policy``, ``threshold``, ``status``, ``message``, ``references``
   (what the peers were judged against: ``local``, ``consensus``), ``flagged``,
   ``accepted``, ``left_out`` (peer -> why its twins are not usable), ``dispersion`` (per
@@ -64,10 +68,12 @@ not read.
   ``ll_local_plugin``, ``ll_combined_plugin``.
 - ``summary``: the console's summary table, statsmodels style (`summary`): ``header``
   (``outcome``, ``rows``, ``peers``, ``k``, ``weight``, ``weight_mode``, ``verdict``,
-  ``rule``, ``interval``, ``level``, ``cov_type``, ``agreement_alpha``, ``screening``) and
+  ``rule``, ``interval``, ``level``, ``cov_type``, ``agreement_alpha``,
+  ``on_disagreement``, ``screening``) and
   ``terms`` (per term: ``term``, ``estimate``, ``se``, ``rate_ratio`` and its
   ``rate_ratio_lower`` / ``_upper``, ``p``, ``lower``, ``upper``, ``fallback``,
-  ``local_estimate``, ``local_lower``, ``local_upper``, ``agreement_p`` (Holm), ``agrees``).
+  ``local_estimate``, ``local_lower``, ``local_upper``, ``agreement_p`` (Holm), ``agrees``,
+  ``local_only``).
 - ``timing``: seconds per step (screening, weight, fits, evaluation, total).
 """
 from __future__ import annotations
@@ -79,6 +85,7 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 from twinnode.analysis.agreement import Agreement
+from twinnode.analysis.disagreement import local_where_disagreeing
 from twinnode.analysis.fit import (
     AnalysisOptions,
     Evaluation,
@@ -123,10 +130,15 @@ class PartyReport:
     agreement: Agreement | None = None  # the combined fit's peers' twins vs the local rows
     noise_aware: Mapping[str, bool] = field(default_factory=dict)  # peer -> its release is
     timing: Mapping[str, float] = field(default_factory=dict)
+    replaced: tuple[str, ...] = ()  # terms `combined` reports local only (`disagreement`)
+    reported: PooledFit | None = None  # the policy's fit with those terms' local values
 
     @property
     def combined(self) -> PooledFit:
-        """The combined fit the policy selects (without the flagged only under exclude)."""
+        """The combined fit the policy selects (without the flagged only under exclude), with
+        the local values of the `replaced` terms."""
+        if self.reported is not None:
+            return self.reported
         return self.without_flagged if self.screening.policy == "exclude" else self.with_flagged
 
     def to_dict(self) -> dict[str, Any]:
@@ -136,11 +148,12 @@ class PartyReport:
         out: dict[str, Any] = {
             "schema": self.schema_hash, "design": self.combined.design.to_dict(),
             "options": self.options.to_dict(), "weight": self.weight.to_dict(),
-            "coefficients": side_by_side(self.combined, self.local),
+            "coefficients": side_by_side(self.combined, self.local, self.replaced),
             "pooling": self.combined.pooling_dict(),
             "local_pooling": self.local.pooling_dict(), "screening": screening,
             "agreement": None if self.agreement is None else self.agreement.to_dict(),
             "moved_outside_local": moved_outside(self.combined, self.local),
+            "replaced_by_local": list(self.replaced),
             "noise_aware": dict(self.noise_aware)}
         if self.evaluation is not None:
             loc, comb = self.evaluation["local"], self.evaluation["combined"]
@@ -181,7 +194,36 @@ def analyze_party(schema: Schema, local_frame: pd.DataFrame, peers: Peers | Peer
         choice = fixed_weight(schema, local_frame, used, float(weight), folds=folds,
                               seed=seed, options=options, replicates=replicates)
     clock.lap("weight")
-    lam = choice.chosen
+    fits = _fits(schema, local_frame, checked, report, choice.chosen, options)
+    clock.lap("fits")
+    evaluation = None
+    if test_frame is not None:
+        evaluation = {"local": evaluate(fits.local, schema, test_frame, draws, seed),
+                      "combined": evaluate(fits.reported, schema, test_frame, draws, seed)}
+        clock.lap("evaluation")
+    return PartyReport(schema_hash=schema.hash, options=options, weight=choice,
+                       with_flagged=fits.with_flagged, without_flagged=fits.without_flagged,
+                       local=fits.local, screening=report, evaluation=evaluation,
+                       agreement=fits.agreement, noise_aware=checked.noise_aware(),
+                       timing=clock.laps(), replaced=fits.replaced, reported=fits.reported)
+
+
+@dataclass(frozen=True)
+class _Fits:
+    with_flagged: PooledFit
+    without_flagged: PooledFit
+    local: PooledFit
+    agreement: Agreement | None
+    reported: PooledFit  # the policy's fit, the replaced terms with the local values
+    replaced: tuple[str, ...]
+
+
+def _fits(schema: Schema, local_frame: pd.DataFrame, checked: PeerSet,
+          report: ScreeningReport, lam: float, options: AnalysisOptions) -> _Fits:
+    """The combined fits at λ (with and without the flagged peers), the local fit, the
+    between-release term, the agreement test, and the policy's fit as reported: local only
+    for the terms that disagree when `options.on_disagreement` is "local" (`disagreement`;
+    the with / without fits stay as fitted, so screening compares like with like)."""
     # each fit shares K among its own peers only
     with_all = combined_fit(schema, local_frame, checked, weight=lam, options=options)
     without = (with_all if not report.flagged else
@@ -192,19 +234,10 @@ def analyze_party(schema: Schema, local_frame: pd.DataFrame, peers: Peers | Peer
     with_all = add_between_release(with_all, alone, singles)
     without = (with_all if not report.flagged else
                add_between_release(without, alone, singles))
-    kept = without if policy == "exclude" else with_all
+    kept = without if report.policy == "exclude" else with_all
     agree = twins_agreement(schema, alone, checked.only(list(kept.peers)), options)
-    clock.lap("fits")
-    evaluation = None
-    if test_frame is not None:
-        combined = without if policy == "exclude" else with_all
-        evaluation = {"local": evaluate(alone, schema, test_frame, draws, seed),
-                      "combined": evaluate(combined, schema, test_frame, draws, seed)}
-        clock.lap("evaluation")
-    return PartyReport(schema_hash=schema.hash, options=options, weight=choice,
-                       with_flagged=with_all, without_flagged=without, local=alone,
-                       screening=report, evaluation=evaluation, agreement=agree,
-                       noise_aware=checked.noise_aware(), timing=clock.laps())
+    reported, replaced = local_where_disagreeing(kept, alone, agree, options.on_disagreement)
+    return _Fits(with_all, without, alone, agree, reported, replaced)
 
 
 def screen(schema: Schema, peers: Peers | PeerSet, policy: str = DEFAULT_POLICY,
@@ -227,14 +260,19 @@ def screen(schema: Schema, peers: Peers | PeerSet, policy: str = DEFAULT_POLICY,
                             min_peers=min_peers, local=local)
 
 
-def side_by_side(combined: PooledFit, alone: PooledFit) -> dict[str, dict[str, Any]]:
-    """Per term: the combined pooled values and the local-only ones beside them."""
+def side_by_side(combined: PooledFit, alone: PooledFit,
+                 replaced: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+    """Per term: the combined pooled values and the local-only ones beside them; a term in
+    `replaced` reports the local values as its own (``local_only``)."""
     out = {}
     for term in combined.terms:
         row = combined.coefficient(term)
         loc = alone.coefficient(term)
         row |= {"local_estimate": loc["estimate"], "local_se": loc["se"],
-                "local_lower": loc["lower"], "local_upper": loc["upper"]}
+                "local_lower": loc["lower"], "local_upper": loc["upper"],
+                "local_only": term in replaced}
+        if term in replaced:
+            row["between_variance"] = None
         out[term] = row
     return out
 

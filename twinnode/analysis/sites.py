@@ -17,7 +17,6 @@ import numpy as np
 from twinnode.analysis.agreement import Agreement, agreement
 from twinnode.analysis.fit import AnalysisOptions, PooledFit, combined_fit
 from twinnode.analysis.heterogeneity import between_release
-from twinnode.analysis.options import DEFAULT_AGREEMENT_ALPHA
 from twinnode.analysis.pooling import widen
 from twinnode.analysis.usable import PeerSet
 from twinnode.errors import AnalysisError
@@ -59,11 +58,13 @@ def add_between_release(fit: PooledFit, local: PooledFit | None,
 
 def twins_agreement(schema: Schema, local: PooledFit, peers: PeerSet,
                     options: AnalysisOptions | None = None,
-                    alpha: float = DEFAULT_AGREEMENT_ALPHA) -> Agreement | None:
-    """Per term, all of `peers`' twins alone against the local fit (`agreement`); None
-    without peers."""
+                    alpha: float | None = None) -> Agreement | None:
+    """Per term, all of `peers`' twins alone against the local fit (`agreement`) at `alpha`
+    (default: the options' `agreement_alpha`); None without peers."""
     if not peers.twins:
         return None
-    twins = combined_fit(schema, None, peers, options=options or local.options)
+    options = options or local.options
+    twins = combined_fit(schema, None, peers, options=options)
     return agreement(twins.terms, twins.estimate, twins.pooled.total, local.estimate,
-                     local.pooled.total, alpha=alpha, peers=twins.peers)
+                     local.pooled.total, peers=twins.peers,
+                     alpha=options.agreement_alpha if alpha is None else alpha)

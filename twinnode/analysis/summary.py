@@ -5,7 +5,8 @@ holds and the report keeps are the same numbers. Per term: the combined estimate
 the rate ratio exp(estimate) and its interval, the two-sided p-value of estimate = 0 under
 the interval's own reference distribution (t with the term's df, normal when df is infinite,
 so p < 1 - level exactly when the interval excludes 0), the local-only estimate and interval,
-and the twins-vs-local agreement (`agreement`: Holm-adjusted p, disagree). The header: rows
+the twins-vs-local agreement (`agreement`: Holm-adjusted p, disagree), and whether the row
+holds the local-only values because the twins disagree (`disagreement`). The header: rows
 per fit, peers used, K, the twin weight λ and its verdict, the pooling rule, the level.
 Formatting is the CLI's (`cli/summary.py`). Pure: dicts and numbers in and out.
 """
@@ -52,12 +53,14 @@ def summary(report: Mapping[str, Any]) -> dict[str, Any]:
             "local_estimate": c["local_estimate"], "local_lower": c["local_lower"],
             "local_upper": c["local_upper"],
             "agreement_p": a.get("p_holm"),
-            "agrees": None if a.get("p_holm") is None else not a.get("disagree", False)})
+            "agrees": None if a.get("p_holm") is None else not a.get("disagree", False),
+            "local_only": bool(c.get("local_only", False))})
     header = {"outcome": report["design"]["outcome"], "rows": dict(pooling["rows"]),
               "peers": list(pooling["peers"]), "k": pooling["k"], "weight": weight["chosen"],
               "weight_mode": weight["mode"], "verdict": weight["verdict"],
               "rule": pooling["rule"], "interval": pooling["interval"],
               "level": pooling["level"], "cov_type": pooling["cov_type"],
               "agreement_alpha": agreement.get("alpha"),
+              "on_disagreement": report.get("options", {}).get("on_disagreement"),
               "screening": report["screening"]["message"]}
     return {"header": header, "terms": terms}

@@ -8,12 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from twinnode.analysis.options import (
+    DEFAULT_AGREEMENT_ALPHA,
     DEFAULT_DRAWS,
     DEFAULT_FALLBACK,
     DEFAULT_FOLDS,
     DEFAULT_HETEROGENEITY,
     DEFAULT_INTERVAL,
     DEFAULT_LEVEL,
+    DEFAULT_ON_DISAGREEMENT,
     DEFAULT_POLICY,
     DEFAULT_RULE,
     DEFAULT_SEED,
@@ -23,6 +25,7 @@ from twinnode.analysis.options import (
     FALLBACKS,
     HETEROGENEITIES,
     INTERVALS,
+    ON_DISAGREEMENT,
     POLICIES,
     RULES,
     SELECTIONS,
@@ -74,6 +77,15 @@ def _add_pooling_args(p: argparse.ArgumentParser) -> None:
                         "the local fit as in a random-effects meta-analysis: pmm "
                         "(median-unbiased Paule-Mandel; default), pm, dl "
                         "(DerSimonian-Laird), off (the pooling rule's T alone)")
+    p.add_argument("--agreement-alpha", type=float, default=DEFAULT_AGREEMENT_ALPHA,
+                   metavar="A",
+                   help="a term's twins disagree with the local rows when its Holm-adjusted "
+                        f"p-value is below this ({DEFAULT_AGREEMENT_ALPHA:g})")
+    p.add_argument("--on-disagreement", choices=ON_DISAGREEMENT,
+                   default=DEFAULT_ON_DISAGREEMENT,
+                   help="what to report for a term whose twins disagree: keep (the combined "
+                        "estimate, the term named; default) or local (the local-only "
+                        "estimate and interval, the term marked)")
     p.add_argument("--interval", choices=INTERVALS, default=DEFAULT_INTERVAL,
                    help="reference distribution of the intervals (t with the rule's df)")
     p.add_argument("--level", type=float, default=DEFAULT_LEVEL,
@@ -116,11 +128,15 @@ def run(args: argparse.Namespace) -> int:
     from twinnode.schema import Schema
 
     weight = parse_weight(args.weight)
+    if not 0 < args.agreement_alpha < 1:
+        raise ConfigError(f"--agreement-alpha must be in (0, 1), got {args.agreement_alpha}")
     schema = Schema.load(args.schema)
     options = AnalysisOptions(covariates=_covariates(args.covariates),
                               reference=_references(args.reference), rule=args.rule,
                               fallback=args.fallback, level=args.level,
-                              interval=args.interval, heterogeneity=args.heterogeneity)
+                              interval=args.interval, heterogeneity=args.heterogeneity,
+                              agreement_alpha=args.agreement_alpha,
+                              on_disagreement=args.on_disagreement)
     local = read_table(args.local, schema)
     peers: dict[str, Any] = {}
     for directory in args.twins:
@@ -180,7 +196,8 @@ def render(out: dict[str, Any]) -> str:
               "is in the JSON report (--json)"]
     lines += _render_between(pooling.get("heterogeneity"))
     lines += [f"warning: {w}" for w in pooling["warnings"]]
-    lines += ["", _render_agreement(out.get("agreement"), out.get("moved_outside_local", []))]
+    lines += ["", _render_agreement(out.get("agreement"), out.get("moved_outside_local", []),
+                                    out.get("replaced_by_local", []))]
     lines += ["", _render_screening(out["screening"])]
     if "ll_local" in out:
         ev = out["evaluation"]
@@ -206,7 +223,8 @@ def _render_between(het: dict[str, Any] | None) -> list[str]:
             + (f": {', '.join(widened)}" if widened else "")]
 
 
-def _render_agreement(a: dict[str, Any] | None, moved: list[str]) -> str:
+def _render_agreement(a: dict[str, Any] | None, moved: list[str],
+                      replaced: list[str]) -> str:
     """Which terms the twins alone contradict the local rows on (Holm over the terms)."""
     if a is None:
         return "agreement with the local rows: no peer twins to compare"
@@ -216,6 +234,9 @@ def _render_agreement(a: dict[str, Any] | None, moved: list[str]) -> str:
     if moved:
         lines.append(f"  the combined interval lies wholly outside the local one for: "
                      f"{', '.join(moved)}")
+    if replaced:
+        lines.append(f"  reported with the local-only estimate and interval "
+                     f"(--on-disagreement local): {', '.join(replaced)}")
     return "\n".join(lines)
 
 

@@ -359,7 +359,8 @@ def format_analyze(r: Mapping[str, Any]) -> str:
     """A job reply, with the summary table (`cli.summary`) of the finished analysis."""
     from twinnode.cli.summary import render
 
-    marks = ("disagreeing", "moved_outside_local", "coefficients", "summary")
+    marks = ("disagreeing", "moved_outside_local", "coefficients", "summary", "options",
+             "replaced_by_local")
     lines = [format_job({k: v for k, v in r.items() if k not in marks})]
     if r.get("summary"):
         lines += ["", render(r["summary"]), ""]
@@ -376,6 +377,10 @@ def format_analyze(r: Mapping[str, Any]) -> str:
     if r.get("moved_outside_local"):
         lines.append("combined interval wholly outside the local one: "
                      + ", ".join(r["moved_outside_local"]))
+    if r.get("options"):  # what was used: the call's arguments over node.toml's [analysis]
+        lines.append("options: " + ", ".join(f"{k} {_scalar(r['options'].get(k))}" for k in (
+            "weight", "rule", "heterogeneity", "interval", "level", "agreement_alpha",
+            "on_disagreement")))
     return "\n".join(lines)
 
 

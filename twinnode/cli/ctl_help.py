@@ -1,9 +1,12 @@
 """`twinnode ctl COMMAND --help`: each control command's own help, with an example.
 
-Kept beside ctl (plain text, no imports) so `ctl` stays light; a test checks that every command
+Kept beside ctl (plain text; the choices from `analysis.options`, which imports nothing) so
+`ctl` stays light; a test checks that every command
 the node serves has its entry here.
 """
 from __future__ import annotations
+
+from twinnode.analysis.options import HETEROGENEITIES, INTERVALS, ON_DISAGREEMENT, RULES
 
 CLIENT_COMMANDS = ("watch",)  # ctl's own: made of status requests, not sent to the node as such
 
@@ -54,7 +57,10 @@ HELP: dict[str, tuple[str, str, str]] = {
                 "consensus needs at least 3 peers), the twin weight by cross-validation, the pooled Poisson GLM beside "
                 "the local-only fit; the full report goes to <state>/reports/. " + JOB_NOTE,
                 "policy=... threshold=P weight=auto|W test=FILE.csv (relative paths are "
-                "resolved by ctl) peers='[\"bob\",\"carol\"]' wait=true",
+                "resolved by ctl) peers='[\"bob\",\"carol\"]' wait=true; and, over "
+                f"node.toml's [analysis]: rule={'|'.join(RULES)} "
+                f"heterogeneity={'|'.join(HETEROGENEITIES)} interval={'|'.join(INTERVALS)} "
+                f"level=L agreement_alpha=A on_disagreement={'|'.join(ON_DISAGREEMENT)}",
                 "twinnode ctl --state state analyze test=heldout.csv wait=true --timeout 300"),
     "watch": ("Follow the node's running job live until it ends, whoever started it: a bar "
               "with steps, ELBO per row and ETA, updated at least every second (on a terminal "

@@ -7,6 +7,12 @@ import datetime
 import socket
 from pathlib import Path
 
+from twinnode.analysis.options import (
+    DEFAULT_HETEROGENEITY,
+    DEFAULT_ON_DISAGREEMENT,
+    DEFAULT_WEIGHT,
+    HETEROGENEITIES,
+)
 from twinnode.errors import ConfigError
 from twinnode.node import peersfile
 from twinnode.trust.cards import CARD_SUFFIX, make_card, render_card
@@ -39,6 +45,12 @@ k = 100                        # twins per release (the paper's K)
 
 [training]
 auto = false                   # true: at start, train and publish if nothing is published yet
+
+[analysis]
+# Defaults of `twinnode ctl analyze` (its arguments override them); more keys: docs/NODE.md
+weight = "{weight}"                # the peers' twin weight: "auto" (cross-validated) or 0..1
+heterogeneity = "{heterogeneity}"          # between-release term of the variance: {heterogeneities}
+on_disagreement = "{on_disagreement}"       # a term whose twins disagree: keep or local
 
 [keys]
 dir = "keys"                   # {name}.sign_secret and {name}.key_secret (0600, never shared)
@@ -99,7 +111,9 @@ def run(args: argparse.Namespace) -> int:
     save_identity(identity, root / "keys")
     text = NODE_TOML.format(
         name=name, date=datetime.date.today().isoformat(), host=host, port=args.port,
-        port2=args.port + 1, data=data, schema=args.schema,
+        port2=args.port + 1, data=data, schema=args.schema, weight=DEFAULT_WEIGHT,
+        heterogeneity=DEFAULT_HETEROGENEITY, heterogeneities=", ".join(HETEROGENEITIES),
+        on_disagreement=DEFAULT_ON_DISAGREEMENT,
         data_note="" if (root / data).exists() else
         "          # your private CSV (not there yet): it never leaves this machine",
         schema_note="" if (root / args.schema).exists() else

@@ -74,6 +74,10 @@ def render(summary: Mapping[str, Any]) -> str:
     if fell:
         lines.append(f"(the rule's total variance was not positive for {', '.join(fell)}: "
                      "the fallback's is used)")
+    local = [t["term"] for t in summary["terms"] if t.get("local_only")]
+    if local:
+        lines.append(f"(local only: {', '.join(local)}: the twins disagree with the local rows, "
+                     "so coef, SE and interval are the local fit's; on-disagreement local)")
     return "\n".join(lines)
 
 

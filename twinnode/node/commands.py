@@ -15,7 +15,13 @@ import time
 from functools import partial
 from typing import Any, Awaitable, Callable, Mapping
 
-from twinnode.analysis.options import POLICIES
+from twinnode.analysis.options import (
+    HETEROGENEITIES,
+    INTERVALS,
+    ON_DISAGREEMENT,
+    POLICIES,
+    RULES,
+)
 from twinnode.errors import ControlError, PrivacyError
 from twinnode.node import jobs
 from twinnode.node.command_names import COMMANDS
@@ -153,8 +159,11 @@ async def screen(ctx: NodeContext, args: dict[str, Any]) -> Mapping[str, Any]:
 async def analyze(ctx: NodeContext, args: dict[str, Any]) -> Mapping[str, Any]:
     args = check_args("analyze", args, {"policy": str, "threshold": float,
                                         "weight": (float, str), "wait": bool,
-                                        "test": str, "peers": list})
+                                        "test": str, "peers": list, "rule": str,
+                                        "heterogeneity": str, "interval": str, "level": float,
+                                        "agreement_alpha": float, "on_disagreement": str})
     _screening_args("analyze", args)
+    _analysis_args("analyze", args)
     if "test" in args and not os.path.isabs(args["test"]):
         raise ControlError(f"analyze: test must be an absolute path to a CSV file, "
                            f"got {args['test']!r}")
@@ -232,6 +241,18 @@ def _bounded_k(cmd: str, args: Mapping[str, Any]) -> None:
     if "k" in args and args["k"] > MAX_K:
         raise ControlError(f"{cmd}: argument k must be at most {MAX_K} (twins per release; "
                            f"the paper uses 100), got {args['k']}")
+
+
+def _analysis_args(cmd: str, args: Mapping[str, Any]) -> None:
+    """The choices and (0, 1) numbers [analysis] in node.toml takes, checked alike."""
+    for key, choices in (("rule", RULES), ("heterogeneity", HETEROGENEITIES),
+                         ("interval", INTERVALS), ("on_disagreement", ON_DISAGREEMENT)):
+        if key in args and args[key] not in choices:
+            raise ControlError(f"{cmd}: {key} must be one of {', '.join(choices)}, "
+                               f"got {args[key]!r}")
+    for key in ("level", "agreement_alpha"):
+        if key in args and not 0 < args[key] < 1:
+            raise ControlError(f"{cmd}: {key} must be in (0, 1), got {args[key]}")
 
 
 def _screening_args(cmd: str, args: Mapping[str, Any]) -> None:

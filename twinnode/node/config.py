@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, overload
 
-from twinnode.analysis.options import POLICIES
+from twinnode.analysis import options as opt
 from twinnode.errors import ConfigError, TwinnodeError
 from twinnode.generator.settings import BATCHINGS as _BATCHINGS
 from twinnode.generator.settings import OUTCOME_LIKELIHOODS, VARIANTS, GeneratorSettings, TrainPlan
@@ -24,7 +24,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("kv", "json")
 BATCHINGS = tuple(_BATCHINGS)
 SECTIONS = ("node", "data", "privacy", "generator", "twins", "training", "network", "keys",
-            "peers", "screening")
+            "peers", "screening", "analysis")
 BIND_RE = ADDRESS_RE  # tcp://HOST:PORT or ipc://PATH
 
 
@@ -84,6 +84,20 @@ class ScreeningSection:
 
 
 @dataclass(frozen=True)
+class AnalysisSection:
+    """This site's defaults for `ctl analyze` (its arguments override them); `twinnode
+    analyze`'s defaults, from `analysis.options`."""
+
+    weight: str | float = opt.DEFAULT_WEIGHT   # "auto" or a λ in [0, 1]
+    rule: str = opt.DEFAULT_RULE
+    heterogeneity: str = opt.DEFAULT_HETEROGENEITY
+    interval: str = opt.DEFAULT_INTERVAL
+    level: float = opt.DEFAULT_LEVEL
+    agreement_alpha: float = opt.DEFAULT_AGREEMENT_ALPHA
+    on_disagreement: str = opt.DEFAULT_ON_DISAGREEMENT
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     """One node's whole configuration, as read from `path`."""
 
@@ -99,6 +113,7 @@ class NodeConfig:
     peers: tuple[Peer, ...]             # [[peers]] of node.toml, then those of peers_file
     screening: ScreeningSection
     peers_file: Path | None = None
+    analysis: AnalysisSection = AnalysisSection()
 
     @property
     def name(self) -> str:
@@ -158,13 +173,14 @@ def parse_config(text: str, path: str | Path) -> NodeConfig:
     peers = _peers([(path, e) for e in _entries(doc.get("peers", []), path)]
                    + [(peers_file, e) for e in read_entries(peers_file)], node.name, network)
     sc = section("screening")
-    screening = ScreeningSection(policy=sc.choice("policy", POLICIES, "flag"),
+    screening = ScreeningSection(policy=sc.choice("policy", opt.POLICIES, "flag"),
                                  threshold=sc.number("threshold", 0.01, lo=0.0, hi=1.0,
                                                      lo_open=True, hi_open=True))
     sc.finish()
     return NodeConfig(path=path, node=node, data=data_s, privacy=privacy, generator=generator,
                       k=k, training=training, network=network, keys_dir=keys_dir, peers=peers,
-                      screening=screening, peers_file=peers_file)
+                      screening=screening, peers_file=peers_file,
+                      analysis=_analysis_section(section("analysis")))
 
 
 def read_peers(config: NodeConfig) -> tuple[Peer, ...]:
@@ -259,6 +275,25 @@ def _generator_section(ge: _Section) -> GeneratorSettings:
         noise_aware=ge.get("noise_aware", bool, _GEN.noise_aware))
     ge.finish()
     return generator
+
+
+def _analysis_section(an: _Section) -> AnalysisSection:
+    an.used.add("weight")
+    weight = an.values.get("weight", opt.DEFAULT_WEIGHT)
+    if weight != opt.DEFAULT_WEIGHT and (type(weight) not in (int, float) or not 0 <= weight <= 1):
+        raise an.error("weight", f"must be \"auto\" or a number in [0, 1], got {weight!r:.40}")
+    analysis = AnalysisSection(
+        weight=weight if weight == opt.DEFAULT_WEIGHT else float(weight),
+        rule=an.choice("rule", opt.RULES, opt.DEFAULT_RULE),
+        heterogeneity=an.choice("heterogeneity", opt.HETEROGENEITIES, opt.DEFAULT_HETEROGENEITY),
+        interval=an.choice("interval", opt.INTERVALS, opt.DEFAULT_INTERVAL),
+        level=an.number("level", opt.DEFAULT_LEVEL, lo=0.0, hi=1.0, lo_open=True, hi_open=True),
+        agreement_alpha=an.number("agreement_alpha", opt.DEFAULT_AGREEMENT_ALPHA, lo=0.0,
+                                  hi=1.0, lo_open=True, hi_open=True),
+        on_disagreement=an.choice("on_disagreement", opt.ON_DISAGREEMENT,
+                                  opt.DEFAULT_ON_DISAGREEMENT))
+    an.finish()
+    return analysis
 
 
 def _network_section(ne: _Section) -> NetworkSection:

@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from twinnode.atomic import write_json_atomic
 from twinnode.errors import ControlError, PrivacyError
@@ -26,6 +26,10 @@ from twinnode.releasedir import load_release
 from twinnode.schema import Schema
 from twinnode.store.store import Store
 from twinnode.twins import Release, Twin
+
+if TYPE_CHECKING:
+    from twinnode.analysis.fit import AnalysisOptions
+    from twinnode.node.config import AnalysisSection
 
 log = logging.getLogger("twinnode.node")
 
@@ -256,6 +260,21 @@ def _set_statuses(store: Store, statuses: Mapping[str, str]) -> None:
             store.set_status(entry.sender, entry.seq, wanted)
 
 
+ANALYSIS_ARGS = ("rule", "heterogeneity", "interval", "level", "agreement_alpha",
+                 "on_disagreement")
+"""`ctl analyze` arguments that override [analysis] keys of the same name (and `weight`)."""
+
+
+def analysis_options(config: AnalysisSection, args: Mapping[str, Any]
+                     ) -> tuple[AnalysisOptions, str | float]:
+    """The analysis options and weight of one `ctl analyze`: its arguments over the config's
+    [analysis] section (`twinnode analyze`'s defaults where neither says)."""
+    from twinnode.analysis.fit import AnalysisOptions
+
+    chosen = {key: args.get(key, getattr(config, key)) for key in ANALYSIS_ARGS}
+    return AnalysisOptions(**chosen), args.get("weight", config.weight)
+
+
 async def analyze_job(ctx: NodeContext, job: JobState, args: Mapping[str, Any]) -> dict[str, Any]:
     """`analysis.party.analyze_party` (what `twinnode analyze` runs) over the local rows and each
     peer's latest twins; the full report is written to state/reports/."""
@@ -275,9 +294,10 @@ async def analyze_job(ctx: NodeContext, job: JobState, args: Mapping[str, Any]) 
         from twinnode.data import read_table
         test = await asyncio.to_thread(read_table, args["test"], ctx.schema)
     job.detail = f"screening, choosing the twin weight and fitting over {len(peers)} peers"
-    party = await asyncio.to_thread(analyze_party, ctx.schema, local, peers,
-                                    weight=args.get("weight", "auto"), policy=policy,
-                                    threshold=threshold, test_frame=test)
+    options, requested = analysis_options(ctx.config.analysis, args)
+    party = await asyncio.to_thread(analyze_party, ctx.schema, local, peers, weight=requested,
+                                    options=options, policy=policy, threshold=threshold,
+                                    test_frame=test)
     report = party.to_dict()
     path = report_path(ctx, "analysis")
     await asyncio.to_thread(write_json_atomic, path, report)
@@ -291,5 +311,7 @@ async def analyze_job(ctx: NodeContext, job: JobState, args: Mapping[str, Any]) 
             "coefficients": summary, "summary": report["summary"],
             "disagreeing": (report["agreement"] or {}).get("disagreeing", []),
             "moved_outside_local": report["moved_outside_local"],
+            "replaced_by_local": report["replaced_by_local"],
+            "options": report["options"] | {"weight": requested},
             **({"ll_local": report["ll_local"], "ll_combined": report["ll_combined"]}
                if test is not None else {})}
