@@ -38,6 +38,11 @@ def run_summary(path: Path) -> dict:
             "local_held": local_held, "flagged_honest": flagged_honest, "gaps": gaps}
 
 
+def _signed(value: float | None) -> str:
+    """A gap closed, or '-' where the party's local fit already matched the oracle's."""
+    return "-" if value is None else f"{value:+.2f}"
+
+
 def main(argv: list[str]) -> int:
     runs = [run_summary(Path(a)) for a in argv]
     total = sum(r["pairs"] for r in runs)
@@ -48,7 +53,8 @@ def main(argv: list[str]) -> int:
               f"{r['local_held']}/{r['pairs']}; honest peers flagged: "
               f"{r['flagged_honest'] or 'none'}")
         for name, weight, plug, mc in r["gaps"]:
-            print(f"    {name}: λ {weight:g}, gap closed plug-in {plug:+.2f} (MC {mc:+.2f})")
+            print(f"    {name}: λ {weight:g}, gap closed plug-in {_signed(plug)} "
+                  f"(MC {_signed(mc)})")
     if total:
         print(f"all {len(runs)} runs: {sum(r['held'] for r in runs)}/{total} "
               f"({sum(r['held'] for r in runs) / total:.0%}) combined, "
