@@ -34,7 +34,10 @@ def run_summary(path: Path) -> dict:
             pairs += 1
             held += c["lower"] <= oracle[term] <= c["upper"]
             local_held += c["local_lower"] <= oracle[term] <= c["local_upper"]
-    return {"seed": r["settings"].get("seed"), "pairs": pairs, "held": held,
+    used = [p for p in r["parties"] if p["weight"] and not p["malicious"]]
+    worse = sum(p["gain_plugin"] < 0 for p in used)
+    return {"seed": r["settings"].get("seed"), "pairs": pairs, "held": held, "used": len(used),
+            "worse": worse,
             "local_held": local_held, "flagged_honest": flagged_honest, "gaps": gaps}
 
 
@@ -59,7 +62,9 @@ def main(argv: list[str]) -> int:
         print(f"all {len(runs)} runs: {sum(r['held'] for r in runs)}/{total} "
               f"({sum(r['held'] for r in runs) / total:.0%}) combined, "
               f"{sum(r['local_held'] for r in runs)}/{total} local-only; runs flagging an "
-              f"honest peer: {sum(bool(r['flagged_honest']) for r in runs)} of {len(runs)}")
+              f"honest peer: {sum(bool(r['flagged_honest']) for r in runs)} of {len(runs)}; "
+              f"parties with λ > 0 below local-only by the plug-in score: "
+              f"{sum(r['worse'] for r in runs)} of {sum(r['used'] for r in runs)}")
     return 0
 
 
