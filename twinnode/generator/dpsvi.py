@@ -55,7 +55,8 @@ def make_dpsvi(model: Callable[..., None], guide: AutoDiagonalNormal,
     divided by `expected_batch` (= qN) under Poisson batching, by `size` otherwise. `head`
     (the head's coordinates in the flat latent vector) gets `head_learning_rate`.
     """
-    common = dict(model=model, guide=guide, optim=numpyro.optim.Adam(step_sizes(settings, head), b1=ADAM_B1),
+    common = dict(model=model, guide=guide,
+                  optim=numpyro.optim.Adam(step_sizes(settings, head), b1=ADAM_B1),
                   per_example_loss=Trace_ELBO(), clipping_threshold=settings.clip,
                   dp_scale=sigma, rng_suite=secure_rng)
     if settings.variant == "aligned":

@@ -53,8 +53,8 @@ def twin_model(xb: jax.Array | None = None, xc: jax.Array | None = None,
     the model samples `num_rows` new rows instead.
     """
     mixture = mixture_prior(layout, components)
-    coef = numpyro.sample("coef", dist.Normal(0.0, COEF_PRIOR_SD).expand([len(layout.feature_names)])
-                          .to_event(1))
+    coef = numpyro.sample("coef", dist.Normal(0.0, COEF_PRIOR_SD)
+                          .expand([len(layout.feature_names)]).to_event(1))
     intercept = numpyro.sample("intercept", dist.Normal(0.0, INTERCEPT_PRIOR_SD))
     phi = (numpyro.sample("concentration", dist.LogNormal(0.0, 2.0))
            if outcome == "negbinomial" else None)
