@@ -91,9 +91,11 @@ def test_watch_follows_training_live_at_2s_granularity_and_exits_0(node):
     assert len([s for _, s in steps if 0 < s < STEPS]) >= 2, steps
     assert all(b[1] > a[1] for a, b in zip(steps, steps[1:])), steps  # always forward
     assert any("ETA " in text for _, text in lines), lines
-    # every update during training came at most 2 s after the previous one
+    # every update during training came about 2 s after the previous one at most: the watch
+    # promises 2 s; 1 s more is scheduling slack on a loaded 2-core machine (2.10 s was seen
+    # under load), while per-chunk updates alone would leave gaps of 10 s and more
     gaps = [b[0] - a[0] for a, b in zip(steps, steps[1:])]
-    assert max(gaps) <= 2.0, (gaps, lines)
+    assert max(gaps) <= 3.0, (gaps, lines)
     assert proc.poll() is None  # the node goes on
 
 
