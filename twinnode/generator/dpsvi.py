@@ -83,13 +83,20 @@ def step_sizes(settings: GeneratorSettings, head: np.ndarray | None) -> Any:
     return lambda _: rates
 
 
+def latent_index(guide: AutoDiagonalNormal) -> dict[str, np.ndarray]:
+    """Per sample site of a set-up guide, the positions of its values in the flat latent
+    vector (unpacking the vector 0, 1, 2, ...)."""
+    index = guide._unpack_latent(np.arange(guide.latent_dim, dtype=np.float32))
+    return {name: np.asarray(v).astype(int).ravel() for name, v in index.items()}
+
+
 def head_mask(guide: AutoDiagonalNormal) -> np.ndarray:
     """Which coordinates of a set-up guide's flat latent vector are the outcome head's."""
-    index = guide._unpack_latent(np.arange(guide.latent_dim, dtype=np.float32))
+    index = latent_index(guide)
     mask = np.zeros(guide.latent_dim, bool)
     for name in HEAD_SITES:
         if name in index:
-            mask[np.asarray(index[name]).astype(int).ravel()] = True
+            mask[index[name]] = True
     return mask
 
 

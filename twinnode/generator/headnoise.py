@@ -28,7 +28,7 @@ import numpy as np
 from numpyro.infer import Predictive
 
 from twinnode.generator.calibrate import calibrate_covariates
-from twinnode.generator.dpsvi import LOC
+from twinnode.generator.dpsvi import LOC, latent_index
 from twinnode.generator.layout import Layout
 from twinnode.generator.marginals import Marginals
 from twinnode.generator.models import (COEF_PRIOR_SD, INTERCEPT_PRIOR_SD, row_features,
@@ -82,10 +82,8 @@ def head_noise_cov(information: np.ndarray, sigma: float, clip: float, q: float,
 
 def head_index(layout: Layout, settings: GeneratorSettings) -> np.ndarray:
     """Where the head's (coef..., intercept) sit in the guide's flat latent vector."""
-    guide = set_up(layout, 1, settings)[1]
-    index = guide._unpack_latent(np.arange(guide.latent_dim, dtype=np.float32))
-    return np.r_[np.asarray(index["coef"]).ravel(),
-                 np.asarray(index["intercept"]).ravel()].astype(int)
+    index = latent_index(set_up(layout, 1, settings)[1])
+    return np.r_[index["coef"], index["intercept"]]
 
 
 def newton_head(params: Mapping[str, np.ndarray], gradient: np.ndarray, layout: Layout,
