@@ -260,3 +260,22 @@ def test_match_levels_moves_the_fewest_rows_to_hit_the_target_counts():
     moved = int(np.sum(out != codes))
     need = int(np.abs(np.bincount(codes, minlength=3) - [200, 300, 500]).sum() // 2)
     assert moved == need  # only surplus rows moved, each once
+
+
+def test_calibrating_more_rows_than_the_party_keeps_its_rates(small):
+    """headnoise's design has 20,000 rows for a party of N: rates are shares of N, not counts."""
+    from twinnode.generator.calibrate import calibrate_covariates
+
+    schema, frame, layout, data = small
+    exact = histograms(data, layout)
+    m = dataclasses.replace(exact, noise_sd=1e-9)
+    big = data._replace(**{k: np.tile(np.asarray(getattr(data, k)), (10,) + (1,) * (
+        np.asarray(getattr(data, k)).ndim - 1)) for k in ("xb", "xc", "xr", "xn", "y")})
+    rng = np.random.default_rng(0)
+    shuffled = big._replace(xb=rng.permutation(np.asarray(big.xb)),
+                            xc=np.zeros_like(np.asarray(big.xc)))
+    out = calibrate_covariates(shuffled, layout, m, rng)
+    np.testing.assert_allclose(np.asarray(out.xb).mean(axis=0), exact.binary / m.n, atol=1e-3)
+    for j, counts in enumerate(exact.categorical):
+        share = np.bincount(np.asarray(out.xc)[:, j], minlength=len(counts)) / len(out.y)
+        np.testing.assert_allclose(share, counts / m.n, atol=1e-3)

@@ -80,14 +80,13 @@ def match_levels(codes: np.ndarray, target: np.ndarray, rng: np.random.Generator
 def calibrate_covariates(data: ModelData, layout: Layout, m: Marginals,
                          rng: np.random.Generator) -> ModelData:
     """The twin's covariates, column by column, onto a posterior draw of each marginal."""
-    n = len(data.y)
     xb = np.array(data.xb, np.float64)
     for j in range(xb.shape[1]):
-        ones = truncated_draw(m.binary[j], m.noise_sd, n, rng) / n
+        ones = truncated_draw(m.binary[j], m.noise_sd, m.n, rng) / m.n
         xb[:, j] = match_levels(xb[:, j].astype(np.int64), np.array([1 - ones, ones]), rng)
     xc = np.array(data.xc, np.int64)
     for j in range(xc.shape[1]):
-        xc[:, j] = match_levels(xc[:, j], posterior_draw(m.categorical[j], m.noise_sd, n, rng),
+        xc[:, j] = match_levels(xc[:, j], posterior_draw(m.categorical[j], m.noise_sd, m.n, rng),
                                 rng)
     xr = np.array(data.xr, np.float64)
     for j in range(xr.shape[1]):
