@@ -14,9 +14,10 @@ weakly informed direction of the head slowly, so the window's average can still 
 the optimum toward the start. The window's mean noisy gradient (trace.py) is I/N (w - w*)
 plus the mean of the steps' noise, so one Newton step from the average, w - (I/N)^-1 g,
 removes the lag, and what is left is the error above, converged or not. Both are exact with
-the party's own information; the released mixture's rows lack its covariates' correlations,
-and on randhie they under-state the head's error 1.1-3.9-fold (docs/GENERATOR.md, "The head
-under DP noise"), which is why the step is off by default.
+the party's own information; the released mixture's rows, even calibrated to the noisy
+marginals, lack its covariates' correlations, and on randhie they under-state the head's error
+1.1-1.8-fold (uncalibrated: up to 3.9-fold; docs/GENERATOR.md, "The head under DP noise"),
+which is why the step is off by default.
 """
 from __future__ import annotations
 
