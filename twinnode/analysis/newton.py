@@ -205,7 +205,7 @@ def _inverse(hess: FloatArray, keep: BoolArray) -> tuple[FloatArray, FloatArray]
     replaced by the identity (so their steps are 0); NaN where it is singular."""
     H = hess
     if not keep.all():
-        H = np.where(keep[:, None] & keep[None, :], hess, 0.0) + np.diag(~keep * 1.0)
+        H = np.where(keep[:, None] & keep[None, :], hess, 0.0) + np.diag((~keep).astype(float))
     return spd_inverse_one(H), np.diag(H).copy()
 
 
