@@ -25,10 +25,12 @@ def wrap(mods, name, key, owner=None):
     for m in mods:
         if hasattr(m,name): setattr(m,name,g)
 wrap([S,N,G],"gram","Gram products (incl. within the rows below)"); wrap([S,G],"grams","Gram products (incl. within the rows below)")
-wrap([S,N,G],"spd_inverse","p x p inverses")
+wrap([S,N,G],"spd_inverse","p x p inverses"); wrap([S,N],"spd_inverse_one","p x p inverses")
 wrap([N],"_halve_until_better","step + line search"); 
-if hasattr(N,"_ScoreStep"):
-    wrap([N._ScoreStep],"_step","step + line search"); wrap([N._ScoreStep],"_products","scores (+ Hessians)")
+for cls in ("_ScoreStep", "_Replicate"):  # before / after the one-replicate-at-a-time Newton
+    if hasattr(N, cls):
+        wrap([getattr(N, cls)],"_step","step + line search"); wrap([getattr(N, cls)],"_products","scores (+ Hessians)")
+        wrap([getattr(N, cls)],"_start","start (linear predictor, exp)")
 wrap([N,G],"run_newton","Newton iterations (all)"); wrap([G],"_sandwich","sandwich (all)")
 wrap([F],"stack_blocks","stacking the designs"); wrap([F],"fit_poisson_columns","fitter (all)")
 combined_fit(schema, local, peers, options=opt)

@@ -329,3 +329,48 @@ def test_spd_inverse_matches_numpy_and_marks_non_positive_definite_matrices():
     good = [0, 1, 3, 4]
     np.testing.assert_allclose(inv[good], np.linalg.inv(H[good]), rtol=1e-10, atol=1e-12)
     assert np.isnan(inv[2]).all()
+
+
+def test_a_replicate_fits_the_same_alone_as_after_another_in_its_batch(small_schema):
+    # Prepare: replicates of different sizes, one lacking a level (a dropped column, so
+    # the batch's shared first Hessian does not fit its columns), weighted rows
+    X, y, _, _ = _replicates(small_schema, [300, 700, 500, 900])
+    w = np.random.default_rng(8).uniform(0.2, 1.0, size=y.shape) * (X[:, :, 0] > 0)
+    east = make_design(small_schema).terms.index("region[east]")
+    X[2, :, east] = 0.0
+    start = np.zeros(X.shape[2]) + 0.01
+    # Execute: the batch (the others' first step uses the first's Hessian) and each alone
+    batch = fit_poisson_batch(X, y, w, start=start)
+    alone = [fit_poisson_batch(X[i:i + 1], y[i:i + 1], w[i:i + 1], start=start)
+             for i in range(len(X))]
+    # Assert: the same estimates and SEs, whatever came before a replicate in its batch
+    assert batch.converged.all() and batch.dropped[2, east] and batch.dropped.sum() == 1
+    for i, one in enumerate(alone):
+        np.testing.assert_allclose(batch.coef[i], one.coef[0], rtol=0, atol=1e-10)
+        np.testing.assert_allclose(batch.se[i], one.se[0], rtol=1e-8)
+
+
+def test_small_steps_update_the_mean_by_taylor_polynomial_exact_to_rounding():
+    from twinnode.analysis.newton import TAYLOR, _exp_step, taylor_degree
+    rng = np.random.default_rng(4)
+    mu = np.exp(rng.normal(size=1000))
+    for bound in (TAYLOR, 1e-5, 1e-9):
+        d = rng.uniform(-bound, bound, size=1000)
+        for t in (1.0, 0.5):
+            out = np.empty(1000)
+            _exp_step(mu, d, t, bound * t, out=out)
+            np.testing.assert_allclose(out, mu * np.exp(t * d), rtol=4e-16, atol=0)
+    assert [taylor_degree(b) for b in (1e-3, 1e-5, 1e-9)] == [4, 3, 1]
+
+
+def test_spd_inverse_per_matrix_and_stacked_agree_beyond_the_lapack_size():
+    from twinnode.analysis.spd import LAPACK_P, spd_inverse, stacked_inverse
+    rng = np.random.default_rng(5)
+    for p in (3, LAPACK_P + 8):
+        A = rng.normal(size=(4, 3 * p, p))
+        H = np.einsum("knp,knq->kpq", A, A)
+        H[1] = -np.eye(p)
+        for inv in (spd_inverse(H), stacked_inverse(H)):
+            np.testing.assert_allclose(inv[[0, 2, 3]], np.linalg.inv(H[[0, 2, 3]]),
+                                       rtol=1e-9, atol=1e-12)
+            assert np.isnan(inv[1]).all()

@@ -3,11 +3,12 @@
 The combined analysis fits the same model K times on K data sets that share their columns
 (local real rows plus one twin of each peer), and experiments need hundreds of thousands of
 such fits. `fit_poisson_batch` does all K at once: Newton steps (for the canonical log link
-they are the IRLS steps, `newton`) on stacked arrays of shape (K, p, n), float64 numpy.
-Rows a replicate does not have are padded with weight 0 and contribute nothing. The cost
-is Gram products X' diag(v) X (`spd`): a K = 100 fit on randhie forms about 3.6 per
-replicate (a shared first Hessian, one Newton Hessian, chord steps, the bread and the meat)
-and the rank check's only where the final Hessian cannot prove every column estimable.
+they are the IRLS steps, `newton`, one replicate after another) on stacked arrays of shape
+(K, p, n), float64 numpy. Rows a replicate does not have are padded with weight 0 and
+contribute nothing. The cost is Gram products X' diag(v) X (`spd`) and exp: a K = 100 fit
+on randhie forms about 3.5 Gram products per replicate (~1.5 Newton Hessians, the bread and
+the meat; the first step shares its batch's first Hessian and chord steps reuse one) and
+the rank check's only where the final Hessian cannot prove every column estimable.
 
 Conventions, checked against statsmodels `GLM(y, X, family=Poisson(), var_weights=w)`:
 - weights w_i >= 0 multiply each row's log-likelihood; score = X'(w (y - mu)),

@@ -1,23 +1,33 @@
-"""The Newton iterations of the batched Poisson fitter (`glm`): K fits at once on (K, p, n).
+"""The Newton iterations of the batched Poisson fitter (`glm`): K fits on (K, p, n), one
+replicate after another.
 
 Newton steps are IRLS steps for the canonical log link; a step that would lower the
-log-likelihood is halved. Where the Hessian comes from is what makes the batch fast
-(measured on randhie, K = 100: most of the time is Gram products X' diag(v) X):
-- the first step of a batch uses its first replicate's Hessian for every replicate (the
-  replicates are alike, so this is almost a Newton step, for 1/K of the products);
+log-likelihood is halved. What makes the fits fast (measured on randhie, K = 100, issue 16;
+docs/results/scale/analysis.md):
+- each replicate is iterated to convergence before the next one starts, so its design
+  (~1 MB) stays in cache through every pass, and its p x p algebra is a few small calls
+  (LAPACK's Cholesky inverse, `spd.spd_inverse_one`): batched over chunks of 3 replicates,
+  the stacked algebra's fixed cost per call was a fifth of a fit;
+- the first step of every replicate after a batch's first uses that first replicate's
+  Hessian at the start (the replicates are alike and start from the same point, so it is
+  almost a Newton step, for no Gram product);
 - a replicate whose linear predictor has moved by less than CHORD since its Hessian was
   formed reuses it (a chord step, cutting the error by a factor of about that move);
+- a step that moves no linear predictor by more than TAYLOR updates the mean by a Taylor
+  polynomial of exp instead of exp itself (`_exp_step`; exact to rounding, a third of the
+  cost);
 - the Hessian of the last step is the sandwich's bread when that step moved no linear
   predictor by more than REUSE; otherwise `glm` forms it again at the estimate.
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
 
 from twinnode.analysis.arrays import BoolArray, FloatArray, IntArray
-from twinnode.analysis.spd import gram, spd_inverse, tdot, xdot
+from twinnode.analysis.spd import spd_inverse_one
 
 DIVERGED = 50.0
 """An |estimate| above this on the log scale (a rate ratio of e^50) means separation."""
@@ -30,6 +40,12 @@ row's linear predictor by more than this: each row's weight mu then differs from
 the estimate by a factor within exp(±1e-8), so H does (in the Loewner order) and the SEs
 are within a relative 1e-8 of those from H formed at the estimate. Otherwise H is formed
 again at the estimate."""
+TAYLOR = 1e-3
+"""A step that changes no linear predictor by more than this updates the mean as
+mu exp(d) with exp(d) from its Taylor polynomial (`taylor_degree`), not from exp."""
+ROUNDING = 2.0 ** -55
+"""`taylor_degree` truncates exp's series where the rest is below this, relative (a
+quarter of float64's rounding)."""
 
 
 class Newton(NamedTuple):
@@ -52,171 +68,184 @@ class Newton(NamedTuple):
         return ok
 
 
+class _Shared(NamedTuple):
+    """A batch's first Hessian (at its first replicate's start), for the others' first step."""
+
+    hess: FloatArray        # (p, p) as formed, no column dropped
+    keep: BoolArray         # (p,) the columns its inverse was formed with
+    hinv: FloatArray        # (p, p)
+    hdiag: FloatArray       # (p,)
+
+
 def run_newton(Xt: FloatArray, y: FloatArray, w: FloatArray, keep: BoolArray,
                beta: FloatArray, tol: float, max_iter: int) -> Newton:
-    """Newton steps with step halving until a full step is below `tol` (relative).
-
-    Where the Hessian is formed: the first step of a batch uses its first replicate's for
-    all (replicates are alike, so it is almost a Newton step for 1/K of the cost); later, a
-    replicate whose linear predictor has moved by less than CHORD since its last Hessian
-    reuses that one (a chord step: each cuts the error by a factor of about that move, for
-    no Gram product) until the step is below REUSE, where a fresh Hessian at the estimate
-    becomes the sandwich's bread. The products with a replicate's design (score, Hessian,
-    the step's change of the linear predictor and the trial points) run one replicate at
-    a time (`_ScoreStep`), so its design and vectors stay in cache; only the p x p algebra
-    is batched."""
+    """Newton steps with step halving until a full step is below `tol` (relative), for
+    each replicate in turn from its row of `beta` (see the module docstring for where the
+    Hessians come from)."""
     K, p, n = Xt.shape
-    both = keep[:, :, None] & keep[:, None, :]
-    eta = linear_predictor(Xt, beta)
-    mu_all = np.exp(eta)
-    wy = w * y
-    ll = loglik_kernel(wy, eta, mu_all, w)
-    converged, failed = np.zeros(K, bool), ~np.isfinite(ll)
-    iterations, since = np.zeros(K, int), np.full(K, np.inf)
-    prev = np.full(K, np.inf)
-    bread, hdiag = np.full((K, p, p), np.nan), np.full((K, p), np.nan)
-    kernel = _ScoreStep(Xt, wy, w, eta, mu_all, ll)
-    for it in range(max_iter):
-        active = np.flatnonzero(~converged & ~failed)
-        if active.size == 0:
-            break
-        if it == 0:  # the first replicate's Hessian for all (see inverse_hessian)
-            fresh, moved_before = active[:1], np.full(active.size, np.inf)
-            moved_before[0] = 0.0
-            grad, hess = kernel.score(active, fresh)
-        else:  # the score and due Hessians were formed at the end of the last step
-            moved_before = since[active]
-            due = kernel.due[active]
-            fresh, grad, hess = active[due], kernel.grad[active], kernel.hess[active[due]]
-            moved_before[due] = 0.0
-        grad *= keep[active]
-        if fresh.size:
-            chord = it == 0 and active.size > 1
-            hinv, hd = inverse_hessian(Xt, kernel, fresh, hess, keep[fresh], both[fresh],
-                                       active if chord else None, keep[active], both[active])
-            bread[active if chord else fresh], hdiag[active if chord else fresh] = hinv, hd
-        ka = keep[active]
-        step = np.where(ka, np.einsum("kij,kj->ki", bread[active], grad), 0.0)
-        step = np.where(np.isfinite(step), step, 0.0)
-        t, prev[active], done = kernel.advance(active, step, beta[active], moved_before, tol)
-        new_b = beta[active] + t[:, None] * step
-        beta[active] = new_b
-        iterations[active] += 1
-        since[active] = moved_before + prev[active]
-        bad = (~np.isfinite(ll[active]) | ~np.isfinite(new_b).all(axis=1)
-               | (np.abs(new_b).max(axis=1) > DIVERGED))
-        failed[active] = bad
-        converged[active] = ~bad & done
-    return Newton(beta, mu_all, ll, converged, iterations, bread, hdiag, since)
+    out = Newton(beta=np.array(beta, np.float64).reshape(K, p), mu=np.empty((K, n)),
+                 ll=np.full(K, np.nan), converged=np.zeros(K, bool),
+                 iterations=np.zeros(K, int), bread=np.full((K, p, p), np.nan),
+                 hdiag=np.full((K, p), np.nan), moved=np.full(K, np.inf))
+    fit = _Replicate(p, n, tol, max_iter)
+    shared: _Shared | None = None
+    for i in range(K):
+        shared = fit.run(Xt[i], w[i] * y[i], w[i], np.asarray(keep[i], bool), out, i, shared)
+    return out
 
 
-class _ScoreStep:
-    """The per-replicate products of the Newton iterations, in place on the fit's state
-    (eta, mu, ll: (K, n), (K, n), (K,)), one replicate at a time with scratch vectors.
+class _Replicate:
+    """One replicate's iterations, on scratch vectors reused from one replicate to the
+    next; every product with the design is one BLAS call or ufunc over all its rows."""
 
-    `advance` takes a step and, while the replicate's design is still in cache, forms the
-    score at the new point and, where the next step is due one (`due`), the Hessian: one
-    pass over each design per iteration instead of three (measured, issue 16)."""
-
-    def __init__(self, Xt: FloatArray, wy: FloatArray, w: FloatArray, eta: FloatArray,
-                 mu: FloatArray, ll: FloatArray) -> None:
-        self.Xt, self.wy, self.w, self.eta, self.mu, self.ll = Xt, wy, w, eta, mu, ll
-        K, p, n = Xt.shape
-        self.r, self.d, self.trial = np.empty(n), np.empty(n), np.empty(n)
+    def __init__(self, p: int, n: int, tol: float, max_iter: int) -> None:
+        self.tol, self.max_iter = tol, max_iter
+        self.eta, self.mu, self.trial, self.mu_new = (np.empty(n) for _ in range(4))
+        self.d, self.r = np.empty(n), np.empty(n)
         self.scratch = np.empty((p, n))
-        self.grad, self.hess = np.zeros((K, p)), np.zeros((K, p, p))
-        self.due = np.zeros(K, bool)
+        self.grad, self.hess = np.empty(p), np.empty((p, p))
 
-    def score(self, rows: IntArray, fresh: IntArray) -> tuple[FloatArray, FloatArray]:
-        """(m, p) scores X'(wy - w mu) of `rows`; (f, p, p) Hessians X' diag(w mu) X of
-        `fresh` (a subset of rows), formed from the same weights while X is in cache."""
-        due = set(fresh.tolist())
-        for i in rows.tolist():
-            self._products(i, i in due)
-        return self.grad[rows], self.hess[fresh]
+    def run(self, X: FloatArray, wy: FloatArray, w: FloatArray, keep: BoolArray,
+            out: Newton, i: int, shared: _Shared | None) -> _Shared | None:
+        """Fit replicate i (design X (p, n)) from out.beta[i], writing its row of `out`;
+        the batch's shared first Hessian (formed here if there is none yet)."""
+        beta, ll = out.beta[i], self._start(X, wy, w, out.beta[i])
+        first = _first_inverse(shared, keep)
+        hinv, hd, since = (first[0], first[1], np.inf) if first else (None, None, 0.0)
+        due, it, converged = first is None, 0, False
+        if np.isfinite(ll):
+            self._products(X, wy, w, due)
+        while np.isfinite(ll) and it < self.max_iter:
+            if due:
+                hinv, hd = _inverse(self.hess, keep)
+                since = 0.0
+                if shared is None:
+                    shared = _Shared(self.hess.copy(), keep.copy(), hinv, hd)
+            assert hinv is not None  # formed above or taken from the shared Hessian
+            step = _newton_step(hinv, self.grad, keep)
+            small = (np.abs(step).max(initial=0.0)
+                     <= self.tol * (1.0 + np.abs(beta + step).max(initial=0.0)))
+            t, moved, ll = self._step(X, wy, w, step, ll)
+            beta += t * step
+            it, since = it + 1, since + moved
+            if (not np.isfinite(ll) or not np.isfinite(beta).all()
+                    or np.abs(beta).max(initial=0.0) > DIVERGED):
+                break
+            if t == 1.0 and small:
+                converged = True
+                break
+            due = not (moved > REUSE and since <= CHORD)
+            self._products(X, wy, w, due)
+        out.mu[i], out.ll[i], out.converged[i], out.iterations[i] = self.mu, ll, converged, it
+        if hinv is not None:
+            out.bread[i], out.hdiag[i], out.moved[i] = hinv, hd, since
+        return shared
 
-    def hessian(self, rows: IntArray) -> FloatArray:
-        """(m, p, p) Hessians at the current point of `rows`."""
-        return self.score(rows, rows)[1]
+    def _start(self, X: FloatArray, wy: FloatArray, w: FloatArray, beta: FloatArray
+               ) -> float:
+        """The linear predictor, mean and log-likelihood kernel at the start `beta`."""
+        np.matmul(beta, X, out=self.eta)
+        _clip(self.eta)
+        np.exp(self.eta, out=self.mu)
+        return float(wy @ self.eta - w @ self.mu)
 
-    def _products(self, i: int, hessian: bool) -> None:
-        """Replicate i's score (and Hessian) at its current mean, into grad[i] (hess[i])."""
-        r, X = self.r, self.Xt[i]
-        np.multiply(self.w[i], self.mu[i], out=r)  # v, the Hessian's weights
+    def _products(self, X: FloatArray, wy: FloatArray, w: FloatArray, hessian: bool) -> None:
+        """The score X'(wy - w mu) at the current mean into `grad`, and with `hessian` the
+        Hessian X' diag(w mu) X into `hess` (BLAS syrk on X diag(sqrt(w mu)), formed from
+        the same weights while X is in cache)."""
+        r = self.r
+        np.multiply(w, self.mu, out=r)
         if hessian:
             np.sqrt(r, out=self.d)
             np.multiply(X, self.d, out=self.scratch)
-            np.matmul(self.scratch, self.scratch.T, out=self.hess[i])
-        np.subtract(self.wy[i], r, out=r)
-        np.matmul(X, r, out=self.grad[i])
+            np.matmul(self.scratch, self.scratch.T, out=self.hess)
+        np.subtract(wy, r, out=r)
+        np.matmul(X, r, out=self.grad)
 
-    def advance(self, rows: IntArray, step: FloatArray, beta: FloatArray,
-                moved_before: FloatArray, tol: float
-                ) -> tuple[FloatArray, FloatArray, BoolArray]:
-        """Move each replicate of `rows` by its `step` (m, p) from `beta` (m, p), halved
-        while the log-likelihood would fall; (m,) the step lengths t, the largest change
-        of a linear predictor, and whether the replicate converged: a full step below
-        `tol` (relative), which leaves an error of order its square. The linear predictor
-        is linear in t, so a shorter trial needs no new product with X. A replicate that
-        goes on gets its next score, and its Hessian where one is due: it has moved by
-        more than CHORD since its last (`moved_before` + this move) or this move was
-        below REUSE (the next Hessian is then the sandwich's bread)."""
-        t, moved = np.ones(len(rows)), np.empty(len(rows))
-        # converged if the full step is taken (t = 1) and it is this small
-        small = (np.abs(step).max(axis=1, initial=0.0)
-                 <= tol * (1.0 + np.abs(beta + step).max(axis=1, initial=0.0))).tolist()
-        done = np.zeros(len(rows), bool)
-        for j, i in enumerate(rows.tolist()):
-            t[j], moved[j] = self._step(i, step[j])
-            done[j] = t[j] == 1.0 and small[j]
-            if not done[j]:
-                self.due[i] = not (moved[j] > REUSE and moved_before[j] + moved[j] <= CHORD)
-                self._products(i, bool(self.due[i]))
-        return t, moved, done
-
-    def _step(self, i: int, step: FloatArray, tries: int = 30) -> tuple[float, float]:
-        """Replicate i moved along `step`: (step length, largest change of eta)."""
-        d, trial, t = self.d, self.trial, 1.0
-        np.matmul(step, self.Xt[i], out=d)
-        eta, mu, ll = self.eta[i], self.mu[i], self.ll[i]
+    def _step(self, X: FloatArray, wy: FloatArray, w: FloatArray, step: FloatArray,
+              ll: float, tries: int = 30) -> tuple[float, float, float]:
+        """Move along `step`, halved while the log-likelihood kernel would fall below `ll`:
+        (step length t, largest change of a linear predictor, the new kernel). The linear
+        predictor is linear in t, so a shorter trial needs no new product with X."""
+        d, trial, mu = self.d, self.trial, self.mu_new
+        np.matmul(step, X, out=d)
+        big = max(float(d.max(initial=0.0)), -float(d.min(initial=0.0)))
+        t, new_ll = 1.0, ll
         for attempt in range(tries + 1):  # t = 1, 1/2, ..., 2^-tries (taken as it is)
-            if attempt:
-                np.multiply(d, t, out=trial)
-                np.add(eta, trial, out=trial)
+            np.multiply(d, t, out=trial)
+            np.add(self.eta, trial, out=trial)
+            _clip(trial)
+            if t * big <= TAYLOR:
+                _exp_step(self.mu, d, t, t * big, out=mu)
             else:
-                np.add(eta, d, out=trial)
-            np.clip(trial, -700.0, 700.0, out=trial)
-            np.exp(trial, out=mu)  # the old mean is not needed again
-            new_ll = float(self.wy[i] @ trial - self.w[i] @ mu)
+                np.exp(trial, out=mu)
+            new_ll = float(wy @ trial - w @ mu)
             if new_ll >= ll - 1e-12 * abs(ll) or attempt == tries:
                 break
             t /= 2
-        moved = t * max(float(d.max(initial=0.0)), -float(d.min(initial=0.0)))
-        eta[:], self.ll[i] = trial, new_ll
-        return t, moved
+        self.eta, self.trial = trial, self.eta
+        self.mu, self.mu_new = mu, self.mu
+        return t, t * big, new_ll
 
 
-def inverse_hessian(Xt: FloatArray, kernel: _ScoreStep, rows: IntArray, hess: FloatArray,
-                    keep: BoolArray, both: BoolArray, chord: IntArray | None,
-                    keep_all: BoolArray, both_all: BoolArray
-                    ) -> tuple[FloatArray, FloatArray]:
-    """Inverses and diagonals ((m, p, p), (m, p)) of the Hessians `hess` of `rows`, a
-    dropped column's row and column replaced by the identity (so its step is 0). With
-    `chord` (the active replicates; `rows` is then its first), that first replicate's H
-    stands in for every one's, except where it is singular on that replicate's columns
-    (keep_all and both_all are the active replicates'); those get their own."""
-    p = Xt.shape[1]
-    if chord is not None:
-        hess = np.broadcast_to(hess[:1], (len(chord), p, p))
-        keep, both = keep_all, both_all
-    H = hess * both + np.eye(p) * (~keep)[:, :, None]
-    hinv = spd_inverse(H)
-    if chord is not None:
-        own = np.flatnonzero(~np.isfinite(hinv).all(axis=(1, 2)))
-        if own.size:
-            H[own] = kernel.hessian(chord[own]) * both[own] + np.eye(p) * (~keep[own])[:, :, None]
-            hinv[own] = spd_inverse(H[own])
-    return hinv, np.einsum("kpp->kp", H)
+def _first_inverse(shared: _Shared | None, keep: BoolArray
+                   ) -> tuple[FloatArray, FloatArray] | None:
+    """The shared Hessian's inverse and diagonal on this replicate's columns, or None where
+    there is none or it is singular there (the replicate then forms its own)."""
+    if shared is None:
+        return None
+    if np.array_equal(keep, shared.keep):
+        return shared.hinv, shared.hdiag
+    hinv, hd = _inverse(shared.hess, keep)
+    return (hinv, hd) if np.isfinite(hinv).all() else None
+
+
+def _inverse(hess: FloatArray, keep: BoolArray) -> tuple[FloatArray, FloatArray]:
+    """The inverse and diagonal of a Hessian whose dropped columns' rows and columns are
+    replaced by the identity (so their steps are 0); NaN where it is singular."""
+    H = hess
+    if not keep.all():
+        H = np.where(keep[:, None] & keep[None, :], hess, 0.0) + np.diag((~keep).astype(float))
+    return spd_inverse_one(H), np.diag(H).copy()
+
+
+def _newton_step(hinv: FloatArray, grad: FloatArray, keep: BoolArray) -> FloatArray:
+    """H^-1 g on the kept columns, 0 on dropped ones and where it is not finite."""
+    step: FloatArray = hinv @ np.where(keep, grad, 0.0)
+    step = np.where(keep, step, 0.0)
+    if not np.isfinite(step).all():
+        step = np.where(np.isfinite(step), step, 0.0)
+    return step
+
+
+def _clip(eta: FloatArray) -> None:
+    """Clip a linear predictor in place to ±700, so exp() stays finite while a bad step is
+    being halved (two ufuncs: np.clip's Python wrapper cost as much as exp, measured)."""
+    np.minimum(eta, 700.0, out=eta)
+    np.maximum(eta, -700.0, out=eta)
+
+
+def taylor_degree(bound: float) -> int:
+    """The degree m at which exp's Taylor series is exact to ROUNDING for |d| <= bound:
+    the rest, below bound^(m+1) / (m+1)! * e^bound, is under ROUNDING."""
+    m = 1
+    while bound ** (m + 1) / math.factorial(m + 1) * math.exp(bound) > ROUNDING:
+        m += 1
+    return m
+
+
+def _exp_step(mu: FloatArray, d: FloatArray, t: float, bound: float, out: FloatArray
+              ) -> None:
+    """out = mu exp(t d) for |t d| <= bound, exp by its Taylor polynomial (Horner): the
+    mean after a small step without calling exp, exact to rounding like exp itself."""
+    m = taylor_degree(bound)
+    np.multiply(d, t / m, out=out)
+    out += 1.0
+    for k in range(m - 1, 0, -1):
+        out *= d
+        out *= t / k
+        out += 1.0
+    out *= mu
 
 
 def start_values(y: FloatArray, w: FloatArray, keep: BoolArray, start: FloatArray | None
@@ -236,16 +265,3 @@ def start_values(y: FloatArray, w: FloatArray, keep: BoolArray, start: FloatArra
         beta = np.where(keep, np.where(usable, np.nan_to_num(s, nan=0.0, posinf=0.0,
                                                              neginf=0.0), beta), 0.0)
     return beta
-
-
-def loglik_kernel(wy: FloatArray, eta: FloatArray, mu: FloatArray, w: FloatArray
-                   ) -> FloatArray:
-    """Weighted log-likelihood without the constant log y! terms (mu = exp(eta), wy = w y)."""
-    ll: FloatArray = np.einsum("kn,kn->k", wy, eta) - np.einsum("kn,kn->k", w, mu)
-    return ll
-
-
-def linear_predictor(Xt: FloatArray, beta: FloatArray) -> FloatArray:
-    """Linear predictor, clipped so exp() stays finite while a bad step is being halved."""
-    eta: FloatArray = np.matmul(beta[:, None, :], Xt)[:, 0]
-    return np.clip(eta, -700.0, 700.0)

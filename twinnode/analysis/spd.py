@@ -1,18 +1,29 @@
 """Stacks of small symmetric matrices: weighted Gram products and positive-definite inverses.
 
 The batched Poisson fitter (`glm`) spends its time here: X' diag(v) X for each of K designs
-and the inverse of each p x p Hessian. numpy's batched `solve` and `inv` go through LAPACK's
-LU, which OpenBLAS runs multi-threaded even for a stack of 10 x 10 matrices: on the 2-core
-development machine under load, 30x slower than one thread (7 ms against 0.2 ms for
-K = 100). Its batched Cholesky is fast either way, and a Poisson Hessian is positive definite
-once dropped columns are replaced by the identity, so the inverse is built from the Cholesky
-factor with a forward substitution vectorised over the stack (p steps of small products).
+and the inverse of each p x p Hessian. numpy's `solve` and `inv` go through LAPACK's LU,
+which numpy's OpenBLAS runs multi-threaded even for one 10 x 10 matrix (CPU time twice the
+wall time with the other core busy, measured): on the 2-core development machine under
+load, 30x slower than one thread (7 ms against 0.2 ms for K = 100). A Poisson Hessian is
+positive definite once dropped columns are replaced by the identity, so the inverse comes
+from a Cholesky factor instead: per matrix by LAPACK's potrf/potri up to LAPACK_P columns,
+beyond that from numpy's batched Cholesky and a forward substitution vectorised over the
+stack.
 """
 from __future__ import annotations
 
 import numpy as np
+from scipy.linalg import lapack
 
 from twinnode.analysis.arrays import BoolArray, FloatArray, IntArray
+
+LAPACK_P = 32
+"""Up to this many columns `spd_inverse` inverts one matrix at a time by LAPACK's potrf and
+potri (scipy): ~5 us for p = 10, where the stacked substitution's p steps of small numpy
+calls cost ~250 us whether the stack holds 1 matrix or 3, and ~800 us for 99 (measured,
+issue 16). OpenBLAS runs both calls single-threaded at these sizes (CPU time = wall time
+with the other core busy, measured at p = 10 and 30; at p = 120 it threads), so scipy's
+own OpenBLAS thread pool is never woken here."""
 
 
 def gram(Xt: FloatArray, v: FloatArray, rows: IntArray | None = None) -> FloatArray:
@@ -54,22 +65,6 @@ def grams(Xt: FloatArray, rows: IntArray, *weights: tuple[FloatArray, BoolArray]
     return out
 
 
-def xdot(Xt: FloatArray, r: FloatArray, rows: IntArray) -> FloatArray:
-    """(m, p) X r for Xt[rows[j]] and r[j] (m, n): a score, without copying the designs."""
-    out: FloatArray = np.empty((len(rows), Xt.shape[1]))
-    for j, i in enumerate(rows):
-        np.matmul(Xt[i], r[j], out=out[j])
-    return out
-
-
-def tdot(Xt: FloatArray, b: FloatArray, rows: IntArray) -> FloatArray:
-    """(m, n) b' X for Xt[rows[j]] and b[j] (m, p): a linear predictor, without copies."""
-    out: FloatArray = np.empty((len(rows), Xt.shape[2]))
-    for j, i in enumerate(rows):
-        np.matmul(b[j], Xt[i], out=out[j])
-    return out
-
-
 def cholesky(H: FloatArray) -> tuple[FloatArray, BoolArray]:
     """Lower Cholesky factors of a (K, p, p) stack and which exist (NaN where not PD)."""
     try:
@@ -88,9 +83,34 @@ def cholesky(H: FloatArray) -> tuple[FloatArray, BoolArray]:
 
 def spd_inverse(H: FloatArray) -> FloatArray:
     """(K, p, p) inverses of symmetric positive-definite matrices; NaN where one is not
-    (numerically) positive definite. H^-1 = L^-T L^-1 from H = L L'.
+    (numerically) positive definite. Per matrix by LAPACK up to LAPACK_P columns (see
+    there), else stacked (`stacked_inverse`)."""
+    H = np.asarray(H, np.float64)
+    if H.shape[-1] > LAPACK_P:
+        return stacked_inverse(H)
+    out: FloatArray = np.empty_like(H)
+    for k in range(len(H)):
+        out[k] = spd_inverse_one(H[k])
+    return out
 
-    numpy only: scipy's LAPACK would wake a second OpenBLAS thread pool (scipy ships its
+
+def spd_inverse_one(H: FloatArray) -> FloatArray:
+    """The inverse of one symmetric positive-definite p x p matrix, from its Cholesky factor
+    (LAPACK potrf, potri); all NaN where H is not (numerically) positive definite."""
+    low, info = lapack.dpotrf(H, lower=1, clean=1)
+    if info == 0:
+        low, info = lapack.dpotri(low, lower=1)  # the lower triangle of H^-1; zeros above
+    if info != 0 or not np.isfinite(low).all():
+        return np.full(H.shape, np.nan)
+    inv: FloatArray = low + low.T
+    inv.flat[::len(inv) + 1] *= 0.5
+    return inv
+
+
+def stacked_inverse(H: FloatArray) -> FloatArray:
+    """`spd_inverse` for a whole stack at once, numpy only: H^-1 = L^-T L^-1 from H = L L'.
+
+    For large p: scipy's LAPACK would wake a second OpenBLAS thread pool (scipy ships its
     own), and two pools spinning on 2 cores made a whole fit 10x slower (measured)."""
     L, _ = cholesky(np.asarray(H, np.float64))
     K, p, _ = L.shape
