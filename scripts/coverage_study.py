@@ -57,6 +57,7 @@ from twinnode.analysis.options import DEFAULT_HETEROGENEITY, HETEROGENEITIES  # 
 from twinnode.analysis.disagreement import local_where_disagreeing  # noqa: E402
 from twinnode.analysis.sites import add_between_release, peer_fits, twins_agreement  # noqa: E402
 from twinnode.analysis.usable import usable_peers  # noqa: E402
+from twinnode.analysis.options import DEFAULT_SELECTION, SELECTIONS  # noqa: E402
 from twinnode.analysis.weighting import choose_weight  # noqa: E402
 from twinnode.lab.simtwins import SMALL_TRUE_COEFFICIENTS, TwinMaker, simulate_small, small_schema  # noqa: E402
 
@@ -69,8 +70,10 @@ def run_study(twin_maker: TwinMaker, reps: int = 200, k: int = 100, peers: int =
               weights: Sequence[str | float] = (1.0,),
               heterogeneities: Sequence[str] = (DEFAULT_HETEROGENEITY,),
               progress: Callable[[int], None] | None = None,
-              on_disagreement: Sequence[str] = ("keep",)) -> dict[str, Any]:
-    """Coverage per scenario, rule and interval reference, over `reps` repetitions."""
+              on_disagreement: Sequence[str] = ("keep",),
+              selection: str = DEFAULT_SELECTION) -> dict[str, Any]:
+    """Coverage per scenario, rule and interval reference, over `reps` repetitions
+    (`selection`: how `auto` picks λ from the cross-validated curve, weighting.py)."""
     schema = small_schema()
     options = AnalysisOptions()
     truth = None
@@ -92,7 +95,8 @@ def run_study(twin_maker: TwinMaker, reps: int = 200, k: int = 100, peers: int =
                    if any(h != "off" for h in heterogeneities) else {})
         for w in weights:
             if w == "auto":
-                lam = choose_weight(schema, local, twins, seed=base, options=options).chosen
+                lam = choose_weight(schema, local, twins, seed=base, options=options,
+                                    selection=selection).chosen
                 chosen.append(lam)
                 name = "combined-auto"
             else:
@@ -184,6 +188,8 @@ def main(argv: Sequence[str] | None = None,
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--weights", default="1,auto",
                     help="comma list of twin weights: numbers in [0, 1] and/or auto (1,auto)")
+    ap.add_argument("--selection", choices=SELECTIONS, default=DEFAULT_SELECTION,
+                    help="how `auto` picks λ from the cross-validated curve (weighting.py)")
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args(argv)
     if twin_maker is None:
@@ -197,6 +203,7 @@ def main(argv: Sequence[str] | None = None,
                     seed=args.seed, weights=_weights(args.weights),
                     heterogeneities=_heterogeneities(args.heterogeneity),
                     on_disagreement=[x.strip() for x in args.on_disagreement.split(",")],
+                    selection=args.selection,
                     progress=lambda r: print(f"\r{r}/{args.reps}", end="", file=sys.stderr))
     print(file=sys.stderr)
     out["seconds"] = round(time.perf_counter() - t0, 1)
