@@ -350,6 +350,26 @@ def test_a_replicate_fits_the_same_alone_as_after_another_in_its_batch(small_sch
         np.testing.assert_allclose(batch.se[i], one.se[0], rtol=1e-8)
 
 
+@pytest.mark.parametrize("warm", [False, True])
+def test_a_first_replicate_lacking_a_level_leaves_the_others_fitted_as_statsmodels(
+        small_schema, warm):
+    # Prepare: the batch's first replicate lacks region[east], so the Hessian it would share
+    # with the others is singular; with and without a warm start (as fit.py passes one)
+    X, y, w, mats = _replicates(small_schema, [300, 500, 400, 600])
+    east = make_design(small_schema).terms.index("region[east]")
+    X[0, :, east] = 0.0
+    start = np.zeros(X.shape[2]) + 0.05 if warm else None
+    # Execute
+    fit = fit_poisson_batch(X, y, w, cov_type="HC0", start=start)
+    # Assert: the first drops the column; every other replicate is statsmodels' fit, not
+    # its start (a NaN shared inverse once zeroed their steps and "converged" them there)
+    assert fit.converged.all() and fit.dropped[0, east] and fit.dropped.sum() == 1
+    for i in range(1, len(X)):
+        ref = _statsmodels(*mats[i], "HC0")
+        np.testing.assert_allclose(fit.coef[i], ref.params, rtol=0, atol=TOL)
+        np.testing.assert_allclose(fit.se[i], ref.bse, rtol=TOL, atol=TOL)
+
+
 def test_small_steps_update_the_mean_by_taylor_polynomial_exact_to_rounding():
     from twinnode.analysis.newton import TAYLOR, _exp_step, taylor_degree
     rng = np.random.default_rng(4)

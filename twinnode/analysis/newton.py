@@ -119,6 +119,8 @@ class _Replicate:
             if due:
                 hinv, hd = _inverse(self.hess, keep)
                 since = 0.0
+                if not np.isfinite(hinv).all():  # singular: no step, not converged (the
+                    break                          # caller's rank check drops the column)
                 if shared is None:
                     shared = _Shared(self.hess.copy(), keep.copy(), hinv, hd)
             assert hinv is not None  # formed above or taken from the shared Hessian
@@ -194,7 +196,7 @@ def _first_inverse(shared: _Shared | None, keep: BoolArray
     there is none or it is singular there (the replicate then forms its own)."""
     if shared is None:
         return None
-    if np.array_equal(keep, shared.keep):
+    if np.array_equal(keep, shared.keep):  # finite: only a finite inverse is shared
         return shared.hinv, shared.hdiag
     hinv, hd = _inverse(shared.hess, keep)
     return (hinv, hd) if np.isfinite(hinv).all() else None
