@@ -279,3 +279,15 @@ def test_calibrating_more_rows_than_the_party_keeps_its_rates(small):
     for j, counts in enumerate(exact.categorical):
         share = np.bincount(np.asarray(out.xc)[:, j], minlength=len(counts)) / len(out.y)
         np.testing.assert_allclose(share, counts / m.n, atol=1e-3)
+
+
+def test_a_rare_binary_keeps_a_row_of_each_value_in_fewer_rows_than_the_party(small):
+    """A design of fewer rows than N still has both values of a 1-in-a-million binary, so
+    the head's information along it is not singular (headnoise.py)."""
+    from twinnode.generator.calibrate import calibrate_covariates
+
+    schema, frame, layout, data = small
+    m = dataclasses.replace(histograms(data, layout), n=10 ** 6, noise_sd=1e-9)
+    m = dataclasses.replace(m, binary=np.ones_like(m.binary))
+    out = np.asarray(calibrate_covariates(data, layout, m, np.random.default_rng(1)).xb)
+    assert out.shape[1] > 0 and (out.sum(axis=0) == 1).all()

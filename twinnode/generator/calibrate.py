@@ -81,8 +81,10 @@ def calibrate_covariates(data: ModelData, layout: Layout, m: Marginals,
                          rng: np.random.Generator) -> ModelData:
     """The twin's covariates, column by column, onto a posterior draw of each marginal."""
     xb = np.array(data.xb, np.float64)
+    rows = len(data.y)
     for j in range(xb.shape[1]):
-        ones = truncated_draw(m.binary[j], m.noise_sd, m.n, rng) / m.n
+        ones = np.clip(truncated_draw(m.binary[j], m.noise_sd, m.n, rng) / m.n,
+                       1 / rows, 1 - 1 / rows)  # a row of each value, in more rows than N too
         xb[:, j] = match_levels(xb[:, j].astype(np.int64), np.array([1 - ones, ones]), rng)
     xc = np.array(data.xc, np.int64)
     for j in range(xc.shape[1]):

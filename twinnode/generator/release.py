@@ -84,7 +84,7 @@ def fit_release(data: ModelData, layout: Layout, cal: Calibration,
     result = fit(data, layout, cal, settings, seed, progress, start)
     params = result.params
     if settings.head_newton and result.loc_gradient is not None:
-        params = newton_head(params, result.loc_gradient, layout, n, settings)
+        params = newton_head(params, result.loc_gradient, layout, n, settings, marginals)
     return Posterior(params=params, schema_hash="", n=n, settings=settings,
                      calibration=cal, release="", created=time.time(),
                      loc_noise_sd=result.loc_noise_sd,
