@@ -53,11 +53,11 @@ from twinnode.analysis.fit import (  # noqa: E402
     repool,
     twins_fit,
 )
-from twinnode.analysis.options import DEFAULT_HETEROGENEITY, HETEROGENEITIES  # noqa: E402
+from twinnode.analysis.options import (DEFAULT_HETEROGENEITY, DEFAULT_SELECTION,  # noqa: E402
+                                       HETEROGENEITIES, SELECTIONS)
 from twinnode.analysis.disagreement import local_where_disagreeing  # noqa: E402
 from twinnode.analysis.sites import add_between_release, peer_fits, twins_agreement  # noqa: E402
 from twinnode.analysis.usable import usable_peers  # noqa: E402
-from twinnode.analysis.options import DEFAULT_SELECTION, SELECTIONS  # noqa: E402
 from twinnode.analysis.weighting import choose_weight  # noqa: E402
 from twinnode.lab.simtwins import SMALL_TRUE_COEFFICIENTS, TwinMaker, simulate_small, small_schema  # noqa: E402
 
@@ -149,7 +149,7 @@ def run_study(twin_maker: TwinMaker, reps: int = 200, k: int = 100, peers: int =
     out = {"reps": reps, "k": k, "peers": peers, "n_local": n_local, "n_peer": n_peer,
            "epsilon": epsilon, "seed": seed, "weights": [str(w) for w in weights],
            "heterogeneities": list(heterogeneities), "on_disagreement": list(on_disagreement),
-           "truth": dict(zip(terms, map(float, truth))), "results": results}
+           "selection": selection, "truth": dict(zip(terms, map(float, truth))), "results": results}
     if chosen:
         lam = np.array(chosen)
         values, counts = np.unique(lam, return_counts=True)
