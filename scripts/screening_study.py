@@ -57,13 +57,15 @@ def small_parties(n_local: int, n_peer: int) -> Parties:
 
 
 def randhie_parties(n_local: int) -> Parties:
-    """randhie split into 7 parts per seed: a local party (first n_local rows) + 6 peers."""
+    """randhie split into 7 parts per seed: a local party (n_local rows drawn at random from
+    the first part; its first rows would be a biased sample, as a part keeps randhie's order,
+    which is by plan) + 6 peers."""
     from twinnode.data import randhie, split_parties
     schema, frame = randhie()
 
     def make(seed: int):
         part = split_parties(frame, parties=HONEST + 2, seed=seed)
-        local = part.parties[0].iloc[:n_local].reset_index(drop=True)
+        local = part.parties[0].sample(n=n_local, random_state=seed).reset_index(drop=True)
         return schema, local, list(part.parties[1:])
     return make
 
